@@ -1,0 +1,34 @@
+"""Gaussian likelihood with fixed sigma: the blog's MSE reconstruction loss, with its constants.
+
+log p(x|z) = -1/2 [k log(2 pi sigma^2) + ||x - f(z)||^2 / sigma^2], so with sigma = 1 the
+negative log-likelihood is 1/2 * sum of squared errors plus k/2 log 2 pi.
+"""
+
+from __future__ import annotations
+
+import pyro.distributions as dist
+import torch
+from torch import Tensor, nn
+
+
+class GaussianLikelihood(nn.Module):
+    """p(x|z) = N(x; f(z), sigma^2 I) with a fixed sigma (default 1)."""
+
+    binary_data = False
+
+    def __init__(self, sigma: float = 1.0) -> None:
+        super().__init__()
+        if not (sigma > 0 and torch.isfinite(torch.tensor(sigma))):
+            raise ValueError(f"likelihood sigma must be a positive finite number, got {sigma}")
+        self.register_buffer("sigma", torch.tensor(float(sigma)))
+
+    def forward(self, decoded: Tensor) -> dist.Distribution:
+        return dist.Normal(decoded, self.sigma.to(decoded.dtype).expand_as(decoded)).to_event(1)
+
+    def mean(self, decoded: Tensor) -> Tensor:
+        return decoded
+
+    @staticmethod
+    def check_support(x: Tensor) -> None:
+        if not torch.isfinite(x).all():
+            raise ValueError("gaussian likelihood needs finite data; found NaN or infinite values")

@@ -1,0 +1,13 @@
+"""Priors p(z): small modules whose ``forward()`` returns a distribution with event_dim 1.
+
+A new prior is one class with a ``forward(self) -> pyro.distributions.Distribution``
+whose ``event_shape == (z_dim,)`` and ``batch_shape == ()``; the model places it
+inside its ``pyro.plate("data", N)``. Registering a ``kl_divergence`` for
+(guide distribution, prior distribution) with ``torch.distributions.register_kl``
+makes ``TraceMeanField_ELBO`` use it analytically.
+"""
+
+from models.priors.gaussian import GaussianPrior
+from models.priors.standard import StandardNormalPrior
+
+__all__ = ["GaussianPrior", "StandardNormalPrior"]

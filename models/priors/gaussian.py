@@ -1,0 +1,62 @@
+"""The general diagonal Gaussian prior N(mu_p, diag sigma_p^2) of the derivation (eq. 29)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _softplus_inverse(y: torch.Tensor) -> torch.Tensor:
+    # log(exp(y) - 1), written stably for large y.
+    return y + torch.log(-torch.expm1(-y))
+
+
+def _as_vector(value: float | Sequence[float] | torch.Tensor, z_dim: int, name: str) -> torch.Tensor:
+    t = torch.as_tensor(value, dtype=torch.get_default_dtype())
+    if t.dim() == 0:
+        t = t.expand(z_dim)
+    if t.shape != (z_dim,):
+        raise ValueError(f"{name} must be a scalar or have length z_dim={z_dim}, got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} must be finite, got {t.tolist()}")
+    return t.clone()
+
+
+class GaussianPrior(nn.Module):
+    """p(z) = N(mu_p, diag sigma_p^2), with fixed or learnable mu_p and sigma_p.
+
+    When learnable, sigma_p = softplus(rho) so it stays positive under gradient steps.
+    """
+
+    def __init__(
+        self,
+        z_dim: int,
+        loc: float | Sequence[float] | torch.Tensor = 0.0,
+        scale: float | Sequence[float] | torch.Tensor = 1.0,
+        learnable: bool = False,
+    ) -> None:
+        super().__init__()
+        if z_dim < 1:
+            raise ValueError(f"z_dim must be a positive integer, got {z_dim}")
+        loc_t = _as_vector(loc, z_dim, "prior loc")
+        scale_t = _as_vector(scale, z_dim, "prior scale")
+        if (scale_t <= 0).any():
+            raise ValueError(f"prior scale must be positive, got {scale_t.tolist()}")
+        self.learnable = learnable
+        if learnable:
+            self.loc = nn.Parameter(loc_t)
+            self.raw_scale = nn.Parameter(_softplus_inverse(scale_t))
+        else:
+            self.register_buffer("loc", loc_t)
+            self.register_buffer("fixed_scale", scale_t)
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return F.softplus(self.raw_scale) if self.learnable else self.fixed_scale
+
+    def forward(self) -> dist.Distribution:
+        return dist.Normal(self.loc, self.scale).to_event(1)

@@ -1,0 +1,22 @@
+"""The standard normal prior N(0, I) of the derivation (eq. 40)."""
+
+from __future__ import annotations
+
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+
+class StandardNormalPrior(nn.Module):
+    """p(z) = N(0, I) over ``z_dim`` latent dimensions (one event of shape ``(z_dim,)``)."""
+
+    def __init__(self, z_dim: int) -> None:
+        super().__init__()
+        if z_dim < 1:
+            raise ValueError(f"z_dim must be a positive integer, got {z_dim}")
+        # Buffers follow .to(device, dtype), so the distribution matches the data.
+        self.register_buffer("loc", torch.zeros(z_dim))
+        self.register_buffer("scale", torch.ones(z_dim))
+
+    def forward(self) -> dist.Distribution:
+        return dist.Normal(self.loc, self.scale).to_event(1)

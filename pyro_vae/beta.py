@@ -1,0 +1,67 @@
+"""Beta-VAE weighting (Higgins et al. 2017) and KL annealing (Bowman et al. 2016) in one place.
+
+The objective recon + beta * KL needs the latent sites of BOTH the model and the guide scaled by beta:
+- ``TraceMeanField_ELBO`` computes the analytic KL from the *guide* site's scale, so scaling only the
+  model's latent site is silently ignored there;
+- ``Trace_ELBO`` computes beta * log p(z) - log q(z) if only the model's site is scaled, which is not
+  beta * KL.
+
+``poutine.scale`` scales every site of a function, observed ones included, so it cannot express
+"latent sites only"; ``LatentScale`` is the small messenger that does.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from pyro.poutine.messenger import Messenger
+
+
+class LatentScale(Messenger):
+    """Multiply the scale of every unobserved sample site by ``beta`` (observed sites are left alone)."""
+
+    def __init__(self, beta: float) -> None:
+        super().__init__()
+        self.beta = beta
+
+    def _process_message(self, msg: dict[str, Any]) -> None:
+        if msg["type"] == "sample" and not msg["is_observed"]:
+            msg["scale"] = self.beta * msg["scale"]
+
+
+class BetaScaled:
+    """Wrap a model and a guide so the ELBO they give is E_q[log p(x|z)] - beta * KL(q || p).
+
+    ``beta`` is a plain attribute: changing it (KL warm-up) takes effect at the next ELBO call.
+
+    >>> scaled = BetaScaled(model, guide, beta=0.25)
+    >>> TraceMeanField_ELBO().loss(scaled.model, scaled.guide, x)   # = -recon + 0.25 * KL
+    """
+
+    def __init__(self, model: Callable[..., Any], guide: Callable[..., Any], beta: float = 1.0) -> None:
+        if not beta >= 0:
+            raise ValueError(f"beta must be a non-negative number, got {beta}")
+        self.base_model = model
+        self.base_guide = guide
+        self.beta = float(beta)
+        self.model = self._wrap(model)
+        self.guide = self._wrap(guide)
+
+    def _wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def scaled(*args: Any, **kwargs: Any) -> Any:
+            if self.beta == 1.0:
+                return fn(*args, **kwargs)
+            with LatentScale(self.beta):
+                return fn(*args, **kwargs)
+
+        return scaled
+
+
+def warmup_beta(epoch: int, beta: float, warmup_epochs: int) -> float:
+    """Linear KL warm-up: beta * min(1, epoch / warmup_epochs) for 0-based ``epoch`` (0 -> 0, warmup -> beta)."""
+    if warmup_epochs <= 0:
+        return beta
+    return beta * min(1.0, epoch / warmup_epochs)
