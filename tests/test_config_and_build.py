@@ -91,3 +91,11 @@ def test_learnable_prior_parameters_belong_to_the_model():
     model_fixed, _ = build(VAEConfig(x_dim=4, prior="gaussian", prior_scale=2.0))
     assert not any(n.startswith("prior") for n, _ in model_fixed.named_parameters())
     assert torch.allclose(model_fixed.prior.scale, torch.full((2,), 2.0))
+
+
+def test_kl_kinds_reports_analytic_for_gaussian_priors():
+    from pyro_vae.kl_check import ANALYTIC, kl_kinds
+
+    for prior in ("standard", "gaussian"):
+        model, guide = build(VAEConfig(x_dim=4, prior=prior))
+        assert kl_kinds(model, guide, torch.bernoulli(torch.full((3, 4), 0.5))) == {"z": ANALYTIC}
