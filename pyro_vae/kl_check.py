@@ -22,9 +22,8 @@ def kl_kinds(model: Callable[..., Any], guide: Callable[..., Any], *args: Any, *
     guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     kinds: dict[str, str] = {}
-    for name, site in model_trace.nodes.items():
-        if site["type"] != "sample" or site["is_observed"] or name not in guide_trace.nodes:
-            continue
+    for name in model_trace.stochastic_nodes:  # latent sample sites, plates' subsample sites excluded
+        site = model_trace.nodes[name]
         try:
             kl_divergence(guide_trace.nodes[name]["fn"], site["fn"])
             kinds[name] = ANALYTIC
