@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pyro.poutine as poutine
+from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
 ANALYTIC = "analytic"
@@ -22,8 +23,9 @@ def kl_kinds(model: Callable[..., Any], guide: Callable[..., Any], *args: Any, *
     guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     kinds: dict[str, str] = {}
-    for name in model_trace.stochastic_nodes:  # latent sample sites, plates' subsample sites excluded
-        site = model_trace.nodes[name]
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
+            continue
         try:
             kl_divergence(guide_trace.nodes[name]["fn"], site["fn"])
             kinds[name] = ANALYTIC
