@@ -1,0 +1,185 @@
+"""``pyro-vae compare-estimators DIR``: ELBO estimators side by side on a trained model (or --train one first).
+
+For a fixed model, guide and batch of test examples: each estimator's value (mean and std over R draws), its
+bias against the importance-sampled log p(x), the variance and SNR of its gradient for the encoder and the
+decoder (Rainforth et al. 2018), and ms per step; then SNR against K for iwae and dreg. Writes
+DIR/estimators.csv, DIR/estimators.json and DIR/snr_vs_k.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import pyro
+import torch
+
+from pyro_vae.errors import UserError
+
+CSV, JSON, PLOT = "estimators.csv", "estimators.json", "snr_vs_k.png"
+PARTICLE_ESTIMATORS = ("iwae", "renyi", "dreg", "jit-iwae", "jit-renyi")
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
+    from pyro_vae.commands.train import add_config_options
+    from pyro_vae.estimators import ESTIMATORS
+
+    parser = subparsers.add_parser(
+        name,
+        help="compare ELBO estimators (value, bias, gradient variance and SNR, cost) on a trained run",
+        description="Compare ELBO estimators on the run in DIR (or train one there first with --train and the "
+        f"training options below). Writes DIR/{CSV}, DIR/{JSON} and DIR/{PLOT}. Timings use --threads "
+        "torch threads (default here: 1).",
+    )
+    parser.add_argument("dir", type=Path, metavar="DIR", help="run directory (from pyro-vae train --out DIR)")
+    parser.add_argument("--train", action="store_true", help="train a model in DIR first (training options below)")
+    parser.add_argument(
+        "--estimators",
+        type=_names,
+        default=list(ESTIMATORS),
+        metavar="A,B,...",
+        help=f"comma-separated estimator names (default: all: {','.join(ESTIMATORS)})",
+    )
+    parser.add_argument(
+        "--particles", type=int, default=10, metavar="K", help="K for iwae, renyi and dreg in the table (default: 10)"
+    )
+    parser.add_argument("--alpha", type=float, default=0.5, help="alpha of renyi (default: 0.5)")
+    parser.add_argument("--draws", type=int, default=100, metavar="R", help="draws per estimator (default: 100)")
+    parser.add_argument(
+        "--examples", type=int, default=64, metavar="N", help="test examples in the batch (default: 64)"
+    )
+    parser.add_argument(
+        "--ll-samples", type=int, default=5000, metavar="K", help="importance samples for log p(x) (default: 5000)"
+    )
+    parser.add_argument(
+        "--snr-ks", type=int, nargs="+", default=[1, 5, 10, 50], metavar="K", help="K values of the SNR plot"
+    )
+    parser.add_argument(
+        "--snr-estimators", type=_names, default=["iwae", "dreg"], metavar="A,B", help="estimators of the SNR plot"
+    )
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="training progress")
+    converters = add_config_options(parser)
+    parser.set_defaults(run=run, _converters=converters)
+    return parser
+
+
+def _check(args: argparse.Namespace) -> None:
+    from pyro_vae.estimators import ESTIMATORS
+
+    for name in [*args.estimators, *args.snr_estimators]:
+        if name not in ESTIMATORS:
+            raise UserError(f"unknown estimator {name!r}; choose from: {', '.join(ESTIMATORS)}")
+    if not args.estimators:
+        raise UserError("--estimators is empty; give at least one name")
+    for flag, value in (("--particles", args.particles), ("--draws", args.draws), ("--examples", args.examples)):
+        if value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}")
+    if args.draws < 2:
+        raise UserError(f"--draws must be >= 2 (a variance needs two draws), got {args.draws}")
+    if args.ll_samples < 1 or min(args.snr_ks) < 1:
+        raise UserError("--ll-samples and --snr-ks must be >= 1")
+
+
+def _config_options(args: argparse.Namespace) -> tuple[dict, dict]:
+    """(VAEConfig options, TrainConfig options) given on the command line (this command's own are left out)."""
+    from pyro_vae.commands.train import given_options
+
+    keep = {k: v for k, v in vars(args).items() if k in args._converters or k.startswith("_")}
+    return given_options(argparse.Namespace(**keep))
+
+
+def _train(args: argparse.Namespace) -> None:
+    from pyro_vae.config import VAEConfig
+    from pyro_vae.data import load_data
+    from pyro_vae.train import TrainConfig, train
+
+    model_opts, train_opts = _config_options(args)
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name != "model"}
+    opts = {**defaults, **train_opts}
+    data = load_data(opts["dataset"], data_dir=opts["data_dir"], labels=opts["labels"], download=opts["download"])
+    config = TrainConfig(model=VAEConfig(x_dim=data.x_dim, **model_opts), **train_opts)
+    train(config, args.dir, progress=args.progress, data=data)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pyro_vae.checkpoint import load_run
+    from pyro_vae.comparison import (
+        compare_estimators,
+        format_table,
+        plot_snr_versus_particles,
+        snr_versus_particles,
+        write_csv,
+        write_json,
+    )
+    from pyro_vae.estimators import DESCRIPTIONS, make_elbo
+    from pyro_vae.evaluation import log_likelihood
+
+    _check(args)
+    model_opts, train_opts = _config_options(args)
+    threads = train_opts.get("threads") or 1
+    if args.train:
+        _train(args)
+    elif model_opts or set(train_opts) - {"threads"}:
+        raise UserError("model and training options need --train (to compare on an existing run, give only DIR)")
+    # One thread by default: small models run fastest on one, and timings on a busy machine stay stable.
+    torch.set_num_threads(threads)
+    loaded = load_run(args.dir)
+    model, guide = loaded.model, loaded.guide
+    x = loaded.data.test_x_eval[: args.examples]
+    seed = loaded.config.seed
+
+    pyro.set_rng_seed(seed)
+    log_px = float(log_likelihood(model, guide, x, num_samples=args.ll_samples).mean())
+    estimators = {}
+    for name in args.estimators:
+        options: dict = {}
+        if name in PARTICLE_ESTIMATORS:
+            options["num_particles"] = args.particles
+        if name.endswith("renyi"):
+            options["alpha"] = args.alpha
+        estimators[name] = make_elbo(name, **options)
+    print(f"comparing {len(estimators)} estimators, {args.draws} draws each ...", file=sys.stderr)
+    rows = compare_estimators(model, guide, x, estimators, num_draws=args.draws, seed=seed, log_px=log_px)
+    print(f"SNR against K for {', '.join(args.snr_estimators)} ...", file=sys.stderr)
+    sweep = snr_versus_particles(
+        model, guide, x, log_px, args.snr_estimators, args.snr_ks, num_draws=args.draws, seed=seed
+    )
+
+    title = (
+        f"{args.dir}: {loaded.data.name}, z_dim {loaded.config.model.z_dim}, epoch {loaded.epoch}; "
+        f"{x.shape[0]} test examples, {args.draws} draws; values in nats per example"
+    )
+    print(title)
+    print(format_table(rows, log_px))
+    print("\nSNR against K")
+    print(format_table(sweep))
+    print("\nwhat each value estimates:")
+    for name in estimators:
+        value, gradient = DESCRIPTIONS.get(name, ("(no description)", "(no description)"))
+        print(f"  {name}: {value}; gradient: {gradient}")
+
+    write_csv(rows + sweep, args.dir / CSV)
+    write_json(
+        {
+            "run": str(args.dir),
+            "dataset": loaded.data.name,
+            "epoch": loaded.epoch,
+            "z_dim": loaded.config.model.z_dim,
+            "num_examples": int(x.shape[0]),
+            "num_draws": args.draws,
+            "log_likelihood": log_px,
+            "log_likelihood_samples": args.ll_samples,
+            "estimators": [dataclasses.asdict(r) for r in rows],
+            "snr_vs_k": [dataclasses.asdict(r) for r in sweep],
+        },
+        args.dir / JSON,
+    )
+    plot_snr_versus_particles(sweep, args.dir / PLOT)
+    print(f"wrote {args.dir / CSV}, {args.dir / JSON}, {args.dir / PLOT}")
+    return 0
