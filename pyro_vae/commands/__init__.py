@@ -7,4 +7,12 @@ from __future__ import annotations
 
 from types import ModuleType
 
-COMMANDS: dict[str, ModuleType] = {}
+from pyro_vae.commands import compare_estimators, evaluate, kl_ablation, plot, train
+
+COMMANDS: dict[str, ModuleType] = {
+    "train": train,
+    "plot": plot,
+    "kl-ablation": kl_ablation,
+    "evaluate": evaluate,
+    "compare-estimators": compare_estimators,
+}

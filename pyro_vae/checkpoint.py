@@ -1,0 +1,195 @@
+"""Checkpoints of a training run, and ``load_run`` to get a trained model back.
+
+A run directory (``pyro-vae train --out DIR``) holds:
+
+- ``checkpoint.pt``: model and guide state, optimizer state, RNG states, the epoch, the config and the
+  metrics history. Saved after every epoch by writing a temporary file in the same directory, fsync,
+  then ``os.replace`` (atomic on POSIX): a crash leaves either the old or the new checkpoint, never a
+  torn one. Loaded with ``torch.load(weights_only=True)``: only tensors and plain Python values, never
+  arbitrary pickled objects.
+- ``config.json``: the ``TrainConfig``; ``metrics.jsonl``: one JSON record per epoch; figures (PNG).
+
+The checkpoint is the source of truth: on resume, ``metrics.jsonl`` is rewritten from the checkpoint's
+history, so the two agree after any crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyro
+import torch
+
+from pyro_vae.errors import UserError
+from pyro_vae.safe_load import safe_torch_load
+
+if TYPE_CHECKING:
+    from models.model import VAEModel
+    from pyro_vae.data import VAEData
+    from pyro_vae.train import TrainConfig
+
+CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+
+#: Version of the checkpoint layout; bumped when keys change meaning.
+FORMAT_VERSION = 1
+#: The keys every checkpoint holds (``train`` writes them all).
+CHECKPOINT_KEYS = ("epoch", "config", "model", "guide", "optimizer", "rng", "metrics")
+
+
+def atomic_write_bytes(path: str | Path, write: Any) -> None:
+    """Write ``path`` atomically: ``write(fileobj)`` into a temporary file beside it, fsync, ``os.replace``.
+
+    On any exception the temporary file is removed and ``path`` is left as it was. The directory is not
+    fsync'ed: after a power cut the rename may be lost, leaving the previous (complete) file, which is
+    consistent because metrics.jsonl is rebuilt from the checkpoint on resume; it saves an fsync per epoch.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """``atomic_write_bytes`` for UTF-8 text."""
+    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
+    """Replace ``path`` atomically with one sorted-key JSON line per record."""
+    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+
+def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
+    """Append one JSON line (no fsync: on resume the file is rebuilt from the checkpoint anyway)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """``torch.save(state)`` to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
+    atomic_write_bytes(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``torch.load(weights_only=True)``; one-line ``UserError`` if missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}; train a model there first (pyro-vae train --out {path.parent})")
+    try:
+        state = safe_torch_load(path, "checkpoint", map_location=map_location)
+    except UserError as err:
+        raise UserError(f"{err}; train again with --overwrite, or restore a good copy") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+        raise UserError(f"{path} is not a pyro-vae checkpoint (format {FORMAT_VERSION})")
+    missing = [key for key in CHECKPOINT_KEYS if key not in state]
+    if missing:
+        raise UserError(f"{path} is not a complete pyro-vae checkpoint (no {', '.join(missing)})")
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """The states of every RNG training draws from: torch (CPU and CUDA), numpy, Python's ``random``.
+
+    Pyro samples with torch's generators. Stored as tensors and plain values so that
+    ``torch.load(weights_only=True)`` can read them back.
+    """
+    np_state = np.random.get_state(legacy=True)
+    py_version, py_internal, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "name": np_state[0],
+            "keys": torch.as_tensor(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {"version": py_version, "internal": torch.tensor(py_internal, dtype=torch.int64), "gauss": py_gauss},
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the RNG states saved by ``rng_state``."""
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    n = state["numpy"]
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss"]))
+
+
+@dataclass
+class Run:
+    """A trained run, as ``load_run`` returns it.
+
+    Attributes:
+        config: the run's ``TrainConfig``.
+        model, guide: the Pyro model and guide with the checkpoint's weights, on ``device``, in eval mode.
+        data: the ``VAEData`` the run was trained on (prepared for its likelihood), or None if not loaded.
+        epoch: the number of completed epochs in the checkpoint.
+        metrics: the per-epoch metric records up to ``epoch``.
+        out_dir: the run directory.
+    """
+
+    config: TrainConfig
+    model: VAEModel
+    guide: torch.nn.Module
+    data: VAEData | None
+    epoch: int
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    out_dir: Path = Path(".")
+
+
+def load_run(out_dir: str | Path, device: str | torch.device = "cpu", with_data: bool = True) -> Run:
+    """Load the run in ``out_dir`` (written by ``pyro-vae train --out DIR`` / ``train(config, DIR)``).
+
+    Rebuilds the model and guide from the stored config with ``pyro_vae.build``, loads the checkpoint's
+    weights, moves them to ``device`` and, when ``with_data``, loads the data set the run used (without
+    downloading). Clears Pyro's global parameter store so that stale parameters of the same names
+    cannot shadow the loaded ones.
+
+    >>> run = load_run("runs/quickstart/with_kl")
+    >>> run.model, run.guide, run.data.test_x_eval, run.config.model.z_dim
+    """
+    from pyro_vae.data import load_data
+    from pyro_vae.registry import build
+    from pyro_vae.train import TrainConfig
+
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise UserError(f"run directory {out} does not exist")
+    state = load_checkpoint(out / CHECKPOINT)
+    config = TrainConfig.from_json(state["config"])
+    pyro.clear_param_store()
+    model, guide = build(config.model)
+    model.load_state_dict(state["model"])
+    guide.load_state_dict(state["guide"])
+    model.to(device).eval()
+    guide.to(device).eval()
+    data = None
+    if with_data:
+        data = load_data(config.dataset, data_dir=config.data_dir, labels=config.labels, device=device, download=False)
+        data.prepare(model.likelihood)
+    return Run(config, model, guide, data, int(state["epoch"]), json.loads(state["metrics"]), out)

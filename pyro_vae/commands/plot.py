@@ -1,0 +1,27 @@
+"""``pyro-vae plot DIR``: (re)write the figures of a training run from its checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        name,
+        help="write the figures of a run (reconstructions, samples, curves, latent space, manifold grid)",
+        description="Load the run in DIR (pyro-vae train --out DIR) and write reconstructions.png, samples.png, "
+        "curves.png, latent.png and, for a 2-D latent space, manifold.png into DIR.",
+    )
+    parser.add_argument("dir", type=Path, metavar="DIR", help="run directory written by pyro-vae train")
+    parser.add_argument("--device", default="cpu", help="device to decode on (default: cpu)")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from pyro_vae.figures import plot_run
+
+    for path in plot_run(args.dir, device=args.device):
+        print(path)
+    return 0

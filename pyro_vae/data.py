@@ -1,0 +1,296 @@
+"""Data sets for training: scikit-learn's 8x8 digits (offline, the default), MNIST and Fashion-MNIST
+(torchvision), and the user's own arrays (.npy / .pt).
+
+Every data set becomes a ``VAEData``: float32 tensors of shape (N, D) with grey values, already on the
+training device, a fixed train/test split, labels where known (for plots) and the image shape.
+
+Bernoulli likelihoods and grey pixels: a Bernoulli p(x|z) has support {0, 1}, so grey pixels fail
+Pyro's validation (rightly). Rather than switching validation off, training uses *dynamic
+binarisation*: each epoch draws a fresh x ~ Bernoulli(pixels) (``VAEData.train_epoch``), and the test
+set is binarised once with a fixed seed (``VAEData.test_x_eval``) so that test ELBOs are comparable
+across epochs and runs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pyro_vae.errors import UserError
+from pyro_vae.safe_load import safe_torch_load
+
+#: Built-in data sets (``--dataset NAME``); anything else is a path to a .npy or .pt file.
+BUILTIN_DATASETS = ("digits", "mnist", "fashion-mnist")
+
+#: Seed of the fixed train/test split (independent of the training seed, so runs share a test set).
+SPLIT_SEED = 0
+#: Size of the digits test set: 1,797 images -> 1,500 train / 297 test.
+DIGITS_TEST_SIZE = 297
+#: Fraction of a user's array held out as the test set.
+USER_TEST_FRACTION = 1 / 6
+#: Seed of the one fixed binarisation of the test set.
+TEST_BINARIZE_SEED = 1234
+
+_TORCHVISION = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+
+
+def default_data_dir() -> Path:
+    """Where MNIST / Fashion-MNIST are downloaded: $XDG_CACHE_HOME/pyro-vae (default ~/.cache/pyro-vae)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "pyro-vae"
+
+
+@dataclass
+class VAEData:
+    """A data set ready for training.
+
+    Attributes:
+        name: the data set's name (or the user's file path).
+        train_x, test_x: float32 tensors (N, D) of grey values, on the training device.
+        train_y, test_y: integer labels on the CPU (for plots), or None.
+        image_shape: (H, W) used to show a row of D values as an image (H * W == D).
+        binarize: True when training draws x ~ Bernoulli(pixels) each epoch (set by ``prepare``).
+    """
+
+    name: str
+    train_x: Tensor
+    test_x: Tensor
+    train_y: Tensor | None
+    test_y: Tensor | None
+    image_shape: tuple[int, int]
+    binarize: bool = False
+    _test_eval: Tensor | None = field(default=None, repr=False)
+
+    @property
+    def x_dim(self) -> int:
+        return int(self.train_x.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.train_x.device
+
+    def to(self, device: torch.device | str) -> VAEData:
+        """Move the tensors to ``device`` (labels stay on the CPU)."""
+        self.train_x = self.train_x.to(device)
+        self.test_x = self.test_x.to(device)
+        if self._test_eval is not None:
+            self._test_eval = self._test_eval.to(device)
+        return self
+
+    def prepare(self, likelihood: nn.Module) -> None:
+        """Check the data against the likelihood's support and decide on dynamic binarisation.
+
+        A likelihood with ``binary_data = True`` (Bernoulli) needs values in [0, 1]: grey values are
+        binarised (a fresh draw each epoch), binary ones are used as they are. Any other likelihood checks
+        its own support with ``check_support``.
+        """
+        if getattr(likelihood, "binary_data", False):
+            for split, x in (("train", self.train_x), ("test", self.test_x)):
+                if x.min() < 0 or x.max() > 1:
+                    raise UserError(
+                        f"{self.name}: the bernoulli likelihood needs values in [0, 1] but the {split} set has values "
+                        f"in [{x.min().item():.4g}, {x.max().item():.4g}]; "
+                        "rescale the data or use --likelihood gaussian"
+                    )
+            grey = bool(
+                ((self.train_x != 0) & (self.train_x != 1)).any() or ((self.test_x != 0) & (self.test_x != 1)).any()
+            )
+            self.binarize = grey
+            if grey:
+                gen = torch.Generator().manual_seed(TEST_BINARIZE_SEED)
+                self._test_eval = torch.bernoulli(self.test_x.cpu(), generator=gen).to(self.device)
+            else:
+                self._test_eval = self.test_x
+        else:
+            check = getattr(likelihood, "check_support", None)
+            if check is not None:
+                try:
+                    check(self.train_x)
+                    check(self.test_x)
+                except ValueError as err:
+                    raise UserError(f"{self.name}: {err}") from None
+            self.binarize = False
+            self._test_eval = self.test_x
+
+    @property
+    def test_x_eval(self) -> Tensor:
+        """The test set as the likelihood sees it (binarised once, with a fixed seed, when ``binarize``)."""
+        return self.test_x if self._test_eval is None else self._test_eval
+
+    def train_epoch(self) -> Tensor:
+        """The training set for one epoch: a fresh Bernoulli draw of the pixels when ``binarize``.
+
+        The draw uses torch's global generator of the data's device, so seeding (and restoring the RNG
+        state on resume) reproduces it.
+        """
+        return torch.bernoulli(self.train_x) if self.binarize else self.train_x
+
+
+def minibatches(x: Tensor, batch_size: int) -> Iterator[Tensor]:
+    """Shuffled minibatches of the rows of ``x``, indexed on its device (no per-sample DataLoader).
+
+    The permutation is ``torch.randperm`` on the global generator; the last batch may be smaller.
+    """
+    perm = torch.randperm(x.shape[0], device=x.device)
+    for idx in perm.split(batch_size):
+        yield x[idx]
+
+
+def load_data(
+    dataset: str = "digits",
+    *,
+    data_dir: str | Path | None = None,
+    labels: str | Path | None = None,
+    device: torch.device | str = "cpu",
+    download: bool = True,
+) -> VAEData:
+    """Load ``dataset`` ("digits", "mnist", "fashion-mnist", or a path to a .npy / .pt array).
+
+    - digits: scikit-learn's ``load_digits``, pixels / 16, split 1,500 / 297 with a fixed seed.
+    - mnist, fashion-mnist: ``torchvision.datasets`` under ``data_dir`` (default ``default_data_dir()``),
+      downloaded when missing and ``download``; pixels / 255; the official train/test split.
+    - a path: an array (N, D) or (N, H, W) of finite values, split 5/6 train, 1/6 test with a fixed seed;
+      ``labels`` optionally names a 1-D integer array of N labels.
+
+    Raises ``UserError`` with a one-line message for anything missing or malformed.
+    """
+    if not isinstance(dataset, (str, Path)) or str(dataset) == "":
+        raise UserError(f"dataset must be one of {', '.join(BUILTIN_DATASETS)} or a path to a .npy/.pt file")
+    name = str(dataset)
+    if name in BUILTIN_DATASETS and labels is not None:
+        raise UserError(f"--labels is only for your own data; the {name} data set has its labels")
+    if name == "digits":
+        data = _load_digits()
+    elif name in _TORCHVISION:
+        data = _load_torchvision(name, Path(data_dir) if data_dir is not None else default_data_dir(), download)
+    else:
+        data = _load_user(name, labels)
+    return data.to(device)
+
+
+def _load_digits() -> VAEData:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = torch.as_tensor(digits.data / 16.0, dtype=torch.float32)
+    y = torch.as_tensor(digits.target, dtype=torch.long)
+    train_idx, test_idx = train_test_split(np.arange(len(x)), test_size=DIGITS_TEST_SIZE, random_state=SPLIT_SEED)
+    train_idx, test_idx = torch.as_tensor(train_idx), torch.as_tensor(test_idx)
+    return VAEData("digits", x[train_idx], x[test_idx], y[train_idx], y[test_idx], (8, 8))
+
+
+def torchvision_files(name: str) -> list[str]:
+    """The raw files torchvision expects for ``name`` under DATA_DIR/<Class>/raw/."""
+    from torchvision import datasets
+
+    cls = getattr(datasets, _TORCHVISION[name])
+    return [os.path.splitext(os.path.basename(filename))[0] for filename, _ in cls.resources]
+
+
+def _load_torchvision(name: str, root: Path, download: bool) -> VAEData:
+    from torchvision import datasets
+
+    cls = getattr(datasets, _TORCHVISION[name])
+    raw = root / cls.__name__ / "raw"
+    files = torchvision_files(name)
+
+    def missing(reason: str) -> UserError:
+        return UserError(
+            f"{name} is not in {raw} (expected {', '.join(files)}) and {reason}; put the files there, "
+            f"pass --data-dir DIR with {cls.__name__}/raw/ inside, or use --dataset digits (offline)"
+        )
+
+    splits = []
+    for train in (True, False):
+        try:
+            ds = cls(str(root), train=train, download=False)
+        except RuntimeError:
+            if not download:
+                raise missing("downloading is switched off") from None
+            try:
+                ds = cls(str(root), train=train, download=True)
+            except Exception as err:  # noqa: BLE001 - any network or file error means "could not download"
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                raise missing(f"downloading it failed ({first})") from None
+        except (AssertionError, TypeError, ValueError, OSError) as err:
+            raise UserError(
+                f"could not read {name} from {raw}: {err or type(err).__name__}; delete the files"
+            ) from None
+        splits.append((ds.data.reshape(len(ds.data), -1).float() / 255.0, ds.targets.long()))
+    (train_x, train_y), (test_x, test_y) = splits
+    h, w = ds.data.shape[1:]
+    return VAEData(name, train_x, test_x, train_y, test_y, (int(h), int(w)))
+
+
+def _read_array(path: Path, what: str) -> np.ndarray:
+    if not path.exists():
+        raise UserError(f"{what} file {path} does not exist")
+    if path.suffix == ".npy":
+        try:
+            return np.load(path, allow_pickle=False)
+        except (ValueError, EOFError, OSError) as err:
+            # EOFError: an empty or truncated file; ValueError: not .npy, or pickled objects (never loaded).
+            detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UserError(
+                f"could not read {what} file {path} as a plain numeric .npy array ({detail}); "
+                "write it with numpy.save of a numeric array"
+            ) from None
+    if path.suffix == ".pt":
+        obj = safe_torch_load(path, f"{what} file")
+        if not isinstance(obj, Tensor):
+            raise UserError(f"{what} file {path} holds a {type(obj).__name__}, not a single tensor")
+        if obj.is_complex():
+            raise UserError(f"{what} file {path} has complex dtype {obj.dtype}; give real values")
+        return obj.numpy()
+    raise UserError(f"{what} file {path} must end in .npy or .pt (got {path.suffix or 'no suffix'})")
+
+
+def _load_user(name: str, labels: str | Path | None) -> VAEData:
+    from sklearn.model_selection import train_test_split
+
+    path = Path(name)
+    if path.suffix not in (".npy", ".pt") and not path.exists():
+        raise UserError(
+            f"unknown dataset {name!r}: use one of {', '.join(BUILTIN_DATASETS)} or a path to a .npy or .pt file"
+        )
+    arr = _read_array(path, "dataset")
+    if arr.dtype.kind not in "biuf":
+        raise UserError(f"dataset {path} has dtype {arr.dtype}; give real numbers (float, int or bool)")
+    if arr.ndim not in (2, 3):
+        raise UserError(f"dataset {path} has shape {tuple(arr.shape)}; give (N, D) rows or (N, H, W) images")
+    if arr.shape[0] < 2 or math.prod(arr.shape[1:]) == 0:
+        raise UserError(f"dataset {path} has shape {tuple(arr.shape)}; it needs at least 2 non-empty examples")
+    x = torch.as_tensor(arr.astype(np.float32)).reshape(arr.shape[0], -1)
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).any(1).sum())
+        raise UserError(f"dataset {path} has NaN or infinite values in {bad} example(s); remove or fix them")
+    if arr.ndim == 3:
+        shape = (int(arr.shape[1]), int(arr.shape[2]))
+    else:
+        d = arr.shape[1]
+        side = math.isqrt(d)
+        shape = (side, side) if side * side == d else (1, d)
+    y = None
+    if labels is not None:
+        lab = _read_array(Path(labels), "labels")
+        if lab.ndim != 1 or lab.shape[0] != arr.shape[0]:
+            raise UserError(
+                f"labels {labels} have shape {tuple(lab.shape)}; expected ({arr.shape[0]},), one per example"
+            )
+        if lab.dtype.kind not in "biu":
+            raise UserError(f"labels {labels} have dtype {lab.dtype}; give integer class labels")
+        y = torch.as_tensor(lab.astype(np.int64))
+    n = x.shape[0]
+    test_size = max(1, round(n * USER_TEST_FRACTION))
+    train_idx, test_idx = train_test_split(np.arange(n), test_size=test_size, random_state=SPLIT_SEED)
+    train_idx, test_idx = torch.as_tensor(train_idx), torch.as_tensor(test_idx)
+    ys = (None, None) if y is None else (y[train_idx], y[test_idx])
+    return VAEData(str(path), x[train_idx], x[test_idx], ys[0], ys[1], shape)

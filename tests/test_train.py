@@ -1,0 +1,285 @@
+"""Training: the loop, the test-ELBO evaluation against independent computations, config validation,
+warm-up, failure modes, and the `pyro-vae train` command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Literal
+
+import pyro.poutine as poutine
+import pytest
+import torch
+from pyro.infer import TraceMeanField_ELBO
+
+from pyro_vae.checkpoint import CHECKPOINT, load_checkpoint
+from pyro_vae.cli import main
+from pyro_vae.closed_form import bernoulli_log_likelihood, standard_normal_kl
+from pyro_vae.commands.train import add_dataclass_options, field_docs
+from pyro_vae.config import VAEConfig
+from pyro_vae.data import load_data
+from pyro_vae.elbo_terms import elbo_terms
+from pyro_vae.errors import UserError
+from pyro_vae.step import TrainStep
+from pyro_vae.train import NonFiniteLossError, TrainConfig, train
+
+
+def small(**options) -> TrainConfig:
+    base = dict(z_dim=2, hidden=(16,), epochs=3, batch_size=256, lr=5e-3, threads=1)
+    return TrainConfig.for_data(load_data("digits"), **{**base, **options})
+
+
+def test_loss_decreases_and_test_elbo_rises_on_digits(tmp_path):
+    result = train(small(epochs=4), tmp_path / "run", progress=False, figures=False)
+    m = result.metrics
+    assert [r["epoch"] for r in m] == [1, 2, 3, 4]
+    assert m[-1]["train_loss"] < m[0]["train_loss"] - 1.0
+    assert m[-1]["test_elbo"] > m[0]["test_elbo"] + 0.5
+    # The metrics file holds exactly these records.
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == m
+    for r in m:
+        assert r["test_elbo"] == pytest.approx(-(r["test_recon"] + r["test_kl"]), rel=1e-12)
+        assert r["kl"] == {"z": "analytic"}
+
+
+def test_test_elbo_equals_closed_form_and_pyro_at_the_same_draws(tmp_path):
+    result = train(small(epochs=2), tmp_path / "run", progress=False, figures=False)
+    model, guide, x = result.model, result.guide, result.data.test_x_eval
+    terms = elbo_terms(model, guide, x, num_samples=1, seed=7)
+    # elbo_terms documents its draws: z = q(z|x).sample((S,)) after torch.manual_seed(seed).
+    with torch.no_grad():
+        torch.manual_seed(7)
+        z = guide.posterior(x).sample((1,))[0]
+        loc, scale = guide.encoder(x)
+        kl = standard_normal_kl(loc, torch.log(scale**2))  # eq. 40, written out
+        log_lik = bernoulli_log_likelihood(x, model.decoder(z))
+    n = x.shape[0]
+    assert terms.kl == pytest.approx(kl.double().sum().item() / n, rel=1e-5)
+    assert terms.recon == pytest.approx(-log_lik.double().sum().item() / n, rel=1e-5)
+    assert terms.kl_kind == "analytic"
+    # Pyro's TraceMeanField_ELBO at the same z (the guide replayed with it) gives the same ELBO.
+    with torch.no_grad():
+        guide_trace = poutine.trace(guide).get_trace(x)
+        guide_trace.nodes["z"]["value"] = z
+        pyro_loss = TraceMeanField_ELBO().loss(model, poutine.replay(guide, trace=guide_trace), x)
+    assert -pyro_loss / n == pytest.approx(terms.elbo, rel=1e-5)
+    # And the metrics record is this evaluation at the default seed, after the last epoch.
+    assert result.metrics[-1]["test_elbo"] == elbo_terms(model, guide, x).elbo
+
+
+def test_beta_zero_trains_without_kl_but_reports_the_true_elbo(tmp_path):
+    result = train(small(beta=0.0, epochs=2), tmp_path / "run", progress=False, figures=False)
+    last = result.metrics[-1]
+    assert last["beta"] == 0.0
+    # The reported test ELBO includes the (large, untrained) KL term: it is the beta = 1 ELBO.
+    assert last["test_kl"] > 1.0
+    assert last["test_elbo"] == pytest.approx(-(last["test_recon"] + last["test_kl"]), rel=1e-12)
+
+
+def test_kl_warmup_is_linear_from_zero_to_beta(tmp_path):
+    result = train(small(beta=0.5, kl_warmup=2, epochs=4), tmp_path / "run", progress=False, figures=False)
+    assert [r["beta"] for r in result.metrics] == [0.0, 0.25, 0.5, 0.5]
+
+
+def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_checkpoint(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_call = TrainStep.__call__
+
+    def flaky(self, x):
+        calls["n"] += 1
+        loss = real_call(self, x)
+        return math.nan if calls["n"] == 6 + 3 else loss  # 6 steps per epoch: epoch 2, step 3
+
+    monkeypatch.setattr(TrainStep, "__call__", flaky)
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError) as err:
+        train(small(epochs=3), out, progress=False, figures=False)
+    message = str(err.value)
+    assert "epoch 2, step 3" in message and "\n" not in message and "checkpoint of epoch 1" in message
+    assert load_checkpoint(out / CHECKPOINT)["epoch"] == 1
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_require_analytic_kl(tmp_path, capsys):
+    # A mixture prior has no registered KL with the Normal guide: refuse before training.
+    with pytest.raises(UserError, match="site.s. z"):
+        train(small(prior="mixture", require_analytic_kl=True), tmp_path / "a", progress=False)
+    assert not (tmp_path / "a" / CHECKPOINT).exists()
+    with pytest.raises(UserError, match="meanfield-type"):
+        train(small(elbo="trace", require_analytic_kl=True), tmp_path / "b", progress=False)
+    result = train(small(epochs=1, require_analytic_kl=True), tmp_path / "c", figures=False)
+    assert result.metrics[0]["kl"] == {"z": "analytic"}
+    assert "KL per latent site: z=analytic" in capsys.readouterr().err
+    # Without the flag the mixture prior trains, and the records say its KL is Monte Carlo.
+    result = train(small(epochs=1, prior="mixture"), tmp_path / "d", progress=False, figures=False)
+    assert result.metrics[0]["kl"] == {"z": "monte-carlo"}
+
+
+BAD_CONFIGS = [
+    ({"epochs": 0}, "epochs must be an integer >= 1"),
+    ({"epochs": 2.5}, "epochs must be an integer >= 1"),
+    ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+    ({"lr": 0.0}, "lr must be a finite number > 0"),
+    ({"lr": math.inf}, "lr must be a finite number > 0"),
+    ({"beta": -1.0}, "beta must be a finite number >= 0"),
+    ({"beta": math.nan}, "beta must be a finite number >= 0"),
+    ({"num_particles": 0}, "num_particles must be an integer >= 1"),
+    ({"kl_warmup": -1}, "kl_warmup must be an integer"),
+    ({"clip_norm": 0.0}, "clip_norm must be a finite number > 0"),
+    ({"seed": -1}, "seed must be an integer in"),
+    ({"seed": True}, "seed must be an integer in"),
+    ({"device": "tpu"}, "device must be auto, cpu, cuda or cuda:N"),
+    ({"elbo": "nope"}, "unknown elbo 'nope'"),
+    ({"eval_samples": 0}, "eval_samples must be an integer >= 1"),
+    ({"threads": 0}, "threads must be an integer >= 1"),
+    ({"require_analytic_kl": "yes"}, "require_analytic_kl must be true or false"),
+    ({"dataset": ""}, "dataset must be a name"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_CONFIGS)
+def test_config_validation_messages(change, message):
+    with pytest.raises(ValueError) as err:
+        TrainConfig(model=VAEConfig(x_dim=64), **change)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_config_json_round_trip_and_unknown_fields():
+    config = TrainConfig(
+        model=VAEConfig(x_dim=64, hidden=(32, 16), prior="gaussian", prior_loc=[0.5, -1.0]),
+        beta=0.3,
+        kl_warmup=4,
+        clip_norm=5.0,
+        elbo="trace",
+        num_particles=3,
+        threads=1,
+    )
+    again = TrainConfig.from_json(config.to_json())
+    assert again == config and again.model.hidden == (32, 16)
+    with pytest.raises(ValueError, match="unknown TrainConfig field.s.: bogus"):
+        TrainConfig.from_dict({**config.to_dict(), "bogus": 1})
+
+
+def test_existing_run_needs_resume_or_overwrite_and_resume_checks_config(tmp_path):
+    out = tmp_path / "run"
+    train(small(epochs=1), out, progress=False, figures=False)
+    with pytest.raises(UserError, match="already holds a run"):
+        train(small(epochs=1), out, progress=False, figures=False)
+    with pytest.raises(UserError, match="lr differ"):
+        train(small(epochs=2, lr=1e-2), out, resume=True, progress=False, figures=False)
+    with pytest.raises(UserError, match="model.hidden differ"):
+        train(small(epochs=2, hidden=(8,)), out, resume=True, progress=False, figures=False)
+    assert len(train(small(epochs=1), out, overwrite=True, progress=False, figures=False).metrics) == 1
+
+
+def test_cuda_requested_without_cuda_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="CUDA is not available here; use --device cpu"):
+        train(small(device="cuda"), tmp_path / "run", progress=False)
+
+
+# --- the command line ---------------------------------------------------------------------------------
+
+
+def test_every_config_field_is_a_cli_option():
+    import argparse
+
+    from pyro_vae.cli import make_parser
+
+    parser = make_parser()
+    train_parser = parser._subparsers._group_actions[0].choices["train"]
+    options = {s for a in train_parser._actions for s in a.option_strings}
+    for cls, skip in ((VAEConfig, {"x_dim"}), (TrainConfig, {"model"})):
+        for f in dataclasses.fields(cls):
+            if f.name not in skip:
+                assert "--" + f.name.replace("_", "-") in options, f.name
+    assert "--x-dim" not in options
+    assert isinstance(parser, argparse.ArgumentParser)
+
+
+def test_dataclass_options_follow_field_types():
+    import argparse
+
+    @dataclasses.dataclass
+    class Example:
+        """Fields:
+        widths: layer widths.
+        loc: a number or one per dimension.
+        flag: switch it on.
+        maybe: an optional float.
+        mode: a choice.
+        extra: anything else.
+        """
+
+        widths: tuple[int, ...] = (4,)
+        loc: float | list[float] = 0.0
+        flag: bool = False
+        maybe: float | None = None
+        mode: Literal["a", "b"] = "a"
+        extra: dict | None = None
+
+    parser = argparse.ArgumentParser()
+    conv = add_dataclass_options(parser, Example)
+    ns = parser.parse_args(
+        ["--widths", "3", "2", "--loc", "0.5", "--flag", "--maybe", "none", "--mode", "b", "--extra", '{"k": 1}']
+    )
+    values = {k: conv[k](v) for k, v in vars(ns).items()}
+    assert values == {"widths": (3, 2), "loc": 0.5, "flag": True, "maybe": None, "mode": "b", "extra": {"k": 1}}
+    assert conv["loc"](parser.parse_args(["--loc", "1", "2"]).loc) == [1.0, 2.0]
+    assert vars(parser.parse_args([])) == {}  # unspecified options stay out of the namespace
+    assert field_docs(Example)["widths"] == "layer widths."
+
+
+def test_cli_train_writes_a_run_and_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), "--hidden", "16", "--epochs", "2", "--batch-size", "512", "--no-progress"]
+    assert main(args) == 0
+    config = TrainConfig.from_json((out / "config.json").read_text())
+    assert config.model.hidden == (16,) and config.model.x_dim == 64 and config.epochs == 2
+    assert {"checkpoint.pt", "metrics.jsonl", "manifold.png", "curves.png"} <= {p.name for p in out.iterdir()}
+    assert "test ELBO" in capsys.readouterr().out
+    # --resume takes the stored config; only the options given change.
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "3", "--no-progress"]) == 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    assert TrainConfig.from_json(load_checkpoint(out / CHECKPOINT)["config"]).epochs == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--epochs", "0"], "epochs must be an integer >= 1"),
+        (["--prior", "nope"], "unknown prior 'nope'"),
+        (["--elbo", "nope"], "unknown elbo 'nope'"),
+        (["--lr", "-1"], "lr must be a finite number > 0"),
+        (["--dataset", "missing.npy"], "does not exist"),
+    ],
+)
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
+    assert main(["train", "--out", str(tmp_path / "run"), "--no-progress", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pyro-vae: error:") and message in err and "\n" not in err
+
+
+def test_ctrl_c_exits_130_keeps_last_epoch_and_resume_matches(tmp_path, monkeypatch, capsys):
+    common = ["--hidden", "16", "--epochs", "3", "--batch-size", "256", "--no-progress"]
+    assert main(["train", "--out", str(tmp_path / "full"), *common]) == 0
+    calls = {"n": 0}
+    real_call = TrainStep.__call__
+
+    def interrupt(self, x):
+        calls["n"] += 1
+        if calls["n"] == 8:  # epoch 2, step 2
+            raise KeyboardInterrupt
+        return real_call(self, x)
+
+    monkeypatch.setattr(TrainStep, "__call__", interrupt)
+    out = tmp_path / "cut"
+    assert main(["train", "--out", str(out), *common]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted during epoch 2" in err and "checkpoint of epoch 1" in err
+    assert load_checkpoint(out / CHECKPOINT)["epoch"] == 1
+    monkeypatch.setattr(TrainStep, "__call__", real_call)
+    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert (out / "metrics.jsonl").read_text() == (tmp_path / "full" / "metrics.jsonl").read_text()
