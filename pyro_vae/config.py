@@ -24,7 +24,13 @@ class VAEConfig:
         encoder_hidden: hidden widths of the encoder; None means "same as hidden"; () makes it affine.
         prior_loc, prior_scale: mu_p and sigma_p of the "gaussian" prior (a number or one per latent dimension).
         learn_prior: make the "gaussian" prior's mu_p and sigma_p learnable.
-        sigma: the fixed standard deviation of the "gaussian" likelihood (1 gives the blog's MSE, up to constants).
+        sigma: the fixed standard deviation of the "gaussian" likelihood (1 gives 1/2 the summed squared error; 1/sqrt(2) gives the blog's summed squared error, up to constants);
+            the initial sigma of the "gaussian-learned" likelihood.
+        mixture_components: K, the number of components of the "mixture" prior and of pseudo-inputs of the
+            "vamp" prior.
+        vamp_learn_weights: learn the VampPrior's mixture weights (default: uniform 1/K, as in the paper).
+        sigma_per_pixel: the "gaussian-learned" likelihood learns one sigma per pixel instead of one global sigma.
+        min_sigma: floor of the learned sigma (constant pixels would otherwise drive it to 0 and the ELBO to +inf).
     """
 
     x_dim: int
@@ -38,6 +44,10 @@ class VAEConfig:
     prior_scale: float | list[float] = 1.0
     learn_prior: bool = False
     sigma: float = 1.0
+    mixture_components: int = 10
+    vamp_learn_weights: bool = False
+    sigma_per_pixel: bool = False
+    min_sigma: float = 1e-3
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -64,6 +74,16 @@ class VAEConfig:
                 raise ValueError(f"{name} sizes must be positive integers, got {list(widths)}")
         if not (isinstance(self.sigma, (int, float)) and math.isfinite(self.sigma) and self.sigma > 0):
             raise ValueError(f"sigma must be a positive finite number, got {self.sigma!r}")
+        k = self.mixture_components
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"mixture_components must be a positive integer, got {k!r}")
+        if not (isinstance(self.min_sigma, (int, float)) and math.isfinite(self.min_sigma) and self.min_sigma > 0):
+            raise ValueError(f"min_sigma must be a positive finite number, got {self.min_sigma!r}")
+        if self.likelihood == "gaussian-learned" and not self.sigma > self.min_sigma:
+            raise ValueError(
+                f"the initial sigma ({self.sigma}) of the gaussian-learned likelihood must exceed "
+                f"min_sigma ({self.min_sigma})"
+            )
 
     @property
     def encoder_widths(self) -> tuple[int, ...]:

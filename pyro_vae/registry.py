@@ -12,8 +12,17 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from guides import MLPEncoder, NormalGuide
-from models import BernoulliLikelihood, GaussianLikelihood, GaussianPrior, LinearDecoder, MLPDecoder, StandardNormalPrior
+from models import (
+    BernoulliLikelihood,
+    GaussianLikelihood,
+    GaussianPrior,
+    LinearDecoder,
+    MLPDecoder,
+    StandardNormalPrior,
+)
+from models.likelihoods import ContinuousBernoulliLikelihood, LearnedGaussianLikelihood
 from models.model import VAEModel
+from models.priors import MixturePrior, VampPrior
 
 if TYPE_CHECKING:
     from pyro_vae.config import VAEConfig
@@ -26,11 +35,17 @@ PriorFactory = Callable[["VAEConfig", nn.Module], nn.Module]
 PRIORS: dict[str, PriorFactory] = {
     "standard": lambda c, encoder: StandardNormalPrior(c.z_dim),
     "gaussian": lambda c, encoder: GaussianPrior(c.z_dim, c.prior_loc, c.prior_scale, learnable=c.learn_prior),
+    "mixture": lambda c, encoder: MixturePrior(c.z_dim, c.mixture_components),
+    "vamp": lambda c, encoder: VampPrior(encoder, c.x_dim, c.mixture_components, learn_weights=c.vamp_learn_weights),
 }
 
 LIKELIHOODS: dict[str, Factory] = {
     "bernoulli": lambda c: BernoulliLikelihood(),
     "gaussian": lambda c: GaussianLikelihood(c.sigma),
+    "gaussian-learned": lambda c: LearnedGaussianLikelihood(
+        c.x_dim, c.sigma, per_pixel=c.sigma_per_pixel, min_sigma=c.min_sigma
+    ),
+    "continuous-bernoulli": lambda c: ContinuousBernoulliLikelihood(),
 }
 
 DECODERS: dict[str, Factory] = {

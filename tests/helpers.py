@@ -9,8 +9,8 @@ from torch import Tensor
 from models.likelihoods import BernoulliLikelihood, GaussianLikelihood
 from models.priors import GaussianPrior, StandardNormalPrior
 from pyro_vae.closed_form import (
-    bernoulli_log_likelihood,
     batch_loss,
+    bernoulli_log_likelihood,
     gaussian_kl,
     gaussian_log_likelihood,
     standard_normal_kl,

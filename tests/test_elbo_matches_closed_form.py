@@ -45,11 +45,11 @@ def test_meanfield_loss_and_gradients_equal_closed_form(float64, prior_kw, likel
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     assert elbo.loss(model, replayed, x) == pytest.approx(expected.item(), rel=1e-6)
 
-    params = [p for p in list(model.parameters()) + list(guide.parameters())]
+    params = list(model.parameters()) + list(guide.parameters())
     g_pyro = torch.autograd.grad(loss, params, retain_graph=True)
     g_closed = torch.autograd.grad(expected, params)
     assert len(params) > 0
-    for a, b in zip(g_pyro, g_closed):
+    for a, b in zip(g_pyro, g_closed, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-10)
 
 

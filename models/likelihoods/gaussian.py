@@ -1,7 +1,8 @@
-"""Gaussian likelihood with fixed sigma: the blog's MSE reconstruction loss, with its constants.
+"""Gaussian likelihood with fixed sigma: the blog's squared-error reconstruction loss, with its constants.
 
 log p(x|z) = -1/2 [k log(2 pi sigma^2) + ||x - f(z)||^2 / sigma^2], so with sigma = 1 the
-negative log-likelihood is 1/2 * sum of squared errors plus k/2 log 2 pi.
+negative log-likelihood is 1/2 * sum of squared errors plus k/2 log 2 pi; with sigma^2 = 1/2 it is the
+blog's sum of squared errors ||x - x_hat||^2 plus a constant, which weighs reconstruction against KL as the blog does.
 """
 
 from __future__ import annotations

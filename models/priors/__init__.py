@@ -8,6 +8,8 @@ makes ``TraceMeanField_ELBO`` use it analytically.
 """
 
 from models.priors.gaussian import GaussianPrior
+from models.priors.mixture import MixturePrior
 from models.priors.standard import StandardNormalPrior
+from models.priors.vamp import VampPrior
 
-__all__ = ["GaussianPrior", "StandardNormalPrior"]
+__all__ = ["GaussianPrior", "MixturePrior", "StandardNormalPrior", "VampPrior"]
