@@ -24,8 +24,9 @@ class VAEConfig:
         encoder_hidden: hidden widths of the encoder; None means "same as hidden"; () makes it affine.
         prior_loc, prior_scale: mu_p and sigma_p of the "gaussian" prior (a number or one per latent dimension).
         learn_prior: make the "gaussian" prior's mu_p and sigma_p learnable.
-        sigma: the fixed standard deviation of the "gaussian" likelihood (1 gives 1/2 the summed squared error; 1/sqrt(2) gives the blog's summed squared error, up to constants);
-            the initial sigma of the "gaussian-learned" likelihood.
+        sigma: the fixed standard deviation of the "gaussian" likelihood (1 gives 1/2 the summed squared
+            error; 1/sqrt(2) gives the blog's summed squared error, up to constants); the initial sigma of
+            the "gaussian-learned" likelihood.
         mixture_components: K, the number of components of the "mixture" prior and of pseudo-inputs of the
             "vamp" prior.
         vamp_learn_weights: learn the VampPrior's mixture weights (default: uniform 1/K, as in the paper).
