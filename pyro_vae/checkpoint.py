@@ -93,10 +93,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}; train a model there first (pyro-vae train --out {path.parent})")
-    try:
-        state = safe_torch_load(path, "checkpoint", map_location=map_location)
-    except UserError as err:
-        raise UserError(f"{err}; train again with --overwrite, or restore a good copy") from None
+    state = safe_torch_load(
+        path, "checkpoint", "train again with --overwrite, or restore a good copy", map_location=map_location
+    )
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         raise UserError(f"{path} is not a pyro-vae checkpoint (format {FORMAT_VERSION})")
     missing = [key for key in CHECKPOINT_KEYS if key not in state]

@@ -1,7 +1,8 @@
 """The ``pyro-vae`` command line: one subcommand per module in ``pyro_vae.commands``.
 
-Every user-facing error (ValueError, TypeError, FileNotFoundError, ...) becomes one line on stderr,
-``pyro-vae: error: <message>``, and exit code 2; never a traceback.
+Every user-facing error (ValueError, TypeError, OSError such as FileNotFoundError, and argparse's own
+errors: an unknown option, ``--epochs abc``) becomes one line on stderr, ``pyro-vae: error: <message>``,
+and exit code 2; never a traceback. Ctrl-C exits with code 130 and a one-line message.
 """
 
 from __future__ import annotations
@@ -9,13 +10,22 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from pyro_vae.commands import COMMANDS
 from pyro_vae.errors import UserError
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, ``pyro-vae: error: <message>; see '<prog> --help'``
+    (argparse prints the whole usage first); its subparsers are OneLineParsers too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"pyro-vae: error: {message}; see '{self.prog} --help'\n")
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pyro-vae", description="Variational autoencoders in Pyro.")
+    parser = OneLineParser(prog="pyro-vae", description="Variational autoencoders in Pyro.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():
         command.add_parser(sub, name)
@@ -23,14 +33,21 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = make_parser()
-    args = parser.parse_args(argv)
+    """Run ``pyro-vae ARGS``; return the exit code (0 success, 2 bad input, 130 interrupted)."""
     try:
+        parser = make_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as done:  # --help (0) or a parse error (2, already printed)
+            return 0 if done.code is None else done.code if isinstance(done.code, int) else 2
         return int(args.run(args) or 0)
-    except (UserError, ValueError, TypeError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
+    except (UserError, ValueError, TypeError, OSError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"pyro-vae: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("pyro-vae: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -237,14 +237,17 @@ def _read_array(path: Path, what: str) -> np.ndarray:
         try:
             return np.load(path, allow_pickle=False)
         except (ValueError, EOFError, OSError) as err:
-            # EOFError: an empty or truncated file; ValueError: not .npy, or pickled objects (never loaded).
-            detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if isinstance(err, ValueError) and "pickle" in str(err):
+                # numpy takes any file without the .npy header for a pickle, and never unpickles here.
+                detail = "it is not a .npy file, or holds pickled Python objects, which are never loaded"
+            else:
+                detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise UserError(
                 f"could not read {what} file {path} as a plain numeric .npy array ({detail}); "
                 "write it with numpy.save of a numeric array"
             ) from None
     if path.suffix == ".pt":
-        obj = safe_torch_load(path, f"{what} file")
+        obj = safe_torch_load(path, f"{what} file", "save a single tensor with torch.save(tensor, path)")
         if not isinstance(obj, Tensor):
             raise UserError(f"{what} file {path} holds a {type(obj).__name__}, not a single tensor")
         if obj.is_complex():

@@ -59,7 +59,7 @@ def format_evaluation(result: Evaluation, title: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyro_vae.checkpoint import load_run
+    from pyro_vae.checkpoint import atomic_write_text, load_run
 
     if args.num_samples < 1:
         raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
@@ -74,6 +74,6 @@ def run(args: argparse.Namespace) -> int:
     title = f"{args.dir}: {loaded.data.name}, epoch {loaded.epoch}, {result.num_examples} test examples"
     print(format_evaluation(result, title))
     out = args.dir / OUTPUT
-    out.write_text(json.dumps({"epoch": loaded.epoch, **result.to_dict()}, indent=2) + "\n")
+    atomic_write_text(out, json.dumps({"epoch": loaded.epoch, **result.to_dict()}, indent=2) + "\n")
     print(f"wrote {out}")
     return 0

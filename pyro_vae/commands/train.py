@@ -227,6 +227,8 @@ def run(args: argparse.Namespace) -> int:
         d.update(train_opts)
         config = TrainConfig.from_dict(d)
     else:
+        # Check the options before loading the data, which can take long; x_dim comes from the data.
+        TrainConfig(model=VAEConfig(x_dim=1, **model_opts), **train_opts)
         defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name != "model"}
         opts = {**defaults, **train_opts}
         data = load_data(opts["dataset"], data_dir=opts["data_dir"], labels=opts["labels"], download=opts["download"])
