@@ -51,7 +51,7 @@ from pyro_vae.elbo_terms import elbo_terms
 from pyro_vae.errors import UserError
 from pyro_vae.kl_check import MONTE_CARLO, describe, kl_kinds
 from pyro_vae.registry import build
-from pyro_vae.step import TrainStep, parameters_of
+from pyro_vae.step import TrainStep, make_optimizer, parameters_of
 
 #: Options that may differ between a checkpoint's config and the config given to ``train(resume=True)``.
 RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "download", "threads")
@@ -306,8 +306,8 @@ def train(
         figures: write the figures of ``pyro_vae.figures`` at the end.
 
     Raises:
-        UserError (one line): bad data, an unresumable config, or a non-finite loss
-        (``NonFiniteLossError``, naming the epoch and step; the last good checkpoint stays).
+        UserError (one line): bad data, an unwritable ``out_dir``, an unresumable config, or a non-finite or
+        diverging loss (``NonFiniteLossError``, naming the epoch and step; the last good checkpoint stays).
         TrainingInterrupted (a KeyboardInterrupt) on Ctrl-C; the last completed epoch is in the checkpoint.
 
     Side effects: clears Pyro's global parameter store and seeds the global RNGs (``pyro.set_rng_seed``).
@@ -351,7 +351,7 @@ def train(
     guide.to(device)
     data.prepare(model.likelihood)
     params = parameters_of(model, guide)
-    optimizer = torch.optim.Adam(params, lr=config.lr)
+    optimizer = make_optimizer(params, config.lr)  # one fused Adam (benchmarks/step_time.py)
     scaled = BetaScaled(model, guide, config.beta)
     elbo = make_training_elbo(config.elbo, config.num_particles)
 
@@ -394,7 +394,8 @@ def train(
         atomic_write_text(out / CONFIG, config.to_json() + "\n")
         write_jsonl(metrics_path, [])
 
-    step = TrainStep(scaled.model, scaled.guide, elbo, optimizer, params, config.clip_norm)
+    # fast: validation on the first step only, a compiled meanfield objective (same losses; pyro_vae/step.py).
+    step = TrainStep(scaled.model, scaled.guide, elbo, optimizer, params, config.clip_norm, fast=True)
     n = data.train_x.shape[0]
     steps_per_epoch = math.ceil(n / config.batch_size)
     bar = tqdm(

@@ -1,0 +1,312 @@
+"""Time one SVI training step of the project against a hand-written PyTorch step (issue 7).
+
+Both build the same network: encoder 784-400-(2x20), decoder 20-400-784, softplus activations (the
+project's MLP), sigma = softplus(s) + 1e-5, Bernoulli likelihood, Adam, loss = closed-form KL (eq. 40) +
+BCE with logits, summed over the batch. The hand-written step lives only here; it gets the project's
+initial weights (state dict copied), and before any timing the script checks that the two losses agree
+at the same z (rel 1e-5) and that the fast step's compiled objective agrees with plain
+``TraceMeanField_ELBO`` under the same seed.
+
+Timing runs every variant in one process, interleaved step by step (A B C A B C ..., the order rotated
+each step so none always runs first), on random binarised 784-pixel batches; each variant's time is the
+median over its steps, and the reported number is the median over ``--repeats`` repeats. Every step ends
+with ``loss.item()`` (a training loop needs the number: NaN check, progress), the hand-written one too.
+
+    python benchmarks/step_time.py                     # batch 32, 128, 512; ~2 minutes on 2 cores
+    python benchmarks/step_time.py --ablation          # also each speed-up on its own
+    python benchmarks/step_time.py --device cuda --batch-sizes 512
+    python benchmarks/step_time.py --threads 1 --clock cpu   # steadier on a shared, loaded machine
+
+The last line is ``ratio_bs128=<x> ratio_bs32=<y>``: the fast step's time over the hand-written step's.
+On a machine whose cores are busy with other work, torch's multi-threaded kernels stall badly (OpenMP
+threads wait for each other); ``--threads 1`` then gives much steadier numbers, and ``--clock cpu`` (the
+process's CPU time) leaves out the time the process waits for a core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyro
+import pyro.poutine as poutine
+import torch
+import torch.nn.functional as F
+from pyro.infer import SVI, JitTraceMeanField_ELBO, TraceMeanField_ELBO
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pyro_vae import VAEConfig, build  # noqa: E402
+from pyro_vae.step import TrainStep, make_optimizer, parameters_of  # noqa: E402
+
+X_DIM, HIDDEN, Z_DIM = 784, 400, 20
+LR = 1e-3
+MIN_SCALE = 1e-5  # the project's encoder floor (guides/encoder.py)
+
+
+class HandWrittenVAE(nn.Module):
+    """The reference: the same VAE written directly in PyTorch, no Pyro."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(X_DIM, HIDDEN), nn.Softplus(), nn.Linear(HIDDEN, 2 * Z_DIM))
+        self.decoder = nn.Sequential(nn.Linear(Z_DIM, HIDDEN), nn.Softplus(), nn.Linear(HIDDEN, X_DIM))
+
+    def copy_from(self, model: nn.Module, guide: nn.Module) -> None:
+        self.encoder.load_state_dict(guide.encoder.net.state_dict())
+        self.decoder.load_state_dict(model.decoder.net.state_dict())
+
+    def loss(self, x: Tensor, z: Tensor | None = None) -> Tensor:
+        """KL(q(z|x) || N(0, I)) (eq. 40) + BCE(x, decoder(z)), summed over the batch; z ~ q unless given."""
+        h = self.encoder(x)
+        loc, scale = h[:, :Z_DIM], F.softplus(h[:, Z_DIM:]) + MIN_SCALE
+        if z is None:
+            z = loc + scale * torch.randn_like(loc)
+        kl = -0.5 * torch.sum(1 + torch.log(scale**2) - loc**2 - scale**2)
+        return kl + F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="sum")
+
+
+def build_project(seed: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(seed)
+    model, guide = build(VAEConfig(x_dim=X_DIM, z_dim=Z_DIM, hidden=(HIDDEN,)))
+    return model.to(device), guide.to(device)
+
+
+def meanfield() -> TraceMeanField_ELBO:
+    # As the trainer builds "meanfield" (pyro_vae.train.make_training_elbo).
+    return TraceMeanField_ELBO(vectorize_particles=True, max_plate_nesting=1)
+
+
+@dataclass
+class Variant:
+    name: str
+    step: Callable[[Tensor], float]
+    note: str = ""
+
+
+def hand_written(device: torch.device, seed: int, fused: bool = False, compiled: bool = False) -> Variant:
+    ref = HandWrittenVAE().to(device)
+    ref.copy_from(*build_project(seed, device))
+    opt = torch.optim.Adam(ref.parameters(), lr=LR, fused=fused)
+
+    def step(x: Tensor) -> float:
+        opt.zero_grad(set_to_none=True)
+        loss = ref.loss(x)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    name = "hand-written PyTorch" + (", fused Adam" if fused else "")
+    if compiled:
+        return Variant("torch.compile(hand-written)", torch.compile(step), "compile time excluded")
+    return Variant(name, step)
+
+
+def pyro_svi(device: torch.device, seed: int) -> Variant:
+    """Stock Pyro: SVI with pyro.optim.Adam (one torch Adam per parameter) and the param store."""
+    model, guide = build_project(seed, device)
+    state: dict = {"params": {}, "constraints": {}}
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": LR}), meanfield())
+
+    def step(x: Tensor) -> float:
+        # Its own param store: SVI optimises what the store holds under each name.
+        with pyro.get_param_store().scope(state):
+            return svi.step(x)
+
+    return Variant("Pyro SVI + pyro.optim.Adam", step)
+
+
+def pyro_jit_as_shipped(device: torch.device, seed: int) -> Variant:
+    """Pyro 1.9.2's JitTraceMeanField_ELBO, which re-traces at every call (the bug jit_meanfield.py fixes)."""
+    model, guide = build_project(seed, device)
+    params = parameters_of(model, guide)
+    elbo = JitTraceMeanField_ELBO(vectorize_particles=True, max_plate_nesting=1, ignore_jit_warnings=True)
+    step = TrainStep(model, guide, elbo, torch.optim.Adam(params, lr=LR), params)
+    state: dict = {"params": {}, "constraints": {}}
+
+    def run(x: Tensor) -> float:
+        # pyro.ops.jit reads parameters from the store by name: give it this model's.
+        with pyro.get_param_store().scope(state), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return step(x)
+
+    return Variant("Pyro JitTraceMeanField_ELBO as shipped", run)
+
+
+def train_step(device: torch.device, seed: int, name: str, *, fast: bool, adam: str = "default") -> Variant:
+    """The library's TrainStep on the "meanfield" ELBO; ``adam`` is "default", "fused" or "foreach"."""
+    model, guide = build_project(seed, device)
+    params = parameters_of(model, guide)
+    if adam == "fused":
+        opt = make_optimizer(params, LR)
+    else:
+        opt = torch.optim.Adam(params, lr=LR, foreach=adam == "foreach" or None)
+    return Variant(name, TrainStep(model, guide, meanfield(), opt, params, fast=fast))
+
+
+class ValidationOff:
+    """Ablation: the plain step with Pyro's validation off after its first call (no JIT)."""
+
+    def __init__(self, step: TrainStep) -> None:
+        self.inner, self.calls = step, 0
+
+    def __call__(self, x: Tensor) -> float:
+        self.calls += 1
+        with pyro.validation_enabled(self.calls == 1 and pyro.infer.util.is_validation_enabled()):
+            return self.inner(x)
+
+
+def variants(device: torch.device, seed: int, ablation: bool, compile_reference: bool) -> list[Variant]:
+    vs = [
+        hand_written(device, seed),
+        hand_written(device, seed, fused=True),
+        pyro_svi(device, seed),
+        train_step(device, seed, "TrainStep plain (before)", fast=False),
+        train_step(device, seed, "TrainStep fast (after)", fast=True, adam="fused"),
+    ]
+    if ablation:
+        vs += [
+            train_step(device, seed, "plain + fused Adam", fast=False, adam="fused"),
+            train_step(device, seed, "plain + foreach Adam", fast=False, adam="foreach"),
+            Variant("plain + validation off", ValidationOff(train_step(device, seed, "", fast=False).step)),
+            Variant(
+                "plain + validation off + fused Adam",
+                ValidationOff(train_step(device, seed, "", fast=False, adam="fused").step),
+            ),
+            train_step(device, seed, "fast, default Adam (JIT + validation off)", fast=True),
+            pyro_jit_as_shipped(device, seed),
+        ]
+    if compile_reference:
+        vs.append(hand_written(device, seed, compiled=True))
+    return vs
+
+
+def check_agreement(device: torch.device, seed: int) -> None:
+    """The two implementations compute the same loss at the same z, and the fast objective equals the plain."""
+    x = torch.bernoulli(torch.rand(64, X_DIM, generator=torch.Generator().manual_seed(seed))).to(device)
+    model, guide = build_project(seed, device)
+    ref = HandWrittenVAE().to(device)
+    ref.copy_from(model, guide)
+    with pyro.get_param_store().scope():
+        trace = poutine.trace(guide).get_trace(x)
+        pyro_loss = meanfield().differentiable_loss(model, poutine.replay(guide, trace=trace), x).item()
+        ref_loss = ref.loss(x, trace.nodes["z"]["value"]).item()
+        if abs(pyro_loss - ref_loss) > 1e-5 * abs(ref_loss):
+            raise SystemExit(f"loss mismatch at the same z: pyro {pyro_loss} vs hand-written {ref_loss}")
+        params = parameters_of(model, guide)
+        plain = TrainStep(model, guide, meanfield(), torch.optim.SGD(params, lr=0.0), params)
+        fast = TrainStep(model, guide, meanfield(), torch.optim.SGD(params, lr=0.0), params, fast=True)
+        for step in (plain, fast):  # lr = 0: parameters stay put; the fast step's first call is the plain one
+            pyro.set_rng_seed(seed + 1)
+            step(x)
+        losses = []
+        for step in (plain, fast):
+            pyro.set_rng_seed(seed + 2)
+            losses.append(step(x))
+    if abs(losses[0] - losses[1]) > 1e-5 * abs(losses[0]):
+        raise SystemExit(f"fast step loss {losses[1]} differs from the plain step's {losses[0]} under one seed")
+    print(
+        f"agreement: hand-written {ref_loss:.4f} vs TraceMeanField_ELBO {pyro_loss:.4f} at the same z; "
+        f"fast {losses[1]:.4f} vs plain {losses[0]:.4f} under one seed"
+    )
+
+
+def time_batch_size(
+    vs: list[Variant], data: Tensor, batch: int, steps: int, repeats: int, warmup: int, clock: Callable[[], float]
+) -> list[float]:
+    n_batches = data.shape[0] // batch
+    batches = [data[i * batch : (i + 1) * batch] for i in range(n_batches)]
+    sync = torch.cuda.synchronize if data.device.type == "cuda" else (lambda: None)
+    for v in vs:
+        for i in range(warmup):
+            v.step(batches[i % n_batches])
+    per_repeat: list[list[float]] = [[] for _ in vs]
+    for _ in range(repeats):
+        times: list[list[float]] = [[] for _ in vs]
+        for i in range(steps):
+            x = batches[i % n_batches]
+            for k in range(len(vs)):
+                j = (i + k) % len(vs)
+                sync()
+                t0 = clock()
+                vs[j].step(x)
+                sync()
+                times[j].append(clock() - t0)
+        for j, t in enumerate(times):
+            per_repeat[j].append(statistics.median(t))
+    return [1e3 * statistics.median(r) for r in per_repeat]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128, 512])
+    parser.add_argument("--steps", type=int, default=200, help="timed steps per variant per repeat (batch 128)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--ablation", action="store_true", help="also time each speed-up on its own")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile of the hand-written step")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall: elapsed time (default); cpu: this process's CPU time, steadier on a loaded machine (use with "
+        "--threads 1 on the CPU)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda asked for but CUDA is not available here")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    print(
+        f"torch {torch.__version__}, pyro {pyro.__version__}, device {device}, {torch.get_num_threads()} threads, "
+        f"MLP {X_DIM}-{HIDDEN}-{Z_DIM}, Bernoulli, Adam, {args.clock} clock"
+    )
+    check_agreement(device, args.seed)
+
+    data = torch.bernoulli(torch.rand(8192, X_DIM, generator=torch.Generator().manual_seed(args.seed))).to(device)
+    results: dict[int, list[float]] = {}
+    names: list[str] = []
+    for batch in args.batch_sizes:
+        # Fewer steps for big batches keeps every batch size at about the same wall time.
+        steps = max(30, args.steps * 128 // max(batch, 128))
+        vs = variants(device, args.seed, args.ablation, args.compile)
+        names = [v.name for v in vs]
+        t0 = time.perf_counter()
+        results[batch] = time_batch_size(vs, data, batch, steps, args.repeats, args.warmup, clock)
+        print(f"batch {batch}: {steps} steps x {args.repeats} repeats in {time.perf_counter() - t0:.0f} s")
+
+    header = "| variant | " + " | ".join(f"bs {b} ms | ratio" for b in args.batch_sizes) + " |"
+    print()
+    print(header)
+    print("|---|" + "---:|---:|" * len(args.batch_sizes))
+    for j, name in enumerate(names):
+        cells = []
+        for b in args.batch_sizes:
+            ms, ref = results[b][j], results[b][0]
+            cells.append(f"{ms:.2f} | {ms / ref:.2f}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    fast = names.index("TrainStep fast (after)")
+    ratios = {b: results[b][fast] / results[b][0] for b in args.batch_sizes}
+    same_adam = {b: results[b][fast] / results[b][1] for b in args.batch_sizes}
+    print()
+    print(
+        "fast step / hand-written with the same fused Adam: " + " ".join(f"bs{b}={same_adam[b]:.3f}" for b in same_adam)
+    )
+    print(" ".join(f"ratio_bs{b}={ratios[b]:.3f}" for b in (128, 32) if b in ratios))
+
+
+if __name__ == "__main__":
+    main()
