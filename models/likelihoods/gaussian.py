@@ -12,16 +12,12 @@ import torch
 from torch import Tensor, nn
 
 
-class GaussianLikelihood(nn.Module):
-    """p(x|z) = N(x; f(z), sigma^2 I) with a fixed sigma (default 1)."""
+class NormalLikelihood(nn.Module):
+    """Shared part of the Gaussian likelihoods: p(x|z) = N(x; f(z), diag sigma^2), sigma given by the subclass."""
 
     binary_data = False
-
-    def __init__(self, sigma: float = 1.0) -> None:
-        super().__init__()
-        if not (sigma > 0 and torch.isfinite(torch.tensor(sigma))):
-            raise ValueError(f"likelihood sigma must be a positive finite number, got {sigma}")
-        self.register_buffer("sigma", torch.tensor(float(sigma)))
+    name = "gaussian"
+    sigma: Tensor
 
     def forward(self, decoded: Tensor) -> dist.Distribution:
         return dist.Normal(decoded, self.sigma.to(decoded.dtype).expand_as(decoded)).to_event(1)
@@ -29,7 +25,16 @@ class GaussianLikelihood(nn.Module):
     def mean(self, decoded: Tensor) -> Tensor:
         return decoded
 
-    @staticmethod
-    def check_support(x: Tensor) -> None:
+    def check_support(self, x: Tensor) -> None:
         if not torch.isfinite(x).all():
-            raise ValueError("gaussian likelihood needs finite data; found NaN or infinite values")
+            raise ValueError(f"{self.name} likelihood needs finite data; found NaN or infinite values")
+
+
+class GaussianLikelihood(NormalLikelihood):
+    """p(x|z) = N(x; f(z), sigma^2 I) with a fixed sigma (default 1)."""
+
+    def __init__(self, sigma: float = 1.0) -> None:
+        super().__init__()
+        if not (sigma > 0 and torch.isfinite(torch.tensor(sigma))):
+            raise ValueError(f"likelihood sigma must be a positive finite number, got {sigma}")
+        self.register_buffer("sigma", torch.tensor(float(sigma)))

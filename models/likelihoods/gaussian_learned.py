@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import math
 
-import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.likelihoods.gaussian import NormalLikelihood
 
-class LearnedGaussianLikelihood(nn.Module):
+
+class LearnedGaussianLikelihood(NormalLikelihood):
     """p(x|z) = N(x; f(z), diag sigma^2) with sigma = softplus(rho) + min_sigma learned.
 
     Args:
@@ -26,7 +27,7 @@ class LearnedGaussianLikelihood(nn.Module):
             without bound, so the ELBO has no maximum.
     """
 
-    binary_data = False
+    name = "gaussian-learned"
 
     def __init__(self, x_dim: int, init_sigma: float = 1.0, per_pixel: bool = False, min_sigma: float = 1e-3) -> None:
         super().__init__()
@@ -44,14 +45,3 @@ class LearnedGaussianLikelihood(nn.Module):
     def sigma(self) -> Tensor:
         """sigma, shape (x_dim,) when per pixel, else (1,)."""
         return F.softplus(self.raw_sigma) + self.min_sigma
-
-    def forward(self, decoded: Tensor) -> dist.Distribution:
-        return dist.Normal(decoded, self.sigma.to(decoded.dtype).expand_as(decoded)).to_event(1)
-
-    def mean(self, decoded: Tensor) -> Tensor:
-        return decoded
-
-    @staticmethod
-    def check_support(x: Tensor) -> None:
-        if not torch.isfinite(x).all():
-            raise ValueError("gaussian-learned likelihood needs finite data; found NaN or infinite values")
