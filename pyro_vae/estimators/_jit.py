@@ -129,18 +129,16 @@ def _uncompiled_loss_and_surrogate(owner: Any, model: Any, guide: Any, args: tup
     return super(JitLossMixin, owner).loss_and_surrogate_loss(model, guide, *args, **kwargs)
 
 
-class JitLossMixin:
-    """Compile ``loss_and_surrogate_loss`` of the estimator class that follows this mixin in the MRO."""
+class CompiledCache:
+    """One ``CompiledPerModel`` per estimator object, made on first use, and its trace count."""
 
     ignore_jit_warnings: bool
     jit_options: dict[str, Any] | None
 
-    def loss_and_surrogate_loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> Any:
+    def _run_compiled(self, fn: Callable[..., Any], model: Any, guide: Any, *args: Any, **kwargs: Any) -> Any:
         compiled = self.__dict__.get("_compiled")
         if compiled is None:
-            compiled = self._compiled = CompiledPerModel(
-                self, _uncompiled_loss_and_surrogate, self.ignore_jit_warnings, self.jit_options
-            )
+            compiled = self._compiled = CompiledPerModel(self, fn, self.ignore_jit_warnings, self.jit_options)
         return compiled(model, guide, *args, **kwargs)
 
     @property
@@ -148,3 +146,10 @@ class JitLossMixin:
         """How many graphs have been traced (stays at 1 for a fixed model, guide and batch shape)."""
         compiled = self.__dict__.get("_compiled")
         return 0 if compiled is None else compiled.num_compilations
+
+
+class JitLossMixin(CompiledCache):
+    """Compile ``loss_and_surrogate_loss`` of the estimator class that follows this mixin in the MRO."""
+
+    def loss_and_surrogate_loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> Any:
+        return self._run_compiled(_uncompiled_loss_and_surrogate, model, guide, *args, **kwargs)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from pyro.infer import JitTraceMeanField_ELBO
 
-from pyro_vae.estimators._jit import CompiledPerModel
+from pyro_vae.estimators._jit import CompiledCache
 
 
 def _meanfield_surrogate_loss(elbo: JitTraceMeanFieldELBO, model: Any, guide: Any, args: tuple, kwargs: dict) -> Any:
@@ -24,7 +24,7 @@ def _meanfield_surrogate_loss(elbo: JitTraceMeanFieldELBO, model: Any, guide: An
     return loss
 
 
-class JitTraceMeanFieldELBO(JitTraceMeanField_ELBO):
+class JitTraceMeanFieldELBO(CompiledCache, JitTraceMeanField_ELBO):
     """The mean-field ELBO (analytic KL where registered, eq. 40) with a loss compiled once.
 
     Estimates the same ELBO, with the same gradient estimator, as ``TraceMeanField_ELBO``; only the
@@ -34,15 +34,4 @@ class JitTraceMeanFieldELBO(JitTraceMeanField_ELBO):
     """
 
     def differentiable_loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-        compiled = self.__dict__.get("_compiled")
-        if compiled is None:
-            compiled = self._compiled = CompiledPerModel(
-                self, _meanfield_surrogate_loss, self.ignore_jit_warnings, self.jit_options
-            )
-        return compiled(model, guide, *args, **kwargs)
-
-    @property
-    def num_compilations(self) -> int:
-        """How many graphs have been traced (stays at 1 for a fixed model, guide and batch shape)."""
-        compiled = self.__dict__.get("_compiled")
-        return 0 if compiled is None else compiled.num_compilations
+        return self._run_compiled(_meanfield_surrogate_loss, model, guide, *args, **kwargs)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from pyro.infer import JitTrace_ELBO, Trace_ELBO
 
-from pyro_vae.estimators._jit import CompiledPerModel
+from pyro_vae.estimators._jit import CompiledCache
 
 
 def _trace_elbo_loss_and_surrogate(elbo: JitTraceELBO, model: Any, guide: Any, args: tuple, kwargs: dict) -> Any:
@@ -30,19 +30,8 @@ def _trace_elbo_loss_and_surrogate(elbo: JitTraceELBO, model: Any, guide: Any, a
     return loss, surrogate
 
 
-class JitTraceELBO(JitTrace_ELBO):
+class JitTraceELBO(CompiledCache, JitTrace_ELBO):
     """Trace_ELBO (eq. 28, Monte Carlo KL) with ``loss_and_surrogate_loss`` compiled once."""
 
     def loss_and_surrogate_loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> Any:
-        compiled = self.__dict__.get("_compiled")
-        if compiled is None:
-            compiled = self._compiled = CompiledPerModel(
-                self, _trace_elbo_loss_and_surrogate, self.ignore_jit_warnings, self.jit_options
-            )
-        return compiled(model, guide, *args, **kwargs)
-
-    @property
-    def num_compilations(self) -> int:
-        """How many graphs have been traced (stays at 1 for a fixed model, guide and batch shape)."""
-        compiled = self.__dict__.get("_compiled")
-        return 0 if compiled is None else compiled.num_compilations
+        return self._run_compiled(_trace_elbo_loss_and_surrogate, model, guide, *args, **kwargs)
