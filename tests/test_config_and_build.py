@@ -30,21 +30,34 @@ def test_readme_api_snippet_runs_and_shapes_are_right():
 
 
 def test_config_round_trips_through_json(tmp_path):
-    cfg = VAEConfig(x_dim=64, z_dim=3, prior="gaussian", prior_loc=[0.1, 0.2, 0.3], prior_scale=2.0,
-                    learn_prior=True, likelihood="gaussian", sigma=0.5, decoder="linear", hidden=(32, 16),
-                    encoder_hidden=())
+    cfg = VAEConfig(
+        x_dim=64,
+        z_dim=3,
+        prior="gaussian",
+        prior_loc=[0.1, 0.2, 0.3],
+        prior_scale=2.0,
+        learn_prior=True,
+        likelihood="gaussian",
+        sigma=0.5,
+        decoder="linear",
+        hidden=(32, 16),
+        encoder_hidden=(),
+    )
     assert VAEConfig.from_json(cfg.to_json()) == cfg
     cfg.save(tmp_path / "config.json")
     assert VAEConfig.load(tmp_path / "config.json") == cfg
 
 
-@pytest.mark.parametrize("field,value,msg", [
-    ("prior", "laplace", "unknown prior 'laplace'"),
-    ("likelihood", "poisson", "unknown likelihood 'poisson'"),
-    ("decoder", "conv", "unknown decoder 'conv'"),
-    ("z_dim", 0, "z_dim must be a positive integer"),
-    ("sigma", -1.0, "sigma must be a positive"),
-])
+@pytest.mark.parametrize(
+    "field,value,msg",
+    [
+        ("prior", "laplace", "unknown prior 'laplace'"),
+        ("likelihood", "poisson", "unknown likelihood 'poisson'"),
+        ("decoder", "conv", "unknown decoder 'conv'"),
+        ("z_dim", 0, "z_dim must be a positive integer"),
+        ("sigma", -1.0, "sigma must be a positive"),
+    ],
+)
 def test_config_rejects_bad_values_with_clear_message(field, value, msg):
     with pytest.raises(ValueError, match=msg):
         VAEConfig(x_dim=4, **{field: value})

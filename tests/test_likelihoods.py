@@ -78,8 +78,16 @@ def test_continuous_bernoulli_integrates_to_one_and_its_mean_is_the_true_mean(la
 @pytest.mark.parametrize("learn_prior", [False, True], ids=["fixed-prior", "learnable-prior"])
 def test_meanfield_loss_with_continuous_bernoulli_equals_closed_form(float64, learn_prior):
     torch.manual_seed(0)
-    cfg = VAEConfig(x_dim=6, z_dim=3, hidden=(7,), prior="gaussian", prior_loc=[0.7, -1.2, 0.1],
-                    prior_scale=[2.3, 0.4, 1.1], learn_prior=learn_prior, likelihood="continuous-bernoulli")
+    cfg = VAEConfig(
+        x_dim=6,
+        z_dim=3,
+        hidden=(7,),
+        prior="gaussian",
+        prior_loc=[0.7, -1.2, 0.1],
+        prior_scale=[2.3, 0.4, 1.1],
+        learn_prior=learn_prior,
+        likelihood="continuous-bernoulli",
+    )
     model, guide = build(cfg)
     if learn_prior:  # move the learnable mu_p, sigma_p away from their initial values
         with torch.no_grad():
@@ -147,8 +155,17 @@ def test_learned_sigma_has_a_floor():
 
 def test_meanfield_loss_with_learned_sigma_equals_closed_form_and_sigma_gets_a_gradient(float64):
     torch.manual_seed(0)
-    cfg = VAEConfig(x_dim=6, z_dim=3, hidden=(7,), prior="gaussian", prior_loc=0.3, prior_scale=1.4,
-                    likelihood="gaussian-learned", sigma=0.7, sigma_per_pixel=True)
+    cfg = VAEConfig(
+        x_dim=6,
+        z_dim=3,
+        hidden=(7,),
+        prior="gaussian",
+        prior_loc=0.3,
+        prior_scale=1.4,
+        likelihood="gaussian-learned",
+        sigma=0.7,
+        sigma_per_pixel=True,
+    )
     model, guide = build(cfg)
     assert "likelihood.raw_sigma" in dict(model.named_parameters())
     with torch.no_grad():
@@ -169,12 +186,16 @@ def test_meanfield_loss_with_learned_sigma_equals_closed_form_and_sigma_gets_a_g
 
 BAD_DATA = {
     "bernoulli": [(torch.full((2, 4), 0.5), "needs binary data")],
-    "gaussian": [(torch.tensor([[0.0, float("nan"), 1.0, 2.0]]), "needs finite data"),
-                 (torch.tensor([[0.0, float("inf"), 1.0, 2.0]]), "needs finite data")],
+    "gaussian": [
+        (torch.tensor([[0.0, float("nan"), 1.0, 2.0]]), "needs finite data"),
+        (torch.tensor([[0.0, float("inf"), 1.0, 2.0]]), "needs finite data"),
+    ],
     "gaussian-learned": [(torch.tensor([[0.0, float("nan"), 1.0, 2.0]]), "needs finite data")],
-    "continuous-bernoulli": [(torch.tensor([[0.0, 1.5, 0.5, 0.2]]), r"needs data in \[0, 1\]"),
-                             (torch.tensor([[-0.1, 0.5, 0.5, 0.2]]), r"needs data in \[0, 1\]"),
-                             (torch.tensor([[float("nan"), 0.5, 0.5, 0.2]]), r"needs data in \[0, 1\]")],
+    "continuous-bernoulli": [
+        (torch.tensor([[0.0, 1.5, 0.5, 0.2]]), r"needs data in \[0, 1\]"),
+        (torch.tensor([[-0.1, 0.5, 0.5, 0.2]]), r"needs data in \[0, 1\]"),
+        (torch.tensor([[float("nan"), 0.5, 0.5, 0.2]]), r"needs data in \[0, 1\]"),
+    ],
 }
 GOOD_DATA = {
     "bernoulli": torch.tensor([[0.0, 1.0, 1.0, 0.0]]),

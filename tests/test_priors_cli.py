@@ -52,9 +52,15 @@ def test_prior_likelihood_estimator_trains_from_the_cli(tmp_path, capsys, prior,
     # The test ELBO is -(reconstruction + KL), as the terms were stored.
     assert records[0]["test_elbo"] == pytest.approx(-(records[0]["test_recon"] + records[0]["test_kl"]), rel=1e-9)
     run = load_run(out, with_data=False)
-    assert type(run.model.prior).__name__ == {
-        "standard": "StandardNormalPrior", "gaussian": "GaussianPrior", "mixture": "MixturePrior", "vamp": "VampPrior"
-    }[prior]
+    assert (
+        type(run.model.prior).__name__
+        == {
+            "standard": "StandardNormalPrior",
+            "gaussian": "GaussianPrior",
+            "mixture": "MixturePrior",
+            "vamp": "VampPrior",
+        }[prior]
+    )
 
 
 @pytest.mark.parametrize("prior", ["mixture", "vamp"])
@@ -71,10 +77,13 @@ def test_require_analytic_kl_accepts_the_gaussian_prior(tmp_path):
     assert main([*args, "--require-analytic-kl", "--no-progress", *TINY]) == 0
 
 
-@pytest.mark.parametrize("likelihood,values,message", [
-    ("continuous-bernoulli", [0.0, 0.5, 1.5], "continuous-bernoulli likelihood needs data in [0, 1]"),
-    ("continuous-bernoulli", [-0.2, 0.5, 1.0], "continuous-bernoulli likelihood needs data in [0, 1]"),
-])
+@pytest.mark.parametrize(
+    "likelihood,values,message",
+    [
+        ("continuous-bernoulli", [0.0, 0.5, 1.5], "continuous-bernoulli likelihood needs data in [0, 1]"),
+        ("continuous-bernoulli", [-0.2, 0.5, 1.0], "continuous-bernoulli likelihood needs data in [0, 1]"),
+    ],
+)
 def test_data_outside_the_likelihoods_support_is_one_line(tmp_path, capsys, likelihood, values, message):
     data = np.tile(np.array(values, dtype=np.float32), (60, 1))
     np.save(tmp_path / "data.npy", data)

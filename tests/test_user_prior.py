@@ -52,8 +52,15 @@ def example():
 def quad_kl(logq, logp, lo: float, hi: float, points: list[float]) -> float:
     """KL(q || p) = int q log(q / p) dz by adaptive quadrature."""
     inside = [p for p in points if lo < p < hi]
-    value, _ = integrate.quad(lambda z: math.exp(logq(z)) * (logq(z) - logp(z)), lo, hi, points=inside or None,
-                              limit=500, epsabs=1e-13, epsrel=1e-11)
+    value, _ = integrate.quad(
+        lambda z: math.exp(logq(z)) * (logq(z) - logp(z)),
+        lo,
+        hi,
+        points=inside or None,
+        limit=500,
+        epsabs=1e-13,
+        epsrel=1e-11,
+    )
     return value
 
 
@@ -99,8 +106,10 @@ def test_meanfield_elbo_uses_the_registered_kl(example, float64):
 
     loc, scale = (t.detach().numpy() for t in guide.encoder(x))
     P = stats.laplace_asymmetric(1.7, loc=0.0, scale=0.8)
-    kl = sum(quad_kl(stats.norm(mu, s).logpdf, P.logpdf, mu - 40 * s, mu + 40 * s, [0.0])
-             for mu, s in zip(loc.ravel(), scale.ravel(), strict=True))
+    kl = sum(
+        quad_kl(stats.norm(mu, s).logpdf, P.logpdf, mu - 40 * s, mu + 40 * s, [0.0])
+        for mu, s in zip(loc.ravel(), scale.ravel(), strict=True)
+    )
     probs = torch.sigmoid(model.decoder(trace.nodes["z"]["value"])).detach().numpy()
     log_lik = stats.bernoulli(probs).logpmf(x.numpy()).sum()
     assert meanfield == pytest.approx(kl - log_lik, rel=1e-8)
@@ -157,5 +166,6 @@ def test_student_t_prior_trains_with_the_monte_carlo_kl(float64):
     x = torch.bernoulli(torch.full((4, 6), 0.4), generator=torch.Generator().manual_seed(2))
     assert kl_kinds(model, guide, x) == {"z": MONTE_CARLO}
     replayed = poutine.replay(guide, trace=guide_trace(guide, x))
-    assert TraceMeanField_ELBO().loss(model, replayed, x) == pytest.approx(Trace_ELBO().loss(model, replayed, x),
-                                                                           rel=1e-12)
+    assert TraceMeanField_ELBO().loss(model, replayed, x) == pytest.approx(
+        Trace_ELBO().loss(model, replayed, x), rel=1e-12
+    )
