@@ -3,10 +3,12 @@
 A run directory (``pyro-vae train --out DIR``) holds:
 
 - ``checkpoint.pt``: model and guide state, optimizer state, RNG states, the epoch, the config and the
-  metrics history. Saved after every epoch by writing a temporary file in the same directory, fsync,
-  then ``os.replace`` (atomic on POSIX): a crash leaves either the old or the new checkpoint, never a
-  torn one. Loaded with ``torch.load(weights_only=True)``: only tensors and plain Python values, never
-  arbitrary pickled objects.
+  metrics history. Saved after every epoch, and mid-epoch when training is stopped by Ctrl-C or SIGTERM
+  (then it also holds ``"partial"``: the steps done in the epoch in progress, the RNG state at that
+  epoch's start, which redraws its binarisation and permutation, and its loss so far). Saved by writing
+  a temporary file in the same directory, fsync, then ``os.replace`` (atomic on POSIX): a crash leaves
+  either the old or the new checkpoint, never a torn one. Loaded with ``torch.load(weights_only=True)``:
+  only tensors and plain Python values, never arbitrary pickled objects.
 - ``config.json``: the ``TrainConfig``; ``metrics.jsonl``: one JSON record per epoch; figures (PNG).
 
 The checkpoint is the source of truth: on resume, ``metrics.jsonl`` is rewritten from the checkpoint's
@@ -40,10 +42,15 @@ CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 
-#: Version of the checkpoint layout; bumped when keys change meaning.
-FORMAT_VERSION = 1
+#: Version of the checkpoint layout; bumped when keys change meaning. Version 2 added ``"partial"``: an
+#: older reader must refuse such a file rather than resume it from the wrong place.
+FORMAT_VERSION = 2
+#: Versions ``load_checkpoint`` reads (version 1 has no mid-epoch checkpoints).
+READABLE_FORMATS = (1, 2)
 #: The keys every checkpoint holds (``train`` writes them all).
 CHECKPOINT_KEYS = ("epoch", "config", "model", "guide", "optimizer", "rng", "metrics")
+#: The keys of a mid-epoch checkpoint's ``"partial"`` record.
+PARTIAL_KEYS = ("step", "epoch_rng", "loss_sum")
 
 
 def atomic_write_bytes(path: str | Path, write: Any) -> None:
@@ -96,12 +103,24 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     state = safe_torch_load(
         path, "checkpoint", "train again with --overwrite, or restore a good copy", map_location=map_location
     )
-    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+    if not isinstance(state, dict) or state.get("format") not in READABLE_FORMATS:
         raise UserError(f"{path} is not a pyro-vae checkpoint (format {FORMAT_VERSION})")
     missing = [key for key in CHECKPOINT_KEYS if key not in state]
+    partial = state.get("partial")
+    if partial is not None:
+        if not isinstance(partial, dict):
+            missing.append("partial")
+        else:
+            missing += [f"partial.{key}" for key in PARTIAL_KEYS if key not in partial]
     if missing:
         raise UserError(f"{path} is not a complete pyro-vae checkpoint (no {', '.join(missing)})")
     return state
+
+
+def steps_into_epoch(state: dict[str, Any]) -> int:
+    """Training steps done in the epoch after ``state["epoch"]`` (0 unless saved mid-epoch)."""
+    partial = state.get("partial")
+    return int(partial["step"]) if partial else 0
 
 
 def rng_state() -> dict[str, Any]:
@@ -148,6 +167,8 @@ class Run:
         model, guide: the Pyro model and guide with the checkpoint's weights, on ``device``, in eval mode.
         data: the ``VAEData`` the run was trained on (prepared for its likelihood), or None if not loaded.
         epoch: the number of completed epochs in the checkpoint.
+        step: training steps done in the next epoch (0 unless the run was stopped mid-epoch; the weights
+            are then those after that step).
         metrics: the per-epoch metric records up to ``epoch``.
         out_dir: the run directory.
     """
@@ -159,6 +180,7 @@ class Run:
     epoch: int
     metrics: list[dict[str, Any]] = field(default_factory=list)
     out_dir: Path = Path(".")
+    step: int = 0
 
 
 def load_run(out_dir: str | Path, device: str | torch.device = "cpu", with_data: bool = True) -> Run:
@@ -191,4 +213,6 @@ def load_run(out_dir: str | Path, device: str | torch.device = "cpu", with_data:
     if with_data:
         data = load_data(config.dataset, data_dir=config.data_dir, labels=config.labels, device=device, download=False)
         data.prepare(model.likelihood)
-    return Run(config, model, guide, data, int(state["epoch"]), json.loads(state["metrics"]), out)
+    return Run(
+        config, model, guide, data, int(state["epoch"]), json.loads(state["metrics"]), out, steps_into_epoch(state)
+    )

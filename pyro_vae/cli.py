@@ -2,12 +2,14 @@
 
 Every user-facing error (ValueError, TypeError, OSError such as FileNotFoundError, and argparse's own
 errors: an unknown option, ``--epochs abc``) becomes one line on stderr, ``pyro-vae: error: <message>``,
-and exit code 2; never a traceback. Ctrl-C exits with code 130 and a one-line message.
+and exit code 2; never a traceback. Ctrl-C exits with code 130 and a one-line message (SIGTERM during
+training: 143), after training saved its checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -33,7 +35,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``pyro-vae ARGS``; return the exit code (0 success, 2 bad input, 130 interrupted)."""
+    """Run ``pyro-vae ARGS``; return the exit code (0 success, 2 bad input, 130 Ctrl-C, 143 SIGTERM)."""
     try:
         parser = make_parser()
         try:
@@ -45,9 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"pyro-vae: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("pyro-vae: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        # TrainingInterrupted says where the run was saved, and which signal stopped it (SIGTERM: 143).
+        print(f"pyro-vae: {str(err).strip() or 'interrupted'}", file=sys.stderr)
+        return 128 + getattr(err, "signum", signal.SIGINT)
 
 
 if __name__ == "__main__":

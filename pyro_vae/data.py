@@ -133,14 +133,15 @@ class VAEData:
         return torch.bernoulli(self.train_x) if self.binarize else self.train_x
 
 
-def minibatches(x: Tensor, batch_size: int) -> Iterator[Tensor]:
+def minibatches(x: Tensor, batch_size: int, start: int = 0) -> Iterator[Tensor]:
     """Shuffled minibatches of the rows of ``x``, indexed on its device (no per-sample DataLoader).
 
-    The permutation is ``torch.randperm`` on the global generator; the last batch may be smaller.
+    The permutation is ``torch.randperm`` on the global generator, drawn when this is called (not at the
+    first batch), so that a resumed run can draw it and then restore the generator to mid-epoch. The last
+    batch may be smaller. ``start`` skips the first ``start`` batches of the permutation.
     """
     perm = torch.randperm(x.shape[0], device=x.device)
-    for idx in perm.split(batch_size):
-        yield x[idx]
+    return (x[idx] for idx in perm.split(batch_size)[start:])
 
 
 def load_data(

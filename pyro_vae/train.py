@@ -12,7 +12,8 @@ a weighted KL; ``BetaScaled`` scales the latent sites of model and guide), where
 from 0 to ``beta`` over ``kl_warmup`` epochs (Bowman et al. 2016), with one torch Adam over all
 parameters (``TrainStep``). After each epoch the test set's true ELBO (beta = 1) and its reconstruction
 and KL terms are evaluated (``pyro_vae.elbo_terms``), the checkpoint is saved atomically, and the
-record is appended to ``metrics.jsonl``.
+record is appended to ``metrics.jsonl``. Ctrl-C or SIGTERM lets the step in progress finish, saves a
+mid-epoch checkpoint and stops (``TrainingInterrupted``); ``--resume`` goes on from that very step.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import signal
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -43,12 +45,14 @@ from pyro_vae.checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    steps_into_epoch,
     write_jsonl,
 )
 from pyro_vae.config import VAEConfig
 from pyro_vae.data import VAEData, load_data, minibatches
 from pyro_vae.elbo_terms import elbo_terms
 from pyro_vae.errors import UserError
+from pyro_vae.interrupts import DeferredInterrupts
 from pyro_vae.kl_check import MONTE_CARLO, describe, kl_kinds
 from pyro_vae.registry import build
 from pyro_vae.step import TrainStep, make_optimizer, parameters_of
@@ -222,11 +226,22 @@ class NonFiniteLossError(UserError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training; ``epoch`` epochs are saved in the checkpoint (``pyro-vae train --resume``)."""
+    """Training stopped by Ctrl-C (SIGINT) or SIGTERM; ``pyro-vae train --resume`` continues it.
 
-    def __init__(self, message: str, epoch: int) -> None:
+    The checkpoint holds ``epoch`` completed epochs plus ``step`` steps of the next one (``step`` is 0
+    when a second Ctrl-C stopped training at once: then the last completed epoch's checkpoint is kept).
+    ``signum`` is the signal; the CLI exits with 128 + signum (130 for Ctrl-C, 143 for SIGTERM). ``out`` is
+    the run directory.
+    """
+
+    def __init__(
+        self, message: str, epoch: int, step: int = 0, signum: int = signal.SIGINT, out: Path | None = None
+    ) -> None:
         super().__init__(message)
+        self.out = out
         self.epoch = epoch
+        self.step = step
+        self.signum = int(signum)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -272,12 +287,16 @@ def prepare_run_dir(out: Path) -> None:
         ) from None
 
 
-def _check_resume(saved: TrainConfig, given: TrainConfig, epoch: int, path: Path) -> None:
+def _check_resume(saved: TrainConfig, given: TrainConfig, epoch: int, step: int, path: Path) -> None:
     diffs = [d for d in saved.differences(given) if d not in RESUMABLE_CHANGES]
     if diffs:
         raise UserError(
             f"--resume: {', '.join(diffs)} differ(s) from the run in {path.parent}; only "
             f"{', '.join(RESUMABLE_CHANGES)} may change when resuming"
+        )
+    if step and given.epochs <= epoch:
+        raise UserError(
+            f"--resume: the checkpoint is at step {step} of epoch {epoch + 1}; ask for --epochs >= {epoch + 1}"
         )
     if given.epochs < epoch:
         raise UserError(f"--resume: the checkpoint is at epoch {epoch}; ask for --epochs >= {epoch}")
@@ -308,7 +327,10 @@ def train(
     Raises:
         UserError (one line): bad data, an unwritable ``out_dir``, an unresumable config, or a non-finite or
         diverging loss (``NonFiniteLossError``, naming the epoch and step; the last good checkpoint stays).
-        TrainingInterrupted (a KeyboardInterrupt) on Ctrl-C; the last completed epoch is in the checkpoint.
+        TrainingInterrupted (a KeyboardInterrupt) on Ctrl-C or SIGTERM (in the main thread): the step in
+        progress finishes, the checkpoint is saved after it, and ``resume=True`` goes on from the next
+        step with the same result as an uninterrupted run. A second Ctrl-C stops at once, keeping the
+        last completed epoch's checkpoint.
 
     Side effects: clears Pyro's global parameter store and seeds the global RNGs (``pyro.set_rng_seed``).
     """
@@ -319,7 +341,7 @@ def train(
     if resume:
         state = load_checkpoint(ckpt_path)
         saved = TrainConfig.from_json(state["config"])
-        _check_resume(saved, config, int(state["epoch"]), ckpt_path)
+        _check_resume(saved, config, int(state["epoch"]), steps_into_epoch(state), ckpt_path)
     elif ckpt_path.exists() and not overwrite:
         raise UserError(
             f"{out} already holds a run ({CHECKPOINT}); pass --resume to continue it or choose another --out"
@@ -376,6 +398,7 @@ def train(
 
     history: list[dict[str, Any]] = []
     start = 0
+    partial: dict[str, Any] | None = None  # a mid-epoch checkpoint's record of the epoch in progress
     metrics_path = out / METRICS
     if state is not None:
         model.load_state_dict(state["model"])
@@ -386,7 +409,9 @@ def train(
         # The checkpoint is the source of truth: drop metric lines written after it (or restore missing ones).
         write_jsonl(metrics_path, history)
         set_rng_state(state["rng"])
-        say(f"resuming {out} at epoch {start} of {config.epochs}")
+        partial = state.get("partial")
+        where = f"step {partial['step']} of epoch {start + 1}" if partial else f"epoch {start}"
+        say(f"resuming {out} at {where} of {config.epochs}")
     else:
         # Only now, with everything checked, replace an old run (--overwrite): never a new config beside an
         # old checkpoint, which --resume would take for this run.
@@ -400,80 +425,134 @@ def train(
     steps_per_epoch = math.ceil(n / config.batch_size)
     bar = tqdm(
         total=config.epochs * steps_per_epoch,
-        initial=start * steps_per_epoch,
+        initial=start * steps_per_epoch + (partial["step"] if partial else 0),
         desc=f"train {out.name}",
         unit="step",
         disable=not progress,
         file=sys.stderr,
         dynamic_ncols=True,
     )
-    saved = start  # the epoch the checkpoint on disk holds
+    # What the checkpoint on disk holds: completed epochs and steps into the next one.
+    held_epoch, held_step = start, (int(partial["step"]) if partial else 0)
+    written = state is not None
+
+    def held() -> str:
+        if not written:
+            return "no checkpoint was written"
+        at = f"step {held_step} of epoch {held_epoch + 1}" if held_step else f"epoch {held_epoch}"
+        return f"the checkpoint of {at} is kept in {ckpt_path}"
+
     scale: float | None = None  # |loss per example| of the first step of this process
 
     def diverged(what: str, epoch: int, step: int) -> NonFiniteLossError:
-        kept = f"the checkpoint of epoch {saved} is kept in {ckpt_path}" if saved else "no checkpoint was written"
-        return NonFiniteLossError(f"{what} at epoch {epoch}, step {step}; {kept}; try a smaller --lr or --clip-norm")
+        return NonFiniteLossError(f"{what} at epoch {epoch}, step {step}; {held()}; try a smaller --lr or --clip-norm")
+
+    def checkpoint(epoch: int, epoch_partial: dict[str, Any] | None = None) -> None:
+        state = {
+            "format": FORMAT_VERSION,
+            "epoch": epoch,
+            "config": config.to_json(),
+            "model": model.state_dict(),
+            "guide": guide.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": rng_state(),
+            "metrics": json.dumps(history),
+        }
+        if epoch_partial is not None:
+            state["partial"] = epoch_partial
+        save_checkpoint(state, ckpt_path)
 
     try:
-        for epoch in range(start, config.epochs):
-            scaled.beta = warmup_beta(epoch, config.beta, config.kl_warmup)
-            model.train()
-            guide.train()
-            x_epoch = data.train_epoch()
-            total = 0.0
-            for i, batch in enumerate(minibatches(x_epoch, config.batch_size), start=1):
-                loss = step(batch)
-                if not math.isfinite(loss):
-                    raise diverged(f"non-finite loss ({loss})", epoch + 1, i)
-                per_example = loss / batch.shape[0]
-                if scale is None:
-                    scale = max(abs(per_example), 1.0)
-                if per_example > DIVERGENCE_FACTOR * scale:
-                    raise diverged(
-                        f"training diverged: loss {per_example:.3g} nats/example, over {DIVERGENCE_FACTOR:.0e} "
-                        f"times the first step's {scale:.3g},",
-                        epoch + 1,
-                        i,
-                    )
-                total += loss
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{total / min(n, i * config.batch_size):.3f}", refresh=False)
-            model.eval()
-            guide.eval()
-            terms = elbo_terms(model, guide, data.test_x_eval, num_samples=config.eval_samples)
-            # The last step's update is checked here, before it can reach the checkpoint.
-            if not math.isfinite(terms.elbo) or -terms.elbo > DIVERGENCE_FACTOR * (scale or 1.0):
-                raise diverged(f"training diverged: test ELBO {terms.elbo:.3g} nats/example after", epoch + 1, i)
-            record = {
-                "epoch": epoch + 1,
-                "beta": scaled.beta,
-                "train_loss": total / n,
-                "test_elbo": terms.elbo,
-                "test_recon": terms.recon,
-                "test_kl": terms.kl,
-                "kl": kinds,
-            }
-            history.append(record)
-            save_checkpoint(
-                {
-                    "format": FORMAT_VERSION,
+        with DeferredInterrupts() as stop:
+            for epoch in range(start, config.epochs):
+                scaled.beta = warmup_beta(epoch, config.beta, config.kl_warmup)
+                model.train()
+                guide.train()
+                if partial is not None:
+                    # Redraw the interrupted epoch's binarisation and permutation, then go on from its step.
+                    set_rng_state(partial["epoch_rng"])
+                epoch_rng = rng_state()
+                x_epoch = data.train_epoch()
+                first = 0 if partial is None else int(partial["step"])
+                batches = minibatches(x_epoch, config.batch_size, start=first)
+                total = 0.0
+                if partial is not None:
+                    set_rng_state(state["rng"])
+                    total = float(partial["loss_sum"])
+                    partial = None
+                i = first
+                for i, batch in enumerate(batches, start=first + 1):
+                    loss = step(batch)
+                    if not math.isfinite(loss):
+                        raise diverged(f"non-finite loss ({loss})", epoch + 1, i)
+                    per_example = loss / batch.shape[0]
+                    if scale is None:
+                        scale = max(abs(per_example), 1.0)
+                    if per_example > DIVERGENCE_FACTOR * scale:
+                        raise diverged(
+                            f"training diverged: loss {per_example:.3g} nats/example, over "
+                            f"{DIVERGENCE_FACTOR:.0e} times the first step's {scale:.3g},",
+                            epoch + 1,
+                            i,
+                        )
+                    total += loss
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{total / min(n, i * config.batch_size):.3f}", refresh=False)
+                    if stop.requested:
+                        # The loss above was computed before this step's update: check the weights it made.
+                        if not all(bool(torch.isfinite(p).all()) for p in params):
+                            raise diverged("non-finite weights", epoch + 1, i)
+                        checkpoint(epoch, {"step": i, "epoch_rng": epoch_rng, "loss_sum": total})
+                        raise TrainingInterrupted(
+                            f"interrupted at step {i} of {steps_per_epoch} in epoch {epoch + 1}; saved "
+                            f"{ckpt_path} (continue with --resume)",
+                            epoch,
+                            i,
+                            stop.signum,
+                            out,
+                        )
+                model.eval()
+                guide.eval()
+                terms = elbo_terms(model, guide, data.test_x_eval, num_samples=config.eval_samples)
+                # The last step's update is checked here, before it can reach the checkpoint.
+                if not math.isfinite(terms.elbo) or -terms.elbo > DIVERGENCE_FACTOR * (scale or 1.0):
+                    raise diverged(f"training diverged: test ELBO {terms.elbo:.3g} nats/example after", epoch + 1, i)
+                record = {
                     "epoch": epoch + 1,
-                    "config": config.to_json(),
-                    "model": model.state_dict(),
-                    "guide": guide.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "rng": rng_state(),
-                    "metrics": json.dumps(history),
-                },
-                ckpt_path,
-            )
-            saved = epoch + 1
-            append_jsonl(metrics_path, record)
-    except KeyboardInterrupt:
+                    "beta": scaled.beta,
+                    "train_loss": total / n,
+                    "test_elbo": terms.elbo,
+                    "test_recon": terms.recon,
+                    "test_kl": terms.kl,
+                    "kl": kinds,
+                }
+                history.append(record)
+                checkpoint(epoch + 1)
+                held_epoch, held_step, written = epoch + 1, 0, True
+                append_jsonl(metrics_path, record)
+                if stop.requested:
+                    then = (
+                        "continue with --resume"
+                        if epoch + 1 < config.epochs
+                        else f"training is complete; figures not written: pyro-vae plot {out}"
+                    )
+                    raise TrainingInterrupted(
+                        f"interrupted after epoch {epoch + 1}; saved {ckpt_path} ({then})",
+                        epoch + 1,
+                        0,
+                        stop.signum,
+                        out,
+                    )
+    except TrainingInterrupted:
         bar.close()
-        where = f"the checkpoint of epoch {saved} is in {ckpt_path}" if saved else "no epoch was completed"
+        raise
+    except KeyboardInterrupt:
+        # A second Ctrl-C, or Ctrl-C outside the main thread: stopped wherever it was; the checkpoint on
+        # disk is the last one saved (an interrupted save leaves it whole).
+        bar.close()
+        resumable = " (continue with --resume)" if written else ""
         raise TrainingInterrupted(
-            f"interrupted during epoch {saved + 1}; {where} (continue with --resume)", saved
+            f"interrupted; {held()}{resumable}", held_epoch, held_step, signal.SIGINT, out
         ) from None
     bar.close()
     model.eval()
@@ -482,5 +561,13 @@ def train(
     if figures:
         from pyro_vae.figures import write_figures
 
-        result.figures = write_figures(model, guide, data, history, out)
+        try:
+            result.figures = write_figures(model, guide, data, history, out)
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(
+                f"interrupted while writing figures; training is complete in {ckpt_path} "
+                f"(pyro-vae plot {out} writes them)",
+                held_epoch,
+                out=out,
+            ) from None
     return result

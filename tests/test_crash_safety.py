@@ -3,8 +3,9 @@
 SIGKILL in the middle of an epoch (nothing runs after it: no handler, no cleanup), then ``--resume``:
 on CPU the final metrics file equals an uninterrupted run's byte for byte, the final weights are equal,
 and only the epoch in progress is redone (every epoch reported finished was in the checkpoint).
-SIGINT (Ctrl-C): exit code 130, one short line naming the checkpoint, no traceback; the checkpoint
-loads, and ``--resume`` again finishes exactly like the uninterrupted run.
+SIGINT (Ctrl-C): the step in progress finishes and is saved in a mid-epoch checkpoint, exit code 130,
+one short line naming the step and the checkpoint, no traceback; ``--resume`` goes on from the next step
+and finishes exactly like the uninterrupted run. SIGTERM does the same with exit code 143.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ pytestmark = pytest.mark.slow  # three training processes and two resumptions
 
 REPO = Path(__file__).resolve().parent.parent
 EPOCHS = 8
-#: 188 steps per epoch (about 0.5 s): long enough to be interrupted in the middle of one.
+#: 1,500 digits in batches of 8: 188 steps per epoch (about 0.5 s), long enough to be interrupted in the middle.
+STEPS_PER_EPOCH = 188
 OPTIONS = ("--hidden", "64", "--batch-size", "8", "--epochs", str(EPOCHS), "--threads", "1", "--no-progress")
 
 
@@ -114,7 +116,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, uninterrup
     assert same_weights(out, full)
 
 
-def test_sigint_exits_130_with_one_line_and_a_checkpoint_to_resume(tmp_path, uninterrupted):
+def test_sigint_saves_the_step_in_progress_exits_130_and_resume_equals_uninterrupted(tmp_path, uninterrupted):
     out = tmp_path / "interrupted"
     proc = start(out)
     interrupt_mid_epoch(proc, out, after=2, sig=signal.SIGINT)
@@ -124,17 +126,33 @@ def test_sigint_exits_130_with_one_line_and_a_checkpoint_to_resume(tmp_path, uni
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
     match = re.fullmatch(
-        r"pyro-vae: interrupted during epoch (\d+); the checkpoint of epoch (\d+) is in (.+) "
-        r"\(continue with --resume\)",
+        r"pyro-vae: interrupted at step (\d+) of (\d+) in epoch (\d+); saved (.+) \(continue with --resume\)",
         lines[0],
     )
     assert match, lines[0]
-    in_progress, saved = int(match[1]), int(match[2])
-    assert in_progress == saved + 1 and Path(match[3]) == out / CHECKPOINT
-    assert load_checkpoint(out / CHECKPOINT)["epoch"] == saved >= 1
+    step, steps_per_epoch, epoch = int(match[1]), int(match[2]), int(match[3])
+    assert Path(match[4]) == out / CHECKPOINT and steps_per_epoch == STEPS_PER_EPOCH
+    # The checkpoint holds the weights after that very step: nothing done before the signal is lost.
+    state = load_checkpoint(out / CHECKPOINT)
+    assert state["epoch"] == epoch - 1 >= 2 and state["partial"]["step"] == step
+    adam_steps = int(next(iter(state["optimizer"]["state"].values()))["step"])
+    assert adam_steps == (epoch - 1) * STEPS_PER_EPOCH + step
+    assert epochs_done(out) == epoch - 1
 
     code, _, stderr = finish(start(out, "--resume"))
     assert code == 0, stderr
     full = uninterrupted()
     assert (out / METRICS).read_text() == (full / METRICS).read_text()
     assert same_weights(out, full)
+
+
+def test_sigterm_saves_and_exits_143(tmp_path):
+    out = tmp_path / "terminated"
+    proc = start(out)
+    interrupt_mid_epoch(proc, out, after=2, sig=signal.SIGTERM)
+    code, _, stderr = finish(proc)
+    assert code == 128 + signal.SIGTERM and "Traceback" not in stderr
+    assert re.fullmatch(
+        r"pyro-vae: interrupted at step \d+ of \d+ in epoch \d+; saved .+ \(continue with --resume\)\n", stderr
+    )
+    assert load_checkpoint(out / CHECKPOINT)["partial"]["step"] >= 1

@@ -260,26 +260,3 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
     assert main(["train", "--out", str(tmp_path / "run"), "--no-progress", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("pyro-vae: error:") and message in err and "\n" not in err
-
-
-def test_ctrl_c_exits_130_keeps_last_epoch_and_resume_matches(tmp_path, monkeypatch, capsys):
-    common = ["--hidden", "16", "--epochs", "3", "--batch-size", "256", "--no-progress"]
-    assert main(["train", "--out", str(tmp_path / "full"), *common]) == 0
-    calls = {"n": 0}
-    real_call = TrainStep.__call__
-
-    def interrupt(self, x):
-        calls["n"] += 1
-        if calls["n"] == 8:  # epoch 2, step 2
-            raise KeyboardInterrupt
-        return real_call(self, x)
-
-    monkeypatch.setattr(TrainStep, "__call__", interrupt)
-    out = tmp_path / "cut"
-    assert main(["train", "--out", str(out), *common]) == 130
-    err = capsys.readouterr().err
-    assert "interrupted during epoch 2" in err and "checkpoint of epoch 1" in err
-    assert load_checkpoint(out / CHECKPOINT)["epoch"] == 1
-    monkeypatch.setattr(TrainStep, "__call__", real_call)
-    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
-    assert (out / "metrics.jsonl").read_text() == (tmp_path / "full" / "metrics.jsonl").read_text()

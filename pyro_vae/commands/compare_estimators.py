@@ -152,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
     )
 
     title = (
-        f"{args.dir}: {loaded.data.name}, z_dim {loaded.config.model.z_dim}, epoch {loaded.epoch}; "
+        f"{args.dir}: {loaded.data.name}, z_dim {loaded.config.model.z_dim}, epoch {loaded.epoch}"
+        f"{f' + {loaded.step} steps' if loaded.step else ''}; "
         f"{x.shape[0]} test examples, {args.draws} draws; values in nats per example"
     )
     print(title)
@@ -170,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
             "run": str(args.dir),
             "dataset": loaded.data.name,
             "epoch": loaded.epoch,
+            "step": loaded.step,
             "z_dim": loaded.config.model.z_dim,
             "num_examples": int(x.shape[0]),
             "num_draws": args.draws,

@@ -71,9 +71,11 @@ def run(args: argparse.Namespace) -> int:
         x = x[: args.num_examples]
     pyro.set_rng_seed(args.seed)
     result = evaluate(loaded.model, loaded.guide, x, num_samples=args.num_samples)
-    title = f"{args.dir}: {loaded.data.name}, epoch {loaded.epoch}, {result.num_examples} test examples"
+    at = f"epoch {loaded.epoch}" + (f" + {loaded.step} steps (stopped mid-epoch)" if loaded.step else "")
+    title = f"{args.dir}: {loaded.data.name}, {at}, {result.num_examples} test examples"
     print(format_evaluation(result, title))
     out = args.dir / OUTPUT
-    atomic_write_text(out, json.dumps({"epoch": loaded.epoch, **result.to_dict()}, indent=2) + "\n")
+    record = {"epoch": loaded.epoch, "step": loaded.step, **result.to_dict()}
+    atomic_write_text(out, json.dumps(record, indent=2) + "\n")
     print(f"wrote {out}")
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -35,6 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
 def run(args: argparse.Namespace) -> int:
     from pyro_vae.ablation import default_config, kl_ablation
     from pyro_vae.data import load_data
+    from pyro_vae.train import TrainingInterrupted
 
     start = time.perf_counter()
     model_opts, train_opts = given_options(args)
@@ -47,9 +47,16 @@ def run(args: argparse.Namespace) -> int:
     base = default_config(data, **model_opts, **train_opts)
     try:
         summary = kl_ablation(args.out, base, data=data, progress=args.progress)
-    except KeyboardInterrupt:
-        print("pyro-vae: interrupted", file=sys.stderr)
-        return 130
+    except TrainingInterrupted as err:
+        # kl-ablation has no --resume (it takes seconds and always starts afresh); the run itself can go on.
+        raise TrainingInterrupted(
+            f"interrupted; kl-ablation starts afresh when run again (pyro-vae train --out {err.out} --resume "
+            "continues the interrupted run)",
+            err.epoch,
+            err.step,
+            err.signum,
+            err.out,
+        ) from None
     print(f"{'':12} {'latent std':>16} {'latent range (z1; z2)':>30} {'test ELBO':>10} {'recon error':>12}")
     for name, s in summary.items():
         std = " ".join(f"{v:7.3f}" for v in s["latent_std"])

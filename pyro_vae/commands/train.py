@@ -13,7 +13,6 @@ import argparse
 import dataclasses
 import json
 import re
-import sys
 import types
 import typing
 from collections.abc import Callable
@@ -233,13 +232,8 @@ def run(args: argparse.Namespace) -> int:
         opts = {**defaults, **train_opts}
         data = load_data(opts["dataset"], data_dir=opts["data_dir"], labels=opts["labels"], download=opts["download"])
         config = TrainConfig(model=VAEConfig(x_dim=data.x_dim, **model_opts), **train_opts)
-    try:
-        result = train(
-            config, args.out, resume=args.resume, progress=args.progress, data=data, overwrite=args.overwrite
-        )
-    except KeyboardInterrupt as err:
-        print(f"pyro-vae: {err or 'interrupted'}", file=sys.stderr)
-        return 130
+    # Ctrl-C / SIGTERM: TrainingInterrupted, a one-line message and exit 128 + signum from pyro_vae.cli.
+    result = train(config, args.out, resume=args.resume, progress=args.progress, data=data, overwrite=args.overwrite)
     print_result(result)
     return 0
 
