@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributions.transforms import SoftplusTransform
 
 from models.decoders.mlp import mlp
 
@@ -48,4 +49,4 @@ class MLPEncoder(nn.Module):
         layer.weight[: self.z_dim] = weight
         layer.bias[: self.z_dim] = bias
         s = torch.as_tensor(scale, dtype=layer.bias.dtype) - MIN_SCALE
-        layer.bias[self.z_dim :] = s + torch.log(-torch.expm1(-s))  # softplus^-1
+        layer.bias[self.z_dim :] = SoftplusTransform().inv(s)

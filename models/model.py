@@ -37,4 +37,3 @@ class VAEModel(nn.Module):
     def decode_mean(self, z: Tensor) -> Tensor:
         """E[x|z] for a batch of latents (what a decoded image shows)."""
         return self.likelihood.mean(self.decoder(z))
-

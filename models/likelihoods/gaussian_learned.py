@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributions.transforms import SoftplusTransform
 
 from models.likelihoods.gaussian import NormalLikelihood
 
@@ -39,7 +40,7 @@ class LearnedGaussianLikelihood(NormalLikelihood):
         self.min_sigma = float(min_sigma)
         shape = (x_dim,) if per_pixel else (1,)
         offset = torch.tensor(float(init_sigma - min_sigma))
-        self.raw_sigma = nn.Parameter((offset + torch.log(-torch.expm1(-offset))).expand(shape).clone())
+        self.raw_sigma = nn.Parameter(SoftplusTransform().inv(offset).expand(shape).clone())
 
     @property
     def sigma(self) -> Tensor:

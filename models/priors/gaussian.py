@@ -8,11 +8,7 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-
-def _softplus_inverse(y: torch.Tensor) -> torch.Tensor:
-    # log(exp(y) - 1), written stably for large y.
-    return y + torch.log(-torch.expm1(-y))
+from torch.distributions.transforms import SoftplusTransform
 
 
 def _as_vector(value: float | Sequence[float] | torch.Tensor, z_dim: int, name: str) -> torch.Tensor:
@@ -49,7 +45,7 @@ class GaussianPrior(nn.Module):
         self.learnable = learnable
         if learnable:
             self.loc = nn.Parameter(loc_t)
-            self.raw_scale = nn.Parameter(_softplus_inverse(scale_t))
+            self.raw_scale = nn.Parameter(SoftplusTransform().inv(scale_t))
         else:
             self.register_buffer("loc", loc_t)
             self.register_buffer("fixed_scale", scale_t)

@@ -10,11 +10,7 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-
-def _softplus_inverse(y: torch.Tensor) -> torch.Tensor:
-    # log(exp(y) - 1), written stably for large y.
-    return y + torch.log(-torch.expm1(-y))
+from torch.distributions.transforms import SoftplusTransform
 
 
 class MixturePrior(nn.Module):
@@ -39,7 +35,7 @@ class MixturePrior(nn.Module):
         self.num_components = num_components
         self.logits = nn.Parameter(torch.zeros(num_components))
         self.locs = nn.Parameter(torch.randn(num_components, z_dim))
-        self.raw_scales = nn.Parameter(_softplus_inverse(torch.full((num_components, z_dim), float(init_scale))))
+        self.raw_scales = nn.Parameter(SoftplusTransform().inv(torch.full((num_components, z_dim), float(init_scale))))
 
     @property
     def scales(self) -> torch.Tensor:
