@@ -30,6 +30,9 @@ class VAEConfig:
         mixture_components: K, the number of components of the "mixture" prior and of pseudo-inputs of the
             "vamp" prior.
         vamp_learn_weights: learn the VampPrior's mixture weights (default: uniform 1/K, as in the paper).
+        prior_init_from_data: before training, start the prior from the training data by calling its
+            ``init_from_data(x_train)`` ("vamp": K random training images as pseudo-inputs, Tomczak & Welling's
+            initialisation, instead of uniform noise); a prior without that method refuses it.
         sigma_per_pixel: the "gaussian-learned" likelihood learns one sigma per pixel instead of one global sigma.
         min_sigma: floor of the learned sigma (constant pixels would otherwise drive it to 0 and the ELBO to +inf).
     """
@@ -47,6 +50,7 @@ class VAEConfig:
     sigma: float = 1.0
     mixture_components: int = 10
     vamp_learn_weights: bool = False
+    prior_init_from_data: bool = False
     sigma_per_pixel: bool = False
     min_sigma: float = 1e-3
 

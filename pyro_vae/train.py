@@ -372,6 +372,14 @@ def train(
     model.to(device)
     guide.to(device)
     data.prepare(model.likelihood)
+    if config.model.prior_init_from_data:
+        init = getattr(model.prior, "init_from_data", None)
+        if init is None:
+            raise UserError(
+                f"the {config.model.prior} prior cannot start from data (it has no init_from_data); "
+                "drop --prior-init-from-data"
+            )
+        init(data.train_x)  # on the seeded global generator, so the same seed gives the same start
     params = parameters_of(model, guide)
     optimizer = make_optimizer(params, config.lr)  # one fused Adam (benchmarks/step_time.py)
     scaled = BetaScaled(model, guide, config.beta)
@@ -383,6 +391,10 @@ def train(
     meanfield = isinstance(elbo, TraceMeanField_ELBO)
     if meanfield:
         say(describe(kinds))
+    from pyro_vae.estimators import MULTI_PARTICLE_BOUNDS
+
+    if config.elbo in MULTI_PARTICLE_BOUNDS and config.num_particles == 1:
+        say(f"note: --elbo {config.elbo} with --num-particles 1 is the standard ELBO; its bound tightens with K > 1")
     if config.require_analytic_kl:
         if not meanfield:
             raise UserError(

@@ -277,3 +277,36 @@ def test_config_fields_round_trip_and_bad_component_counts_are_rejected():
     for bad in (0, -2, 1.5, True):
         with pytest.raises(ValueError, match="mixture_components must be a positive integer"):
             VAEConfig(x_dim=4, prior="mixture", mixture_components=bad)
+
+
+def test_training_starts_the_vamp_pseudo_inputs_at_training_images_when_asked(tmp_path):
+    from pyro_vae.data import load_data
+    from pyro_vae.train import TrainConfig, train
+
+    data = load_data("digits")
+    x = data.train_x.clone()
+
+    def nearest_row_distance(run_dir, **options) -> torch.Tensor:
+        # lr 1e-12: Adam moves each value by at most 1e-12 per step, so the pseudo-inputs stay where they began.
+        config = TrainConfig.for_data(
+            data, prior="vamp", mixture_components=5, hidden=(16,), epochs=1, batch_size=500, lr=1e-12, **options
+        )
+        result = train(config, tmp_path / run_dir, progress=False, figures=False, data=data)
+        return torch.cdist(result.model.prior.pseudo_inputs.detach(), x).min(dim=1).values
+
+    from_data = nearest_row_distance("data", prior_init_from_data=True)
+    assert from_data.max() < 1e-9  # each pseudo-input is a training image
+    assert nearest_row_distance("uniform").min() > 1.0  # uniform noise is far from every digit
+
+
+def test_prior_init_from_data_is_refused_by_a_prior_without_init_from_data(tmp_path, capsys):
+    from pyro_vae.cli import main
+
+    args = ["train", "--out", str(tmp_path / "run"), "--prior", "standard", "--prior-init-from-data", "--epochs", "1"]
+    assert main([*args, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "pyro-vae: error: the standard prior cannot start from data (it has no init_from_data); "
+        "drop --prior-init-from-data\n"
+    )
+    assert not (tmp_path / "run" / "config.json").exists()

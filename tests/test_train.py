@@ -260,3 +260,10 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
     assert main(["train", "--out", str(tmp_path / "run"), "--no-progress", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("pyro-vae: error:") and message in err and "\n" not in err
+
+
+@pytest.mark.parametrize(("elbo", "particles", "noted"), [("iwae", 1, True), ("iwae", 2, False), ("trace", 1, False)])
+def test_a_multi_particle_bound_at_one_particle_is_pointed_out(tmp_path, capsys, elbo, particles, noted):
+    train(small(epochs=1, elbo=elbo, num_particles=particles), tmp_path / "run", figures=False)
+    note = f"note: --elbo {elbo} with --num-particles 1 is the standard ELBO; its bound tightens with K > 1"
+    assert (note in capsys.readouterr().err) == noted

@@ -44,6 +44,10 @@ ESTIMATORS: dict[str, Callable[..., ELBO]] = {
     "jit-stl": JitSTLELBO,
 }
 
+#: Bounds that tighten with the number of particles K and equal the ELBO at K = 1 (IWAE, DReG: log of the
+#: mean weight; Renyi: the same for any alpha), so that training with them at K = 1 is plain ELBO training.
+MULTI_PARTICLE_BOUNDS = frozenset({"iwae", "dreg", "renyi", "jit-iwae", "jit-renyi"})
+
 #: name -> (what the value estimates, what the gradient is)
 DESCRIPTIONS: dict[str, tuple[str, str]] = {
     "trace": ("ELBO (eq. 28), Monte Carlo KL", "reparameterised gradient of log p(x,z) - log q(z|x)"),
@@ -78,6 +82,7 @@ def make_elbo(name: str, **options: Any) -> ELBO:
 
 __all__ = [
     "DESCRIPTIONS",
+    "MULTI_PARTICLE_BOUNDS",
     "ESTIMATORS",
     "DReGBound",
     "IWAEBound",
