@@ -460,7 +460,7 @@ def train(
         return NonFiniteLossError(f"{what} at epoch {epoch}, step {step}; {held()}; try a smaller --lr or --clip-norm")
 
     def checkpoint(epoch: int, epoch_partial: dict[str, Any] | None = None) -> None:
-        state = {
+        record = {
             "format": FORMAT_VERSION,
             "epoch": epoch,
             "config": config.to_json(),
@@ -471,8 +471,8 @@ def train(
             "metrics": json.dumps(history),
         }
         if epoch_partial is not None:
-            state["partial"] = epoch_partial
-        save_checkpoint(state, ckpt_path)
+            record["partial"] = epoch_partial
+        save_checkpoint(record, ckpt_path)
 
     try:
         with DeferredInterrupts() as stop:

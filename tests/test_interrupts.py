@@ -156,18 +156,33 @@ def test_signal_during_evaluation_saves_the_finished_epoch(tmp_path, monkeypatch
     full = run(config("meanfield"), tmp_path / "full")
     real = train_module.elbo_terms
 
-    def evaluate_then_signal(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGINT)
-        return real(*args, **kwargs)
+    def signal_during_evaluation(at: int):
+        calls = []
 
-    monkeypatch.setattr(train_module, "elbo_terms", evaluate_then_signal)
+        def evaluate(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == at:
+                os.kill(os.getpid(), signal.SIGINT)
+            return real(*args, **kwargs)
+
+        return evaluate
+
+    monkeypatch.setattr(train_module, "elbo_terms", signal_during_evaluation(at=1))
     with pytest.raises(TrainingInterrupted, match=r"^interrupted after epoch 1; saved .* \(continue with --resume\)$"):
         run(config("meanfield"), tmp_path / "cut")
     state = load_checkpoint(tmp_path / "cut" / CHECKPOINT)
     assert state["epoch"] == 1 and "partial" not in state
     assert (tmp_path / "cut" / "metrics.jsonl").read_text().count("\n") == 1
-    monkeypatch.setattr(train_module, "elbo_terms", real)
-    assert run(config("meanfield"), tmp_path / "cut", resume=True).metrics == full.metrics
+    # During the last epoch's evaluation (the second of the resumed run): the run is complete, only its
+    # figures are left.
+    monkeypatch.setattr(train_module, "elbo_terms", signal_during_evaluation(at=2))
+    with pytest.raises(TrainingInterrupted) as info:
+        run(config("meanfield"), tmp_path / "cut", resume=True)
+    assert str(info.value) == (
+        f"interrupted after epoch 3; saved {tmp_path / 'cut' / CHECKPOINT} (training is complete; figures not "
+        f"written: pyro-vae plot {tmp_path / 'cut'})"
+    )
+    assert load_run(tmp_path / "cut", with_data=False).metrics == full.metrics
 
 
 def test_signal_with_non_finite_weights_saves_nothing_new(tmp_path, monkeypatch):
