@@ -48,7 +48,7 @@ from pyro_vae.step import TrainStep, make_optimizer, parameters_of  # noqa: E402
 
 X_DIM, HIDDEN, Z_DIM = 784, 400, 20
 LR = 1e-3
-MIN_SCALE = 1e-5  # the project's encoder floor (guides/encoder.py)
+MIN_SCALE = 1e-5  # the project's scale floor (guides/normal_guide.py)
 
 
 class HandWrittenVAE(nn.Module):
@@ -60,7 +60,9 @@ class HandWrittenVAE(nn.Module):
         self.decoder = nn.Sequential(nn.Linear(Z_DIM, HIDDEN), nn.Softplus(), nn.Linear(HIDDEN, X_DIM))
 
     def copy_from(self, model: nn.Module, guide: nn.Module) -> None:
-        self.encoder.load_state_dict(guide.encoder.net.state_dict())
+        # The project's guide is an encoder trunk (Linear, Softplus) and a head (the last Linear).
+        self.encoder[0].load_state_dict(guide.encoder.net[0].state_dict())
+        self.encoder[2].load_state_dict(guide.head.state_dict())
         self.decoder.load_state_dict(model.decoder.net.state_dict())
 
     def loss(self, x: Tensor, z: Tensor | None = None) -> Tensor:
@@ -80,7 +82,7 @@ def build_project(seed: int, device: torch.device) -> tuple[nn.Module, nn.Module
 
 
 def meanfield() -> TraceMeanField_ELBO:
-    # As the trainer builds "meanfield" (pyro_vae.train.make_training_elbo).
+    # As the trainer builds "meanfield" (pyro_vae.training.make_training_elbo).
     return TraceMeanField_ELBO(vectorize_particles=True, max_plate_nesting=1)
 
 

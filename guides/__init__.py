@@ -1,9 +1,10 @@
-"""Pyro guides q(z|x): encoders and variational families.
+"""Pyro guides q(z|x): encoders (x -> features) and variational families (features -> q(z|x)).
 
-Nothing here imports ``pyro_vae``; the dependency points one way only.
+Installed as ``pyro_vae.guides``. Nothing here imports the rest of ``pyro_vae`` except the shared network
+building blocks of ``pyro_vae.models`` (``tests/test_architecture.py`` checks it).
 """
 
-from guides.encoder import MLPEncoder
-from guides.normal_guide import NormalGuide
+from pyro_vae.guides.encoders import MLPEncoder
+from pyro_vae.guides.normal_guide import MIN_SCALE, NormalGuide
 
-__all__ = ["MLPEncoder", "NormalGuide"]
+__all__ = ["MIN_SCALE", "MLPEncoder", "NormalGuide"]

@@ -4,25 +4,60 @@ from __future__ import annotations
 
 import pyro
 import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributions.transforms import SoftplusTransform
+
+#: Floor added to the scale so that sigma never reaches 0 in float32 (log sigma stays finite).
+MIN_SCALE = 1e-5
 
 
 class NormalGuide(nn.Module):
     """Pyro guide with the model's signature: samples site "z" inside the same ``pyro.plate("data", N)``.
 
-    Its parameters are registered with Pyro under the name "guide".
+    ``encoder`` maps x to features h (``encoder.out_features`` of them); an affine ``head`` maps h to
+    (mu, s) and sigma = softplus(s) + MIN_SCALE. softplus rather than the blog's exp(log sigma^2 / 2): it is
+    positive, grows linearly rather than exponentially for large pre-activations (no overflow early in
+    training), and is still a smooth bijection onto (MIN_SCALE, inf). Its parameters are registered with
+    Pyro under the name "guide".
     """
 
-    def __init__(self, encoder: nn.Module) -> None:
+    def __init__(self, encoder: nn.Module, z_dim: int) -> None:
         super().__init__()
+        if isinstance(z_dim, bool) or not isinstance(z_dim, int) or z_dim < 1:
+            raise ValueError(f"z_dim must be a positive integer, got {z_dim!r}")
         self.encoder = encoder
+        self.z_dim = z_dim
+        # One layer with 2 * z_dim outputs: loc and pre-softplus scale share the encoder's features.
+        self.head = nn.Linear(encoder.out_features, 2 * z_dim)
 
     def forward(self, x: Tensor, num_samples: int | None = None) -> Tensor:
         pyro.module("guide", self)
         with pyro.plate("data", x.shape[0]):
             return pyro.sample("z", self.posterior(x))
 
+    def loc_scale(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(mu(x), sigma(x)), each of shape (N, z_dim)."""
+        out = self.head(self.encoder(x))
+        loc, raw_scale = out[..., : self.z_dim], out[..., self.z_dim :]
+        return loc, F.softplus(raw_scale) + MIN_SCALE
+
     def posterior(self, x: Tensor) -> dist.Distribution:
         """q(z|x) as a distribution with batch shape (N,) and event shape (z_dim,)."""
-        loc, scale = self.encoder(x)
+        loc, scale = self.loc_scale(x)
         return dist.Normal(loc, scale).to_event(1)
+
+    @torch.no_grad()
+    def set_affine(self, weight: Tensor, bias: Tensor, scale: Tensor) -> None:
+        """Make q(z|x) = N(weight @ x + bias, diag scale^2), for an identity encoder (an MLP with ``hidden=()``).
+
+        Used to set the guide to a known posterior (e.g. the exact one of the linear-Gaussian model).
+        """
+        if any(True for _ in self.encoder.parameters()):
+            raise ValueError("set_affine needs an affine guide: build it with encoder_hidden=()")
+        self.head.weight.zero_()
+        self.head.weight[: self.z_dim] = weight
+        self.head.bias[: self.z_dim] = bias
+        s = torch.as_tensor(scale, dtype=self.head.bias.dtype) - MIN_SCALE
+        self.head.bias[self.z_dim :] = SoftplusTransform().inv(s)

@@ -1,12 +1,13 @@
 """Pyro generative models p(z) p(x|z): priors, decoders, likelihoods and the model.
 
-Nothing here imports ``pyro_vae``; the dependency points one way only.
+Installed as ``pyro_vae.models``. Nothing here imports the rest of ``pyro_vae``: the dependency points one way
+only (``tests/test_architecture.py`` checks it).
 """
 
-from models.decoders import LinearDecoder, MLPDecoder
-from models.likelihoods import BernoulliLikelihood, GaussianLikelihood
-from models.model import VAEModel
-from models.priors import GaussianPrior, StandardNormalPrior
+from pyro_vae.models.decoders import LinearDecoder, MLPDecoder
+from pyro_vae.models.likelihoods import BernoulliLikelihood, GaussianLikelihood
+from pyro_vae.models.model import VAEModel
+from pyro_vae.models.priors import GaussianPrior, StandardNormalPrior
 
 __all__ = [
     "BernoulliLikelihood",

@@ -1,22 +1,61 @@
-"""pyro-vae: variational autoencoders as Pyro model/guide pairs, tied by tests to the closed-form loss."""
+"""pyro-vae: variational autoencoders as Pyro model/guide pairs, tied by tests to the closed-form loss.
+
+The mathematics follows Odaibo, "Tutorial: Deriving the Standard VAE Loss Function", and the blog post
+"Why we need KL divergence loss in VAEs".
+"""
 
 from pyro_vae.beta import BetaScaled, LatentScale
-from pyro_vae.config import VAEConfig
-from pyro_vae.estimators import ESTIMATORS
+from pyro_vae.config import TrainConfig, VAEConfig
+from pyro_vae.data import load_data
+from pyro_vae.estimators import ESTIMATORS, EstimatorSpec, make_elbo
 from pyro_vae.evaluation import log_likelihood
-from pyro_vae.registry import DECODERS, LIKELIHOODS, PRIORS, build
+from pyro_vae.registry import (
+    DECODERS,
+    ENCODERS,
+    GUIDES,
+    LIKELIHOODS,
+    PRIORS,
+    Component,
+    build,
+    register,
+    register_decoder,
+    register_encoder,
+    register_guide,
+    register_likelihood,
+    register_prior,
+)
+from pyro_vae.runs import Run, load_run
+from pyro_vae.training import Trainer, TrainResult, train
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DECODERS",
+    "ENCODERS",
     "ESTIMATORS",
+    "GUIDES",
     "LIKELIHOODS",
     "PRIORS",
     "BetaScaled",
+    "Component",
+    "EstimatorSpec",
     "LatentScale",
+    "Run",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
     "VAEConfig",
     "build",
+    "load_data",
+    "load_run",
     "log_likelihood",
+    "make_elbo",
+    "register",
+    "register_decoder",
+    "register_encoder",
+    "register_guide",
+    "register_likelihood",
+    "register_prior",
+    "train",
     "__version__",
 ]

@@ -29,11 +29,12 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from pyro_vae.checkpoint import atomic_write_text
-from pyro_vae.data import VAEData, load_data
+from pyro_vae.config import TrainConfig, split_options
+from pyro_vae.data import VAEData
 from pyro_vae.elbo_terms import latent_means, reconstruction_error
 from pyro_vae.errors import UserError
 from pyro_vae.figures import latent_ranges, plot_latent, plot_manifold, save
-from pyro_vae.train import TrainConfig, TrainResult, train
+from pyro_vae.training import TrainResult, train
 
 #: Defaults chosen so that on digits the claim shows clearly and both runs finish in seconds on 2 cores
 #: (100 epochs of 6 steps each). One CPU thread: for a model this small per-operation overhead dominates,
@@ -43,11 +44,13 @@ ABLATION_DEFAULTS = {"hidden": (128,), "epochs": 100, "batch_size": 256, "lr": 1
 RUNS = {"with_kl": 1.0, "without_kl": 0.0}
 
 
-def default_config(data: VAEData, **options: Any) -> TrainConfig:
-    """The ablation's base config for ``data``: z_dim = 2 and ``ABLATION_DEFAULTS`` (hidden (128,), 100 epochs,
-    batch 256, Adam lr 1e-2, 1 CPU thread), then ``options``; the rest are TrainConfig defaults (seed 0,
+def default_config(data: VAEData | None = None, **options: Any) -> TrainConfig:
+    """The ablation's base config (for ``data``, else with the data set's shape left to ``train``): z_dim = 2
+    and ``ABLATION_DEFAULTS`` (hidden (128,), 100 epochs, batch 256, Adam lr 1e-2, 1 CPU thread), then
+    ``options`` (VAEConfig and TrainConfig fields by name); the rest are TrainConfig defaults (seed 0,
     meanfield ELBO, N(0, I) prior, Bernoulli likelihood)."""
-    return TrainConfig.for_data(data, z_dim=2, **{**ABLATION_DEFAULTS, **options})
+    config = TrainConfig.from_options(*split_options({"z_dim": 2, **ABLATION_DEFAULTS, **options}))
+    return config if data is None else config.with_data_shape(data)
 
 
 def latent_summary(result: TrainResult) -> dict[str, Any]:
@@ -72,13 +75,8 @@ def kl_ablation(
     """Train ``base`` (default: ``default_config`` on digits) with beta = 1 and beta = 0; write the figure
     and summary.json to ``out_dir``; return the summary. Existing runs in OUT/with_kl, OUT/without_kl are
     replaced."""
-    if data is None:
-        if base is None:
-            data = load_data("digits")
-        else:
-            data = load_data(base.dataset, data_dir=base.data_dir, labels=base.labels, download=base.download)
-    if base is None:
-        base = default_config(data)
+    base = default_config() if base is None else base
+    data = base.load_data() if data is None else data
     if base.model.z_dim != 2:
         raise UserError(f"the KL ablation compares 2-D latent spaces; got z_dim = {base.model.z_dim}")
     out = Path(out_dir)

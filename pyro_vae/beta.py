@@ -8,6 +8,11 @@ The objective recon + beta * KL needs the latent sites of BOTH the model and the
 
 ``poutine.scale`` scales every site of a function, observed ones included, so it cannot express
 "latent sites only"; ``LatentScale`` is the small messenger that does.
+
+Two ways to apply it. ``BetaScaled(model, guide, beta)`` wraps a pair with a Python ``beta`` attribute (for SVI
+and hand-written loops). ``beta_input(fn)`` instead makes beta an argument, ``fn_b(x, beta, ...)``, so that a
+compiled objective takes it as an input tensor: KL warm-up then changes beta without re-tracing and without
+freezing an old value into the graph (``step(x, beta=...)`` of ``pyro_vae.step.TrainStep`` uses it).
 """
 
 from __future__ import annotations
@@ -29,6 +34,18 @@ class LatentScale(Messenger):
     def _process_message(self, msg: dict[str, Any]) -> None:
         if msg["type"] == "sample" and not msg["is_observed"]:
             msg["scale"] = self.beta * msg["scale"]
+
+
+def beta_input(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn_b(x, beta, *args, **kwargs)``: run the model or guide ``fn(x, *args, **kwargs)`` with its latent sites'
+    scale multiplied by ``beta`` (a number or a 0-dim tensor, an ordinary argument of the call)."""
+
+    @functools.wraps(fn)
+    def scaled(x: Any, beta: Any, *args: Any, **kwargs: Any) -> Any:
+        with LatentScale(beta):
+            return fn(x, *args, **kwargs)
+
+    return scaled
 
 
 class BetaScaled:

@@ -1,4 +1,5 @@
-"""Checkpoints of a training run, and ``load_run`` to get a trained model back.
+"""Checkpoint files of a training run: atomic writes, safe loading, RNG states. (``pyro_vae.runs.load_run``
+gets a trained model back from a run directory.)
 
 A run directory (``pyro-vae train --out DIR``) holds:
 
@@ -22,31 +23,26 @@ import json
 import os
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-import pyro
 import torch
 
 from pyro_vae.errors import UserError
 from pyro_vae.safe_load import safe_torch_load
-
-if TYPE_CHECKING:
-    from models.model import VAEModel
-    from pyro_vae.data import VAEData
-    from pyro_vae.train import TrainConfig
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 
 #: Version of the checkpoint layout; bumped when keys change meaning. Version 2 added ``"partial"``: an
-#: older reader must refuse such a file rather than resume it from the wrong place.
-FORMAT_VERSION = 2
-#: Versions ``load_checkpoint`` reads (version 1 has no mid-epoch checkpoints).
-READABLE_FORMATS = (1, 2)
+#: older reader must refuse such a file rather than resume it from the wrong place. Version 3 split the guide
+#: into an encoder (features) and a head (q's parameters): the last layer of a version-2 guide's MLP encoder is
+#: the version-3 guide's ``head``, and ``load_checkpoint`` renames it.
+FORMAT_VERSION = 3
+#: Versions ``load_checkpoint`` reads and upgrades (version 1 has no mid-epoch checkpoints).
+READABLE_FORMATS = (1, 2, 3)
 #: The keys every checkpoint holds (``train`` writes them all).
 CHECKPOINT_KEYS = ("epoch", "config", "model", "guide", "optimizer", "rng", "metrics")
 #: The keys of a mid-epoch checkpoint's ``"partial"`` record.
@@ -114,7 +110,22 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             missing += [f"partial.{key}" for key in PARTIAL_KEYS if key not in partial]
     if missing:
         raise UserError(f"{path} is not a complete pyro-vae checkpoint (no {', '.join(missing)})")
+    if state["format"] < 3:
+        state["guide"] = _guide_head_from_encoder(state["guide"])
+        state["format"] = FORMAT_VERSION
     return state
+
+
+def _guide_head_from_encoder(guide_state: dict[str, Any]) -> dict[str, Any]:
+    """A version-1/2 guide state (one MLP ``encoder.net`` ending in the layer that outputs mu and s) as
+    version 3 has it (``encoder.net`` up to the last hidden activation, then ``head``)."""
+    if not isinstance(guide_state, dict):
+        return guide_state  # not a state dict: loading it into a guide fails with torch's own message
+    layers = [int(k.split(".")[2]) for k in guide_state if k.startswith("encoder.net.") and k.endswith(".weight")]
+    if not layers:
+        return guide_state
+    last = f"encoder.net.{max(layers)}."
+    return {(f"head.{k[len(last) :]}" if k.startswith(last) else k): v for k, v in guide_state.items()}
 
 
 def steps_into_epoch(state: dict[str, Any]) -> int:
@@ -156,63 +167,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
     )
     p = state["python"]
     random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss"]))
-
-
-@dataclass
-class Run:
-    """A trained run, as ``load_run`` returns it.
-
-    Attributes:
-        config: the run's ``TrainConfig``.
-        model, guide: the Pyro model and guide with the checkpoint's weights, on ``device``, in eval mode.
-        data: the ``VAEData`` the run was trained on (prepared for its likelihood), or None if not loaded.
-        epoch: the number of completed epochs in the checkpoint.
-        step: training steps done in the next epoch (0 unless the run was stopped mid-epoch; the weights
-            are then those after that step).
-        metrics: the per-epoch metric records up to ``epoch``.
-        out_dir: the run directory.
-    """
-
-    config: TrainConfig
-    model: VAEModel
-    guide: torch.nn.Module
-    data: VAEData | None
-    epoch: int
-    metrics: list[dict[str, Any]] = field(default_factory=list)
-    out_dir: Path = Path(".")
-    step: int = 0
-
-
-def load_run(out_dir: str | Path, device: str | torch.device = "cpu", with_data: bool = True) -> Run:
-    """Load the run in ``out_dir`` (written by ``pyro-vae train --out DIR`` / ``train(config, DIR)``).
-
-    Rebuilds the model and guide from the stored config with ``pyro_vae.build``, loads the checkpoint's
-    weights, moves them to ``device`` and, when ``with_data``, loads the data set the run used (without
-    downloading). Clears Pyro's global parameter store so that stale parameters of the same names
-    cannot shadow the loaded ones.
-
-    >>> run = load_run("runs/quickstart/with_kl")
-    >>> run.model, run.guide, run.data.test_x_eval, run.config.model.z_dim
-    """
-    from pyro_vae.data import load_data
-    from pyro_vae.registry import build
-    from pyro_vae.train import TrainConfig
-
-    out = Path(out_dir)
-    if not out.is_dir():
-        raise UserError(f"run directory {out} does not exist")
-    state = load_checkpoint(out / CHECKPOINT)
-    config = TrainConfig.from_json(state["config"])
-    pyro.clear_param_store()
-    model, guide = build(config.model)
-    model.load_state_dict(state["model"])
-    guide.load_state_dict(state["guide"])
-    model.to(device).eval()
-    guide.to(device).eval()
-    data = None
-    if with_data:
-        data = load_data(config.dataset, data_dir=config.data_dir, labels=config.labels, device=device, download=False)
-        data.prepare(model.likelihood)
-    return Run(
-        config, model, guide, data, int(state["epoch"]), json.loads(state["metrics"]), out, steps_into_epoch(state)
-    )

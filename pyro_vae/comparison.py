@@ -1,7 +1,7 @@
 """ELBO estimators side by side on one model, guide and batch: value, bias, gradient variance and SNR, cost.
 
 For each estimator, R independent draws of (value, gradient) on the same batch x give:
-- the value per example, mean and std over the draws (what it estimates: ``DESCRIPTIONS``);
+- the value per example, mean and std over the draws (what it estimates: ``ESTIMATORS[name].value``);
 - its bias against the importance-sampled log p(x) per example (``pyro_vae.evaluation.log_likelihood``);
 - for every parameter element, the variance of its gradient and the signal-to-noise ratio |E g| / std(g)
   (Rainforth et al. 2018), averaged separately over the guide's (encoder's) and the model's (decoder's)
@@ -26,7 +26,7 @@ import torch
 from pyro.infer import ELBO
 from torch import Tensor, nn
 
-from pyro_vae.estimators import DESCRIPTIONS, make_elbo
+from pyro_vae.estimators import ESTIMATORS, make_elbo
 from pyro_vae.evaluation import log_likelihood
 from pyro_vae.step import parameters_of
 
@@ -130,8 +130,7 @@ def estimator_stats(
     draws = draw_gradients(elbo, model, guide, x, encoder, decoder, num_draws)
     var_e, snr_e = gradient_variance_and_snr(draws.encoder)
     var_d, snr_d = gradient_variance_and_snr(draws.decoder)
-    base = name[4:] if name.startswith("jit-") else name
-    estimates = DESCRIPTIONS.get(name, DESCRIPTIONS.get(base, ("", "")))[0]
+    estimates = ESTIMATORS[name].value if name in ESTIMATORS else ""
     return EstimatorStats(
         name=name,
         num_particles=int(elbo.num_particles),

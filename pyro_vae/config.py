@@ -1,13 +1,73 @@
-"""VAEConfig: the whole description of a VAE, as a dataclass that round-trips to JSON."""
+"""``VAEConfig`` (what ``build`` makes) and ``TrainConfig`` (what a training run does), as dataclasses that
+round-trip to JSON.
+
+Both validate on construction, with one-line ``ValueError`` messages (``pyro_vae.errors.UserError``).
+``VAEConfig.x_shape`` may be left out (None) when the data set will supply it: ``train`` fills it in.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from pyro_vae.data import BUILTIN_DATASETS, check_dataset_name, load_data
+from pyro_vae.errors import UserError
+from pyro_vae.estimators import ESTIMATORS
+from pyro_vae.registry import COMPONENTS
+
+if TYPE_CHECKING:
+    from pyro_vae.data import VAEData
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _tuples(value: Any) -> Any:
+    """Lists (as JSON gives them back) as tuples, recursively, so a config equals its JSON round trip."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
+
+
+def _from_dict(cls: type, d: Any) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        raise UserError(f"a {cls.__name__} must be a JSON object, got {type(d).__name__}")
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise UserError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+    return d
+
+
+def absolute_paths(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the user's files (dataset, labels, data_dir) as absolute paths, where they exist, so that a
+    run stored with them can be reloaded from any directory."""
+    options = dict(options)
+    for name in ("dataset", "labels", "data_dir"):
+        value = options.get(name)
+        if isinstance(value, str) and value.lower() not in BUILTIN_DATASETS and Path(value).exists():
+            options[name] = str(Path(value).resolve())
+    return options
+
+
+def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the VAEConfig fields, the rest) of ``options``, for configs given as one set of keywords."""
+    model_fields = {f.name for f in dataclasses.fields(VAEConfig)}
+    return {k: v for k, v in options.items() if k in model_fields}, {
+        k: v for k, v in options.items() if k not in model_fields
+    }
 
 
 @dataclass
@@ -15,35 +75,47 @@ class VAEConfig:
     """What ``build`` needs to construct a model and guide.
 
     Fields:
-        x_dim: data dimension D (pixels per image).
+        x_shape: the shape of one example: (D,) for flat data, (C, H, W) for images; None until the data set
+            gives it (train() fills it in).
+        x_dim: D, the number of values of one example; ``x_dim=64`` is short for ``x_shape=(64,)``.
         z_dim: latent dimension J.
-        prior: name in ``pyro_vae.registry.PRIORS`` ("standard", "gaussian", ...).
-        likelihood: name in ``LIKELIHOODS`` ("bernoulli", "gaussian", ...).
-        decoder: name in ``DECODERS`` ("mlp", "linear").
-        hidden: hidden layer widths of the MLP decoder (and of the encoder unless ``encoder_hidden`` is set).
-        encoder_hidden: hidden widths of the encoder; None means "same as hidden"; () makes it affine.
-        prior_loc, prior_scale: mu_p and sigma_p of the "gaussian" prior (a number or one per latent dimension).
-        learn_prior: make the "gaussian" prior's mu_p and sigma_p learnable.
-        sigma: the fixed standard deviation of the "gaussian" likelihood (1 gives 1/2 the summed squared
+        prior: name in ``pyro_vae.registry.PRIORS`` (standard, gaussian, mixture, vamp, ...).
+        likelihood: name in ``LIKELIHOODS`` (bernoulli, gaussian, gaussian-learned, continuous-bernoulli, ...).
+        encoder: name in ``ENCODERS``, the network x -> features of the guide (mlp, ...).
+        decoder: name in ``DECODERS``, the network z -> the likelihood's parameters (mlp, linear, ...).
+        guide: name in ``GUIDES``, the variational family q(z|x) (normal, ...).
+        hidden: hidden layer widths of the MLP encoder and decoder, unless their own widths are set.
+        encoder_hidden: hidden widths of the MLP encoder (None: hidden; an empty list makes the guide affine).
+        decoder_hidden: hidden widths of the MLP decoder (None: hidden).
+        prior_loc: mu_p of the gaussian prior (a number, or one per latent dimension).
+        prior_scale: sigma_p of the gaussian prior (a number, or one per latent dimension).
+        learn_prior: make the gaussian prior's mu_p and sigma_p learnable.
+        sigma: the fixed standard deviation of the gaussian likelihood (1 gives 1/2 the summed squared
             error; 1/sqrt(2) gives the blog's summed squared error, up to constants); the initial sigma of
-            the "gaussian-learned" likelihood.
-        mixture_components: K, the number of components of the "mixture" prior and of pseudo-inputs of the
-            "vamp" prior.
+            the gaussian-learned likelihood.
+        mixture_components: K, the number of components of the mixture prior and of pseudo-inputs of the
+            vamp prior.
         vamp_learn_weights: learn the VampPrior's mixture weights (default: uniform 1/K, as in the paper).
         prior_init_from_data: before training, start the prior from the training data by calling its
-            ``init_from_data(x_train)`` ("vamp": K random training images as pseudo-inputs, Tomczak & Welling's
+            init_from_data(x_train) (vamp: K random training images as pseudo-inputs, Tomczak and Welling's
             initialisation, instead of uniform noise); a prior without that method refuses it.
-        sigma_per_pixel: the "gaussian-learned" likelihood learns one sigma per pixel instead of one global sigma.
+        sigma_per_pixel: the gaussian-learned likelihood learns one sigma per pixel instead of one global sigma.
         min_sigma: floor of the learned sigma (constant pixels would otherwise drive it to 0 and the ELBO to +inf).
+        options: each component's own settings, by kind: {"decoder": {"channels": [64, 32]}} for a decoder that
+            declares a "channels" option (on the command line: --decoder-channels 64 32).
     """
 
-    x_dim: int
+    x_shape: tuple[int, ...] | None = None
+    x_dim: int | None = None
     z_dim: int = 2
     prior: str = "standard"
     likelihood: str = "bernoulli"
+    encoder: str = "mlp"
     decoder: str = "mlp"
+    guide: str = "normal"
     hidden: tuple[int, ...] = (256,)
     encoder_hidden: tuple[int, ...] | None = None
+    decoder_hidden: tuple[int, ...] | None = None
     prior_loc: float | list[float] = 0.0
     prior_scale: float | list[float] = 1.0
     learn_prior: bool = False
@@ -53,39 +125,59 @@ class VAEConfig:
     prior_init_from_data: bool = False
     sigma_per_pixel: bool = False
     min_sigma: float = 1e-3
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.hidden = tuple(int(h) for h in self.hidden)
-        if self.encoder_hidden is not None:
-            self.encoder_hidden = tuple(int(h) for h in self.encoder_hidden)
+        if _is_int(self.x_shape):
+            self.x_shape = (self.x_shape,)
+        if self.x_shape is not None:
+            if not isinstance(self.x_shape, (tuple, list)) or not all(_is_int(s) and s >= 1 for s in self.x_shape):
+                raise UserError(f"x_shape must be a list of positive integers, got {self.x_shape!r}")
+            self.x_shape = tuple(self.x_shape) or None
+        if self.x_shape is None and self.x_dim is not None:
+            if not _is_int(self.x_dim) or self.x_dim < 1:
+                raise UserError(f"x_dim must be a positive integer, got {self.x_dim!r}")
+            self.x_shape = (self.x_dim,)
+        if self.x_shape is not None:
+            size = math.prod(self.x_shape)
+            if self.x_dim is not None and self.x_dim != size:
+                raise UserError(f"x_dim = {self.x_dim} does not match x_shape {self.x_shape} ({size} values)")
+            self.x_dim = size
+        for name in ("hidden", "encoder_hidden", "decoder_hidden"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, tuple(int(h) for h in value))
+        if isinstance(self.options, dict):
+            self.options = {kind: dict(_tuples(v)) if isinstance(v, dict) else v for kind, v in self.options.items()}
+        for kind, registry in COMPONENTS.items():
+            # Case-insensitive names: "Standard" is stored as the registered "standard".
+            value = getattr(self, kind)
+            if isinstance(value, str):
+                setattr(self, kind, registry.canonical(value) or value)
         self.validate()
 
     def validate(self) -> None:
-        """Raise ValueError with a one-line message for any value that cannot build a VAE."""
-        from pyro_vae.registry import DECODERS, LIKELIHOODS, PRIORS
-
-        for name, value in (("x_dim", self.x_dim), ("z_dim", self.z_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for kind, value, registry in (
-            ("prior", self.prior, PRIORS),
-            ("likelihood", self.likelihood, LIKELIHOODS),
-            ("decoder", self.decoder, DECODERS),
-        ):
-            if value not in registry:
-                raise ValueError(f"unknown {kind} {value!r}; choose one of: {', '.join(sorted(registry))}")
-        for name, widths in (("hidden", self.hidden), ("encoder_hidden", self.encoder_hidden or ())):
-            if any(w < 1 for w in widths):
-                raise ValueError(f"{name} sizes must be positive integers, got {list(widths)}")
-        if not (isinstance(self.sigma, (int, float)) and math.isfinite(self.sigma) and self.sigma > 0):
-            raise ValueError(f"sigma must be a positive finite number, got {self.sigma!r}")
-        k = self.mixture_components
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"mixture_components must be a positive integer, got {k!r}")
-        if not (isinstance(self.min_sigma, (int, float)) and math.isfinite(self.min_sigma) and self.min_sigma > 0):
-            raise ValueError(f"min_sigma must be a positive finite number, got {self.min_sigma!r}")
+        """Raise ``UserError`` (a ValueError) with a one-line message for any value that cannot build a VAE."""
+        if not _is_int(self.z_dim) or self.z_dim < 1:
+            raise UserError(f"z_dim must be a positive integer, got {self.z_dim!r}")
+        if not isinstance(self.options, dict) or not all(isinstance(v, dict) for v in self.options.values()):
+            raise UserError(f"options must map a kind of component to its options, got {self.options!r}")
+        for kind in self.options:
+            if kind not in COMPONENTS:
+                raise UserError(f"options for unknown kind {kind!r}; the kinds are {', '.join(COMPONENTS)}")
+        for kind, registry in COMPONENTS.items():
+            registry[getattr(self, kind)].make_options(self.options_of(kind), f"{kind} {getattr(self, kind)!r}")
+        for name in ("hidden", "encoder_hidden", "decoder_hidden"):
+            if any(w < 1 for w in getattr(self, name) or ()):
+                raise UserError(f"{name} sizes must be positive integers, got {list(getattr(self, name))}")
+        if not _is_number(self.sigma) or self.sigma <= 0:
+            raise UserError(f"sigma must be a positive finite number, got {self.sigma!r}")
+        if not _is_int(self.mixture_components) or self.mixture_components < 1:
+            raise UserError(f"mixture_components must be a positive integer, got {self.mixture_components!r}")
+        if not _is_number(self.min_sigma) or self.min_sigma <= 0:
+            raise UserError(f"min_sigma must be a positive finite number, got {self.min_sigma!r}")
         if self.likelihood == "gaussian-learned" and not self.sigma > self.min_sigma:
-            raise ValueError(
+            raise UserError(
                 f"the initial sigma ({self.sigma}) of the gaussian-learned likelihood must exceed "
                 f"min_sigma ({self.min_sigma})"
             )
@@ -94,19 +186,20 @@ class VAEConfig:
     def encoder_widths(self) -> tuple[int, ...]:
         return self.hidden if self.encoder_hidden is None else self.encoder_hidden
 
+    @property
+    def decoder_widths(self) -> tuple[int, ...]:
+        return self.hidden if self.decoder_hidden is None else self.decoder_hidden
+
+    def options_of(self, kind: str) -> dict[str, Any]:
+        """The options given for the component of ``kind`` ("decoder", ...), empty if none."""
+        return dict(self.options.get(kind, {}))
+
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["hidden"] = list(self.hidden)
-        d["encoder_hidden"] = None if self.encoder_hidden is None else list(self.encoder_hidden)
-        return d
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VAEConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown VAEConfig field(s): {', '.join(unknown)}")
-        return cls(**d)
+        return cls(**_from_dict(cls, d))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -121,3 +214,171 @@ class VAEConfig:
     @classmethod
     def load(cls, path: str | Path) -> VAEConfig:
         return cls.from_json(Path(path).read_text())
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; ``to_json`` / ``from_json`` round-trip it (``DIR/config.json``).
+
+    Fields:
+        model: the VAEConfig (its x_shape is the data set's; left out, train() takes it from the data).
+        dataset: digits (default, offline), mnist, fashion-mnist, or a path to a .npy or .pt array.
+        data_dir: where mnist and fashion-mnist are downloaded (default: a per-user cache directory).
+        labels: a .npy or .pt file of integer labels for your own data set (used to colour plots).
+        elbo: the estimator, a name in pyro_vae.ESTIMATORS (meanfield = analytic KL where registered).
+        jit: compile the estimator with the PyTorch JIT (an option of every estimator that has a compiled form).
+        num_particles: samples of z per example in each ELBO estimate (K of the iwae, renyi and dreg bounds).
+        beta: weight of the KL term (1 = the ELBO; 0 = no KL, a plain autoencoder with noise).
+        kl_warmup: epochs over which beta rises linearly from 0 to beta (0 = no warm-up).
+        epochs: number of passes over the training set.
+        batch_size: examples per gradient step.
+        lr: Adam's learning rate.
+        clip_norm: clip the gradient's global 2-norm to this value (none = no clipping).
+        seed: seeds torch, numpy and Python's random (model init, shuffling, binarisation, sampling).
+        device: auto (cuda when available), cpu, cuda or cuda:N.
+        require_analytic_kl: refuse to train if a meanfield ELBO would estimate any KL by Monte Carlo.
+        eval_samples: samples of z per test example when estimating the test ELBO.
+        threads: torch CPU threads (none = torch's default); small models are often fastest with 1.
+        download: download mnist and fashion-mnist when missing.
+    """
+
+    model: VAEConfig = field(default_factory=VAEConfig)
+    dataset: str = "digits"
+    data_dir: str | None = None
+    labels: str | None = None
+    elbo: str = "meanfield"
+    jit: bool = False
+    num_particles: int = 1
+    beta: float = 1.0
+    kl_warmup: int = 0
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 5e-3
+    clip_norm: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    require_analytic_kl: bool = False
+    eval_samples: int = 1
+    threads: int | None = None
+    download: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = VAEConfig.from_dict(self.model)
+        if isinstance(self.elbo, str):
+            self.elbo = ESTIMATORS.canonical(self.elbo) or self.elbo
+        if isinstance(self.dataset, str) and self.dataset.lower() in BUILTIN_DATASETS:
+            self.dataset = self.dataset.lower()
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``UserError`` (a ValueError) with a one-line message for any value a run cannot use."""
+        if not isinstance(self.model, VAEConfig):
+            raise UserError(f"model must be a VAEConfig, got {type(self.model).__name__}")
+        self.model.validate()
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise UserError(
+                f"dataset must be a name ({', '.join(BUILTIN_DATASETS)}) or a file path, got {self.dataset!r}"
+            )
+        check_dataset_name(self.dataset)
+        for name in ("data_dir", "labels"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise UserError(f"{name} must be a path, got {value!r}")
+        if self.elbo not in ESTIMATORS:
+            raise ESTIMATORS.unknown(self.elbo, what="elbo")
+        for name in ("num_particles", "epochs", "batch_size", "eval_samples"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise UserError(f"{name} must be an integer >= 1, got {value!r}")
+        if not _is_int(self.kl_warmup) or self.kl_warmup < 0:
+            raise UserError(f"kl_warmup must be an integer number of epochs >= 0, got {self.kl_warmup!r}")
+        if not _is_number(self.beta) or self.beta < 0:
+            raise UserError(f"beta must be a finite number >= 0, got {self.beta!r}")
+        if not _is_number(self.lr) or self.lr <= 0:
+            raise UserError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if self.clip_norm is not None and (not _is_number(self.clip_norm) or self.clip_norm <= 0):
+            raise UserError(f"clip_norm must be a finite number > 0 (or None for no clipping), got {self.clip_norm!r}")
+        if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
+            raise UserError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
+        if not isinstance(self.device, str) or not (
+            self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit())
+        ):
+            raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        for name in ("require_analytic_kl", "download", "jit"):
+            if not isinstance(getattr(self, name), bool):
+                raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
+            raise UserError(f"threads must be an integer >= 1 (or None for torch's default), got {self.threads!r}")
+        ESTIMATORS[self.elbo].check(jit=self.jit)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["model"] = self.model.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        d = _from_dict(cls, d)
+        if "model" not in d:
+            raise UserError("a TrainConfig needs a model (a VAEConfig)")
+        return cls(**{**d, "model": VAEConfig.from_dict(d["model"])})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_options(cls, model: dict[str, Any] | None = None, train: dict[str, Any] | None = None) -> TrainConfig:
+        """A config from VAEConfig fields ``model`` and TrainConfig fields ``train`` (the command line's), with
+        the paths of the user's files stored absolute, so that the run can be reloaded from any directory."""
+        return cls(model=VAEConfig(**(model or {})), **absolute_paths(train or {}))
+
+    @classmethod
+    def for_data(cls, data: VAEData, **options: Any) -> TrainConfig:
+        """A config for ``data``: VAEConfig fields (z_dim, hidden, prior, ...) and training fields by name.
+
+        x_shape comes from the data. ``TrainConfig.for_data(load_data("digits"), z_dim=2, epochs=20)``.
+        """
+        model_opts, train_opts = split_options(options)
+        return cls(model=VAEConfig(**{**model_opts, "x_shape": data.x_shape, "x_dim": None}), **train_opts)
+
+    def with_data_shape(self, data: VAEData) -> TrainConfig:
+        """This config with ``model.x_shape`` taken from ``data``; a one-line error if it was set otherwise."""
+        shape = tuple(data.x_shape)
+        if self.model.x_shape is None:
+            return dataclasses.replace(self, model=dataclasses.replace(self.model, x_shape=shape, x_dim=None))
+        if self.model.x_shape != shape:
+            raise UserError(
+                f"the model's x_shape is {self.model.x_shape} but the {data.name} data have examples of shape {shape}"
+            )
+        return self
+
+    def resolve_device(self) -> torch.device:
+        """The torch device of ``device``: "auto" is cuda if available, else cpu; one line for cuda without a GPU."""
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(
+                f"device {self.device} asked for but CUDA is not available here; use --device cpu (or auto)"
+            )
+        return torch.device(self.device)
+
+    def load_data(self, device: torch.device | str = "cpu", download: bool | None = None) -> VAEData:
+        """The run's data set, ``load_data(self.dataset, ...)`` with this config's paths and download setting."""
+        return load_data(
+            self.dataset,
+            data_dir=self.data_dir,
+            labels=self.labels,
+            device=device,
+            download=self.download if download is None else download,
+        )
+
+    def differences(self, other: TrainConfig) -> list[str]:
+        """Names of the fields (``model.<field>`` for the VAEConfig) whose values differ."""
+        a, b = self.to_dict(), other.to_dict()
+        diffs = [f"model.{k}" for k in a["model"] if a["model"][k] != b["model"].get(k)]
+        return diffs + [k for k in a if k != "model" and a[k] != b[k]]

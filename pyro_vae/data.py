@@ -70,7 +70,12 @@ class VAEData:
 
     @property
     def x_dim(self) -> int:
-        return int(self.train_x.shape[1])
+        return int(self.train_x[0].numel())
+
+    @property
+    def x_shape(self) -> tuple[int, ...]:
+        """The shape of one example: (D,) for rows of D values."""
+        return tuple(int(s) for s in self.train_x.shape[1:])
 
     @property
     def device(self) -> torch.device:
@@ -142,6 +147,15 @@ def minibatches(x: Tensor, batch_size: int, start: int = 0) -> Iterator[Tensor]:
     """
     perm = torch.randperm(x.shape[0], device=x.device)
     return (x[idx] for idx in perm.split(batch_size)[start:])
+
+
+def check_dataset_name(name: str) -> None:
+    """A one-line error for a name that is neither a built-in data set nor a path to one (checked before loading)."""
+    path = Path(name)
+    if name.lower() not in BUILTIN_DATASETS and path.suffix not in (".npy", ".pt") and not path.exists():
+        raise UserError(
+            f"unknown dataset {name!r}: use one of {', '.join(BUILTIN_DATASETS)} or a path to a .npy or .pt file"
+        )
 
 
 def load_data(
@@ -261,10 +275,7 @@ def _load_user(name: str, labels: str | Path | None) -> VAEData:
     from sklearn.model_selection import train_test_split
 
     path = Path(name)
-    if path.suffix not in (".npy", ".pt") and not path.exists():
-        raise UserError(
-            f"unknown dataset {name!r}: use one of {', '.join(BUILTIN_DATASETS)} or a path to a .npy or .pt file"
-        )
+    check_dataset_name(name)
     arr = _read_array(path, "dataset")
     if arr.dtype.kind not in "biuf":
         raise UserError(f"dataset {path} has dtype {arr.dtype}; give real numbers (float, int or bool)")

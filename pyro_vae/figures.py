@@ -26,6 +26,7 @@ from torch import Tensor
 
 from pyro_vae.data import VAEData
 from pyro_vae.elbo_terms import latent_means
+from pyro_vae.runs import load_run
 
 #: Tiles per side of the decoded manifold grid.
 GRID_SIZE = 15
@@ -196,8 +197,6 @@ def write_figures(
 
 
 def plot_run(out_dir: str | Path, device: str = "cpu") -> list[Path]:
-    """Load the run in ``out_dir`` (``pyro_vae.checkpoint.load_run``) and write its figures there."""
-    from pyro_vae.checkpoint import load_run
-
+    """Load the run in ``out_dir`` (``pyro_vae.runs.load_run``) and write its figures there."""
     run = load_run(out_dir, device=device)
     return write_figures(run.model, run.guide, run.data, run.metrics, run.out_dir)

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 from torch.distributions import MultivariateNormal, Normal, kl_divergence
 
-from models.decoders import LinearDecoder
-from models.likelihoods import GaussianLikelihood
+from pyro_vae.models.decoders import LinearDecoder
+from pyro_vae.models.likelihoods import GaussianLikelihood
 
 
 @dataclass
@@ -88,7 +88,7 @@ def set_guide_to_posterior(guide: torch.nn.Module, model: torch.nn.Module, scale
     if off_diagonal.abs().max() > 1e-6 * torch.diagonal(s).abs().max():
         raise ValueError("the exact posterior is not diagonal: give the linear decoder a W with orthogonal columns")
     a, c = lg.posterior_affine()
-    guide.encoder.set_affine(a, c, torch.sqrt(torch.diagonal(s)) * scale_factor)
+    guide.set_affine(a, c, torch.sqrt(torch.diagonal(s)) * scale_factor)
 
 
 def orthogonal_weight(x_dim: int, z_dim: int, column_norms: Tensor, generator: torch.Generator | None = None) -> Tensor:

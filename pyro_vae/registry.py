@@ -1,71 +1,225 @@
-"""Name -> constructor registries (plain dicts) and ``build``, the one-call construction.
+"""The component registries (priors, likelihoods, encoders, decoders, guide families) and ``build``.
 
-Each factory takes a ``VAEConfig`` and returns a module. Adding an entry here makes the name
-valid in ``VAEConfig`` and on the command line.
+A component is a factory that reads what it needs from the ``VAEConfig`` (``z_dim``, ``x_shape``, its widths)
+and returns an ``nn.Module``. It may declare two needs, which ``build`` then passes as keywords:
+
+- ``needs_posterior=True`` (priors): ``factory(config, posterior=guide.posterior)``, the guide's q(z|x)
+  whatever the guide family, for priors built from it (the VampPrior);
+- ``options=SomeDataclass``: ``factory(config, options=SomeDataclass(**config.<kind>_options))``, the
+  component's own settings, so that each component's options hold only its own fields (as in pythae).
+
+Guide-family factories also get the encoder: ``factory(config, encoder)``. Adding a component is one file (the
+module) and one registry line; ``register(PRIORS, "name", factory)`` or ``PRIORS["name"] = factory`` does it
+from user code, and the name is then valid in ``VAEConfig`` and on the command line.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from guides import MLPEncoder, NormalGuide
-from models import (
+from pyro_vae.errors import UserError
+from pyro_vae.guides import MLPEncoder, NormalGuide
+from pyro_vae.models import VAEModel
+from pyro_vae.models.decoders import LinearDecoder, MLPDecoder
+from pyro_vae.models.likelihoods import (
     BernoulliLikelihood,
+    ContinuousBernoulliLikelihood,
     GaussianLikelihood,
-    GaussianPrior,
-    LinearDecoder,
-    MLPDecoder,
-    StandardNormalPrior,
+    LearnedGaussianLikelihood,
 )
-from models.likelihoods import ContinuousBernoulliLikelihood, LearnedGaussianLikelihood
-from models.model import VAEModel
-from models.priors import MixturePrior, VampPrior
+from pyro_vae.models.priors import GaussianPrior, MixturePrior, StandardNormalPrior, VampPrior
+from pyro_vae.named import Registry
 
 if TYPE_CHECKING:
     from pyro_vae.config import VAEConfig
 
-Factory = Callable[["VAEConfig"], nn.Module]
 
-#: Prior factories also get the guide's encoder, for priors built from it (the VampPrior).
-PriorFactory = Callable[["VAEConfig", nn.Module], nn.Module]
+@dataclass(frozen=True)
+class Component:
+    """A registered factory and what it declares (see the module docstring)."""
 
-PRIORS: dict[str, PriorFactory] = {
-    "standard": lambda c, encoder: StandardNormalPrior(c.z_dim),
-    "gaussian": lambda c, encoder: GaussianPrior(c.z_dim, c.prior_loc, c.prior_scale, learnable=c.learn_prior),
-    "mixture": lambda c, encoder: MixturePrior(c.z_dim, c.mixture_components),
-    "vamp": lambda c, encoder: VampPrior(encoder, c.x_dim, c.mixture_components, learn_weights=c.vamp_learn_weights),
+    factory: Callable[..., nn.Module]
+    description: str = ""
+    needs_posterior: bool = False
+    options: type | None = None
+
+    def __post_init__(self) -> None:
+        if not callable(self.factory):
+            raise ValueError(f"a component's factory must be callable, got {self.factory!r}")
+        if self.options is not None and not dataclasses.is_dataclass(self.options):
+            raise ValueError(f"a component's options must be a dataclass, got {self.options!r}")
+
+    def option_fields(self) -> list[dataclasses.Field]:
+        return list(dataclasses.fields(self.options)) if self.options is not None else []
+
+    def make_options(self, values: Mapping[str, Any], what: str) -> Any:
+        """The options dataclass filled from ``values`` (sequences are tuples, as ``VAEConfig`` stores them);
+        one-line ``UserError`` for a name it does not have. None when the component declares no options."""
+        fields = {f.name: f for f in self.option_fields()}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            has = f"its options are {', '.join(fields)}" if fields else "it takes no options"
+            raise UserError(f"{what} has no option(s) {', '.join(unknown)}; {has}")
+        if self.options is None:
+            return None
+        try:
+            return self.options(**values)
+        except TypeError as err:
+            raise UserError(f"{what}: {err}") from None
+
+    def make(self, config: VAEConfig, *args: Any, kind: str, name: str, posterior: Any = None) -> nn.Module:
+        """Call the factory with ``config``, ``args`` and what it declared."""
+        extra: dict[str, Any] = {}
+        if self.needs_posterior:
+            extra["posterior"] = posterior
+        if self.options is not None:
+            extra["options"] = self.make_options(config.options_of(kind), f"{kind} {name!r}")
+        return self.factory(config, *args, **extra)
+
+
+def as_component(entry: object) -> Component:
+    """A ``Component`` as is; a plain factory wrapped in one that declares nothing."""
+    return entry if isinstance(entry, Component) else Component(entry)  # type: ignore[arg-type]
+
+
+def _registry(kind: str, entries: dict[str, object]) -> Registry[Component]:
+    return Registry(kind, entries, wrap=as_component)
+
+
+PRIORS = _registry(
+    "prior",
+    {
+        "standard": Component(lambda c: StandardNormalPrior(c.z_dim), "N(0, I)"),
+        "gaussian": Component(
+            lambda c: GaussianPrior(c.z_dim, c.prior_loc, c.prior_scale, learnable=c.learn_prior),
+            "N(mu_p, diag sigma_p^2), --prior-loc, --prior-scale, --learn-prior",
+        ),
+        "mixture": Component(lambda c: MixturePrior(c.z_dim, c.mixture_components), "K learned Gaussians"),
+        "vamp": Component(
+            lambda c, posterior: VampPrior(
+                posterior, c.x_shape, c.mixture_components, learn_weights=c.vamp_learn_weights
+            ),
+            "VampPrior, a mixture of q(z|u_k) at K pseudo-inputs",
+            needs_posterior=True,
+        ),
+    },
+)
+
+LIKELIHOODS = _registry(
+    "likelihood",
+    {
+        "bernoulli": Component(lambda c: BernoulliLikelihood(len(c.x_shape)), "binary pixels; logits"),
+        "gaussian": Component(lambda c: GaussianLikelihood(c.sigma, len(c.x_shape)), "N(f(z), sigma^2 I)"),
+        "gaussian-learned": Component(
+            lambda c: LearnedGaussianLikelihood(c.x_shape, c.sigma, per_pixel=c.sigma_per_pixel, min_sigma=c.min_sigma),
+            "N(f(z), diag sigma^2), sigma learned",
+        ),
+        "continuous-bernoulli": Component(
+            lambda c: ContinuousBernoulliLikelihood(len(c.x_shape)), "grey pixels in [0, 1]"
+        ),
+    },
+)
+
+ENCODERS = _registry(
+    "encoder",
+    {"mlp": Component(lambda c: MLPEncoder(c.x_shape, c.encoder_widths), "MLP, widths --encoder-hidden")},
+)
+
+DECODERS = _registry(
+    "decoder",
+    {
+        "mlp": Component(lambda c: MLPDecoder(c.z_dim, c.x_shape, c.decoder_widths), "MLP, widths --decoder-hidden"),
+        "linear": Component(lambda c: LinearDecoder(c.z_dim, c.x_shape), "f(z) = W z + b (probabilistic PCA)"),
+    },
+)
+
+GUIDES = _registry(
+    "guide",
+    {"normal": Component(lambda c, encoder: NormalGuide(encoder, c.z_dim), "diagonal Normal q(z|x)")},
+)
+
+#: The registry of each kind of component, by the VAEConfig field that names it.
+COMPONENTS: dict[str, Registry[Component]] = {
+    "prior": PRIORS,
+    "likelihood": LIKELIHOODS,
+    "encoder": ENCODERS,
+    "decoder": DECODERS,
+    "guide": GUIDES,
 }
 
-LIKELIHOODS: dict[str, Factory] = {
-    "bernoulli": lambda c: BernoulliLikelihood(),
-    "gaussian": lambda c: GaussianLikelihood(c.sigma),
-    "gaussian-learned": lambda c: LearnedGaussianLikelihood(
-        c.x_dim, c.sigma, per_pixel=c.sigma_per_pixel, min_sigma=c.min_sigma
-    ),
-    "continuous-bernoulli": lambda c: ContinuousBernoulliLikelihood(),
-}
 
-DECODERS: dict[str, Factory] = {
-    "mlp": lambda c: MLPDecoder(c.z_dim, c.x_dim, c.hidden),
-    "linear": lambda c: LinearDecoder(c.z_dim, c.x_dim),
-}
+def register(
+    registry: Registry[Component],
+    name: str,
+    factory: Callable[..., nn.Module] | None = None,
+    **declared: Any,
+) -> Any:
+    """Register ``factory`` under ``name`` (``declared``: ``needs_posterior``, ``options``, ``description``).
+
+    Usable as a decorator: ``@register(PRIORS, "student-t")`` above the factory.
+    """
+
+    def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        registry[name] = Component(fn, **declared)
+        return fn
+
+    return add if factory is None else add(factory)
 
 
-def build(config: VAEConfig, prior: nn.Module | None = None) -> tuple[VAEModel, NormalGuide]:
+def register_prior(name: str, factory: Callable[..., nn.Module] | None = None, **declared: Any) -> Any:
+    """``register(PRIORS, name, factory, **declared)``; ``needs_posterior=True`` to receive q(z|x)."""
+    return register(PRIORS, name, factory, **declared)
+
+
+def register_likelihood(name: str, factory: Callable[..., nn.Module] | None = None, **declared: Any) -> Any:
+    """``register(LIKELIHOODS, name, factory, **declared)``."""
+    return register(LIKELIHOODS, name, factory, **declared)
+
+
+def register_encoder(name: str, factory: Callable[..., nn.Module] | None = None, **declared: Any) -> Any:
+    """``register(ENCODERS, name, factory, **declared)``; the encoder needs an ``out_features`` attribute."""
+    return register(ENCODERS, name, factory, **declared)
+
+
+def register_decoder(name: str, factory: Callable[..., nn.Module] | None = None, **declared: Any) -> Any:
+    """``register(DECODERS, name, factory, **declared)``."""
+    return register(DECODERS, name, factory, **declared)
+
+
+def register_guide(name: str, factory: Callable[..., nn.Module] | None = None, **declared: Any) -> Any:
+    """``register(GUIDES, name, factory, **declared)``; the factory gets ``(config, encoder)``."""
+    return register(GUIDES, name, factory, **declared)
+
+
+def build(
+    config: VAEConfig, prior: nn.Module | Component | Callable[..., nn.Module] | None = None
+) -> tuple[VAEModel, nn.Module]:
     """Construct the Pyro model and guide described by ``config``.
 
-    ``prior`` overrides ``config.prior`` with a user's own prior module (any module whose
-    ``forward()`` returns a distribution with event shape (z_dim,)).
+    ``prior`` overrides ``config.prior`` with a user's own prior: a module (any module whose ``forward()``
+    returns a distribution with event shape (z_dim,)), a factory ``f(config)``, or a ``Component`` that may
+    declare ``needs_posterior=True`` to receive the guide's q(z|x) as registered priors do.
 
     Returns ``(model, guide)``: ``model(x)`` and ``guide(x)`` are the Pyro model and guide for a batch x
-    of shape (N, x_dim), both ``nn.Module`` so ``.to(device)``, ``.parameters()`` and ``state_dict`` work.
+    of shape (N, *x_shape), both ``nn.Module`` so ``.to(device)``, ``.parameters()`` and ``state_dict`` work.
+    The modules are made in a fixed order (encoder, guide, prior, decoder, likelihood), so a seed fixes the
+    initial weights.
     """
     config.validate()
-    encoder = MLPEncoder(config.x_dim, config.z_dim, config.encoder_widths)
-    guide = NormalGuide(encoder)
-    prior_module = prior if prior is not None else PRIORS[config.prior](config, encoder)
-    model = VAEModel(prior_module, DECODERS[config.decoder](config), LIKELIHOODS[config.likelihood](config))
-    return model, guide
+    if config.x_shape is None:
+        raise UserError("the VAEConfig has no x_shape: give x_shape (or x_dim), or let train() take it from the data")
+    encoder = ENCODERS[config.encoder].make(config, kind="encoder", name=config.encoder)
+    guide = GUIDES[config.guide].make(config, encoder, kind="guide", name=config.guide)
+    if isinstance(prior, nn.Module):
+        prior_module = prior
+    else:
+        spec = PRIORS[config.prior] if prior is None else as_component(prior)
+        prior_module = spec.make(config, kind="prior", name=config.prior, posterior=guide.posterior)
+    decoder = DECODERS[config.decoder].make(config, kind="decoder", name=config.decoder)
+    likelihood = LIKELIHOODS[config.likelihood].make(config, kind="likelihood", name=config.likelihood)
+    return VAEModel(prior_module, decoder, likelihood), guide

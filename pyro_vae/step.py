@@ -21,6 +21,10 @@ same loss and gradients with less Python per step:
   exactly. Other ELBOs run as given, with validation on for their first step only;
 - ``make_optimizer`` gives one fused Adam over all parameters.
 
+``step(x, beta=b)`` weights the KL term by b (``pyro_vae.beta.beta_input``): beta is an input of the step, a
+0-dim tensor argument of the model and guide, so a compiled graph takes the current value at every call
+rather than the one it was traced with, and KL warm-up never re-traces.
+
 ``benchmarks/step_time.py`` measures what each part buys (README, section "Performance").
 """
 
@@ -34,7 +38,7 @@ import torch
 from pyro.infer import ELBO, TraceMeanField_ELBO
 from torch import Tensor, nn
 
-from pyro_vae.beta import BetaScaled
+from pyro_vae.beta import beta_input
 
 
 def parameters_of(*modules: nn.Module) -> list[nn.Parameter]:
@@ -76,25 +80,17 @@ def compiled_objective(elbo: ELBO) -> ELBO | None:
     return twin
 
 
-def _beta_source(*fns: Callable[..., Any]) -> BetaScaled | None:
-    """The ``BetaScaled`` whose ``model`` / ``guide`` wrapper ``fns`` are, if any (its closure holds it)."""
-    for fn in fns:
-        for cell in getattr(fn, "__closure__", None) or ():
-            if isinstance(cell.cell_contents, BetaScaled):
-                return cell.cell_contents
-    return None
-
-
 class TrainStep:
     """``step(x) -> loss``: estimate the ELBO gradient for batch x, clip, and take one optimizer step.
 
     ``model`` and ``guide`` are Pyro callables (possibly beta-wrapped); ``elbo`` any Pyro ELBO. The
     returned loss is the ELBO estimator's value for the batch (a sum over the batch, as Pyro reports it).
 
-    ``fast=True``: validation on the first step only, and a compiled ``TraceMeanField_ELBO`` (module
-    docstring). A compiled graph freezes the Python values that the model and guide read when it is traced.
-    ``BetaScaled`` wrappers are recognised and their ``beta`` is watched; for any other such value pass
-    ``trace_key`` (a function returning it): the step re-traces whenever the key changes.
+    ``step(x, beta=b)`` scales the latent sites of model and guide by b (recon + b KL); ``beta=None`` leaves
+    them alone. ``fast=True``: validation on the first step only, and a compiled ``TraceMeanField_ELBO``
+    (module docstring). A compiled graph freezes the Python values that the model and guide read when it is
+    traced (beta given to the step is an input, not such a value); for such a value pass ``trace_key`` (a
+    function returning it): the step re-traces whenever the key changes.
     """
 
     def __init__(
@@ -115,11 +111,9 @@ class TrainStep:
         self.clip_norm = clip_norm
         self.fast = fast
         self.steps = 0
-        if trace_key is None:
-            source = _beta_source(model, guide)
-            if source is not None:
-                trace_key = lambda: source.beta  # noqa: E731
         self.trace_key = trace_key
+        self._scaled = (beta_input(model), beta_input(guide))
+        self._beta: tuple[tuple[Any, ...], Tensor] | None = None
         self._compiles = fast and compiled_objective(elbo) is not None
         self._compiled: ELBO | None = None
         self._compiled_key: Hashable = None
@@ -145,37 +139,52 @@ class TrainStep:
         """The compiled objective in use (None before the first fast step, or when nothing is compiled)."""
         return self._compiled
 
-    def __call__(self, x: Tensor) -> float:
+    def __call__(self, x: Tensor, beta: float | None = None) -> float:
         self.optimizer.zero_grad(set_to_none=True)
+        if beta is None:
+            model, guide, args = self.model, self.guide, (x,)
+        else:
+            (model, guide), args = self._scaled, (x, self._beta_tensor(beta, x))
         if self._compiles:
             if self.steps == 0:
-                self._validate(x)
+                self._validate(model, guide, args)
             with pyro.validation_enabled(False):
-                loss = self._compiled_loss_and_grads(x)
+                loss = self._compiled_loss_and_grads(model, guide, args)
         elif self.fast and self.steps > 0:
             with pyro.validation_enabled(False):
-                loss = self.elbo.loss_and_grads(self.model, self.guide, x)
+                loss = self.elbo.loss_and_grads(model, guide, *args)
         else:
             # loss_and_grads works for every Pyro ELBO (RenyiELBO has no differentiable_loss).
-            loss = self.elbo.loss_and_grads(self.model, self.guide, x)
+            loss = self.elbo.loss_and_grads(model, guide, *args)
         self.steps += 1
         if self.clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
         self.optimizer.step()
         return float(loss)
 
-    def _validate(self, x: Tensor) -> None:
+    def _beta_tensor(self, beta: float, x: Tensor) -> Tensor:
+        """beta as a 0-dim tensor of x's dtype and device (a new one only when beta changes)."""
+        # Compared as Python numbers: reading a CUDA tensor back would synchronise every step.
+        key = (float(beta), x.dtype, x.device)
+        if self._beta is None or self._beta[0] != key:
+            self._beta = (key, torch.tensor(key[0], dtype=x.dtype, device=x.device))
+        return self._beta[1]
+
+    def _validate(self, model: Callable[..., Any], guide: Callable[..., Any], args: tuple[Tensor, ...]) -> None:
         """Run the uncompiled ELBO once with Pyro's validation as the caller set it (raising on bad data),
         without gradients and on a forked generator: every step then runs the same compiled graph, so a run
         resumed from a checkpoint computes exactly what an uninterrupted one does."""
-        with torch.no_grad(), self._forked_rng(x):
-            self.elbo.loss(self.model, self.guide, x)
+        with torch.no_grad(), self._forked_rng(args[0]):
+            self.elbo.loss(model, guide, *args)
 
     @staticmethod
     def _forked_rng(x: Tensor) -> Any:
         return torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else [])
 
-    def _compiled_loss_and_grads(self, x: Tensor) -> float:
+    def _compiled_loss_and_grads(
+        self, model: Callable[..., Any], guide: Callable[..., Any], args: tuple[Tensor, ...]
+    ) -> float:
+        x = args[0]
         key = self.trace_key() if self.trace_key is not None else None
         if self._compiled is None or key != self._compiled_key:
             # New frozen values: start a new compiled objective and let the old graphs go.
@@ -187,8 +196,8 @@ class TrainStep:
             # Tracing runs the model and guide (drawing z) more often than a step does; doing it on a forked
             # generator keeps the training random stream identical to the plain step's.
             with self._forked_rng(x):
-                self._compiled.differentiable_loss(self.model, self.guide, x)
+                self._compiled.differentiable_loss(model, guide, *args)
             self._compiled_shapes.add(shape)
-        loss = self._compiled.differentiable_loss(self.model, self.guide, x)
+        loss = self._compiled.differentiable_loss(model, guide, *args)
         loss.backward()
         return loss.item()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pyro.poutine as poutine
 import torch
+from pyro_vae.models.likelihoods import BernoulliLikelihood, GaussianLikelihood
+from pyro_vae.models.priors import GaussianPrior, StandardNormalPrior
 from torch import Tensor
 
-from models.likelihoods import BernoulliLikelihood, GaussianLikelihood
-from models.priors import GaussianPrior, StandardNormalPrior
 from pyro_vae.closed_form import (
     batch_loss,
     bernoulli_log_likelihood,
@@ -19,7 +19,7 @@ from pyro_vae.closed_form import (
 
 def closed_form_terms(model, guide, x: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
     """(KL_i, log p(x_i|z_i)) per datum, written from the derivation, not from Pyro's distributions."""
-    loc, scale = guide.encoder(x)
+    loc, scale = guide.loc_scale(x)
     prior = model.prior
     if isinstance(prior, StandardNormalPrior):
         kl = standard_normal_kl(loc, torch.log(scale**2))  # eq. 40

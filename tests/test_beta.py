@@ -93,7 +93,7 @@ def test_scaling_only_the_model_is_not_beta_kl(float64):
 def test_gaussian_prior_uses_its_own_mu_and_sigma_in_the_kl(float64):
     model, guide, x = setup()
     trace = guide_trace(guide, x)
-    loc, scale = guide.encoder(x)
+    loc, scale = guide.loc_scale(x)
     from pyro_vae.closed_form import standard_normal_kl
 
     loss = TraceMeanField_ELBO().loss(model, poutine.replay(guide, trace=trace), x)

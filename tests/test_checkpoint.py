@@ -3,21 +3,26 @@ safe loading, and ``load_run``."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import random
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import pyro_vae.checkpoint as checkpoint_module
-import pyro_vae.train as train_module
-from pyro_vae.checkpoint import CHECKPOINT, load_checkpoint, load_run, rng_state, set_rng_state
+import pyro_vae.training as train_module
+from pyro_vae.checkpoint import CHECKPOINT, load_checkpoint, rng_state, set_rng_state
 from pyro_vae.data import load_data
 from pyro_vae.elbo_terms import elbo_terms
 from pyro_vae.errors import UserError
+from pyro_vae.runs import load_run
 from pyro_vae.step import TrainStep
-from pyro_vae.train import TrainConfig, train
+from pyro_vae.training import TrainConfig, train
 
 CONFIGS = {
     # the default estimator with dynamic binarisation
@@ -73,11 +78,11 @@ def test_crash_mid_epoch_then_resume(tmp_path, monkeypatch):
     calls = {"n": 0}
     real_call = TrainStep.__call__
 
-    def crash(self, x):
+    def crash(self, x, **kwargs):
         calls["n"] += 1
         if calls["n"] == 9:  # epoch 2, step 3
             raise RuntimeError("power cut")
-        return real_call(self, x)
+        return real_call(self, x, **kwargs)
 
     monkeypatch.setattr(TrainStep, "__call__", crash)
     with pytest.raises(RuntimeError, match="power cut"):
@@ -162,3 +167,27 @@ def test_load_run_gives_back_the_trained_model(tmp_path):
     assert elbo_terms(loaded.model, loaded.guide, loaded.data.test_x_eval).elbo == result.metrics[-1]["test_elbo"]
     with pytest.raises(UserError, match="does not exist"):
         load_run(tmp_path / "nowhere")
+
+
+FORMAT2_RUN = Path(__file__).parent / "data" / "format2_vamp_run"
+
+
+def test_a_run_written_by_the_previous_release_loads_and_resumes_as_it_would_have(tmp_path):
+    """tests/data/format2_vamp_run: a 2-epoch VampPrior run (z = 2, hidden 8, K = 3 pseudo-inputs) written by
+    pyro-vae 0.1.0, whose guide was one MLP ending in the layer that outputs mu and s, and the metrics of the same
+    run trained for 3 epochs without a stop by that release. Loaded now, the weights give the test ELBO 0.1.0
+    recorded; resumed to epoch 3, the run ends with 0.1.0's uninterrupted metrics."""
+    out = tmp_path / "run"
+    shutil.copytree(FORMAT2_RUN, out)
+    assert torch.load(out / CHECKPOINT, weights_only=True)["format"] == 2
+    run = load_run(out)
+    recorded = json.loads(torch.load(out / CHECKPOINT, weights_only=True)["metrics"])
+    assert elbo_terms(run.model, run.guide, run.data.test_x_eval).elbo == pytest.approx(
+        recorded[-1]["test_elbo"], rel=1e-9
+    )
+    result = train(dataclasses.replace(run.config, epochs=3), out, resume=True, progress=False, figures=False)
+    reference = [json.loads(line) for line in (out / "metrics_uninterrupted_3_epochs.jsonl").read_text().splitlines()]
+    for ours, theirs in zip(result.metrics, reference, strict=True):
+        assert ours.keys() == theirs.keys()
+        for key, value in theirs.items():
+            assert ours[key] == (pytest.approx(value, rel=1e-6) if isinstance(value, float) else value), key

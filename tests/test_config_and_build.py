@@ -92,7 +92,7 @@ def test_bernoulli_log_likelihood_matches_scipy():
 
 def test_encoder_scale_is_positive_even_for_extreme_inputs():
     _, guide = build(VAEConfig(x_dim=4, z_dim=2, hidden=(8,)))
-    _, scale = guide.encoder(torch.full((2, 4), -1e4))
+    _, scale = guide.loc_scale(torch.full((2, 4), -1e4))
     assert (scale > 0).all()
     assert torch.isfinite(torch.log(scale)).all()
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from pyro.distributions.util import is_validation_enabled
 from pyro.infer import TraceMeanField_ELBO
+from pyro_vae.models.likelihoods import BernoulliLikelihood, GaussianLikelihood
 from sklearn.datasets import load_digits
 
-from models.likelihoods import BernoulliLikelihood, GaussianLikelihood
 from pyro_vae import VAEConfig, build
 from pyro_vae.data import load_data, minibatches, torchvision_files
 from pyro_vae.errors import UserError

@@ -80,7 +80,7 @@ def test_evaluate_on_the_linear_gaussian_model_matches_the_exact_values(float64)
     assert result.gap == pytest.approx(result.log_likelihood - result.elbo)
     assert result.gap > 0.05  # the 1.3x guide is visibly off
 
-    loc, scale = guide.encoder(x)
+    loc, scale = guide.loc_scale(x)
     expected_kl = gaussian_kl(loc, scale, 0.0, 1.0).mean(0).detach()
     np.testing.assert_allclose(result.kl_per_dimension, expected_kl.numpy(), rtol=1e-10)
     assert result.kl_total == pytest.approx(float(expected_kl.sum()))
@@ -97,7 +97,7 @@ def test_active_units_counts_dimensions_whose_posterior_mean_varies_over_the_dat
     x = torch.randn(500, 4)
     # E[z_j|x] = a_j x_j: Var = a_j^2 Var(x_j); a = (1, 0.05, 0.2, 0) -> about 1, 0.0025, 0.04, 0
     weight = torch.diag(torch.tensor([1.0, 0.05, 0.2, 0.0]))
-    guide.encoder.set_affine(weight, torch.zeros(4), torch.full((4,), 0.5))
+    guide.set_affine(weight, torch.zeros(4), torch.full((4,), 0.5))
     count, variances = active_units(model, guide, x)
     expected = np.var(x.numpy() * np.array([1.0, 0.05, 0.2, 0.0]), axis=0)
     np.testing.assert_allclose(variances.numpy(), expected, rtol=1e-8)
@@ -121,7 +121,7 @@ def test_kl_per_dimension_by_monte_carlo_matches_quadrature(float64):
     x = torch.randn(3, 4)
     torch.manual_seed(1)
     per_dim, total = kl_per_dimension(model, guide, x, num_samples=20000)
-    loc, scale = (t.detach().numpy() for t in guide.encoder(x))
+    loc, scale = (t.detach().numpy() for t in guide.loc_scale(x))
 
     def kl_quad(m, s):
         q, p = stats.norm(m, s), stats.t(3.0)
@@ -153,7 +153,7 @@ def test_kl_for_a_prior_that_does_not_factorise_is_total_only(float64):
     torch.manual_seed(2)
     per_dim, total = kl_per_dimension(model, guide, x, num_samples=20000)
     assert per_dim is None
-    loc, scale = guide.encoder(x)
+    loc, scale = guide.loc_scale(x)
     expected = float(gaussian_kl(loc, scale, prior_loc, prior_scale).sum(-1).mean())
     assert total == pytest.approx(expected, abs=0.02)  # 5 x 20000 draws: standard error < 0.005
 

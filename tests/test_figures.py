@@ -11,7 +11,7 @@ from pyro_vae import VAEConfig, build
 from pyro_vae.cli import main
 from pyro_vae.data import load_data
 from pyro_vae.figures import image_grid, manifold_grid, plot_latent
-from pyro_vae.train import TrainConfig, train
+from pyro_vae.training import TrainConfig, train
 
 FIGURES = ["reconstructions.png", "samples.png", "curves.png", "latent.png", "manifold.png"]
 

@@ -14,14 +14,15 @@ import threading
 import pytest
 import torch
 
-import pyro_vae.train as train_module
-from pyro_vae.checkpoint import CHECKPOINT, load_checkpoint, load_run, save_checkpoint
+import pyro_vae.training as train_module
+from pyro_vae.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from pyro_vae.cli import main
 from pyro_vae.data import load_data
 from pyro_vae.errors import UserError
 from pyro_vae.interrupts import DeferredInterrupts
+from pyro_vae.runs import load_run
 from pyro_vae.step import TrainStep
-from pyro_vae.train import TrainConfig, TrainingInterrupted, train
+from pyro_vae.training import TrainConfig, TrainingInterrupted, train
 
 #: 1,500 digits in batches of 256: 6 steps per epoch. The signal is sent during step 2 of epoch 2.
 STEPS_PER_EPOCH = 6
@@ -52,11 +53,11 @@ class StepCounter:
         self.calls = 0
         real = TrainStep.__call__
 
-        def call(step, x):
+        def call(step, x, **kwargs):
             self.calls += 1
             if before and self.calls == at:
                 action(step)
-            loss = real(step, x)
+            loss = real(step, x, **kwargs)
             if not before and self.calls == at:
                 action(step)
             return loss

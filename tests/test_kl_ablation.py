@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from pyro_vae.ablation import kl_ablation
-from pyro_vae.checkpoint import load_run
 from pyro_vae.cli import main
 from pyro_vae.data import load_data
 from pyro_vae.errors import UserError
-from pyro_vae.train import TrainConfig
+from pyro_vae.runs import load_run
+from pyro_vae.training import TrainConfig
 
 KEYS = ["latent_mean", "latent_std", "latent_range", "test_elbo", "test_recon_error"]
 
@@ -45,7 +45,7 @@ def test_summary_numbers_match_the_saved_runs(ablation):
         run = load_run(out / name)
         assert run.config.beta == (1.0 if name == "with_kl" else 0.0) and run.config.model.z_dim == 2
         with torch.no_grad():
-            loc, _ = run.guide.encoder(run.data.test_x_eval)
+            loc, _ = run.guide.loc_scale(run.data.test_x_eval)
             x_hat = torch.sigmoid(run.model.decoder(loc))
         means = loc.double().numpy()
         np.testing.assert_allclose(summary[name]["latent_mean"], means.mean(0), rtol=1e-5, atol=1e-6)

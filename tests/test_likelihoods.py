@@ -11,9 +11,9 @@ import pyro.poutine as poutine
 import pytest
 import torch
 from pyro.infer import TraceMeanField_ELBO
+from pyro_vae.models.likelihoods import ContinuousBernoulliLikelihood, LearnedGaussianLikelihood
 from scipy import integrate, stats
 
-from models.likelihoods import ContinuousBernoulliLikelihood, LearnedGaussianLikelihood
 from pyro_vae import LIKELIHOODS, VAEConfig, build
 from pyro_vae.closed_form import gaussian_kl
 from tests.helpers import guide_trace
@@ -97,7 +97,7 @@ def test_meanfield_loss_with_continuous_bernoulli_equals_closed_form(float64, le
     trace = guide_trace(guide, x)
     loss = TraceMeanField_ELBO().loss(model, poutine.replay(guide, trace=trace), x)
 
-    loc, scale = guide.encoder(x)
+    loc, scale = guide.loc_scale(x)
     mu_p = np.array([0.7, -1.2, 0.1]) + (0.3 if learn_prior else 0.0)
     sigma_p = np.array([2.3, 0.4, 1.1])
     if learn_prior:
@@ -115,7 +115,7 @@ def test_meanfield_loss_with_continuous_bernoulli_equals_closed_form(float64, le
 
 @pytest.mark.parametrize("per_pixel", [False, True])
 def test_learned_gaussian_log_density_matches_scipy(float64, per_pixel):
-    lik = LearnedGaussianLikelihood(x_dim=5, init_sigma=0.8, per_pixel=per_pixel)
+    lik = LearnedGaussianLikelihood(x_shape=5, init_sigma=0.8, per_pixel=per_pixel)
     assert lik.sigma.shape == ((5,) if per_pixel else (1,))
     torch.testing.assert_close(lik.sigma, torch.full_like(lik.sigma, 0.8))
     with torch.no_grad():
@@ -132,7 +132,7 @@ def test_learned_sigma_reaches_the_maximum_likelihood_value_per_pixel(float64):
     g = torch.Generator().manual_seed(0)
     decoded = torch.randn(200, 4, generator=g)
     x = decoded + torch.randn(200, 4, generator=g) * torch.tensor([0.05, 0.3, 1.0, 2.5])
-    lik = LearnedGaussianLikelihood(x_dim=4, per_pixel=True)
+    lik = LearnedGaussianLikelihood(x_shape=4, per_pixel=True)
     opt = torch.optim.Adam(lik.parameters(), lr=0.05)
     for _ in range(600):
         opt.zero_grad()
@@ -143,7 +143,7 @@ def test_learned_sigma_reaches_the_maximum_likelihood_value_per_pixel(float64):
 
 
 def test_learned_sigma_has_a_floor():
-    lik = LearnedGaussianLikelihood(x_dim=3, per_pixel=True, min_sigma=0.01)
+    lik = LearnedGaussianLikelihood(x_shape=3, per_pixel=True, min_sigma=0.01)
     with torch.no_grad():
         lik.raw_sigma.fill_(-100.0)
     assert torch.all(lik.sigma >= 0.01) and torch.allclose(lik.sigma, torch.full((3,), 0.01))
@@ -173,7 +173,7 @@ def test_meanfield_loss_with_learned_sigma_equals_closed_form_and_sigma_gets_a_g
     x = torch.randn(5, 6, generator=torch.Generator().manual_seed(1))
     trace = guide_trace(guide, x)
     loss = TraceMeanField_ELBO().differentiable_loss(model, poutine.replay(guide, trace=trace), x)
-    loc, scale = guide.encoder(x)
+    loc, scale = guide.loc_scale(x)
     kl = gaussian_kl(loc, scale, 0.3, 1.4).sum(-1).detach().numpy()
     mean = model.decoder(trace.nodes["z"]["value"]).detach().numpy()
     log_lik = stats.norm(mean, model.likelihood.sigma.detach().numpy()).logpdf(x.numpy()).sum(-1)

@@ -9,9 +9,9 @@ import pyro.poutine as poutine
 import pytest
 import torch
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
+from pyro_vae.models.priors import MixturePrior, VampPrior
 from scipy import special, stats
 
-from models.priors import MixturePrior, VampPrior
 from pyro_vae import VAEConfig, build
 from pyro_vae.closed_form import gaussian_kl
 from pyro_vae.kl_check import ANALYTIC, MONTE_CARLO, kl_kinds
@@ -76,7 +76,7 @@ def test_vamp_log_prob_is_mean_of_guide_posteriors_at_pseudo_inputs(float64, lea
     # The prior is tied to the guide: change the encoder and the prior follows.
     before = np64(prior().log_prob(z))
     with torch.no_grad():
-        guide.encoder.net[-1].bias.add_(0.3)
+        guide.head.bias.add_(0.3)
     after = np64(prior().log_prob(z))
     assert np.abs(after - before).max() > 1e-2
     np.testing.assert_allclose(after, hand(), rtol=1e-12)
@@ -105,7 +105,7 @@ def test_meanfield_falls_back_to_the_trace_elbo_on_the_same_z_and_says_so(float6
 
     # Both equal the one-sample estimate -[log p(x|z) + log p(z) - log q(z|x)], written out with scipy.
     z = np64(trace.nodes["z"]["value"])
-    loc, scale = (np64(t) for t in guide.encoder(x))
+    loc, scale = (np64(t) for t in guide.loc_scale(x))
     logits = np64(torch.sigmoid(model.decoder(trace.nodes["z"]["value"])))
     log_lik = stats.bernoulli(logits).logpmf(np64(x)).sum(-1)
     log_q = stats.norm(loc, scale).logpdf(z).sum(-1)
@@ -169,7 +169,7 @@ def test_learnable_gaussian_prior_converges_to_the_optimum_of_the_analytic_kl(fl
     must land there (the KL gradient is exact, so up to optimiser tolerance), and the loss there still equals
     the closed form at the learned mu_p, sigma_p."""
     model, guide, x = make(prior="gaussian", prior_loc=0.5, prior_scale=1.7, learn_prior=True, n=40)
-    loc, scale = (t.detach() for t in guide.encoder(x))
+    loc, scale = (t.detach() for t in guide.loc_scale(x))
     mu_opt = loc.mean(0)
     sigma_opt = (scale**2 + (loc - mu_opt) ** 2).mean(0).sqrt()
     opt = torch.optim.Adam(model.prior.parameters(), lr=0.1)
@@ -193,7 +193,7 @@ def test_one_component_mixture_gets_the_analytic_gradient_in_expectation_through
         prior.locs.copy_(torch.tensor([[0.5, -0.3, 1.0]]))
         prior.raw_scales.copy_(torch.tensor([[0.2, 1.0, -0.4]]))
     params = [prior.locs, prior.raw_scales]
-    loc, scale = (t.detach() for t in guide.encoder(x))
+    loc, scale = (t.detach() for t in guide.loc_scale(x))
     exact_kl = gaussian_kl(loc, scale, prior.locs[0], prior.scales[0]).sum()
     exact = torch.cat([g.flatten() for g in torch.autograd.grad(exact_kl, params)])
 
@@ -215,9 +215,10 @@ def test_one_component_mixture_gets_the_analytic_gradient_in_expectation_through
 
 def test_vamp_encoder_belongs_to_the_guide_only_and_is_updated_once_per_step():
     model, guide, x = make(prior="vamp", mixture_components=3)
-    encoder_ids = {id(p) for p in guide.encoder.parameters()}
+    encoder_ids = {id(p) for p in guide.parameters()}
     assert not encoder_ids & {id(p) for p in model.parameters()}
-    assert not any("encoder" in k for k in model.state_dict())
+    guide_storage = {p.data_ptr() for p in guide.parameters()}
+    assert not guide_storage & {t.data_ptr() for t in model.state_dict().values()}  # no copy of the guide's weights
 
     # Gradients of log p(z) reach the encoder through the prior (the model alone, z fixed).
     z = torch.randn(4, 3)
@@ -248,12 +249,12 @@ def test_vamp_pseudo_inputs_can_start_from_training_data():
     rows = {tuple(r.tolist()) for r in data}
     chosen = [tuple(r.tolist()) for r in model.prior.pseudo_inputs.detach()]
     assert len(set(chosen)) == 4 and set(chosen) <= rows
-    with pytest.raises(ValueError, match="x_dim is 6"):
+    with pytest.raises(ValueError, match=r"pseudo-inputs have \(6,\)"):
         model.prior.init_from_data(torch.rand(10, 5))
     with pytest.raises(ValueError, match="at least 4 data rows"):
         model.prior.init_from_data(torch.rand(3, 6))
     with pytest.raises(ValueError, match=r"pseudo_inputs must have shape .* = \(4, 6\), got \(4, 5\)"):
-        VampPrior(guide.encoder, 6, 4, pseudo_inputs=torch.rand(4, 5))
+        VampPrior(guide.posterior, 6, 4, pseudo_inputs=torch.rand(4, 5))
 
 
 # --- sampling and configuration -------------------------------------------------------------------
@@ -281,7 +282,7 @@ def test_config_fields_round_trip_and_bad_component_counts_are_rejected():
 
 def test_training_starts_the_vamp_pseudo_inputs_at_training_images_when_asked(tmp_path):
     from pyro_vae.data import load_data
-    from pyro_vae.train import TrainConfig, train
+    from pyro_vae.training import TrainConfig, train
 
     data = load_data("digits")
     x = data.train_x.clone()

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from pyro_vae import LIKELIHOODS, PRIORS
-from pyro_vae.checkpoint import load_run
 from pyro_vae.cli import main
+from pyro_vae.runs import load_run
 
 PRIOR_ARGS = {
     "standard": [],

@@ -107,51 +107,67 @@ def test_compiled_objective_matches_plain_for_monte_carlo_kl_priors_and_learned_
         assert relative_gap(a, b) < 1e-6
 
 
-def _run(fast: bool, num_particles: int, trace_key=None, steps: int = 9):
+BETAS = [0.0, 0.5, 1.0]  # KL warm-up: beta changes between "epochs" of three steps
+
+
+def _run(fast: bool, num_particles: int, steps: int = 9, wrapper: bool = False, watch_beta: bool = False):
+    """Nine steps with KL warm-up, the last batch of each "epoch" smaller, and clipping.
+
+    beta is given to the step (``step(x, beta=b)``, the trainer's way), or with ``wrapper`` set on a
+    ``BetaScaled`` pair, whose Python attribute a compiled graph sees only through ``trace_key``
+    (``watch_beta``)."""
     pyro.clear_param_store()
     model, guide, x = make(n=8)
     _, _, x_small = make(n=5, seed=3)
     scaled = BetaScaled(model, guide, beta=0.0)
     params = parameters_of(model, guide)
     step = TrainStep(
-        scaled.model,
-        scaled.guide,
+        scaled.model if wrapper else model,
+        scaled.guide if wrapper else guide,
         meanfield(num_particles),
         torch.optim.Adam(params, lr=0.05),
         params,
         clip_norm=5.0,
         fast=fast,
-        trace_key=trace_key,
+        trace_key=(lambda: scaled.beta) if watch_beta else None,
     )
     pyro.set_rng_seed(11)
     losses = []
     for i in range(steps):
-        scaled.beta = [0.0, 0.5, 1.0][i // 3]  # KL warm-up: beta changes between "epochs"
-        losses.append(step(x_small if i % 3 == 2 else x))  # the last batch of each "epoch" is smaller
+        scaled.beta = BETAS[i // 3]
+        batch = x_small if i % 3 == 2 else x
+        losses.append(step(batch) if wrapper else step(batch, beta=BETAS[i // 3]))
     return losses, params, step
 
 
 @pytest.mark.parametrize("num_particles", [1, 3])
 def test_fast_step_trains_exactly_like_the_plain_step(float64, num_particles):
-    """Nine steps with beta warm-up, a smaller last batch per epoch and clipping: the fast step's losses
-    and final parameters equal the plain step's (same seed), so compilation leaves the random stream alone."""
+    """With beta an input of the step, the fast step's losses and final parameters equal the plain step's (same
+    seed), so compilation leaves the random stream alone; and beta changing from step to step never re-traces:
+    one graph per batch shape."""
     plain_losses, plain_params, _ = _run(False, num_particles)
     fast_losses, fast_params, step = _run(True, num_particles)
-    assert step.compiled is not None
+    assert step.compiled is not None and step.compiled.num_compilations == 2  # two batch shapes, three betas
     assert fast_losses == pytest.approx(plain_losses, rel=1e-6)
     for a, b in zip(fast_params, plain_params, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
     # Training moved the parameters, so the equality is about steps taken.
     initial = parameters_of(*make(n=8)[:2])
     assert max((a - b).abs().max().item() for a, b in zip(plain_params, initial, strict=True)) > 0.05
+    # Weighting by a BetaScaled wrapper instead is the same objective.
+    wrapped_losses, _, _ = _run(False, num_particles, wrapper=True)
+    assert wrapped_losses == pytest.approx(plain_losses, rel=1e-12)
 
 
-def test_without_watching_beta_the_compiled_graph_keeps_the_old_beta(float64):
-    """Why the step watches BetaScaled.beta: a graph traced at beta = 0 ignores later changes of beta."""
+def test_a_graph_freezes_a_wrappers_beta_unless_it_is_watched(float64):
+    """Why beta is an input: a graph traced with a BetaScaled wrapper at beta = 0 ignores later changes of its
+    Python attribute; ``trace_key`` re-traces when it changes (three betas, two shapes: 6 graphs)."""
     plain_losses, _, _ = _run(False, 1)
-    frozen_losses, _, _ = _run(True, 1, trace_key=lambda: "never changes")
+    frozen_losses, _, _ = _run(True, 1, wrapper=True)
     assert frozen_losses[:3] == pytest.approx(plain_losses[:3], rel=1e-6)
     assert frozen_losses[3] != pytest.approx(plain_losses[3], rel=1e-3)
+    watched_losses, _, step = _run(True, 1, wrapper=True, watch_beta=True)
+    assert watched_losses == pytest.approx(plain_losses, rel=1e-6)
 
 
 def test_compiled_objective_is_traced_once_per_batch_shape():

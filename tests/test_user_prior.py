@@ -104,7 +104,7 @@ def test_meanfield_elbo_uses_the_registered_kl(example, float64):
     replayed = poutine.replay(guide, trace=trace)
     meanfield = TraceMeanField_ELBO().loss(model, replayed, x)
 
-    loc, scale = (t.detach().numpy() for t in guide.encoder(x))
+    loc, scale = (t.detach().numpy() for t in guide.loc_scale(x))
     P = stats.laplace_asymmetric(1.7, loc=0.0, scale=0.8)
     kl = sum(
         quad_kl(stats.norm(mu, s).logpdf, P.logpdf, mu - 40 * s, mu + 40 * s, [0.0])
@@ -154,7 +154,7 @@ def test_laplace_prior_is_analytic_out_of_the_box(float64):
     assert kl_kinds(model, guide, x) == {"z": ANALYTIC}
     trace = guide_trace(guide, x)
     meanfield = TraceMeanField_ELBO().loss(model, poutine.replay(guide, trace=trace), x)
-    loc, scale = (t.detach().numpy() for t in guide.encoder(x))
+    loc, scale = (t.detach().numpy() for t in guide.loc_scale(x))
     probs = torch.sigmoid(model.decoder(trace.nodes["z"]["value"])).detach().numpy()
     log_lik = stats.bernoulli(probs).logpmf(x.numpy()).sum()
     assert meanfield == pytest.approx(folded_normal_kl(loc, scale, 0.7).sum() - log_lik, rel=1e-8)

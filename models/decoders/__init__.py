@@ -1,6 +1,10 @@
-"""Decoders: networks mapping z of shape (..., z_dim) to the likelihood's parameters (..., x_dim)."""
+"""Decoders: networks mapping z of shape (..., z_dim) to the likelihood's parameters, shaped (..., *x_shape).
 
-from models.decoders.linear import LinearDecoder
-from models.decoders.mlp import MLPDecoder
+A decoder factory gets the ``VAEConfig`` (``config.z_dim``, ``config.x_shape``, its widths) and returns the
+module; register it in ``pyro_vae.registry.DECODERS``.
+"""
+
+from pyro_vae.models.decoders.linear import LinearDecoder
+from pyro_vae.models.decoders.mlp import MLPDecoder
 
 __all__ = ["LinearDecoder", "MLPDecoder"]

@@ -7,15 +7,19 @@ project's exact-likelihood truth for testing bounds and estimators.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from pyro_vae.models.networks import as_shape, event_size
 from torch import Tensor, nn
 
 
 class LinearDecoder(nn.Module):
-    """f(z) = W z + b with W of shape (x_dim, z_dim)."""
+    """f(z) = W z + b with W of shape (D, z_dim), D the number of values of an example of shape ``x_shape``."""
 
-    def __init__(self, z_dim: int, x_dim: int) -> None:
+    def __init__(self, z_dim: int, x_shape: int | Sequence[int]) -> None:
         super().__init__()
-        self.linear = nn.Linear(z_dim, x_dim)
+        self.x_shape = as_shape(x_shape)
+        self.linear = nn.Linear(z_dim, event_size(self.x_shape))
 
     @property
     def weight(self) -> Tensor:
@@ -26,4 +30,5 @@ class LinearDecoder(nn.Module):
         return self.linear.bias
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.linear(z)
+        out = self.linear(z)
+        return out if len(self.x_shape) == 1 else out.unflatten(-1, self.x_shape)

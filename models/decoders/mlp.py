@@ -4,26 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pyro_vae.models.networks import as_shape, event_size, mlp
 from torch import Tensor, nn
 
 
-def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, activation: type[nn.Module] = nn.Softplus) -> nn.Sequential:
-    """An MLP in_dim -> hidden[0] -> ... -> out_dim with ``activation`` between layers, none at the end."""
-    layers: list[nn.Module] = []
-    width = in_dim
-    for h in hidden:
-        layers += [nn.Linear(width, h), activation()]
-        width = h
-    layers.append(nn.Linear(width, out_dim))
-    return nn.Sequential(*layers)
-
-
 class MLPDecoder(nn.Module):
-    """f(z) = MLP(z): the raw parameter of p(x|z) (Bernoulli logits or Gaussian mean)."""
+    """f(z) = MLP(z), shaped as one example (``x_shape``): the raw parameter of p(x|z) (Bernoulli logits or
+    Gaussian mean). ``x_shape`` may be an int D for flat data."""
 
-    def __init__(self, z_dim: int, x_dim: int, hidden: Sequence[int] = (256,)) -> None:
+    def __init__(self, z_dim: int, x_shape: int | Sequence[int], hidden: Sequence[int] = (256,)) -> None:
         super().__init__()
-        self.net = mlp(z_dim, tuple(hidden), x_dim)
+        self.x_shape = as_shape(x_shape)
+        self.net = mlp(z_dim, tuple(hidden), event_size(self.x_shape))
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.net(z)
+        out = self.net(z)
+        return out if len(self.x_shape) == 1 else out.unflatten(-1, self.x_shape)

@@ -16,8 +16,12 @@ class BernoulliLikelihood(nn.Module):
 
     binary_data = True
 
+    def __init__(self, event_ndim: int = 1) -> None:
+        super().__init__()
+        self.event_ndim = event_ndim  # 1 for flat data (D,), 3 for images (C, H, W)
+
     def forward(self, decoded: Tensor) -> dist.Distribution:
-        return dist.Bernoulli(logits=decoded).to_event(1)
+        return dist.Bernoulli(logits=decoded).to_event(self.event_ndim)
 
     def mean(self, decoded: Tensor) -> Tensor:
         """E[x|z], the image a decoding shows."""

@@ -25,8 +25,12 @@ class ContinuousBernoulliLikelihood(nn.Module):
 
     binary_data = False
 
+    def __init__(self, event_ndim: int = 1) -> None:
+        super().__init__()
+        self.event_ndim = event_ndim
+
     def forward(self, decoded: Tensor) -> dist.Distribution:
-        return dist.ContinuousBernoulli(logits=decoded).to_event(1)
+        return dist.ContinuousBernoulli(logits=decoded).to_event(self.event_ndim)
 
     def mean(self, decoded: Tensor) -> Tensor:
         """E[x|z], which differs from lambda (it is pulled towards 1/2)."""

@@ -18,9 +18,10 @@ class NormalLikelihood(nn.Module):
     binary_data = False
     name = "gaussian"
     sigma: Tensor
+    event_ndim: int = 1  # dimensions of one example: 1 for flat data (D,), 3 for images (C, H, W)
 
     def forward(self, decoded: Tensor) -> dist.Distribution:
-        return dist.Normal(decoded, self.sigma.to(decoded.dtype).expand_as(decoded)).to_event(1)
+        return dist.Normal(decoded, self.sigma.to(decoded.dtype).expand_as(decoded)).to_event(self.event_ndim)
 
     def mean(self, decoded: Tensor) -> Tensor:
         return decoded
@@ -33,8 +34,9 @@ class NormalLikelihood(nn.Module):
 class GaussianLikelihood(NormalLikelihood):
     """p(x|z) = N(x; f(z), sigma^2 I) with a fixed sigma (default 1)."""
 
-    def __init__(self, sigma: float = 1.0) -> None:
+    def __init__(self, sigma: float = 1.0, event_ndim: int = 1) -> None:
         super().__init__()
+        self.event_ndim = event_ndim
         if not (sigma > 0 and torch.isfinite(torch.tensor(sigma))):
             raise ValueError(f"likelihood sigma must be a positive finite number, got {sigma}")
         self.register_buffer("sigma", torch.tensor(float(sigma)))

@@ -7,20 +7,22 @@ choose the balance between reconstruction and KL that a fixed sigma (the MSE) im
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from pyro_vae.models.likelihoods.gaussian import NormalLikelihood
+from pyro_vae.models.networks import as_shape
 from torch import Tensor, nn
 from torch.distributions.transforms import SoftplusTransform
-
-from models.likelihoods.gaussian import NormalLikelihood
 
 
 class LearnedGaussianLikelihood(NormalLikelihood):
     """p(x|z) = N(x; f(z), diag sigma^2) with sigma = softplus(rho) + min_sigma learned.
 
     Args:
-        x_dim: data dimension (the number of sigmas when ``per_pixel``).
+        x_shape: the shape of one example, or its dimension D for flat data (one sigma per value when
+            ``per_pixel``).
         init_sigma: sigma at the start of training (must exceed ``min_sigma``).
         per_pixel: one sigma per pixel rather than one shared by all pixels.
         min_sigma: floor on sigma. Without it, a pixel that is constant in the training data (the
@@ -30,7 +32,13 @@ class LearnedGaussianLikelihood(NormalLikelihood):
 
     name = "gaussian-learned"
 
-    def __init__(self, x_dim: int, init_sigma: float = 1.0, per_pixel: bool = False, min_sigma: float = 1e-3) -> None:
+    def __init__(
+        self,
+        x_shape: int | Sequence[int],
+        init_sigma: float = 1.0,
+        per_pixel: bool = False,
+        min_sigma: float = 1e-3,
+    ) -> None:
         super().__init__()
         if not (min_sigma > 0 and math.isfinite(min_sigma)):
             raise ValueError(f"min_sigma must be a positive finite number, got {min_sigma}")
@@ -38,11 +46,13 @@ class LearnedGaussianLikelihood(NormalLikelihood):
             raise ValueError(f"initial sigma must be finite and larger than min_sigma={min_sigma}, got {init_sigma}")
         self.per_pixel = per_pixel
         self.min_sigma = float(min_sigma)
-        shape = (x_dim,) if per_pixel else (1,)
+        x_shape = as_shape(x_shape)
+        self.event_ndim = len(x_shape)
+        shape = x_shape if per_pixel else (1,)
         offset = torch.tensor(float(init_sigma - min_sigma))
         self.raw_sigma = nn.Parameter(SoftplusTransform().inv(offset).expand(shape).clone())
 
     @property
     def sigma(self) -> Tensor:
-        """sigma, shape (x_dim,) when per pixel, else (1,)."""
+        """sigma, shape ``x_shape`` when per pixel, else (1,)."""
         return F.softplus(self.raw_sigma) + self.min_sigma

@@ -7,9 +7,9 @@ inside its ``pyro.plate("data", N)``. Registering a ``kl_divergence`` for
 makes ``TraceMeanField_ELBO`` use it analytically.
 """
 
-from models.priors.gaussian import GaussianPrior
-from models.priors.mixture import MixturePrior
-from models.priors.standard import StandardNormalPrior
-from models.priors.vamp import VampPrior
+from pyro_vae.models.priors.gaussian import GaussianPrior
+from pyro_vae.models.priors.mixture import MixturePrior
+from pyro_vae.models.priors.standard import StandardNormalPrior
+from pyro_vae.models.priors.vamp import VampPrior
 
 __all__ = ["GaussianPrior", "MixturePrior", "StandardNormalPrior", "VampPrior"]

@@ -2,63 +2,67 @@
 
     p(z) = (1/K) sum_{k=1}^K q(z | u_k),
 
-a mixture of the guide's own posteriors at K learnable pseudo-inputs u_k. No KL(Normal || mixture) has
-a closed form, so ``TraceMeanField_ELBO`` falls back to the one-sample Monte Carlo estimate for it.
+a mixture of the guide's own posteriors at K learnable pseudo-inputs u_k. The prior is given the guide's
+posterior function q(z|x), whatever the guide family, not the encoder's internals. No KL(Normal || mixture)
+has a closed form, so ``TraceMeanField_ELBO`` falls back to the one-sample Monte Carlo estimate for it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 
 import pyro.distributions as dist
 import torch
+from pyro_vae.models.networks import as_shape
 from torch import Tensor, nn
+
+#: q(z|x) for a batch x of shape (K, *x_shape): a distribution of batch shape (K,) and event shape (z_dim,).
+Posterior = Callable[[Tensor], dist.Distribution]
 
 
 class VampPrior(nn.Module):
-    """p(z) = sum_k w_k N(z; mu(u_k), diag sigma(u_k)^2) with the guide's encoder x -> (mu(x), sigma(x)).
+    """p(z) = sum_k w_k q(z | u_k), with ``posterior`` the guide's q(z|x) (e.g. ``guide.posterior``).
 
     Args:
-        encoder: the guide's encoder (called on the pseudo-inputs; must return ``(loc, scale)``).
-        x_dim: data dimension; each pseudo-input u_k has shape (x_dim,).
+        posterior: the guide's posterior function, called on the pseudo-inputs.
+        x_shape: the shape of one example (an int D for flat data); each pseudo-input u_k has it.
         num_components: K.
-        pseudo_inputs: optional (K, x_dim) initial values, e.g. K training images; default: uniform on
+        pseudo_inputs: optional (K, *x_shape) initial values, e.g. K training images; default: uniform on
             [0, 1], the range of pixel intensities.
         learn_weights: learn w = softmax(logits) instead of the paper's uniform w_k = 1/K.
 
-    The pseudo-inputs are parameters of the *model* (Pyro name "model$$$prior.pseudo_inputs"); the encoder
-    stays a parameter of the *guide* only, see ``__init__``.
+    The pseudo-inputs are parameters of the *model* (Pyro name "model$$$prior.pseudo_inputs"). The posterior
+    is a function, not a submodule: the guide's parameters stay the guide's only (one optimiser over model and
+    guide updates each once; the model's state_dict has no copy of them), and gradients still flow into them
+    through log p(z).
     """
 
     def __init__(
         self,
-        encoder: Callable[[Tensor], tuple[Tensor, Tensor]],
-        x_dim: int,
+        posterior: Posterior,
+        x_shape: int | Sequence[int],
         num_components: int = 10,
         pseudo_inputs: Tensor | None = None,
         learn_weights: bool = False,
     ) -> None:
         super().__init__()
-        if isinstance(x_dim, bool) or not isinstance(x_dim, int) or x_dim < 1:
-            raise ValueError(f"x_dim must be a positive integer, got {x_dim!r}")
+        if not callable(posterior):
+            raise ValueError(f"the VampPrior needs the guide's posterior function q(z|x), got {posterior!r}")
+        x_shape = as_shape(x_shape)
+        if not x_shape or min(x_shape) < 1:
+            raise ValueError(f"x_shape must be positive integers, got {x_shape!r}")
         if isinstance(num_components, bool) or not isinstance(num_components, int) or num_components < 1:
             raise ValueError(f"the VampPrior needs a positive integer number of pseudo-inputs, got {num_components!r}")
-        # Hold the encoder in a tuple so nn.Module does NOT register it as a submodule of the prior.
-        # Registered, its parameters would belong to the model as well as the guide: the usual
-        # torch.optim.Adam([*model.parameters(), *guide.parameters()]) would hold each encoder weight
-        # twice and apply every update twice per step; pyro.module("model") and pyro.module("guide")
-        # would put the same tensor in the param store under two names; the model's state_dict would
-        # carry a second copy of the encoder. Gradients still flow: log p(z) calls the encoder.
-        # (The guide owns the encoder, so guide.to(device) moves it for the prior too.)
-        self._encoder = (encoder,)
-        self.x_dim = x_dim
+        self.posterior = posterior
+        self.x_shape = x_shape
         self.num_components = num_components
         if pseudo_inputs is None:
-            pseudo_inputs = torch.rand(num_components, x_dim)
+            pseudo_inputs = torch.rand(num_components, *x_shape)
         pseudo_inputs = torch.as_tensor(pseudo_inputs, dtype=torch.get_default_dtype())
-        if pseudo_inputs.shape != (num_components, x_dim):
+        if pseudo_inputs.shape != (num_components, *x_shape):
             raise ValueError(
-                f"pseudo_inputs must have shape (num_components, x_dim) = ({num_components}, {x_dim}), "
+                f"pseudo_inputs must have shape (num_components, *x_shape) = {(num_components, *x_shape)}, "
                 f"got {tuple(pseudo_inputs.shape)}"
             )
         self.pseudo_inputs = nn.Parameter(pseudo_inputs.clone())
@@ -69,10 +73,6 @@ class VampPrior(nn.Module):
             self.register_buffer("logits", torch.zeros(num_components))
 
     @property
-    def encoder(self) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
-        return self._encoder[0]
-
-    @property
     def weights(self) -> Tensor:
         """w_k = softmax(logits)_k (1/K unless ``learn_weights``)."""
         return torch.softmax(self.logits, -1)
@@ -80,9 +80,11 @@ class VampPrior(nn.Module):
     @torch.no_grad()
     def init_from_data(self, x: Tensor, generator: torch.Generator | None = None) -> None:
         """Set the pseudo-inputs to K distinct rows of ``x`` drawn at random (Tomczak & Welling's data init)."""
-        x = x.reshape(x.shape[0], -1)
-        if x.shape[1] != self.x_dim:
-            raise ValueError(f"data rows have {x.shape[1]} values but the VampPrior's x_dim is {self.x_dim}")
+        if math.prod(x.shape[1:]) != math.prod(self.x_shape):
+            raise ValueError(
+                f"data rows have shape {tuple(x.shape[1:])} but the VampPrior's pseudo-inputs have {self.x_shape}"
+            )
+        x = x.reshape(x.shape[0], *self.x_shape)
         if x.shape[0] < self.num_components:
             raise ValueError(
                 f"need at least {self.num_components} data rows to initialise the pseudo-inputs, got {x.shape[0]}"
@@ -91,6 +93,4 @@ class VampPrior(nn.Module):
         self.pseudo_inputs.copy_(x[idx].to(self.pseudo_inputs))
 
     def forward(self) -> dist.Distribution:
-        loc, scale = self.encoder(self.pseudo_inputs)
-        components = dist.Normal(loc, scale).to_event(1)
-        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), self.posterior(self.pseudo_inputs))

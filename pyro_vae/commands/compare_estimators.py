@@ -16,10 +16,23 @@ from pathlib import Path
 import pyro
 import torch
 
+from pyro_vae.commands.options import add_config_options, given_options
+from pyro_vae.comparison import (
+    compare_estimators,
+    format_table,
+    plot_snr_versus_particles,
+    snr_versus_particles,
+    write_csv,
+    write_json,
+)
+from pyro_vae.config import TrainConfig
 from pyro_vae.errors import UserError
+from pyro_vae.estimators import ESTIMATORS
+from pyro_vae.evaluation import log_likelihood
+from pyro_vae.runs import load_run
+from pyro_vae.training import train
 
 CSV, JSON, PLOT = "estimators.csv", "estimators.json", "snr_vs_k.png"
-PARTICLE_ESTIMATORS = ("iwae", "renyi", "dreg", "jit-iwae", "jit-renyi")
 
 
 def _names(text: str) -> list[str]:
@@ -27,9 +40,6 @@ def _names(text: str) -> list[str]:
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
-    from pyro_vae.commands.train import add_config_options
-    from pyro_vae.estimators import ESTIMATORS
-
     parser = subparsers.add_parser(
         name,
         help="compare ELBO estimators (value, bias, gradient variance and SNR, cost) on a trained run",
@@ -42,12 +52,13 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
     parser.add_argument(
         "--estimators",
         type=_names,
-        default=list(ESTIMATORS),
+        default=ESTIMATORS.names(),
         metavar="A,B,...",
-        help=f"comma-separated estimator names (default: all: {','.join(ESTIMATORS)})",
+        help=f"comma-separated estimator names (default: all: {','.join(ESTIMATORS.names())})",
     )
+    bounds = ", ".join(name for name, spec in ESTIMATORS.items() if spec.multi_particle)
     parser.add_argument(
-        "--particles", type=int, default=10, metavar="K", help="K for iwae, renyi and dreg in the table (default: 10)"
+        "--particles", type=int, default=10, metavar="K", help=f"K for {bounds} in the table (default: 10)"
     )
     parser.add_argument("--alpha", type=float, default=0.5, help="alpha of renyi (default: 0.5)")
     parser.add_argument("--draws", type=int, default=100, metavar="R", help="draws per estimator (default: 100)")
@@ -70,11 +81,9 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
 
 
 def _check(args: argparse.Namespace) -> None:
-    from pyro_vae.estimators import ESTIMATORS
-
     for name in [*args.estimators, *args.snr_estimators]:
         if name not in ESTIMATORS:
-            raise UserError(f"unknown estimator {name!r}; choose from: {', '.join(ESTIMATORS)}")
+            raise ESTIMATORS.unknown(name)
     if not args.estimators:
         raise UserError("--estimators is empty; give at least one name")
     for flag, value in (("--particles", args.particles), ("--draws", args.draws), ("--examples", args.examples)):
@@ -86,45 +95,19 @@ def _check(args: argparse.Namespace) -> None:
         raise UserError("--ll-samples and --snr-ks must be >= 1")
 
 
-def _config_options(args: argparse.Namespace) -> tuple[dict, dict]:
-    """(VAEConfig options, TrainConfig options) given on the command line (this command's own are left out)."""
-    from pyro_vae.commands.train import given_options
-
-    keep = {k: v for k, v in vars(args).items() if k in args._converters or k.startswith("_")}
-    return given_options(argparse.Namespace(**keep))
-
-
-def _train(args: argparse.Namespace) -> None:
-    from pyro_vae.config import VAEConfig
-    from pyro_vae.data import load_data
-    from pyro_vae.train import TrainConfig, train
-
-    model_opts, train_opts = _config_options(args)
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name != "model"}
-    opts = {**defaults, **train_opts}
-    data = load_data(opts["dataset"], data_dir=opts["data_dir"], labels=opts["labels"], download=opts["download"])
-    config = TrainConfig(model=VAEConfig(x_dim=data.x_dim, **model_opts), **train_opts)
-    train(config, args.dir, progress=args.progress, data=data)
+def _estimator(name: str, args: argparse.Namespace):
+    """The estimator ``name`` with the comparison's K (``--particles``) and alpha where it takes them."""
+    spec = ESTIMATORS[name]
+    options = {"alpha": args.alpha} if "alpha" in spec.options else {}
+    return spec.make(num_particles=args.particles if spec.multi_particle else 1, **options)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyro_vae.checkpoint import load_run
-    from pyro_vae.comparison import (
-        compare_estimators,
-        format_table,
-        plot_snr_versus_particles,
-        snr_versus_particles,
-        write_csv,
-        write_json,
-    )
-    from pyro_vae.estimators import DESCRIPTIONS, make_elbo
-    from pyro_vae.evaluation import log_likelihood
-
     _check(args)
-    model_opts, train_opts = _config_options(args)
+    model_opts, train_opts = given_options(args)
     threads = train_opts.get("threads") or 1
     if args.train:
-        _train(args)
+        train(TrainConfig.from_options(model_opts, train_opts), args.dir, progress=args.progress)
     elif model_opts or set(train_opts) - {"threads"}:
         raise UserError("model and training options need --train (to compare on an existing run, give only DIR)")
     # One thread by default: small models run fastest on one, and timings on a busy machine stay stable.
@@ -136,14 +119,7 @@ def run(args: argparse.Namespace) -> int:
 
     pyro.set_rng_seed(seed)
     log_px = float(log_likelihood(model, guide, x, num_samples=args.ll_samples).mean())
-    estimators = {}
-    for name in args.estimators:
-        options: dict = {}
-        if name in PARTICLE_ESTIMATORS:
-            options["num_particles"] = args.particles
-        if name.endswith("renyi"):
-            options["alpha"] = args.alpha
-        estimators[name] = make_elbo(name, **options)
+    estimators = {name: _estimator(name, args) for name in args.estimators}
     print(f"comparing {len(estimators)} estimators, {args.draws} draws each ...", file=sys.stderr)
     rows = compare_estimators(model, guide, x, estimators, num_draws=args.draws, seed=seed, log_px=log_px)
     print(f"SNR against K for {', '.join(args.snr_estimators)} ...", file=sys.stderr)
@@ -162,8 +138,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(sweep))
     print("\nwhat each value estimates:")
     for name in estimators:
-        value, gradient = DESCRIPTIONS.get(name, ("(no description)", "(no description)"))
-        print(f"  {name}: {value}; gradient: {gradient}")
+        print(f"  {name}: {ESTIMATORS[name].description}")
 
     write_csv(rows + sweep, args.dir / CSV)
     write_json(

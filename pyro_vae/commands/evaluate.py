@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pyro
 
+from pyro_vae.checkpoint import atomic_write_text
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation import ACTIVE_UNIT_THRESHOLD, Evaluation, evaluate
+from pyro_vae.runs import load_run
 
 OUTPUT = "evaluation.json"
 
@@ -59,8 +61,6 @@ def format_evaluation(result: Evaluation, title: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyro_vae.checkpoint import atomic_write_text, load_run
-
     if args.num_samples < 1:
         raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.num_examples is not None and args.num_examples < 1:

@@ -6,12 +6,12 @@ import argparse
 import time
 from pathlib import Path
 
-from pyro_vae.commands.train import add_config_options, given_options
+from pyro_vae.ablation import ABLATION_DEFAULTS, default_config, kl_ablation
+from pyro_vae.commands.options import add_config_options, given_options
+from pyro_vae.guards import TrainingInterrupted
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
-    from pyro_vae.ablation import ABLATION_DEFAULTS
-
     parser = subparsers.add_parser(
         name,
         help="train a 2-D VAE with (beta = 1) and without (beta = 0) the KL term; compare their latent spaces",
@@ -22,31 +22,17 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
     )
     parser.add_argument("--out", type=Path, default=Path("runs/kl-ablation"), metavar="DIR", help="output directory")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
-    converters = add_config_options(
-        parser,
-        skip=("z_dim", "beta", "require_analytic_kl"),
-        defaults=ABLATION_DEFAULTS,
-    )
+    converters = add_config_options(parser, skip=("z_dim", "beta", "require_analytic_kl"), defaults=ABLATION_DEFAULTS)
     parser.set_defaults(run=run, _converters=converters)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyro_vae.ablation import default_config, kl_ablation
-    from pyro_vae.data import load_data
-    from pyro_vae.train import TrainingInterrupted
-
     start = time.perf_counter()
     model_opts, train_opts = given_options(args)
-    data = load_data(
-        train_opts.get("dataset", "digits"),
-        data_dir=train_opts.get("data_dir"),
-        labels=train_opts.get("labels"),
-        download=train_opts.get("download", True),
-    )
-    base = default_config(data, **model_opts, **train_opts)
+    base = default_config(None, **model_opts, **train_opts)
     try:
-        summary = kl_ablation(args.out, base, data=data, progress=args.progress)
+        summary = kl_ablation(args.out, base, data=base.load_data(), progress=args.progress)
     except TrainingInterrupted as err:
         # kl-ablation has no --resume (it takes seconds and always starts afresh); the run itself can go on.
         raise TrainingInterrupted(

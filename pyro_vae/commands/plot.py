@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pyro_vae.figures import plot_run
+
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
@@ -20,8 +22,6 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyro_vae.figures import plot_run
-
     for path in plot_run(args.dir, device=args.device):
         print(path)
     return 0

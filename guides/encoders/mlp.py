@@ -1,0 +1,27 @@
+"""An MLP encoder: the feature trunk x -> h of an amortised guide (Kingma & Welling 2013, appendix C)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pyro_vae.models.networks import as_shape, event_size, mlp
+from torch import Tensor, nn
+
+
+class MLPEncoder(nn.Module):
+    """h = MLP(flatten(x)): hidden layers with softplus activations, ``out_features`` = the last width.
+
+    With ``hidden=()`` it is the identity on the flattened input (``out_features`` = D), so the guide's affine
+    head alone maps x to q's parameters: an affine encoder, which can represent the exact posterior of the
+    linear-Gaussian model.
+    """
+
+    def __init__(self, x_shape: int | Sequence[int], hidden: Sequence[int] = (256,)) -> None:
+        super().__init__()
+        self.x_shape = as_shape(x_shape)
+        hidden = tuple(int(h) for h in hidden)
+        self.net = mlp(event_size(self.x_shape), hidden, None)
+        self.out_features = hidden[-1] if hidden else event_size(self.x_shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x if len(self.x_shape) == 1 else x.flatten(-len(self.x_shape)))

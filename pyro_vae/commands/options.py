@@ -1,0 +1,221 @@
+"""The dataclass -> argparse layer: one ``--option`` per field of ``VAEConfig`` and ``TrainConfig`` and per option
+of every registered component, so that a new field, component or estimator appears on the command line with no
+edit here.
+
+``z_dim`` -> ``--z-dim``, ``learn_prior`` -> ``--learn-prior/--no-learn-prior``, ``hidden`` -> ``--hidden 256 128``;
+a component's option ``channels`` of kind ``decoder`` -> ``--decoder-channels`` (into ``VAEConfig.options``).
+Help texts come from the classes' "Fields:" docstrings, choices from the registries. Options default to
+``argparse.SUPPRESS``, so the parsed namespace holds only what the user gave.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import types
+import typing
+from collections.abc import Callable
+from typing import Any
+
+from pyro_vae.config import TrainConfig, VAEConfig
+from pyro_vae.estimators import ESTIMATORS
+from pyro_vae.registry import COMPONENTS
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name -> help text, parsed from the "Fields:" section of ``cls``'s docstring."""
+    docs: dict[str, str] = {}
+    lines = (cls.__doc__ or "").splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == "Fields:") + 1
+    except StopIteration:
+        return docs
+    current: list[str] = []
+    for line in lines[start:]:
+        m = re.match(r"^\s+([a-z_][a-z0-9_]*(?:,\s*[a-z_][a-z0-9_]*)*):\s+(.*)$", line)
+        if m:
+            current = [n.strip() for n in m.group(1).split(",")]
+            for n in current:
+                docs[n] = m.group(2).strip()
+        elif line.strip() and current:
+            for n in current:
+                docs[n] += " " + line.strip()
+        elif not line.strip() and docs:
+            break
+    return docs
+
+
+def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse_or_none(text: str) -> Any:
+        return None if text.lower() == "none" else parse(text)
+
+    parse_or_none.__name__ = getattr(parse, "__name__", "value")
+    return parse_or_none
+
+
+def _json_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {text!r} ({err.msg})") from None
+
+
+def _argument(tp: Any) -> tuple[dict[str, Any], Callable[[Any], Any]]:
+    """argparse keyword arguments for a field of type ``tp``, and the conversion applied after parsing."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    optional = False
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        optional = True
+        rest = tuple(a for a in args if a is not type(None))
+        tp = rest[0] if len(rest) == 1 else typing.Union[rest]  # noqa: UP007 - built from a runtime tuple
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+    scalars = (int, float, str)
+    if tp is bool:
+        return {"action": argparse.BooleanOptionalAction}, lambda v: v
+    if tp in scalars:
+        return {"type": _optional(tp) if optional else tp, "metavar": tp.__name__.upper()}, lambda v: v
+    if origin in (tuple, list) and args and args[0] in scalars:
+        as_seq = tuple if origin is tuple else list
+        nargs = "*" if optional else "+"
+        return {"type": args[0], "nargs": nargs, "metavar": args[0].__name__.upper()}, as_seq
+    if origin in (typing.Union, types.UnionType):
+        # e.g. float | list[float]: one value or one per dimension.
+        scalar = next((a for a in args if a in scalars), None)
+        if scalar is not None and all(a in scalars or typing.get_origin(a) in (list, tuple) for a in args):
+            return {"type": scalar, "nargs": "+", "metavar": scalar.__name__.upper()}, (
+                lambda v: v[0] if len(v) == 1 else list(v)
+            )
+    if origin is typing.Literal:
+        return {"choices": list(args)}, lambda v: v
+    return {"type": _json_value, "metavar": "JSON"}, lambda v: v
+
+
+def _default_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (tuple, list)):
+        return " ".join(str(v) for v in value) if value else "none"
+    return str(value)
+
+
+def add_dataclass_options(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: type,
+    skip: tuple[str, ...] = (),
+    defaults: dict[str, Any] | None = None,
+    extra_help: dict[str, str] | None = None,
+) -> dict[str, Callable[[Any], Any]]:
+    """Add one ``--option`` per dataclass field of ``cls`` (except ``skip``); return name -> converter.
+
+    Options default to ``argparse.SUPPRESS``, so the parsed namespace holds only what the user gave;
+    ``defaults`` only changes the default shown in the help.
+    """
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    defaults = defaults or {}
+    extra_help = extra_help or {}
+    converters = {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kwargs, convert = _argument(hints[f.name])
+        if f.name in defaults:
+            default = defaults[f.name]
+        elif f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        text = docs.get(f.name, f"the {cls.__name__} field {f.name}")
+        if f.name in extra_help:
+            text += f" {extra_help[f.name]}"
+        help_text = f"{text} (default: {_default_text(default)})".replace("%", "%%")
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"), dest=f.name, default=argparse.SUPPRESS, help=help_text, **kwargs
+        )
+        converters[f.name] = convert
+    return converters
+
+
+def registry_help() -> dict[str, str]:
+    """The current names in the registries, for the help of --prior, --likelihood, --encoder, --decoder, --guide,
+    --elbo."""
+    texts = {kind: f"One of: {', '.join(registry)}." for kind, registry in COMPONENTS.items()}
+    texts["elbo"] = f"One of: {', '.join(ESTIMATORS)} (jit-NAME: NAME with --jit)."
+    return texts
+
+
+#: VAEConfig fields that are not options: the data give x_shape; components' options have their own flags.
+_NOT_OPTIONS = ("x_shape", "x_dim", "options")
+#: The namespace key of a component option: "component:decoder:channels".
+_COMPONENT = "component"
+
+
+def add_component_options(parser: argparse.ArgumentParser, taken: set[str]) -> dict[str, Callable[[Any], Any]]:
+    """``--KIND-FIELD`` for every field of every registered component's options dataclass (one flag per name even
+    when two components of a kind declare it; they must agree on its type)."""
+    converters: dict[str, Callable[[Any], Any]] = {}
+    seen: dict[str, tuple[str, Any]] = {}
+    for kind, registry in COMPONENTS.items():
+        for name, component in registry.items():
+            if component.options is None:
+                continue
+            hints = typing.get_type_hints(component.options)
+            docs = field_docs(component.options)
+            group = parser.add_argument_group(f"{kind} {name!r} options")
+            for f in component.option_fields():
+                flag = f"--{kind}-{f.name}".replace("_", "-")
+                if flag in taken:
+                    raise ValueError(f"{kind} {name!r} option {f.name!r} clashes with the existing option {flag}")
+                if flag in seen:
+                    if seen[flag][1] != hints[f.name]:
+                        raise ValueError(f"{flag} has two types: {seen[flag][1]} ({seen[flag][0]}) and {hints[f.name]}")
+                    continue
+                seen[flag] = (name, hints[f.name])
+                kwargs, convert = _argument(hints[f.name])
+                default = "" if f.default is dataclasses.MISSING else f" (default: {_default_text(f.default)})"
+                text = docs.get(f.name, f"the {name} {kind}'s option {f.name}") + default
+                dest = f"{_COMPONENT}:{kind}:{f.name}"
+                group.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=text.replace("%", "%%"), **kwargs)
+                converters[dest] = convert
+    return converters
+
+
+def add_config_options(
+    parser: argparse.ArgumentParser, skip: tuple[str, ...] = (), defaults: dict[str, Any] | None = None
+) -> dict[str, Callable[[Any], Any]]:
+    """The VAEConfig (model), component and TrainConfig (training) options, in help groups."""
+    extra = registry_help()
+    converters = add_dataclass_options(
+        parser.add_argument_group("model (VAEConfig)"), VAEConfig, (*_NOT_OPTIONS, *skip), defaults, extra
+    )
+    converters.update(
+        add_dataclass_options(
+            parser.add_argument_group("training (TrainConfig)"), TrainConfig, ("model", *skip), defaults, extra
+        )
+    )
+    taken = {option for action in parser._actions for option in action.option_strings}
+    converters.update(add_component_options(parser, taken))
+    return converters
+
+
+def given_options(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(VAEConfig options, TrainConfig options) the user gave explicitly, converted to field values; components'
+    options go into the VAEConfig's ``options``."""
+    converters: dict[str, Callable[[Any], Any]] = args._converters
+    model_fields = {f.name for f in dataclasses.fields(VAEConfig)}
+    model: dict[str, Any] = {}
+    train: dict[str, Any] = {}
+    for name, value in vars(args).items():
+        if name not in converters:
+            continue
+        value = converters[name](value)
+        if name.startswith(f"{_COMPONENT}:"):
+            _, kind, option = name.split(":")
+            model.setdefault("options", {}).setdefault(kind, {})[option] = value
+        else:
+            (model if name in model_fields else train)[name] = value
+    return model, train

@@ -1,0 +1,222 @@
+"""The code's shape: one way through it, and small parts.
+
+Every import between the project's modules, inside functions too (``if TYPE_CHECKING:`` blocks excepted, they
+never run), is read from the source with ``ast``. The import graph must have no cycle, and every import must
+point down the layers below: entry points -> runs / training / evaluation / figures -> config, registry, data
+and checkpoint files -> estimators and the maths -> ``pyro_vae.models`` and ``pyro_vae.guides`` (which import
+nothing of the project but the models' building blocks) -> the leaves. A new module must be placed in a layer.
+No function is longer than 80 lines and no module longer than 400.
+"""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Source folders and the package names they are installed as (pyproject.toml's package-dir).
+SOURCES = {"pyro_vae": "pyro_vae", "models": "pyro_vae.models", "guides": "pyro_vae.guides"}
+
+#: Lowest first. A module may import modules of its own layer or below, never above.
+LAYERS: list[tuple[str, ...]] = [
+    ("pyro_vae.errors", "pyro_vae.named"),
+    ("pyro_vae.models", "pyro_vae.models.*", "pyro_vae.guides", "pyro_vae.guides.*"),
+    (
+        "pyro_vae.estimators",
+        "pyro_vae.estimators.*",
+        "pyro_vae.closed_form",
+        "pyro_vae.beta",
+        "pyro_vae.kl_check",
+        "pyro_vae.linear_gaussian",
+        "pyro_vae.safe_load",
+        "pyro_vae.interrupts",
+    ),
+    ("pyro_vae.registry", "pyro_vae.config", "pyro_vae.data", "pyro_vae.checkpoint"),
+    (
+        "pyro_vae.runs",
+        "pyro_vae.training",
+        "pyro_vae.guards",
+        "pyro_vae.step",
+        "pyro_vae.elbo_terms",
+        "pyro_vae.evaluation",
+        "pyro_vae.comparison",
+        "pyro_vae.figures",
+        "pyro_vae.ablation",
+    ),
+    ("pyro_vae", "pyro_vae.__main__", "pyro_vae.cli", "pyro_vae.commands", "pyro_vae.commands.*"),
+]
+MAX_FUNCTION_LINES = 80
+MAX_MODULE_LINES = 400
+
+
+def module_files(root: Path = ROOT, sources: dict[str, str] = SOURCES) -> dict[str, Path]:
+    """Module name -> source file, for every .py file of the project's packages."""
+    modules = {}
+    for folder, package in sources.items():
+        for path in sorted((root / folder).rglob("*.py")):
+            parts = list(path.relative_to(root / folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            modules[".".join([package, *parts])] = path
+    return modules
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
+    found: list[ast.Import | ast.ImportFrom] = []
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.append(node)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def _resolve(name: str, modules: dict[str, Path]) -> str | None:
+    """The project module ``name`` refers to: itself, else its longest enclosing module (package)."""
+    while name:
+        if name in modules:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """Module -> the project modules it imports (anywhere in the file)."""
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets = set()
+        for node in _imports(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                candidates = [alias.name for alias in node.names]
+            else:
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    base = ".".join(anchor + ([base] if base else []))
+                candidates = [f"{base}.{alias.name}" for alias in node.names] + [base]
+                # "from a.b import c": the submodule a.b.c if there is one, else the module a.b.
+                candidates = [c for c in candidates[:-1] if c in modules] or [base]
+            for candidate in candidates:
+                target = _resolve(candidate, modules)
+                if target is not None and target != name:
+                    targets.add(target)
+        graph[name] = targets
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle (a list of modules, first = last), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def layer_of(module: str) -> int | None:
+    for i, patterns in enumerate(LAYERS):
+        if any(fnmatch.fnmatchcase(module, p) for p in patterns):
+            return i
+    return None
+
+
+def layering_violations(graph: dict[str, set[str]]) -> list[str]:
+    problems = []
+    for source, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            if layer_of(target) > layer_of(source):
+                problems.append(f"{source} (layer {layer_of(source)}) imports {target} (layer {layer_of(target)})")
+            # Models never need guides; guides may use the models' building blocks (pyro_vae.models.networks).
+            if source.startswith("pyro_vae.models") and target.startswith("pyro_vae.guides"):
+                problems.append(f"{source} imports {target}: the model must not depend on the guide")
+    return problems
+
+
+MODULES = module_files()
+GRAPH = import_graph(MODULES)
+
+
+def test_every_module_has_a_layer():
+    assert [m for m in MODULES if layer_of(m) is None] == []
+
+
+def test_no_import_cycle_counting_imports_inside_functions():
+    assert find_cycle(GRAPH) is None, " -> ".join(find_cycle(GRAPH))
+
+
+def test_imports_point_down_the_layers():
+    assert layering_violations(GRAPH) == []
+
+
+def test_models_and_guides_import_nothing_of_the_project_above_them():
+    for name, targets in GRAPH.items():
+        if name.startswith(("pyro_vae.models", "pyro_vae.guides")):
+            assert all(t.startswith(("pyro_vae.models", "pyro_vae.guides")) for t in targets), (name, targets)
+
+
+def test_the_checker_finds_a_cycle_hidden_in_a_function(tmp_path):
+    """The checks above can fail: a package whose b imports a inside a function, while a imports b."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from pkg.b import g\n\ndef f():\n    return g()\n")
+    (pkg / "b.py").write_text("def g():\n    from pkg import a  # a function-level import\n    return a\n")
+    (pkg / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import a\n")
+    graph = import_graph(module_files(tmp_path, {"pkg": "pkg"}))
+    assert graph["pkg.c"] == set()  # an import under TYPE_CHECKING never runs
+    assert find_cycle(graph) in (["pkg.a", "pkg.b", "pkg.a"], ["pkg.b", "pkg.a", "pkg.b"])
+    assert layering_violations({"pyro_vae.models.model": {"pyro_vae.training"}}) != []
+
+
+def _long_functions(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text())
+    return [
+        f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_functions_and_modules_are_small(name):
+    path = MODULES[name]
+    lines = len(path.read_text().splitlines())
+    assert lines <= MAX_MODULE_LINES, f"{path.relative_to(ROOT)} has {lines} lines"
+    assert _long_functions(path) == []
