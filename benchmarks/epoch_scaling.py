@@ -1,4 +1,4 @@
-"""Epoch time and peak memory of the library's training loop against the number of rows N (issue 7).
+"""Epoch time and peak memory of the library's training loop against the number of rows N.
 
 Runs the trainer's inner loop (``pyro_vae.data``: the grey pixels held in memory as one float32 tensor,
 a fresh Bernoulli binarisation per epoch, shuffled minibatches indexed on the device; the fast

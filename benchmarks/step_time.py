@@ -1,4 +1,4 @@
-"""Time one SVI training step of the project against a hand-written PyTorch step (issue 7).
+"""Time one SVI training step of the project against a hand-written PyTorch step.
 
 Both build the same network: encoder 784-400-(2x20), decoder 20-400-784, softplus activations (the
 project's MLP), sigma = softplus(s) + 1e-5, Bernoulli likelihood, Adam, loss = closed-form KL (eq. 40) +

@@ -1,5 +1,5 @@
 """The VAE loss in closed form, written from Odaibo, "Tutorial: Deriving the Standard VAE Loss
-Function" (../shared/seeds/001_96cdb04981b5934f.txt) and the blog "Why we need KL divergence loss in VAEs".
+Function", and the blog post "Why we need KL divergence loss in VAEs".
 
 These functions are the project's hand-derived truth: the tests compare Pyro's ELBOs against them.
 They are deliberately written out from the equations rather than calling ``torch.distributions``.

@@ -288,3 +288,23 @@ def test_every_estimator_drives_svi_to_a_better_fit(name):
     losses = [svi.step(x) for _ in range(150)]
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.4 * first  # measured: 0.20 (dreg) to 0.28 (trace)
+
+
+def test_the_docs_table_says_what_each_spec_says():
+    """docs/estimators.md's table has one row per estimator, with the spec's class, bound and compiled form."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "estimators.md").read_text()
+    table = text.split("<!-- estimator table:")[1].split("\n\n")[0]
+    rows = {}
+    for line in table.splitlines()[3:]:
+        cells = [c.strip() for c in line.strip("|").split(" | ")]
+        rows[cells[0].strip("`")] = cells
+    assert list(rows) == list(ESTIMATORS)
+    for name, spec in ESTIMATORS.items():
+        cells = rows[name]
+        assert cells[1] == f"`{spec.factory.__name__}`", name
+        assert cells[4] == ("yes" if spec.multi_particle else "no"), name
+        compiled = f"`{spec.jit_factory.__name__}`" if spec.jit_factory else "none"
+        assert cells[5].split(" (")[0] == compiled, name
+        assert spec.estimates.split()[0].lower() in cells[2].lower(), name

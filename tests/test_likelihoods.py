@@ -1,4 +1,4 @@
-"""Likelihoods (issue 4, item 2): the continuous Bernoulli against its closed form with the normaliser and
+"""Likelihoods: the continuous Bernoulli against its closed form with the normaliser and
 against quadrature, the learned-sigma Gaussian against scipy, and every likelihood's support check."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Swappable priors (issue 4, item 1): densities against scipy, the Monte Carlo KL fallback made visible,
+"""Swappable priors: densities against scipy, the Monte Carlo KL fallback made visible,
 and learnable prior parameters that get gradients and move under SVI."""
 
 from __future__ import annotations

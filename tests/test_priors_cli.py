@@ -1,4 +1,4 @@
-"""Every prior x likelihood x {trace, meanfield} trains from the command line (issue 4, item 4), the KL kind is
+"""Every prior x likelihood x {trace, meanfield} trains from the command line, the KL kind is
 announced and stored, --require-analytic-kl refuses the Monte Carlo fallback, and bad data gets one line."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The fast training step (issue 7) computes what the plain Pyro step computes, and compiles once."""
+"""The fast training step computes what the plain Pyro step computes, and compiles once."""
 
 from __future__ import annotations
 

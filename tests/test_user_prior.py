@@ -1,6 +1,6 @@
-"""A user-defined prior is one small class plus, optionally, one register_kl (issue 4, item 1).
+"""A user-defined prior is one small class plus, optionally, one register_kl.
 
-Runs the README's example block, checks its registered KL against scipy quadrature, and shows the three cases:
+Runs the example block of docs/priors.md, checks its registered KL against scipy quadrature, and shows the three cases:
 no KL registered (Monte Carlo), one registered by the user, and one registered by torch already (Laplace).
 """
 
@@ -27,19 +27,19 @@ from pyro_vae.closed_form import LOG_2PI
 from pyro_vae.kl_check import ANALYTIC, MONTE_CARLO, kl_kinds
 from tests.helpers import guide_trace
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "docs" / "priors.md"
 
 
 def readme_example() -> str:
     text = README.read_text()
     match = re.search(r"<!-- user-prior example:[^\n]*-->\n```python\n(.*?)\n```", text, re.S)
-    assert match, "the README's user-prior example block is missing"
+    assert match, "the user-prior example block of docs/priors.md is missing"
     return match.group(1)
 
 
 @pytest.fixture(scope="module")
 def example():
-    """Execute the README block once (it registers a KL globally, so its 'before' line must run first)."""
+    """Execute the docs' block once (it registers a KL globally, so its 'before' line must run first)."""
     namespace: dict = {"__name__": "readme_example"}
     out = io.StringIO()
     torch.manual_seed(0)
