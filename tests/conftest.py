@@ -1,6 +1,9 @@
-"""Test configuration: Pyro validation on, a clean parameter store and fixed seeds for every test."""
+"""Test configuration: Pyro validation on, a clean parameter store and fixed seeds for every test; Ctrl-C as an
+interactive shell delivers it."""
 
 from __future__ import annotations
+
+import signal
 
 import pyro
 import pytest
@@ -23,3 +26,22 @@ def float64():
     """Run the test in float64 (comparisons at 1e-6 and tighter)."""
     torch.set_default_dtype(torch.float64)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _interactive_sigint():
+    """A test runner started in the background of a shell without job control (``cmd &``) inherits SIGINT ignored,
+    and training rightly leaves an ignored signal ignored (as under nohup). The tests send Ctrl-C as a terminal
+    would, so give them Python's usual handler, and put back what was there."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    if previous is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, previous)
+
+
+def interactive_signals() -> None:
+    """For ``subprocess.Popen(preexec_fn=...)``: the child starts with SIGINT at its default, so Python installs its
+    Ctrl-C handler there even when this runner inherited SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from pyro_vae.checkpoint import CHECKPOINT, METRICS, load_checkpoint
+from tests.conftest import interactive_signals
 
 pytestmark = pytest.mark.slow  # three training processes and two resumptions
 
@@ -41,6 +42,7 @@ def start(out: Path, *extra: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=interactive_signals,
     )
 
 
