@@ -9,6 +9,7 @@ temporary file; the ``WriteError`` it raises becomes one line saying what is kep
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -57,20 +58,28 @@ class RunWriter:
 
     def restore(self, history: list[dict[str, Any]]) -> None:
         """A resumed run: the checkpoint is the source of truth, so ``metrics.jsonl`` becomes its history (a line
-        lost in a crash between the checkpoint and its metrics line comes back)."""
-        write_jsonl(self.metrics_path, history)
+        lost in a crash between the checkpoint and its metrics line comes back); left alone if it is that already."""
+        try:
+            current = [json.loads(line) for line in self.metrics_path.read_text().splitlines()]
+        except (OSError, ValueError):
+            current = None
+        if current != history:
+            write_jsonl(self.metrics_path, history)
 
-    def save(self, record: dict[str, Any], config: TrainConfig) -> None:
-        """Save the checkpoint ``record`` (the one it replaces becomes ``checkpoint.previous.pt``).
-
-        Before the first save of a resumed run, the files made from the old checkpoint are removed (first, so that
-        none is ever stale even if this save fails) and ``config.json`` takes the options that changed.
-        """
+    def save(self, record: dict[str, Any]) -> None:
+        """Save the checkpoint ``record`` (the one it replaces becomes ``checkpoint.previous.pt``). Before the first
+        save of a resumed run, the files made from the old checkpoint are removed (first, so that none is ever
+        stale, even if this save fails)."""
         if not self._current:
             remove_derived(self.out)
+        save_checkpoint(record, self.checkpoint_path)
+
+    def saved(self, config: TrainConfig) -> None:
+        """After the first save of a resumed run: ``config.json`` takes the options that changed (``--epochs``, ...).
+        Written after the checkpoint, so a failed save leaves it as it was."""
+        if not self._current:
             atomic_write_text(self.out / CONFIG, config.to_json() + "\n")
             self._current = True
-        save_checkpoint(record, self.checkpoint_path)
 
     def append(self, record: dict[str, Any]) -> None:
         """Add the epoch's line to ``metrics.jsonl`` (after its checkpoint was saved)."""

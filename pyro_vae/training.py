@@ -315,7 +315,6 @@ class Trainer:
         }
         self.history.append(record)
         self.save_checkpoint(epoch + 1)
-        self.position = Position(epoch + 1, 0, saved=True)
         self.writer.append(record)
         if stop.requested:
             then = (
@@ -346,7 +345,9 @@ class Trainer:
         }
         if partial is not None:
             record["partial"] = partial
-        self.writer.save(record, self.config)
+        self.writer.save(record)
+        self.position = Position(epoch, int(partial["step"]) if partial else 0, saved=True)
+        self.writer.saved(self.config)
 
 
 def train(
