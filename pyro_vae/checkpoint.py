@@ -8,9 +8,14 @@ A run directory (``pyro-vae train --out DIR``) holds:
   (then it also holds ``"partial"``: the steps done in the epoch in progress, the RNG state at that
   epoch's start, which redraws its binarisation and permutation, and its loss so far). Saved by writing
   a temporary file in the same directory, fsync, then ``os.replace`` (atomic on POSIX): a crash leaves
-  either the old or the new checkpoint, never a torn one. Loaded with ``torch.load(weights_only=True)``:
-  only tensors and plain Python values, never arbitrary pickled objects.
+  either the old or the new checkpoint, never a torn one. It carries the SHA-256 of its contents
+  (``content_digest``) and of the data trained on. Loaded with ``torch.load(weights_only=True)`` (only tensors
+  and plain Python values, never arbitrary pickled objects), then checked against its digest.
+- ``checkpoint.previous.pt``: the checkpoint before the last one (a hard link), offered when that one is damaged.
 - ``config.json``: the ``TrainConfig``; ``metrics.jsonl``: one JSON record per epoch; figures (PNG).
+
+Every write of a run's file fails as a one-line ``WriteError`` naming the file and the cause (no space left,
+read-only file system, permission, I/O error), leaving the file as it was and no temporary file.
 
 The checkpoint is the source of truth: on resume, ``metrics.jsonl`` is rewritten from the checkpoint's
 history, so the two agree after any crash.

@@ -192,3 +192,37 @@ def test_a_run_written_by_the_previous_release_loads_and_resumes_as_it_would_hav
         assert ours.keys() == theirs.keys()
         for key, value in theirs.items():
             assert ours[key] == (pytest.approx(value, rel=1e-6) if isinstance(value, float) else value), key
+
+
+def test_the_content_digest_survives_a_round_trip_and_changes_with_any_value():
+    import io
+
+    from pyro_vae.checkpoint import content_digest
+
+    weight = torch.randn(6, 4)
+    state = {
+        "model": {"w": weight, "w_t": weight.t(), "b": torch.zeros(4, dtype=torch.float64)},  # a view, non-contiguous
+        "optimizer": {"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.99)}]},
+        "metrics": "[]",
+        "flag": None,
+    }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)
+    assert content_digest(loaded) == content_digest(state)
+    changes = [
+        lambda s: s["model"]["w"].view(-1)[13].add_(2**-20),  # one element, by less than float32's resolution at 1
+        lambda s: s["model"].__setitem__("b", s["model"]["b"].float()),  # the same zeros in another dtype
+        lambda s: s["optimizer"]["param_groups"][0].__setitem__("lr", 1e-3 + 1e-18),
+        lambda s: s["optimizer"]["state"].__setitem__(1, s["optimizer"]["state"].pop(0)),  # a key
+        lambda s: s.__setitem__("metrics", "[ ]"),
+        lambda s: s.__setitem__("flag", False),
+    ]
+    digests = {content_digest(loaded)}
+    for change in changes:
+        buffer.seek(0)
+        changed = torch.load(buffer, weights_only=True)
+        change(changed)
+        digests.add(content_digest(changed))
+    assert len(digests) == len(changes) + 1  # each change gives a digest of its own

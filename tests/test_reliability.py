@@ -420,3 +420,13 @@ def test_a_component_whose_code_changed_is_refused_at_resume(tmp_path, capsys, m
         assert snapshot(out) == before
     finally:
         del DECODERS["growing"]
+
+
+def test_a_command_refused_for_its_input_leaves_no_directory_behind(tmp_path, capsys):
+    out = tmp_path / "new" / "run"
+    code, err = cli(capsys, "train", "--out", out, "--dataset", tmp_path / "missing.npy", *TINY)
+    one_line_error(code, err, "does not exist")
+    assert not (tmp_path / "new").exists()  # the lock created it, and took it away again
+    code, err = cli(capsys, "evaluate", tmp_path / "nowhere")
+    one_line_error(code, err, f"run directory {tmp_path / 'nowhere'} does not exist")
+    assert not (tmp_path / "nowhere").exists()
