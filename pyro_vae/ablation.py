@@ -28,12 +28,13 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from pyro_vae.checkpoint import atomic_write_text
+from pyro_vae.checkpoint import CHECKPOINT, atomic_write_text
 from pyro_vae.config import TrainConfig, split_options
 from pyro_vae.data import VAEData
 from pyro_vae.elbo_terms import latent_means, reconstruction_error
 from pyro_vae.errors import UserError
 from pyro_vae.figures import latent_ranges, plot_latent, plot_manifold, save
+from pyro_vae.lock import run_lock
 from pyro_vae.training import TrainResult, train
 
 #: Defaults chosen so that on digits the claim shows clearly and both runs finish in seconds on 2 cores
@@ -71,23 +72,37 @@ def kl_ablation(
     *,
     data: VAEData | None = None,
     progress: bool = True,
+    resume: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Train ``base`` (default: ``default_config`` on digits) with beta = 1 and beta = 0; write the figure
-    and summary.json to ``out_dir``; return the summary. Existing runs in OUT/with_kl, OUT/without_kl are
-    replaced."""
+    """Train ``base`` (default: ``default_config`` on digits) with beta = 1 and beta = 0 into OUT/with_kl and
+    OUT/without_kl; write the figure and summary.json to ``out_dir``; return the summary.
+
+    The rules of ``train``: runs already under ``out_dir`` are an error unless ``resume`` (each goes on up to
+    ``base.epochs``, from its own checkpoint; one not started yet starts) or ``overwrite`` (both are replaced).
+    ``out_dir`` is locked for the whole experiment (``pyro_vae.lock.run_lock``)."""
     base = default_config() if base is None else base
-    data = base.load_data() if data is None else data
     if base.model.z_dim != 2:
         raise UserError(f"the KL ablation compares 2-D latent spaces; got z_dim = {base.model.z_dim}")
+    if resume and overwrite:
+        raise UserError("--resume continues the runs in --out and --overwrite replaces them; give one of them")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, TrainResult] = {}
-    for name, beta in RUNS.items():
-        config = dataclasses.replace(base, beta=beta, kl_warmup=base.kl_warmup if beta > 0 else 0)
-        results[name] = train(config, out / name, progress=progress, data=data, overwrite=True)
-    summary = {name: latent_summary(result) for name, result in results.items()}
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    write_ablation_figure(results, summary, out / "kl_ablation.png")
+    with run_lock(out, "pyro-vae kl-ablation"):
+        existing = [name for name in RUNS if (out / name / CHECKPOINT).exists()]
+        if existing and not (resume or overwrite):
+            raise UserError(
+                f"{out} already holds the experiment's runs ({', '.join(existing)}); pass --resume to continue them, "
+                "--overwrite to replace them, or choose another --out"
+            )
+        data = base.load_data() if data is None else data
+        results: dict[str, TrainResult] = {}
+        for name, beta in RUNS.items():
+            config = dataclasses.replace(base, beta=beta, kl_warmup=base.kl_warmup if beta > 0 else 0)
+            again = resume and name in existing
+            results[name] = train(config, out / name, progress=progress, data=data, resume=again, overwrite=overwrite)
+        summary = {name: latent_summary(result) for name, result in results.items()}
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_ablation_figure(results, summary, out / "kl_ablation.png")
     return summary
 
 

@@ -13,6 +13,7 @@ and the global pyplot state is left alone; image tiles come from ``torchvision.u
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from pyro_vae.checkpoint import write_bytes_atomic
 from pyro_vae.data import VAEData
 from pyro_vae.elbo_terms import latent_means
 from pyro_vae.runs import load_run
@@ -121,8 +123,11 @@ def plot_manifold(
 
 
 def save(fig: Figure, path: Path) -> Path:
+    """Render ``fig`` as PNG and write it atomically (a full disk leaves no half-written image)."""
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    write_bytes_atomic(path, buffer.getbuffer())
     return path
 
 

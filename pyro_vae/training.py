@@ -31,20 +31,8 @@ import torch
 from pyro.infer import ELBO, TraceMeanField_ELBO
 from tqdm.auto import tqdm
 
-from pyro_vae import figures as run_figures
 from pyro_vae.beta import warmup_beta
-from pyro_vae.checkpoint import (
-    CHECKPOINT,
-    CONFIG,
-    FORMAT_VERSION,
-    METRICS,
-    append_jsonl,
-    atomic_write_text,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-    write_jsonl,
-)
+from pyro_vae.checkpoint import CHECKPOINT, FORMAT_VERSION, WriteError, rng_state, set_rng_state
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import VAEData, minibatches
 from pyro_vae.elbo_terms import ELBOTerms, elbo_terms
@@ -53,8 +41,10 @@ from pyro_vae.estimators import ESTIMATORS
 from pyro_vae.guards import DivergenceGuard, NonFiniteLossError, Position, TrainingInterrupted
 from pyro_vae.interrupts import DeferredInterrupts
 from pyro_vae.kl_check import MONTE_CARLO, describe, kl_kinds
+from pyro_vae.lock import run_lock
 from pyro_vae.registry import build
-from pyro_vae.runs import check_run, prepare_run_dir
+from pyro_vae.run_writer import RunWriter
+from pyro_vae.runs import check_data, check_run, data_digest, load_weights, prepare_run_dir
 from pyro_vae.step import TrainStep, make_optimizer, parameters_of
 
 __all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "Trainer", "TrainingInterrupted", "train"]
@@ -109,14 +99,16 @@ class Trainer:
         self.config = config
         self.out = Path(out_dir)
         self.checkpoint_path = self.out / CHECKPOINT
-        self.metrics_path = self.out / METRICS
+        self.writer = RunWriter(self.out, resumed=resume)
         self.progress = progress
         self.data = data
         self.history: list[dict[str, Any]] = []
         self.position = Position()
         self.guard = DivergenceGuard(lambda: self.position.kept(self.checkpoint_path))
-        self._state = check_run(self.out, config, resume, overwrite, state)
+        self.resume, self.overwrite = resume, overwrite
+        self._state = state
         self._partial: dict[str, Any] | None = None  # a mid-epoch checkpoint's record of the epoch in progress
+        self.steps_run = 0  # training steps this process ran
 
     def say(self, message: str) -> None:
         """A status line on stderr (when ``progress``)."""
@@ -134,6 +126,9 @@ class Trainer:
         self.data = cfg.load_data(self.device) if self.data is None else self.data.to(self.device)
         self.config = cfg = cfg.with_data_shape(self.data)
         prepare_run_dir(self.out)
+        self.data_digest = data_digest(self.data)
+        if self._state is not None:
+            check_data(self.out, self._state, self.data)
         pyro.clear_param_store()
         pyro.set_rng_seed(cfg.seed)
         self.model, self.guide = build(cfg.model)
@@ -147,7 +142,7 @@ class Trainer:
         self.elbo = make_training_elbo(cfg)
         self.kl = self._check_kl()
         if self._state is None:
-            self._start()
+            self.writer.start(self.config)
         else:
             self._restore(self._state)
         # fast: validation on the first step only, a compiled meanfield objective (same losses; pyro_vae/step.py).
@@ -191,20 +186,11 @@ class Trainer:
                 )
         return kinds
 
-    def _start(self) -> None:
-        # Only now, with everything checked, replace an old run (--overwrite): never a new config beside an
-        # old checkpoint, which --resume would take for this run.
-        self.checkpoint_path.unlink(missing_ok=True)
-        atomic_write_text(self.out / CONFIG, self.config.to_json() + "\n")
-        write_jsonl(self.metrics_path, [])
-
     def _restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.guide.load_state_dict(state["guide"])
+        load_weights(self.model, self.guide, state, self.out)
         self.optimizer.load_state_dict(state["optimizer"])
         self.history = json.loads(state["metrics"])
-        # The checkpoint is the source of truth: drop metric lines written after it (or restore missing ones).
-        write_jsonl(self.metrics_path, self.history)
+        self.writer.restore(self.history)
         set_rng_state(state["rng"])
         self._partial = state.get("partial")
         step = int(self._partial["step"]) if self._partial else 0
@@ -215,8 +201,25 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> TrainResult:
-        """Set up, then train up to ``config.epochs``; return the ``TrainResult`` (raises ``TrainingInterrupted``)."""
-        self.setup()
+        """Lock the run directory, check it (``pyro_vae.runs.check_run``), set up, then train up to
+        ``config.epochs``; return the ``TrainResult``. Raises ``TrainingInterrupted``, and ``UserError`` (one
+        line) for a run that may not be trained here or a file that could not be written (the last good
+        checkpoint and metrics are kept)."""
+        with run_lock(self.out, "pyro-vae train"):
+            self._state = check_run(self.out, self.config, self.resume, self.overwrite, self._state)
+            try:
+                self.setup()
+                self._loop()
+            except WriteError as err:
+                raise UserError(self.writer.failure_message(err, self.position)) from None
+        self.model.eval()
+        self.guide.eval()
+        return TrainResult(self.config, self.history, self.model, self.guide, self.data, self.out)
+
+    def _loop(self) -> None:
+        if self.position.epoch >= self.config.epochs and not self._partial:
+            self.say(f"nothing to do: {self.out} is already trained to epoch {self.position.epoch} (--epochs)")
+            return
         steps_per_epoch = math.ceil(self.data.train_x.shape[0] / self.config.batch_size)
         self._bar = tqdm(
             total=self.config.epochs * steps_per_epoch,
@@ -246,9 +249,6 @@ class Trainer:
                     signal.SIGINT,
                     self.out,
                 ) from None
-        self.model.eval()
-        self.guide.eval()
-        return TrainResult(self.config, self.history, self.model, self.guide, self.data, self.out)
 
     def beta_at(self, epoch: int) -> float:
         """beta of the 0-based ``epoch`` after KL warm-up."""
@@ -275,6 +275,7 @@ class Trainer:
         n, i = self.data.train_x.shape[0], first
         for i, batch in enumerate(batches, start=first + 1):
             loss = self.train_step(batch, beta=beta)
+            self.steps_run += 1
             self.guard.check_loss(loss, batch.shape[0], epoch + 1, i)
             total += loss
             self._bar.update(1)
@@ -314,8 +315,7 @@ class Trainer:
         }
         self.history.append(record)
         self.save_checkpoint(epoch + 1)
-        self.position = Position(epoch + 1, 0, saved=True)
-        append_jsonl(self.metrics_path, record)
+        self.writer.append(record)
         if stop.requested:
             then = (
                 "continue with --resume"
@@ -341,10 +341,13 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "rng": rng_state(),
             "metrics": json.dumps(self.history),
+            "data_digest": self.data_digest,
         }
         if partial is not None:
             record["partial"] = partial
-        save_checkpoint(record, self.checkpoint_path)
+        self.writer.save(record)
+        self.position = Position(epoch, int(partial["step"]) if partial else 0, saved=True)
+        self.writer.saved(self.config)
 
 
 def train(
@@ -367,30 +370,25 @@ def train(
         progress: show a tqdm bar and print one-line status messages (to stderr).
         data: an already loaded data set (else ``config.load_data()``).
         overwrite: start afresh even if ``out_dir`` holds a checkpoint (else that is an error).
-        figures: write the figures of ``pyro_vae.figures`` at the end.
+        figures: write the figures of ``pyro_vae.figures`` at the end (unless nothing was trained: a resume
+            of a run that is already at ``config.epochs`` writes nothing, and says so).
         state: the checkpoint to resume, if already loaded (``pyro_vae.runs.resume_config`` returns it).
 
     Raises:
-        UserError (one line): bad data, an unwritable ``out_dir``, an unresumable config, or a non-finite or
-        diverging loss (``NonFiniteLossError``, naming the epoch and step; the last good checkpoint stays).
+        UserError (one line): bad data, an unwritable ``out_dir``, another process writing into it (the
+        run's lock, ``pyro_vae.lock``), an unresumable config or checkpoint, a file that could not be written
+        (a full disk, ...), or a non-finite or diverging loss (``NonFiniteLossError``, naming the epoch and
+        step); in each case the last good checkpoint and metrics stay.
         TrainingInterrupted (a KeyboardInterrupt) on Ctrl-C or SIGTERM (in the main thread): the step in
         progress finishes, the checkpoint is saved after it, and ``resume=True`` goes on from the next
         step with the same result as an uninterrupted run. A second Ctrl-C stops at once, keeping the
         last completed epoch's checkpoint.
     """
-    result = Trainer(
-        config, out_dir, data=data, resume=resume, overwrite=overwrite, progress=progress, state=state
-    ).fit()
-    if figures:
-        try:
-            result.figures = run_figures.write_figures(
-                result.model, result.guide, result.data, result.metrics, result.out_dir
-            )
-        except KeyboardInterrupt:
-            raise TrainingInterrupted(
-                f"interrupted while writing figures; training is complete in {result.out_dir / CHECKPOINT} "
-                f"(pyro-vae plot {result.out_dir} writes them)",
-                result.config.epochs,
-                out=result.out_dir,
-            ) from None
+    with run_lock(out_dir, "pyro-vae train"):  # held from the checks to the last figure
+        trainer = Trainer(
+            config, out_dir, data=data, resume=resume, overwrite=overwrite, progress=progress, state=state
+        )
+        result = trainer.fit()
+        if figures and trainer.steps_run:  # a resume with nothing to do writes nothing
+            result.figures = trainer.writer.figures(result.model, result.guide, result.data, result.metrics)
     return result

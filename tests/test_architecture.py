@@ -34,9 +34,10 @@ LAYERS: list[tuple[str, ...]] = [
         "pyro_vae.safe_load",
         "pyro_vae.interrupts",
     ),
-    ("pyro_vae.registry", "pyro_vae.config", "pyro_vae.data", "pyro_vae.checkpoint"),
+    ("pyro_vae.registry", "pyro_vae.config", "pyro_vae.data", "pyro_vae.checkpoint", "pyro_vae.lock"),
     (
         "pyro_vae.runs",
+        "pyro_vae.run_writer",
         "pyro_vae.training",
         "pyro_vae.guards",
         "pyro_vae.step",

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import pyro_vae.checkpoint as checkpoint_module
-import pyro_vae.training as train_module
+import pyro_vae.run_writer as writer_module
 from pyro_vae.checkpoint import CHECKPOINT, load_checkpoint, rng_state, set_rng_state
 from pyro_vae.data import load_data
 from pyro_vae.elbo_terms import elbo_terms
@@ -56,19 +56,19 @@ def test_stop_after_k_and_resume_equals_uninterrupted(tmp_path, name):
 def test_kill_between_checkpoint_and_metrics_append_then_resume(tmp_path, monkeypatch):
     # A SIGKILL right after epoch 2's checkpoint but before its metrics line: the checkpoint wins.
     run(config("meanfield", 3), tmp_path / "full")
-    real_append = train_module.append_jsonl
+    real_append = writer_module.append_jsonl
 
     def append_then_die(path, record):
         if record["epoch"] == 2:
             raise SystemExit("killed")
         real_append(path, record)
 
-    monkeypatch.setattr(train_module, "append_jsonl", append_then_die)
+    monkeypatch.setattr(writer_module, "append_jsonl", append_then_die)
     with pytest.raises(SystemExit):
         run(config("meanfield", 3), tmp_path / "cut")
     assert load_checkpoint(tmp_path / "cut" / CHECKPOINT)["epoch"] == 2
     assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 1
-    monkeypatch.setattr(train_module, "append_jsonl", real_append)
+    monkeypatch.setattr(writer_module, "append_jsonl", real_append)
     run(config("meanfield", 3), tmp_path / "cut", resume=True)
     assert (tmp_path / "cut" / "metrics.jsonl").read_text() == (tmp_path / "full" / "metrics.jsonl").read_text()
 
@@ -113,7 +113,8 @@ def test_crash_during_checkpoint_save_keeps_the_previous_one(tmp_path, monkeypat
             raise OSError("crash before rename")
 
         monkeypatch.setattr(checkpoint_module.os, "replace", broken)
-    with pytest.raises(OSError):
+    # A failing write of ours is a one-line UserError naming the file; torch.save serializes into memory first.
+    with pytest.raises(OSError if failure == "torch.save" else UserError, match="disk full|could not write"):
         run(config("meanfield", 2), out, resume=True)
     monkeypatch.setattr(torch, "save", real_save) if failure == "torch.save" else monkeypatch.setattr(
         checkpoint_module.os, "replace", real_replace
@@ -191,3 +192,37 @@ def test_a_run_written_by_the_previous_release_loads_and_resumes_as_it_would_hav
         assert ours.keys() == theirs.keys()
         for key, value in theirs.items():
             assert ours[key] == (pytest.approx(value, rel=1e-6) if isinstance(value, float) else value), key
+
+
+def test_the_content_digest_survives_a_round_trip_and_changes_with_any_value():
+    import io
+
+    from pyro_vae.checkpoint import content_digest
+
+    weight = torch.randn(6, 4)
+    state = {
+        "model": {"w": weight, "w_t": weight.t(), "b": torch.zeros(4, dtype=torch.float64)},  # a view, non-contiguous
+        "optimizer": {"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.99)}]},
+        "metrics": "[]",
+        "flag": None,
+    }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)
+    assert content_digest(loaded) == content_digest(state)
+    changes = [
+        lambda s: s["model"]["w"].view(-1)[13].add_(2**-20),  # one element, by less than float32's resolution at 1
+        lambda s: s["model"].__setitem__("b", s["model"]["b"].float()),  # the same zeros in another dtype
+        lambda s: s["optimizer"]["param_groups"][0].__setitem__("lr", 1e-3 + 1e-18),
+        lambda s: s["optimizer"]["state"].__setitem__(1, s["optimizer"]["state"].pop(0)),  # a key
+        lambda s: s.__setitem__("metrics", "[ ]"),
+        lambda s: s.__setitem__("flag", False),
+    ]
+    digests = {content_digest(loaded)}
+    for change in changes:
+        buffer.seek(0)
+        changed = torch.load(buffer, weights_only=True)
+        change(changed)
+        digests.add(content_digest(changed))
+    assert len(digests) == len(changes) + 1  # each change gives a digest of its own

@@ -246,14 +246,14 @@ def test_kl_ablation_interrupted_says_how_to_continue_the_run(tmp_path, monkeypa
     StepCounter(monkeypatch, at=2, action=send(signal.SIGINT))
     assert main(["kl-ablation", "--out", str(tmp_path), "--no-progress", "--epochs", "2", "--threads", "1"]) == 130
     err = capsys.readouterr().err
-    run_dir = tmp_path / "with_kl"
     assert err == (
-        f"pyro-vae: interrupted; kl-ablation starts afresh when run again (pyro-vae train --out {run_dir} "
-        "--resume continues the interrupted run)\n"
+        f"pyro-vae: interrupted in {tmp_path / 'with_kl'}; continue the experiment with pyro-vae kl-ablation --out "
+        f"{tmp_path} --resume\n"
     )
     StepCounter(monkeypatch)
-    assert main(["train", "--out", str(run_dir), "--resume", "--no-progress"]) == 0
-    assert load_run(run_dir, with_data=False).epoch == 2
+    assert main(["kl-ablation", "--out", str(tmp_path), "--resume", "--no-progress"]) == 0
+    assert [load_run(tmp_path / name, with_data=False).epoch for name in ("with_kl", "without_kl")] == [2, 2]
+    assert (tmp_path / "summary.json").exists()
 
 
 def test_ctrl_c_while_writing_figures_says_training_is_complete(tmp_path, monkeypatch):

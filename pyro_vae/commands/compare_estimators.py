@@ -29,6 +29,7 @@ from pyro_vae.config import TrainConfig
 from pyro_vae.errors import UserError
 from pyro_vae.estimators import ESTIMATORS
 from pyro_vae.evaluation import log_likelihood
+from pyro_vae.lock import run_lock
 from pyro_vae.runs import load_run
 from pyro_vae.training import train
 
@@ -103,6 +104,12 @@ def _estimator(name: str, args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    # The run's lock for as long as this may write into it (one writer per run; pyro_vae.lock).
+    with run_lock(args.dir, "pyro-vae compare-estimators", create=args.train):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     _check(args)
     model_opts, train_opts = given_options(args)
     threads = train_opts.get("threads") or 1

@@ -14,6 +14,7 @@ import pyro
 from pyro_vae.checkpoint import atomic_write_text
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation import ACTIVE_UNIT_THRESHOLD, Evaluation, evaluate
+from pyro_vae.lock import run_lock
 from pyro_vae.runs import load_run
 
 OUTPUT = "evaluation.json"
@@ -61,6 +62,12 @@ def format_evaluation(result: Evaluation, title: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    # The run's lock for as long as this may write into it (one writer per run; pyro_vae.lock).
+    with run_lock(args.dir, "pyro-vae evaluate", create=False):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.num_samples < 1:
         raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.num_examples is not None and args.num_examples < 1:

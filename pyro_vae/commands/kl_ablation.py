@@ -7,8 +7,10 @@ import time
 from pathlib import Path
 
 from pyro_vae.ablation import ABLATION_DEFAULTS, default_config, kl_ablation
+from pyro_vae.checkpoint import CHECKPOINT
 from pyro_vae.commands.options import add_config_options, given_options
 from pyro_vae.guards import TrainingInterrupted
+from pyro_vae.runs import RESUMABLE_CHANGES, resume_config
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
@@ -18,9 +20,17 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
         description="Train the same 2-D VAE with beta = 1 and beta = 0 (same seed and epochs) into OUT/with_kl and "
         "OUT/without_kl (each with all figures), then write OUT/kl_ablation.png (latent scatter and decoded grid side "
         "by side) and OUT/summary.json (latent mean, std and range of the test encoder means; test ELBO at beta = 1; "
-        "reconstruction error). Existing runs under OUT are replaced.",
+        "reconstruction error). Runs already under OUT are kept unless --resume (continue them) or --overwrite "
+        "(replace them) is given, as for pyro-vae train.",
     )
     parser.add_argument("--out", type=Path, default=Path("runs/kl-ablation"), metavar="DIR", help="output directory")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the runs under OUT from their checkpoints (options given here override the stored config; "
+        f"only {', '.join('--' + c.replace('_', '-') for c in RESUMABLE_CHANGES)} may change)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace the runs already under OUT")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
     converters = add_config_options(parser, skip=("z_dim", "beta", "require_analytic_kl"), defaults=ABLATION_DEFAULTS)
     parser.set_defaults(run=run, _converters=converters)
@@ -30,14 +40,17 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     model_opts, train_opts = given_options(args)
-    base = default_config(None, **model_opts, **train_opts)
+    first = args.out / "with_kl"
+    if args.resume and (first / CHECKPOINT).exists():
+        # As pyro-vae train --resume: the stored config with the options given now (beta is set per run).
+        base = resume_config(first, model_opts, train_opts)[0]
+    else:
+        base = default_config(None, **model_opts, **train_opts)
     try:
-        summary = kl_ablation(args.out, base, data=base.load_data(), progress=args.progress)
+        summary = kl_ablation(args.out, base, progress=args.progress, resume=args.resume, overwrite=args.overwrite)
     except TrainingInterrupted as err:
-        # kl-ablation has no --resume (it takes seconds and always starts afresh); the run itself can go on.
         raise TrainingInterrupted(
-            f"interrupted; kl-ablation starts afresh when run again (pyro-vae train --out {err.out} --resume "
-            "continues the interrupted run)",
+            f"interrupted in {err.out}; continue the experiment with pyro-vae kl-ablation --out {args.out} --resume",
             err.epoch,
             err.step,
             err.signum,

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from pyro_vae.figures import plot_run
+from pyro_vae.lock import run_lock
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
@@ -22,6 +23,12 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
 
 
 def run(args: argparse.Namespace) -> int:
+    # The run's lock for as long as this may write into it (one writer per run; pyro_vae.lock).
+    with run_lock(args.dir, "pyro-vae plot", create=False):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     for path in plot_run(args.dir, device=args.device):
         print(path)
     return 0

@@ -7,11 +7,14 @@ Every ``VAEConfig`` and ``TrainConfig`` field, and every option of a registered 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from pyro_vae.commands.options import add_config_options, given_options
 from pyro_vae.config import TrainConfig
-from pyro_vae.runs import RESUMABLE_CHANGES, resume_config
+from pyro_vae.errors import UserError
+from pyro_vae.lock import NEW_RUN_FIX, run_lock
+from pyro_vae.runs import RESUMABLE_CHANGES, check_run, nothing_to_do, restore_previous, resume_config
 from pyro_vae.training import TrainResult, train
 
 
@@ -29,6 +32,12 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
         help="continue the run in DIR from its checkpoint (options given here override the stored config; "
         f"only {', '.join('--' + c.replace('_', '-') for c in RESUMABLE_CHANGES)} may change)",
     )
+    parser.add_argument(
+        "--from-previous",
+        action="store_true",
+        help="with --resume: go back to DIR/checkpoint.previous.pt (the checkpoint saved before the last one, e.g. "
+        "when the last one is damaged) and continue from there",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a run already in DIR")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
     converters = add_config_options(parser)
@@ -38,12 +47,33 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
 
 def run(args: argparse.Namespace) -> int:
     model_opts, train_opts = given_options(args)
-    if args.resume:
-        config, state = resume_config(args.out, model_opts, train_opts)
-    else:
-        config, state = TrainConfig.from_options(model_opts, train_opts), None
-    # Ctrl-C / SIGTERM: TrainingInterrupted, a one-line message and exit 128 + signum from pyro_vae.cli.
-    result = train(config, args.out, resume=args.resume, progress=args.progress, overwrite=args.overwrite, state=state)
+    if args.from_previous and not args.resume:
+        raise UserError("--from-previous goes with --resume (it continues the run from its previous checkpoint)")
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues the run in --out and --overwrite replaces it; give one of them")
+    fix = "make it writable, or copy the run elsewhere and resume there" if args.resume else NEW_RUN_FIX
+    # The lock is taken before the checkpoint is read: what is resumed is what is on disk while this one writes.
+    with run_lock(args.out, "pyro-vae train", fix=fix):
+        if args.resume:
+            if args.from_previous:
+                restore_previous(args.out)
+            config, state = resume_config(args.out, model_opts, train_opts)
+            config.validate()
+            check_run(args.out, config, resume=True, overwrite=False, state=state)  # what changed, first
+            if nothing_to_do(state, config):
+                print(
+                    f"pyro-vae: nothing to do: {args.out} is already trained to epoch {state['epoch']} "
+                    f"(--epochs {config.epochs}); pass a larger --epochs to train on (pyro-vae plot {args.out} "
+                    "rewrites its figures)",
+                    file=sys.stderr,
+                )
+                return 0
+        else:
+            config, state = TrainConfig.from_options(model_opts, train_opts), None
+        # Ctrl-C / SIGTERM: TrainingInterrupted, a one-line message and exit 128 + signum from pyro_vae.cli.
+        result = train(
+            config, args.out, resume=args.resume, progress=args.progress, overwrite=args.overwrite, state=state
+        )
     print_result(result)
     return 0
 
