@@ -9,6 +9,9 @@ untrained model's test ELBO, which training must beat; the one-line error contra
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -170,3 +173,48 @@ def test_the_new_families_train_on_mnist(flags, tmp_path, capsys):
     assert code == 0, stderr
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["test_elbo"] > -200.0  # an untrained MLP VAE is below -500 nats on binarised MNIST
+
+
+@pytest.mark.slow
+def test_the_family_step_time_benchmark_runs_and_checks_its_reference(monkeypatch):
+    """benchmarks/family_step_time.py: a tiny run prints its ratio line, and its agreement check is not vacuous (a
+    reference without the KL term fails it)."""
+    root = Path(__file__).resolve().parents[1]
+    args = ["--steps", "2", "--repeats", "1", "--threads", "1", "--z-dim", "3", "--prior", "vamp"]
+    out = subprocess.run(
+        [sys.executable, "benchmarks/family_step_time.py", *args], cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert re.fullmatch(
+        r"ratios normal=\d+\.\d+ fullcov=\d+\.\d+ iaf=\d+\.\d+ power-spherical=\d+\.\d+",
+        out.stdout.strip().splitlines()[-1],
+    )
+    monkeypatch.syspath_prepend(str(root / "benchmarks"))
+    import family_step_time
+
+    family_step_time.check_reference(z_dim=3, seed=0)
+    recon_only = lambda self, x, z=None: torch.nn.functional.binary_cross_entropy_with_logits(  # noqa: E731
+        self.decoder(z), x, reduction="sum"
+    )
+    monkeypatch.setattr(family_step_time.HandWrittenVAE, "loss", recon_only)
+    with pytest.raises(AssertionError):
+        family_step_time.check_reference(z_dim=3, seed=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "flags",
+    [["--guide", "iaf"], ["--guide", "power-spherical", "--prior", "uniform-sphere"], ["--prior", "flow"]],
+    ids=["iaf", "power-spherical", "flow-prior"],
+)
+def test_resuming_a_new_family_equals_the_uninterrupted_run(flags, tmp_path, capsys):
+    common = ["--z-dim", "3", "--hidden", "16", "--batch-size", "256", "--threads", "1", "--no-progress", *flags]
+    assert main(["train", "--out", str(tmp_path / "straight"), "--epochs", "2", *common]) == 0
+    assert main(["train", "--out", str(tmp_path / "resumed"), "--epochs", "1", *common]) == 0
+    assert main(["train", "--out", str(tmp_path / "resumed"), "--epochs", "2", "--resume", *common]) == 0
+    capsys.readouterr()
+    straight, resumed = (
+        [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        for name in ("straight", "resumed")
+    )
+    assert resumed == straight
