@@ -38,7 +38,7 @@ class IAFOptions:
     steps: K, the number of inverse autoregressive flow steps after the diagonal Normal.
     hidden: hidden widths of each step's autoregressive network (MADE); widths below z_dim leave some
         dimensions unconnected.
-    stable: the numerically stable step of Kingma et al. (2016, eq. 14), z' = s z + (1 - s) m with s in (0, 1);
+    stable: the numerically stable step Kingma et al. (2016) recommend, z' = s z + (1 - s) m with s in (0, 1);
         off: z' = s z + m with log s clipped to [-5, 3].
     """
 
