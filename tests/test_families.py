@@ -168,11 +168,13 @@ def mnist_dir() -> Path | None:
 def test_the_new_families_train_on_mnist(flags, tmp_path, capsys):
     data = ["--dataset", "mnist", "--data-dir", str(mnist_dir()), "--no-download"]
     out = tmp_path / "run"
-    args = ["train", "--out", str(out), *data, "--z-dim", "3", "--epochs", "1", "--threads", "1", "--no-progress"]
+    args = ["train", "--out", str(out), *data, "--z-dim", "3", "--epochs", "1", "--batch-size", "512", "--threads", "1"]
     code, stdout, stderr = _run([*args, *flags], capsys)
     assert code == 0, stderr
+    assert "KL per latent site: z=" in stderr
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    assert record["test_elbo"] > -200.0  # an untrained MLP VAE is below -500 nats on binarised MNIST
+    # Measured for iaf: -166 nats after this one epoch, -569 with the learning rate at 1e-12 (untrained).
+    assert record["test_elbo"] > -250.0
 
 
 @pytest.mark.slow
