@@ -19,7 +19,7 @@ import torch
 from pyro_vae.data import BUILTIN_DATASETS, check_dataset_name, load_data
 from pyro_vae.errors import UserError
 from pyro_vae.estimators import ESTIMATORS
-from pyro_vae.registry import COMPONENTS
+from pyro_vae.registry import COMPONENTS, check_combination
 
 if TYPE_CHECKING:
     from pyro_vae.data import VAEData
@@ -79,11 +79,12 @@ class VAEConfig:
             gives it (train() fills it in).
         x_dim: D, the number of values of one example; ``x_dim=64`` is short for ``x_shape=(64,)``.
         z_dim: latent dimension J.
-        prior: name in ``pyro_vae.registry.PRIORS`` (standard, gaussian, mixture, vamp, ...).
+        prior: name in ``pyro_vae.registry.PRIORS`` (standard, gaussian, mixture, vamp, flow, uniform-sphere, ...).
         likelihood: name in ``LIKELIHOODS`` (bernoulli, gaussian, gaussian-learned, continuous-bernoulli, ...).
         encoder: name in ``ENCODERS``, the network x -> features of the guide (mlp, ...).
         decoder: name in ``DECODERS``, the network z -> the likelihood's parameters (mlp, linear, ...).
-        guide: name in ``GUIDES``, the variational family q(z|x) (normal, ...).
+        guide: name in ``GUIDES``, the variational family q(z|x) (normal, fullcov, iaf, power-spherical, ...); a
+            spherical guide needs a prior on the sphere.
         hidden: hidden layer widths of the MLP encoder and decoder, unless their own widths are set.
         encoder_hidden: hidden widths of the MLP encoder (None: hidden; an empty list makes the guide affine).
         decoder_hidden: hidden widths of the MLP decoder (None: hidden).
@@ -181,6 +182,7 @@ class VAEConfig:
                 f"the initial sigma ({self.sigma}) of the gaussian-learned likelihood must exceed "
                 f"min_sigma ({self.min_sigma})"
             )
+        check_combination(self)
 
     @property
     def encoder_widths(self) -> tuple[int, ...]:

@@ -5,7 +5,9 @@
 - ``curves.png``: training loss and test ELBO per epoch, and the test KL and reconstruction terms;
 - ``latent.png``: the test set's encoder means coloured by label (a PCA projection when z_dim > 2);
 - ``manifold.png`` (z_dim = 2): decodings over a regular grid spanning the region the test set's
-  encoder means occupy (min to max on each axis, printed on the figure), as in the blog's figures.
+  encoder means occupy (min to max on each axis, printed on the figure), as in the blog's figures;
+- for z on the sphere S^1 or S^2 instead, ``latent_sphere.png`` and ``manifold_sphere.png``
+  (``pyro_vae.sphere_figures``).
 
 Matplotlib is used through ``matplotlib.figure.Figure`` with the Agg canvas, so no GUI backend is needed
 and the global pyplot state is left alone; image tiles come from ``torchvision.utils.make_grid``.
@@ -29,6 +31,7 @@ from pyro_vae.checkpoint import write_bytes_atomic
 from pyro_vae.data import VAEData
 from pyro_vae.elbo_terms import latent_means
 from pyro_vae.runs import load_run
+from pyro_vae.sphere_figures import sphere_figures
 
 #: Tiles per side of the decoded manifold grid.
 GRID_SIZE = 15
@@ -194,7 +197,9 @@ def write_figures(
     plot_latent(fig.add_subplot(), means, data.test_y, "test set: encoder means E_q[z|x]")
     written.append(save(fig, out / "latent.png"))
 
-    if means.shape[1] == 2:
+    spherical = sphere_figures(model, guide, data, out, grid_size)  # [] unless z lies on S^1 or S^2
+    written += spherical
+    if means.shape[1] == 2 and not spherical:
         fig = Figure(figsize=(6, 6))
         plot_manifold(fig.add_subplot(), model, latent_ranges(means), shape, grid_size)
         written.append(save(fig, out / "manifold.png"))

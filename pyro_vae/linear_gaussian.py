@@ -80,10 +80,16 @@ class LinearGaussian:
 def set_guide_to_posterior(guide: torch.nn.Module, model: torch.nn.Module, scale_factor: float = 1.0) -> None:
     """Set an affine ``NormalGuide`` (encoder_hidden=()) to the exact posterior, its std times ``scale_factor``.
 
-    Needs a diagonal posterior covariance, i.e. W with orthogonal columns (see ``orthogonal_weight``).
+    Needs a diagonal posterior covariance, i.e. W with orthogonal columns (see ``orthogonal_weight``), unless the
+    guide is full-covariance (``FullCovarianceGuide``, which has ``loc_scale_tril``): it takes any W, its
+    Cholesky factor times ``scale_factor``.
     """
     lg = LinearGaussian.of(model)
     s = lg.posterior_covariance()
+    if hasattr(guide, "loc_scale_tril"):
+        a, c = lg.posterior_affine()
+        guide.set_affine(a, c, torch.linalg.cholesky(s) * scale_factor)
+        return
     off_diagonal = s - torch.diag(torch.diagonal(s))
     if off_diagonal.abs().max() > 1e-6 * torch.diagonal(s).abs().max():
         raise ValueError("the exact posterior is not diagonal: give the linear decoder a W with orthogonal columns")
@@ -103,15 +109,23 @@ def exact_elbo(model: torch.nn.Module, guide: torch.nn.Module, x: Tensor) -> Ten
     """The ELBO of each row of x in closed form, differentiable in every parameter of model and guide.
 
     For q(z|x) = N(m, diag s^2): E_q[log p(x|z)] = -D/2 log(2 pi sigma^2) - (||x - W m - b||^2
-    + sum_j s_j^2 ||W_j||^2) / (2 sigma^2), minus KL(q || p) between diagonal Gaussians. Its gradient is
-    the expectation of every unbiased ELBO gradient estimator.
+    + sum_j s_j^2 ||W_j||^2) / (2 sigma^2), minus KL(q || p) between diagonal Gaussians. For a full-covariance
+    q = N(m, L L^T) (a ``MultivariateNormal``) the trace term is ||W L||_F^2 and the KL is the registered
+    KL(MultivariateNormal || diagonal Normal). Its gradient is the expectation of every unbiased ELBO gradient
+    estimator.
     """
     LinearGaussian.of(model)  # checks the model is linear-Gaussian
-    q = guide.posterior(x).base_dist
-    p = model.prior().base_dist
+    q = guide.posterior(x)
     w, b, sigma = model.decoder.weight, model.decoder.bias, model.likelihood.sigma.to(x.dtype)
     d = x.shape[-1]
-    residual = x - q.loc @ w.T - b
-    expected_sq = (residual**2).sum(-1) + (q.scale**2 * (w**2).sum(0)).sum(-1)
+    residual = x - q.mean @ w.T - b
+    if isinstance(q, MultivariateNormal):
+        trace = ((w @ q.scale_tril) ** 2).sum((-2, -1))
+        kl = kl_divergence(q, model.prior())
+    else:
+        q, p = q.base_dist, model.prior().base_dist
+        trace = (q.scale**2 * (w**2).sum(0)).sum(-1)
+        kl = kl_divergence(q, p).sum(-1)
+    expected_sq = (residual**2).sum(-1) + trace
     expected_log_lik = -0.5 * d * torch.log(2 * torch.pi * sigma**2) - expected_sq / (2 * sigma**2)
-    return expected_log_lik - kl_divergence(q, p).sum(-1)
+    return expected_log_lik - kl

@@ -8,6 +8,10 @@ and returns an ``nn.Module``. It may declare two needs, which ``build`` then pas
 - ``options=SomeDataclass``: ``factory(config, options=SomeDataclass(**config.<kind>_options))``, the
   component's own settings, so that each component's options hold only its own fields (as in pythae).
 
+Priors and guides may also declare where z lives, ``latent="real"`` (R^J) or ``"sphere"`` (the unit sphere in
+R^J), or ``"guide"`` (a prior made from q(z|x): wherever the guide's z lives), and ``min_z_dim``. A prior and a
+guide on different spaces are refused when the ``VAEConfig`` is validated (``check_latents``), in one line.
+
 Guide-family factories also get the encoder: ``factory(config, encoder)``. Adding a component is one file (the
 module) and one registry line; ``register(PRIORS, "name", factory)`` or ``PRIORS["name"] = factory`` does it
 from user code, and the name is then valid in ``VAEConfig`` and on the command line.
@@ -23,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from pyro_vae.errors import UserError
-from pyro_vae.guides import MLPEncoder, NormalGuide
+from pyro_vae.guides import FullCovarianceGuide, IAFGuide, IAFOptions, MLPEncoder, NormalGuide, PowerSphericalGuide
 from pyro_vae.models import VAEModel
 from pyro_vae.models.decoders import LinearDecoder, MLPDecoder
 from pyro_vae.models.likelihoods import (
@@ -32,11 +36,23 @@ from pyro_vae.models.likelihoods import (
     GaussianLikelihood,
     LearnedGaussianLikelihood,
 )
-from pyro_vae.models.priors import GaussianPrior, MixturePrior, StandardNormalPrior, VampPrior
+from pyro_vae.models.priors import (
+    FlowPrior,
+    FlowPriorOptions,
+    GaussianPrior,
+    MixturePrior,
+    StandardNormalPrior,
+    UniformSpherePrior,
+    VampPrior,
+)
 from pyro_vae.named import Registry
 
 if TYPE_CHECKING:
     from pyro_vae.config import VAEConfig
+
+
+#: Where z may live, as a component declares it (``Component(latent=...)``), and how messages name it.
+LATENT_SPACES = {"real": "R^J", "sphere": "the unit sphere S^(J-1) in R^J"}
 
 
 @dataclass(frozen=True)
@@ -47,12 +63,16 @@ class Component:
     description: str = ""
     needs_posterior: bool = False
     options: type | None = None
+    latent: str | None = None
+    min_z_dim: int = 1
 
     def __post_init__(self) -> None:
         if not callable(self.factory):
             raise ValueError(f"a component's factory must be callable, got {self.factory!r}")
         if self.options is not None and not dataclasses.is_dataclass(self.options):
             raise ValueError(f"a component's options must be a dataclass, got {self.options!r}")
+        if self.latent is not None and self.latent not in (*LATENT_SPACES, "guide"):
+            raise ValueError(f"a component's latent must be one of {', '.join(LATENT_SPACES)}, guide or None")
 
     def option_fields(self) -> list[dataclasses.Field]:
         return list(dataclasses.fields(self.options)) if self.options is not None else []
@@ -69,7 +89,7 @@ class Component:
             return None
         try:
             return self.options(**values)
-        except TypeError as err:
+        except (TypeError, ValueError) as err:  # an unexpected keyword, or the dataclass's own checks
             raise UserError(f"{what}: {err}") from None
 
     def make(self, config: VAEConfig, *args: Any, kind: str, name: str, posterior: Any = None) -> nn.Module:
@@ -94,18 +114,32 @@ def _registry(kind: str, entries: dict[str, object]) -> Registry[Component]:
 PRIORS = _registry(
     "prior",
     {
-        "standard": Component(lambda c: StandardNormalPrior(c.z_dim), "N(0, I)"),
+        "standard": Component(lambda c: StandardNormalPrior(c.z_dim), "N(0, I)", latent="real"),
         "gaussian": Component(
             lambda c: GaussianPrior(c.z_dim, c.prior_loc, c.prior_scale, learnable=c.learn_prior),
             "N(mu_p, diag sigma_p^2), --prior-loc, --prior-scale, --learn-prior",
+            latent="real",
         ),
-        "mixture": Component(lambda c: MixturePrior(c.z_dim, c.mixture_components), "K learned Gaussians"),
+        "mixture": Component(
+            lambda c: MixturePrior(c.z_dim, c.mixture_components), "K learned Gaussians", latent="real"
+        ),
         "vamp": Component(
             lambda c, posterior: VampPrior(
                 posterior, c.x_shape, c.mixture_components, learn_weights=c.vamp_learn_weights
             ),
             "VampPrior, a mixture of q(z|u_k) at K pseudo-inputs",
             needs_posterior=True,
+            latent="guide",
+        ),
+        "flow": Component(
+            lambda c, options: FlowPrior(c.z_dim, **dataclasses.asdict(options)),
+            "N(0, I) through K learned autoregressive transforms",
+            options=FlowPriorOptions,
+            latent="real",
+            min_z_dim=2,
+        ),
+        "uniform-sphere": Component(
+            lambda c: UniformSpherePrior(c.z_dim), "uniform on the sphere S^(J-1)", latent="sphere", min_z_dim=2
         ),
     },
 )
@@ -140,7 +174,27 @@ DECODERS = _registry(
 
 GUIDES = _registry(
     "guide",
-    {"normal": Component(lambda c, encoder: NormalGuide(encoder, c.z_dim), "diagonal Normal q(z|x)")},
+    {
+        "normal": Component(lambda c, encoder: NormalGuide(encoder, c.z_dim), "diagonal Normal q(z|x)", latent="real"),
+        "fullcov": Component(
+            lambda c, encoder: FullCovarianceGuide(encoder, c.z_dim),
+            "full-covariance Normal q(z|x), Cholesky factor from the encoder",
+            latent="real",
+        ),
+        "iaf": Component(
+            lambda c, encoder, options: IAFGuide(encoder, c.z_dim, options.steps, options.hidden, options.stable),
+            "diagonal Normal then K inverse autoregressive flow steps (Kingma et al. 2016)",
+            options=IAFOptions,
+            latent="real",
+            min_z_dim=2,
+        ),
+        "power-spherical": Component(
+            lambda c, encoder: PowerSphericalGuide(encoder, c.z_dim),
+            "power spherical q(z|x) on the sphere S^(J-1) (De Cao & Aziz 2020)",
+            latent="sphere",
+            min_z_dim=2,
+        ),
+    },
 )
 
 #: The registry of each kind of component, by the VAEConfig field that names it.
@@ -151,6 +205,34 @@ COMPONENTS: dict[str, Registry[Component]] = {
     "decoder": DECODERS,
     "guide": GUIDES,
 }
+
+
+def _latent_names(registry: Registry[Component], latent: str, also: str | None = None) -> str:
+    names = [name for name, c in registry.items() if c.latent in (latent, also)]
+    return " or ".join(names) if len(names) < 3 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def check_latents(prior: Component, prior_name: str, guide: Component, guide_name: str) -> None:
+    """One-line ``UserError`` when the prior's density and the guide's samples live on different spaces (a
+    spherical guide with a Euclidean prior: log p(z) would be scored off its support); undeclared spaces pass."""
+    if prior.latent in (None, "guide") or guide.latent is None or prior.latent == guide.latent:
+        return
+    raise UserError(
+        f"the {guide_name} guide puts z on {LATENT_SPACES[guide.latent]} but the {prior_name} prior is a density on "
+        f"{LATENT_SPACES[prior.latent]}; use --prior {_latent_names(PRIORS, guide.latent, 'guide')} with it, or "
+        f"--guide {_latent_names(GUIDES, prior.latent)}"
+    )
+
+
+def check_combination(config: VAEConfig) -> None:
+    """Refuse, in one line, a ``VAEConfig`` whose components cannot go together: a z_dim below one's
+    ``min_z_dim``, or a prior and guide on different latent spaces (``check_latents``)."""
+    for kind, registry in COMPONENTS.items():
+        name = getattr(config, kind)
+        need = registry[name].min_z_dim
+        if config.z_dim < need:
+            raise UserError(f"the {name} {kind} needs z_dim >= {need}, got {config.z_dim}; use --z-dim {need} or more")
+    check_latents(PRIORS[config.prior], config.prior, GUIDES[config.guide], config.guide)
 
 
 def register(
@@ -192,7 +274,8 @@ def register_decoder(name: str, factory: Callable[..., nn.Module] | None = None,
 
 
 def register_guide(name: str, factory: Callable[..., nn.Module] | None = None, **declared: Any) -> Any:
-    """``register(GUIDES, name, factory, **declared)``; the factory gets ``(config, encoder)``."""
+    """``register(GUIDES, name, factory, **declared)``; the factory gets ``(config, encoder)``; ``latent="sphere"``
+    for a family on the unit sphere (then only spherical priors and the VampPrior go with it)."""
     return register(GUIDES, name, factory, **declared)
 
 
@@ -219,6 +302,7 @@ def build(
         prior_module = prior
     else:
         spec = PRIORS[config.prior] if prior is None else as_component(prior)
+        check_latents(spec, config.prior if prior is None else "given", GUIDES[config.guide], config.guide)
         prior_module = spec.make(config, kind="prior", name=config.prior, posterior=guide.posterior)
     decoder = DECODERS[config.decoder].make(config, kind="decoder", name=config.decoder)
     likelihood = LIKELIHOODS[config.likelihood].make(config, kind="likelihood", name=config.likelihood)

@@ -45,6 +45,7 @@ LAYERS: list[tuple[str, ...]] = [
         "pyro_vae.evaluation",
         "pyro_vae.comparison",
         "pyro_vae.figures",
+        "pyro_vae.sphere_figures",
         "pyro_vae.ablation",
     ),
     ("pyro_vae", "pyro_vae.__main__", "pyro_vae.cli", "pyro_vae.commands", "pyro_vae.commands.*"),

@@ -17,6 +17,8 @@ PRIOR_ARGS = {
     "gaussian": ["--prior-loc", "0.5", "--prior-scale", "2.0", "--learn-prior"],
     "mixture": ["--mixture-components", "3"],
     "vamp": ["--mixture-components", "3", "--vamp-learn-weights"],
+    "flow": ["--prior-steps", "1", "--prior-hidden", "8"],
+    "uniform-sphere": ["--guide", "power-spherical"],  # a prior on the sphere needs a guide on it
 }
 LIKELIHOOD_ARGS = {
     "bernoulli": [],
@@ -24,7 +26,14 @@ LIKELIHOOD_ARGS = {
     "gaussian-learned": ["--sigma-per-pixel"],
     "continuous-bernoulli": [],
 }
-KL_KIND = {"standard": "analytic", "gaussian": "analytic", "mixture": "monte-carlo", "vamp": "monte-carlo"}
+KL_KIND = {
+    "standard": "analytic",
+    "gaussian": "analytic",
+    "mixture": "monte-carlo",
+    "vamp": "monte-carlo",
+    "flow": "monte-carlo",
+    "uniform-sphere": "analytic",
+}
 TINY = ["--epochs", "1", "--hidden", "8", "--z-dim", "2", "--batch-size", "256", "--threads", "1"]
 
 
@@ -59,6 +68,8 @@ def test_prior_likelihood_estimator_trains_from_the_cli(tmp_path, capsys, prior,
             "gaussian": "GaussianPrior",
             "mixture": "MixturePrior",
             "vamp": "VampPrior",
+            "flow": "FlowPrior",
+            "uniform-sphere": "UniformSpherePrior",
         }[prior]
     )
 

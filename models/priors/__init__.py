@@ -7,9 +7,20 @@ inside its ``pyro.plate("data", N)``. Registering a ``kl_divergence`` for
 makes ``TraceMeanField_ELBO`` use it analytically.
 """
 
+from pyro_vae.models.priors.flow import FlowPrior, FlowPriorOptions
 from pyro_vae.models.priors.gaussian import GaussianPrior
 from pyro_vae.models.priors.mixture import MixturePrior
 from pyro_vae.models.priors.standard import StandardNormalPrior
+from pyro_vae.models.priors.uniform_sphere import UniformSphere, UniformSpherePrior
 from pyro_vae.models.priors.vamp import VampPrior
 
-__all__ = ["GaussianPrior", "MixturePrior", "StandardNormalPrior", "VampPrior"]
+__all__ = [
+    "FlowPrior",
+    "FlowPriorOptions",
+    "GaussianPrior",
+    "MixturePrior",
+    "StandardNormalPrior",
+    "UniformSphere",
+    "UniformSpherePrior",
+    "VampPrior",
+]
