@@ -22,13 +22,13 @@ import json
 import math
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyro
 import torch
-from pyro.infer import ELBO, TraceMeanField_ELBO
 from tqdm.auto import tqdm
 
 from pyro_vae import figures as run_figures
@@ -49,10 +49,13 @@ from pyro_vae.config import TrainConfig
 from pyro_vae.data import VAEData, minibatches
 from pyro_vae.elbo_terms import ELBOTerms, elbo_terms
 from pyro_vae.errors import UserError
-from pyro_vae.estimators import ESTIMATORS
+from pyro_vae.estimators import make_training_elbo
 from pyro_vae.guards import DivergenceGuard, NonFiniteLossError, Position, TrainingInterrupted
 from pyro_vae.interrupts import DeferredInterrupts
-from pyro_vae.kl_check import MONTE_CARLO, describe, kl_kinds
+from pyro_vae.kl_check import check_training_kl
+from pyro_vae.loggers import check_logger, make_logger
+from pyro_vae.pairs import as_pair, prepare_pair
+from pyro_vae.plugins import with_plugins
 from pyro_vae.registry import build
 from pyro_vae.runs import check_run, prepare_run_dir
 from pyro_vae.step import TrainStep, make_optimizer, parameters_of
@@ -71,15 +74,6 @@ class TrainResult:
     data: VAEData
     out_dir: Path
     figures: list[Path] = field(default_factory=list)
-
-
-def make_training_elbo(config: TrainConfig) -> ELBO:
-    """The run's estimator, with max_plate_nesting = 1 (the model's one "data" plate).
-
-    Fixing the nesting matters for exact resumption: otherwise Pyro guesses it at the first call by
-    running the model once, which draws random numbers at a different point of a resumed run.
-    """
-    return ESTIMATORS[config.elbo].make(num_particles=config.num_particles, max_plate_nesting=1, jit=config.jit)
 
 
 class Trainer:
@@ -104,8 +98,14 @@ class Trainer:
         overwrite: bool = False,
         progress: bool = True,
         state: dict[str, Any] | None = None,
+        model: Callable[..., Any] | None = None,
+        guide: Callable[..., Any] | None = None,
+        logger: str = "none",
     ) -> None:
         config.validate()
+        check_logger(logger)
+        self.logger_name = logger
+        self.pair = None if model is None and guide is None else as_pair(model, guide)
         self.config = config
         self.out = Path(out_dir)
         self.checkpoint_path = self.out / CHECKPOINT
@@ -132,24 +132,30 @@ class Trainer:
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
         self.data = cfg.load_data(self.device) if self.data is None else self.data.to(self.device)
-        self.config = cfg = cfg.with_data_shape(self.data)
+        # with_plugins: the record of where the run's own components come from, to import them again when loaded.
+        self.config = cfg = with_plugins(cfg.with_data_shape(self.data))
         prepare_run_dir(self.out)
         pyro.clear_param_store()
         pyro.set_rng_seed(cfg.seed)
-        self.model, self.guide = build(cfg.model)
-        self.model.to(self.device)
-        self.guide.to(self.device)
-        self.data.prepare(self.model.likelihood)
-        if cfg.model.prior_init_from_data:
-            self._init_prior_from_data()
-        self.params = parameters_of(self.model, self.guide)
+        if self.pair is None:
+            self.model, self.guide = build(cfg.model)
+            self.model.to(self.device)
+            self.guide.to(self.device)
+            self.data.prepare(self.model.likelihood)
+            if cfg.model.prior_init_from_data:
+                self._init_prior_from_data()
+            self.params = parameters_of(self.model, self.guide)
+        else:  # the user's own model and guide (pyro_vae.pairs)
+            (self.model, self.guide), (self.params, self.config) = self.pair, prepare_pair(*self.pair, self.data, cfg)
+            cfg = self.config
         self.optimizer = make_optimizer(self.params, cfg.lr)  # one fused Adam (benchmarks/step_time.py)
-        self.elbo = make_training_elbo(cfg)
+        self.elbo = make_training_elbo(cfg, getattr(self.model, "plate_nesting", 1))
         self.kl = self._check_kl()
         if self._state is None:
             self._start()
         else:
             self._restore(self._state)
+        self.logger = make_logger(self.logger_name, self.out, self.position.epoch)
         # fast: validation on the first step only, a compiled meanfield objective (same losses; pyro_vae/step.py).
         self.train_step = TrainStep(
             self.model, self.guide, self.elbo, self.optimizer, self.params, cfg.clip_norm, fast=True
@@ -166,30 +172,10 @@ class Trainer:
 
     def _check_kl(self) -> dict[str, str]:
         """The KL kind of each latent site (said for meanfield), the K = 1 note, and --require-analytic-kl."""
-        cfg = self.config
         # kl_kinds samples from the guide: keep that off the training random stream.
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            kinds = kl_kinds(self.model, self.guide, self.data.test_x_eval[: cfg.batch_size])
-        meanfield = isinstance(self.elbo, TraceMeanField_ELBO)
-        if meanfield:
-            self.say(describe(kinds))
-        if ESTIMATORS[cfg.elbo].multi_particle and cfg.num_particles == 1:
-            self.say(
-                f"note: --elbo {cfg.elbo} with --num-particles 1 is the standard ELBO; its bound tightens with K > 1"
-            )
-        if cfg.require_analytic_kl:
-            if not meanfield:
-                raise UserError(
-                    f"--require-analytic-kl needs a meanfield-type --elbo; {cfg.elbo!r} always estimates the KL"
-                )
-            mc = [name for name, kind in kinds.items() if kind == MONTE_CARLO]
-            if mc:
-                raise UserError(
-                    "--require-analytic-kl: no kl_divergence is registered for the guide and prior at site(s) "
-                    f"{', '.join(mc)}, so the KL would be a Monte Carlo estimate; register one "
-                    "(torch.distributions.register_kl) or drop the flag"
-                )
-        return kinds
+            x = self.data.test_x_eval[: self.config.batch_size]
+            return check_training_kl(self.model, self.guide, x, self.elbo, self.config, self.say)
 
     def _start(self) -> None:
         # Only now, with everything checked, replace an old run (--overwrite): never a new config beside an
@@ -223,7 +209,7 @@ class Trainer:
             initial=self.position.epoch * steps_per_epoch + self.position.step,
             desc=f"train {self.out.name}",
             unit="step",
-            disable=not self.progress,
+            disable=None if self.progress else True,  # None: shown only when stderr is a terminal
             file=sys.stderr,
             dynamic_ncols=True,
         )
@@ -246,6 +232,7 @@ class Trainer:
                     signal.SIGINT,
                     self.out,
                 ) from None
+        self.logger.close()
         self.model.eval()
         self.guide.eval()
         return TrainResult(self.config, self.history, self.model, self.guide, self.data, self.out)
@@ -316,6 +303,7 @@ class Trainer:
         self.save_checkpoint(epoch + 1)
         self.position = Position(epoch + 1, 0, saved=True)
         append_jsonl(self.metrics_path, record)
+        self.logger.log(record)
         if stop.requested:
             then = (
                 "continue with --resume"
@@ -356,6 +344,9 @@ def train(
     overwrite: bool = False,
     figures: bool = True,
     state: dict[str, Any] | None = None,
+    model: Callable[..., Any] | None = None,
+    guide: Callable[..., Any] | None = None,
+    logger: str = "none",
 ) -> TrainResult:
     """Train the VAE described by ``config`` into ``out_dir`` (``Trainer(...).fit()``), then write its figures.
 
@@ -369,6 +360,8 @@ def train(
         overwrite: start afresh even if ``out_dir`` holds a checkpoint (else that is an error).
         figures: write the figures of ``pyro_vae.figures`` at the end.
         state: the checkpoint to resume, if already loaded (``pyro_vae.runs.resume_config`` returns it).
+        model, guide: your own Pyro model and guide, trained instead of ``config.model`` (``pyro_vae.pairs``).
+        logger: "tensorboard" also logs the metrics for TensorBoard in ``out_dir/tensorboard`` (``pyro_vae.loggers``).
 
     Raises:
         UserError (one line): bad data, an unwritable ``out_dir``, an unresumable config, or a non-finite or
@@ -378,9 +371,8 @@ def train(
         step with the same result as an uninterrupted run. A second Ctrl-C stops at once, keeping the
         last completed epoch's checkpoint.
     """
-    result = Trainer(
-        config, out_dir, data=data, resume=resume, overwrite=overwrite, progress=progress, state=state
-    ).fit()
+    options = dict(data=data, resume=resume, overwrite=overwrite, progress=progress, state=state, logger=logger)
+    result = Trainer(config, out_dir, **options, model=model, guide=guide).fit()
     if figures:
         try:
             result.figures = run_figures.write_figures(

@@ -1,4 +1,5 @@
-"""Test configuration: Pyro validation on, a clean parameter store and fixed seeds for every test."""
+"""Test configuration: Pyro validation on, a clean parameter store and fixed seeds for every test, and a per-session
+configuration directory (XDG_CONFIG_HOME), so that the plugins tests load are never remembered in the user's own."""
 
 from __future__ import annotations
 
@@ -23,3 +24,8 @@ def float64():
     """Run the test in float64 (comparisons at 1e-6 and tighter)."""
     torch.set_default_dtype(torch.float64)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _config_home(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.getbasetemp() / "config-home"))

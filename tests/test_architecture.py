@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, ...]] = [
         "pyro_vae.safe_load",
         "pyro_vae.interrupts",
     ),
-    ("pyro_vae.registry", "pyro_vae.config", "pyro_vae.data", "pyro_vae.checkpoint"),
+    ("pyro_vae.registry", "pyro_vae.config", "pyro_vae.data", "pyro_vae.checkpoint", "pyro_vae.plugins"),
     (
         "pyro_vae.runs",
         "pyro_vae.training",
@@ -45,6 +45,8 @@ LAYERS: list[tuple[str, ...]] = [
         "pyro_vae.comparison",
         "pyro_vae.figures",
         "pyro_vae.ablation",
+        "pyro_vae.pairs",
+        "pyro_vae.loggers",
     ),
     ("pyro_vae", "pyro_vae.__main__", "pyro_vae.cli", "pyro_vae.commands", "pyro_vae.commands.*"),
 ]

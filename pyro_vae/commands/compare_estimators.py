@@ -75,7 +75,8 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
         "--snr-estimators", type=_names, default=["iwae", "dreg"], metavar="A,B", help="estimators of the SNR plot"
     )
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="training progress")
-    converters = add_config_options(parser)
+    # --train's model is trained with one particle: --particles is the comparison's K, and one K option is enough.
+    converters = add_config_options(parser, skip=("num_particles",))
     parser.set_defaults(run=run, _converters=converters)
     return parser
 
