@@ -12,6 +12,7 @@ components it registers are choices and their options are flags (``pyro_vae.plug
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import signal
 import sys
@@ -101,6 +102,8 @@ def plugin_arguments(argv: Sequence[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``pyro-vae ARGS``; return the exit code (0 success, 2 bad input, 130 Ctrl-C, 143 SIGTERM)."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    # Pyro logs INFO lines such as "Guessed max_plate_nesting = 1" to stderr; the commands say what matters.
+    logging.getLogger("pyro").setLevel(logging.WARNING)
     try:
         for spec in plugin_arguments(argv):
             load_plugin(spec)

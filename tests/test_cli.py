@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from importlib import metadata
 
 import pytest
@@ -136,3 +135,20 @@ def test_a_missing_tensorboard_is_one_line_before_anything_is_written(tmp_path, 
         "(or drop --logger)\n"
     )
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("command", ["plot", "evaluate"])
+def test_every_command_runs_on_one_thread_unless_told(command, tmp_path, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        missing = str(tmp_path / "no-run")  # the command fails after the rule is applied: no training needed
+        assert main([command, missing, "--threads", "2"]) == 2 and torch.get_num_threads() == 2
+        assert main([command, missing]) == 2 and torch.get_num_threads() == 1
+        capsys.readouterr()
+        assert main([command, missing, "--threads", "0"]) == 2
+        assert capsys.readouterr().err == "pyro-vae: error: --threads must be >= 1, got 0\n"
+    finally:
+        torch.set_num_threads(before)
+    assert TrainConfig().threads == 1  # train, kl-ablation and compare-estimators: the same default

@@ -126,6 +126,12 @@ class EstimatorRegistry(Registry[EstimatorSpec]):
             )
         return self._entries[found]
 
+    def source(self, name: str) -> str | None:
+        found = self.canonical(name)
+        if found is not None and found.startswith(JIT_PREFIX) and found not in self._entries:
+            return super().source(found[len(JIT_PREFIX) :])  # "jit-NAME" comes from where NAME does
+        return super().source(name)
+
     def names(self) -> list[str]:
         """Every accepted name: the estimators, then their compiled spellings."""
         return list(self) + [JIT_PREFIX + n for n, s in self._entries.items() if s.jit_factory is not None]
