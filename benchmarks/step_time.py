@@ -82,7 +82,7 @@ def build_project(seed: int, device: torch.device) -> tuple[nn.Module, nn.Module
 
 
 def meanfield() -> TraceMeanField_ELBO:
-    # As the trainer builds "meanfield" (pyro_vae.training.make_training_elbo).
+    # As the trainer builds "meanfield" (pyro_vae.estimators.make_training_elbo).
     return TraceMeanField_ELBO(vectorize_particles=True, max_plate_nesting=1)
 
 

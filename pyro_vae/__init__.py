@@ -7,8 +7,10 @@ The mathematics follows Odaibo, "Tutorial: Deriving the Standard VAE Loss Functi
 from pyro_vae.beta import BetaScaled, LatentScale
 from pyro_vae.config import TrainConfig, VAEConfig
 from pyro_vae.data import load_data
-from pyro_vae.estimators import ESTIMATORS, EstimatorSpec, make_elbo
+from pyro_vae.estimators import ESTIMATORS, EstimatorSpec, make_elbo, register_estimator
 from pyro_vae.evaluation import log_likelihood
+from pyro_vae.pairs import MissingMethod, PairModule
+from pyro_vae.plugins import load_plugin
 from pyro_vae.registry import (
     DECODERS,
     ENCODERS,
@@ -40,6 +42,8 @@ __all__ = [
     "Component",
     "EstimatorSpec",
     "LatentScale",
+    "MissingMethod",
+    "PairModule",
     "Run",
     "TrainConfig",
     "TrainResult",
@@ -47,12 +51,14 @@ __all__ = [
     "VAEConfig",
     "build",
     "load_data",
+    "load_plugin",
     "load_run",
     "log_likelihood",
     "make_elbo",
     "register",
     "register_decoder",
     "register_encoder",
+    "register_estimator",
     "register_guide",
     "register_likelihood",
     "register_prior",

@@ -19,6 +19,7 @@ import torch
 from pyro_vae.data import BUILTIN_DATASETS, check_dataset_name, load_data
 from pyro_vae.errors import UserError
 from pyro_vae.estimators import ESTIMATORS
+from pyro_vae.plugins import require_plugins
 from pyro_vae.registry import COMPONENTS, check_combination
 
 if TYPE_CHECKING:
@@ -79,24 +80,27 @@ class VAEConfig:
             gives it (train() fills it in).
         x_dim: D, the number of values of one example; ``x_dim=64`` is short for ``x_shape=(64,)``.
         z_dim: latent dimension J.
-        prior: name in ``pyro_vae.registry.PRIORS`` (standard, gaussian, mixture, vamp, flow, uniform-sphere, ...).
-        likelihood: name in ``LIKELIHOODS`` (bernoulli, gaussian, gaussian-learned, continuous-bernoulli, ...).
-        encoder: name in ``ENCODERS``, the network x -> features of the guide (mlp, ...).
-        decoder: name in ``DECODERS``, the network z -> the likelihood's parameters (mlp, linear, ...).
-        guide: name in ``GUIDES``, the variational family q(z|x) (normal, fullcov, iaf, power-spherical, ...); a
-            spherical guide needs a prior on the sphere.
+        prior: the prior p(z), a name in pyro_vae.PRIORS.
+        likelihood: the likelihood p(x|z), a name in pyro_vae.LIKELIHOODS.
+        encoder: the guide's network x -> features, a name in pyro_vae.ENCODERS.
+        decoder: the network z -> the likelihood's parameters, a name in pyro_vae.DECODERS.
+        guide: the variational family q(z|x), a name in pyro_vae.GUIDES; a spherical guide needs a prior on the
+            sphere.
         hidden: hidden layer widths of the MLP encoder and decoder, unless their own widths are set.
-        encoder_hidden: hidden widths of the MLP encoder (None: hidden; an empty list makes the guide affine).
-        decoder_hidden: hidden widths of the MLP decoder (None: hidden).
-        prior_loc: mu_p of the gaussian prior (a number, or one per latent dimension).
-        prior_scale: sigma_p of the gaussian prior (a number, or one per latent dimension).
+        encoder_hidden: hidden widths of the MLP encoder; none at all makes the guide affine (None: those of
+            hidden).
+        decoder_hidden: hidden widths of the MLP decoder (None: those of hidden).
+        prior_loc: the mean mu_p of the gaussian prior N(mu_p, diag sigma_p^2): one number for every latent
+            dimension, or one per dimension.
+        prior_scale: the standard deviation sigma_p of the gaussian prior N(mu_p, diag sigma_p^2), > 0: one number
+            for every latent dimension, or one per dimension.
         learn_prior: make the gaussian prior's mu_p and sigma_p learnable.
         sigma: the fixed standard deviation of the gaussian likelihood (1 gives 1/2 the summed squared
             error; 1/sqrt(2) gives the blog's summed squared error, up to constants); the initial sigma of
             the gaussian-learned likelihood.
         mixture_components: K, the number of components of the mixture prior and of pseudo-inputs of the
             vamp prior.
-        vamp_learn_weights: learn the VampPrior's mixture weights (default: uniform 1/K, as in the paper).
+        vamp_learn_weights: learn the VampPrior's mixture weights instead of the paper's uniform 1/K.
         prior_init_from_data: before training, start the prior from the training data by calling its
             init_from_data(x_train) (vamp: K random training images as pseudo-inputs, Tomczak and Welling's
             initialisation, instead of uniform noise); a prior without that method refuses it.
@@ -224,10 +228,11 @@ class TrainConfig:
 
     Fields:
         model: the VAEConfig (its x_shape is the data set's; left out, train() takes it from the data).
-        dataset: digits (default, offline), mnist, fashion-mnist, or a path to a .npy or .pt array.
-        data_dir: where mnist and fashion-mnist are downloaded (default: a per-user cache directory).
+        dataset: digits (scikit-learn's 8x8 digits, offline), mnist, fashion-mnist (any case), or the path of a
+            .npy or .pt array of your own.
+        data_dir: where mnist and fashion-mnist are read from and downloaded to (None: a per-user cache directory).
         labels: a .npy or .pt file of integer labels for your own data set (used to colour plots).
-        elbo: the estimator, a name in pyro_vae.ESTIMATORS (meanfield = analytic KL where registered).
+        elbo: the ELBO estimator, a name in pyro_vae.ESTIMATORS.
         jit: compile the estimator with the PyTorch JIT (an option of every estimator that has a compiled form).
         num_particles: samples of z per example in each ELBO estimate (K of the iwae, renyi and dreg bounds).
         beta: weight of the KL term (1 = the ELBO; 0 = no KL, a plain autoencoder with noise).
@@ -240,8 +245,11 @@ class TrainConfig:
         device: auto (cuda when available), cpu, cuda or cuda:N.
         require_analytic_kl: refuse to train if a meanfield ELBO would estimate any KL by Monte Carlo.
         eval_samples: samples of z per test example when estimating the test ELBO.
-        threads: torch CPU threads (none = torch's default); small models are often fastest with 1.
+        threads: torch CPU threads; 1, the default of every command, was the fastest measured for these models and
+            the steadiest on a busy machine (docs/performance.md); None = torch's default, all cores.
         download: download mnist and fashion-mnist when missing.
+        plugins: where the run's own components come from, {"prior:student-t": module, file or package}; filled
+            in by train() and imported again when the run is loaded (pyro_vae.plugins).
     """
 
     model: VAEConfig = field(default_factory=VAEConfig)
@@ -261,8 +269,9 @@ class TrainConfig:
     device: str = "auto"
     require_analytic_kl: bool = False
     eval_samples: int = 1
-    threads: int | None = None
+    threads: int | None = 1
     download: bool = True
+    plugins: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -313,6 +322,8 @@ class TrainConfig:
         if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
             raise UserError(f"threads must be an integer >= 1 (or None for torch's default), got {self.threads!r}")
         ESTIMATORS[self.elbo].check(jit=self.jit)
+        if not isinstance(self.plugins, dict) or not all(isinstance(v, str) for v in self.plugins.values()):
+            raise UserError(f"plugins must map components to their modules or files, got {self.plugins!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -324,6 +335,7 @@ class TrainConfig:
         d = _from_dict(cls, d)
         if "model" not in d:
             raise UserError("a TrainConfig needs a model (a VAEConfig)")
+        require_plugins(d.get("plugins") or {})  # before the names they register are looked up
         return cls(**{**d, "model": VAEConfig.from_dict(d["model"])})
 
     def to_json(self) -> str:
@@ -380,7 +392,8 @@ class TrainConfig:
         )
 
     def differences(self, other: TrainConfig) -> list[str]:
-        """Names of the fields (``model.<field>`` for the VAEConfig) whose values differ."""
+        """Names of the fields (``model.<field>`` for the VAEConfig) whose values differ; ``plugins`` is a record of
+        where the components came from, not a setting, and is not compared."""
         a, b = self.to_dict(), other.to_dict()
         diffs = [f"model.{k}" for k in a["model"] if a["model"][k] != b["model"].get(k)]
-        return diffs + [k for k in a if k != "model" and a[k] != b[k]]
+        return diffs + [k for k in a if k not in ("model", "plugins") and a[k] != b[k]]

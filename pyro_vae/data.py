@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from pyro_vae.errors import UserError
+from pyro_vae.named import did_you_mean
 from pyro_vae.safe_load import safe_torch_load
 
 #: Built-in data sets (``--dataset NAME``); anything else is a path to a .npy or .pt file.
@@ -155,6 +156,7 @@ def check_dataset_name(name: str) -> None:
     if name.lower() not in BUILTIN_DATASETS and path.suffix not in (".npy", ".pt") and not path.exists():
         raise UserError(
             f"unknown dataset {name!r}: use one of {', '.join(BUILTIN_DATASETS)} or a path to a .npy or .pt file"
+            + did_you_mean(name, list(BUILTIN_DATASETS))
         )
 
 

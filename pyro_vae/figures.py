@@ -30,6 +30,7 @@ from torch import Tensor
 from pyro_vae.checkpoint import write_bytes_atomic
 from pyro_vae.data import VAEData
 from pyro_vae.elbo_terms import latent_means
+from pyro_vae.pairs import as_pair
 from pyro_vae.runs import load_run
 from pyro_vae.sphere_figures import sphere_figures
 
@@ -143,16 +144,32 @@ def write_figures(
     out_dir: str | Path,
     grid_size: int = GRID_SIZE,
 ) -> list[Path]:
-    """Write all figures of one run to ``out_dir``; return their paths (see the module docstring)."""
+    """Write all figures of one run to ``out_dir``; return their paths (see the module docstring).
+
+    For a model and guide of your own, only the figures whose methods they have (``pyro_vae.pairs``): without
+    ``model.decode_mean`` no decoded images, without ``model.prior`` no samples.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    model, guide = as_pair(model, guide)
+    decodes, samples = hasattr(model, "decode_mean"), hasattr(model, "decode_mean") and hasattr(model, "prior")
     written = []
     shape = data.image_shape
     k = min(10, data.test_x.shape[0])
 
     # Reconstructions of what the model sees (binarised when the likelihood is Bernoulli).
     seen = data.test_x_eval[:k]
-    recon = model.decode_mean(guide.posterior(seen).mean)
+    if decodes:
+        written.append(_reconstructions(model, guide, data, seen, out))
+    if samples:
+        written.append(_samples(model, seen, shape, out))
+    written += _curves_latent_manifold(model, guide, data, metrics, out, grid_size, decodes)
+    return written
+
+
+def _reconstructions(model: torch.nn.Module, guide: torch.nn.Module, data: VAEData, seen: Tensor, out: Path) -> Path:
+    k, shape = seen.shape[0], data.image_shape
+    recon = model.decode_mean(latent_means(guide, seen).to(seen.device))
     rows = [data.test_x[:k]] + ([seen] if data.binarize else []) + [recon]
     names = ["input"] + (["binarised"] if data.binarize else []) + ["reconstruction"]
     fig = Figure(figsize=(1.0 * k, 1.1 * len(rows)))
@@ -161,8 +178,10 @@ def write_figures(
     ax.set_xticks([])
     ax.set_yticks([(i + 0.5) * (shape[0] + 1) for i in range(len(rows))], names)
     ax.set_title("test images and reconstructions E[x | z = E_q[z|x]]", fontsize=9)
-    written.append(save(fig, out / "reconstructions.png"))
+    return save(fig, out / "reconstructions.png")
 
+
+def _samples(model: torch.nn.Module, seen: Tensor, shape: tuple[int, int], out: Path) -> Path:
     # Samples from the prior, with a fixed seed and without touching the caller's random stream.
     devices = [seen.device] if seen.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -173,8 +192,19 @@ def write_figures(
     ax.imshow(image_grid(model.decode_mean(z), shape, nrow=8), cmap="gray", vmin=0, vmax=1)
     ax.axis("off")
     ax.set_title("E[x|z] for 64 samples z ~ p(z)", fontsize=9)
-    written.append(save(fig, out / "samples.png"))
+    return save(fig, out / "samples.png")
 
+
+def _curves_latent_manifold(
+    model: torch.nn.Module,
+    guide: torch.nn.Module,
+    data: VAEData,
+    metrics: Sequence[dict[str, Any]],
+    out: Path,
+    grid_size: int,
+    decodes: bool,
+) -> list[Path]:
+    written = []
     if metrics:
         epochs = [m["epoch"] for m in metrics]
         fig = Figure(figsize=(12, 3.4))
@@ -197,11 +227,12 @@ def write_figures(
     plot_latent(fig.add_subplot(), means, data.test_y, "test set: encoder means E_q[z|x]")
     written.append(save(fig, out / "latent.png"))
 
-    spherical = sphere_figures(model, guide, data, out, grid_size)  # [] unless z lies on S^1 or S^2
+    on_sphere = decodes and hasattr(guide, "posterior")  # a pair of your own may have no q(z|x) to ask
+    spherical = sphere_figures(model, guide, data, out, grid_size) if on_sphere else []  # [] unless z is on S^1, S^2
     written += spherical
-    if means.shape[1] == 2 and not spherical:
+    if means.shape[1] == 2 and decodes and not spherical:
         fig = Figure(figsize=(6, 6))
-        plot_manifold(fig.add_subplot(), model, latent_ranges(means), shape, grid_size)
+        plot_manifold(fig.add_subplot(), model, latent_ranges(means), data.image_shape, grid_size)
         written.append(save(fig, out / "manifold.png"))
     return written
 

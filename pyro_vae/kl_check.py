@@ -8,11 +8,18 @@ These functions ask the same question the ELBO asks, on one trace of the model a
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyro.poutine as poutine
+from pyro.infer import TraceMeanField_ELBO
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
+
+from pyro_vae.errors import UserError
+from pyro_vae.estimators import ESTIMATORS
+
+if TYPE_CHECKING:
+    from pyro_vae.config import TrainConfig
 
 ANALYTIC = "analytic"
 MONTE_CARLO = "monte-carlo"
@@ -37,3 +44,35 @@ def kl_kinds(model: Callable[..., Any], guide: Callable[..., Any], *args: Any, *
 def describe(kinds: dict[str, str]) -> str:
     """One line for the training log, e.g. ``KL per latent site: z=analytic``."""
     return "KL per latent site: " + ", ".join(f"{k}={v}" for k, v in kinds.items())
+
+
+def check_training_kl(
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
+    x: Any,
+    elbo: Any,
+    config: TrainConfig,
+    say: Callable[[str], None],
+) -> dict[str, str]:
+    """What training reports and checks of the KL: the kind of each latent site (``say``-ed for a meanfield
+    ``elbo``), a note when a K-particle bound trains with K = 1, and ``config.require_analytic_kl`` (a one-line
+    ``UserError`` if a meanfield ELBO would estimate a KL by Monte Carlo). Returns the kinds."""
+    kinds = kl_kinds(model, guide, x)
+    meanfield = isinstance(elbo, TraceMeanField_ELBO)
+    if meanfield:
+        say(describe(kinds))
+    if ESTIMATORS[config.elbo].multi_particle and config.num_particles == 1:
+        say(f"note: --elbo {config.elbo} with --num-particles 1 is the standard ELBO; its bound tightens with K > 1")
+    if config.require_analytic_kl:
+        if not meanfield:
+            raise UserError(
+                f"--require-analytic-kl needs a meanfield-type --elbo; {config.elbo!r} always estimates the KL"
+            )
+        mc = [name for name, kind in kinds.items() if kind == MONTE_CARLO]
+        if mc:
+            raise UserError(
+                "--require-analytic-kl: no kl_divergence is registered for the guide and prior at site(s) "
+                f"{', '.join(mc)}, so the KL would be a Monte Carlo estimate; register one "
+                "(torch.distributions.register_kl) or drop the flag"
+            )
+    return kinds

@@ -102,13 +102,24 @@ class Component:
         return self.factory(config, *args, **extra)
 
 
-def as_component(entry: object) -> Component:
+def as_component(entry: object, name: str | None = None) -> Component:
     """A ``Component`` as is; a plain factory wrapped in one that declares nothing."""
     return entry if isinstance(entry, Component) else Component(entry)  # type: ignore[arg-type]
 
 
+#: The entry-point group of each kind: an installed package adds a prior with, in its pyproject.toml,
+#: ``[project.entry-points."pyro_vae.priors"]`` ``student-t = "my_package.priors:make_student_t"``.
+ENTRY_POINT_GROUPS = {
+    "prior": "pyro_vae.priors",
+    "likelihood": "pyro_vae.likelihoods",
+    "encoder": "pyro_vae.encoders",
+    "decoder": "pyro_vae.decoders",
+    "guide": "pyro_vae.guides",
+}
+
+
 def _registry(kind: str, entries: dict[str, object]) -> Registry[Component]:
-    return Registry(kind, entries, wrap=as_component)
+    return Registry(kind, entries, wrap=as_component, entry_points=ENTRY_POINT_GROUPS[kind])
 
 
 PRIORS = _registry(
@@ -147,7 +158,7 @@ PRIORS = _registry(
 LIKELIHOODS = _registry(
     "likelihood",
     {
-        "bernoulli": Component(lambda c: BernoulliLikelihood(len(c.x_shape)), "binary pixels; logits"),
+        "bernoulli": Component(lambda c: BernoulliLikelihood(len(c.x_shape)), "binary pixels, from logits"),
         "gaussian": Component(lambda c: GaussianLikelihood(c.sigma, len(c.x_shape)), "N(f(z), sigma^2 I)"),
         "gaussian-learned": Component(
             lambda c: LearnedGaussianLikelihood(c.x_shape, c.sigma, per_pixel=c.sigma_per_pixel, min_sigma=c.min_sigma),

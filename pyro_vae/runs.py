@@ -38,6 +38,7 @@ from pyro_vae.config import TrainConfig, absolute_paths
 from pyro_vae.data import VAEData
 from pyro_vae.errors import UserError
 from pyro_vae.models import VAEModel
+from pyro_vae.pairs import as_pair, check_pair_run, discover_parameters
 from pyro_vae.registry import build
 
 #: Options that may differ between a checkpoint's config and the config given to ``train(resume=True)``.
@@ -84,13 +85,21 @@ class Run:
     step: int = 0
 
 
-def load_run(out_dir: str | Path, device: str | torch.device = "cpu", with_data: bool = True) -> Run:
+def load_run(
+    out_dir: str | Path,
+    device: str | torch.device = "cpu",
+    with_data: bool = True,
+    model: Any = None,
+    guide: Any = None,
+) -> Run:
     """Load the run in ``out_dir`` (written by ``pyro-vae train --out DIR`` / ``train(config, DIR)``).
 
-    Rebuilds the model and guide from the stored config with ``pyro_vae.build``, loads the checkpoint's
-    weights, moves them to ``device`` and, when ``with_data``, loads the data set the run used (without
-    downloading). Clears Pyro's global parameter store so that stale parameters of the same names
-    cannot shadow the loaded ones.
+    Rebuilds the model and guide from the stored config with ``pyro_vae.build`` (first importing the plugins the
+    run recorded, ``pyro_vae.plugins``), loads the checkpoint's weights, moves them to ``device`` and, when
+    ``with_data``, loads the data set the run used (without downloading). Clears Pyro's global parameter store
+    so that stale parameters of the same names cannot shadow the loaded ones. A run of your own model and guide
+    (``train(..., model=, guide=)``) needs them again: ``load_run(DIR, model=m, guide=g)`` loads the weights
+    into their Pyro parameters (``pyro_vae.pairs``).
 
     >>> run = load_run("runs/quickstart/with_kl")
     >>> run.model, run.guide, run.data.test_x_eval, run.config.model.z_dim
@@ -102,7 +111,12 @@ def load_run(out_dir: str | Path, device: str | torch.device = "cpu", with_data:
     config = TrainConfig.from_json(state["config"])
     check_config_file(out, config)
     pyro.clear_param_store()
-    model, guide = build(config.model)
+    check_pair_run(config.plugins, model, guide, out)
+    if model is None:
+        model, guide = build(config.model)
+    else:  # the user's own pair: run it once on a dummy batch to create its parameters, then load them
+        model, guide = as_pair(model, guide)
+        discover_parameters(model, guide, torch.zeros(1, *config.model.x_shape))
     load_weights(model, guide, state, out)
     model.to(device).eval()
     guide.to(device).eval()
@@ -110,7 +124,7 @@ def load_run(out_dir: str | Path, device: str | torch.device = "cpu", with_data:
     if with_data:
         data = config.load_data(device, download=False)
         check_data(out, state, data)
-        data.prepare(model.likelihood)
+        data.prepare(getattr(model, "likelihood", model))  # a pair of your own may have none (pyro_vae.pairs)
     return Run(
         config, model, guide, data, int(state["epoch"]), json.loads(state["metrics"]), out, steps_into_epoch(state)
     )

@@ -22,13 +22,13 @@ import json
 import math
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyro
 import torch
-from pyro.infer import ELBO, TraceMeanField_ELBO
 from tqdm.auto import tqdm
 
 from pyro_vae.beta import warmup_beta
@@ -37,11 +37,14 @@ from pyro_vae.config import TrainConfig
 from pyro_vae.data import VAEData, minibatches
 from pyro_vae.elbo_terms import ELBOTerms, elbo_terms
 from pyro_vae.errors import UserError
-from pyro_vae.estimators import ESTIMATORS
+from pyro_vae.estimators import make_training_elbo
 from pyro_vae.guards import DivergenceGuard, NonFiniteLossError, Position, TrainingInterrupted
 from pyro_vae.interrupts import DeferredInterrupts
-from pyro_vae.kl_check import MONTE_CARLO, describe, kl_kinds
+from pyro_vae.kl_check import check_training_kl
 from pyro_vae.lock import run_lock
+from pyro_vae.loggers import check_logger, make_logger
+from pyro_vae.pairs import as_pair, prepare_pair
+from pyro_vae.plugins import with_plugins
 from pyro_vae.registry import build
 from pyro_vae.run_writer import RunWriter
 from pyro_vae.runs import check_data, check_run, data_digest, load_weights, prepare_run_dir
@@ -61,15 +64,6 @@ class TrainResult:
     data: VAEData
     out_dir: Path
     figures: list[Path] = field(default_factory=list)
-
-
-def make_training_elbo(config: TrainConfig) -> ELBO:
-    """The run's estimator, with max_plate_nesting = 1 (the model's one "data" plate).
-
-    Fixing the nesting matters for exact resumption: otherwise Pyro guesses it at the first call by
-    running the model once, which draws random numbers at a different point of a resumed run.
-    """
-    return ESTIMATORS[config.elbo].make(num_particles=config.num_particles, max_plate_nesting=1, jit=config.jit)
 
 
 class Trainer:
@@ -94,8 +88,14 @@ class Trainer:
         overwrite: bool = False,
         progress: bool = True,
         state: dict[str, Any] | None = None,
+        model: Callable[..., Any] | None = None,
+        guide: Callable[..., Any] | None = None,
+        logger: str = "none",
     ) -> None:
         config.validate()
+        check_logger(logger)
+        self.logger_name = logger
+        self.pair = None if model is None and guide is None else as_pair(model, guide)
         self.config = config
         self.out = Path(out_dir)
         self.checkpoint_path = self.out / CHECKPOINT
@@ -124,27 +124,33 @@ class Trainer:
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
         self.data = cfg.load_data(self.device) if self.data is None else self.data.to(self.device)
-        self.config = cfg = cfg.with_data_shape(self.data)
+        # with_plugins: the record of where the run's own components come from, to import them again when loaded.
+        self.config = cfg = with_plugins(cfg.with_data_shape(self.data))
         prepare_run_dir(self.out)
         self.data_digest = data_digest(self.data)
         if self._state is not None:
             check_data(self.out, self._state, self.data)
         pyro.clear_param_store()
         pyro.set_rng_seed(cfg.seed)
-        self.model, self.guide = build(cfg.model)
-        self.model.to(self.device)
-        self.guide.to(self.device)
-        self.data.prepare(self.model.likelihood)
-        if cfg.model.prior_init_from_data:
-            self._init_prior_from_data()
-        self.params = parameters_of(self.model, self.guide)
+        if self.pair is None:
+            self.model, self.guide = build(cfg.model)
+            self.model.to(self.device)
+            self.guide.to(self.device)
+            self.data.prepare(self.model.likelihood)
+            if cfg.model.prior_init_from_data:
+                self._init_prior_from_data()
+            self.params = parameters_of(self.model, self.guide)
+        else:  # the user's own model and guide (pyro_vae.pairs)
+            (self.model, self.guide), (self.params, self.config) = self.pair, prepare_pair(*self.pair, self.data, cfg)
+            cfg = self.config
         self.optimizer = make_optimizer(self.params, cfg.lr)  # one fused Adam (benchmarks/step_time.py)
-        self.elbo = make_training_elbo(cfg)
+        self.elbo = make_training_elbo(cfg, getattr(self.model, "plate_nesting", 1))
         self.kl = self._check_kl()
         if self._state is None:
             self.writer.start(self.config)
         else:
             self._restore(self._state)
+        self.logger = make_logger(self.logger_name, self.out, self.position.epoch)
         # fast: validation on the first step only, a compiled meanfield objective (same losses; pyro_vae/step.py).
         self.train_step = TrainStep(
             self.model, self.guide, self.elbo, self.optimizer, self.params, cfg.clip_norm, fast=True
@@ -161,30 +167,10 @@ class Trainer:
 
     def _check_kl(self) -> dict[str, str]:
         """The KL kind of each latent site (said for meanfield), the K = 1 note, and --require-analytic-kl."""
-        cfg = self.config
         # kl_kinds samples from the guide: keep that off the training random stream.
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            kinds = kl_kinds(self.model, self.guide, self.data.test_x_eval[: cfg.batch_size])
-        meanfield = isinstance(self.elbo, TraceMeanField_ELBO)
-        if meanfield:
-            self.say(describe(kinds))
-        if ESTIMATORS[cfg.elbo].multi_particle and cfg.num_particles == 1:
-            self.say(
-                f"note: --elbo {cfg.elbo} with --num-particles 1 is the standard ELBO; its bound tightens with K > 1"
-            )
-        if cfg.require_analytic_kl:
-            if not meanfield:
-                raise UserError(
-                    f"--require-analytic-kl needs a meanfield-type --elbo; {cfg.elbo!r} always estimates the KL"
-                )
-            mc = [name for name, kind in kinds.items() if kind == MONTE_CARLO]
-            if mc:
-                raise UserError(
-                    "--require-analytic-kl: no kl_divergence is registered for the guide and prior at site(s) "
-                    f"{', '.join(mc)}, so the KL would be a Monte Carlo estimate; register one "
-                    "(torch.distributions.register_kl) or drop the flag"
-                )
-        return kinds
+            x = self.data.test_x_eval[: self.config.batch_size]
+            return check_training_kl(self.model, self.guide, x, self.elbo, self.config, self.say)
 
     def _restore(self, state: dict[str, Any]) -> None:
         load_weights(self.model, self.guide, state, self.out)
@@ -209,7 +195,10 @@ class Trainer:
             self._state = check_run(self.out, self.config, self.resume, self.overwrite, self._state)
             try:
                 self.setup()
-                self._loop()
+                try:
+                    self._loop()
+                finally:
+                    self.logger.close()
             except WriteError as err:
                 raise UserError(self.writer.failure_message(err, self.position)) from None
         self.model.eval()
@@ -226,7 +215,7 @@ class Trainer:
             initial=self.position.epoch * steps_per_epoch + self.position.step,
             desc=f"train {self.out.name}",
             unit="step",
-            disable=not self.progress,
+            disable=None if self.progress else True,  # None: shown only when stderr is a terminal
             file=sys.stderr,
             dynamic_ncols=True,
         )
@@ -316,6 +305,7 @@ class Trainer:
         self.history.append(record)
         self.save_checkpoint(epoch + 1)
         self.writer.append(record)
+        self.logger.log(record)
         if stop.requested:
             then = (
                 "continue with --resume"
@@ -359,6 +349,9 @@ def train(
     overwrite: bool = False,
     figures: bool = True,
     state: dict[str, Any] | None = None,
+    model: Callable[..., Any] | None = None,
+    guide: Callable[..., Any] | None = None,
+    logger: str = "none",
 ) -> TrainResult:
     """Train the VAE described by ``config`` into ``out_dir`` (``Trainer(...).fit()``), then write its figures.
 
@@ -373,6 +366,8 @@ def train(
         figures: write the figures of ``pyro_vae.figures`` at the end (unless nothing was trained: a resume
             of a run that is already at ``config.epochs`` writes nothing, and says so).
         state: the checkpoint to resume, if already loaded (``pyro_vae.runs.resume_config`` returns it).
+        model, guide: your own Pyro model and guide, trained instead of ``config.model`` (``pyro_vae.pairs``).
+        logger: "tensorboard" also logs the metrics for TensorBoard in ``out_dir/tensorboard`` (``pyro_vae.loggers``).
 
     Raises:
         UserError (one line): bad data, an unwritable ``out_dir``, another process writing into it (the
@@ -385,9 +380,8 @@ def train(
         last completed epoch's checkpoint.
     """
     with run_lock(out_dir, "pyro-vae train"):  # held from the checks to the last figure
-        trainer = Trainer(
-            config, out_dir, data=data, resume=resume, overwrite=overwrite, progress=progress, state=state
-        )
+        options = dict(data=data, resume=resume, overwrite=overwrite, progress=progress, state=state, logger=logger)
+        trainer = Trainer(config, out_dir, **options, model=model, guide=guide)
         result = trainer.fit()
         if figures and trainer.steps_run:  # a resume with nothing to do writes nothing
             result.figures = trainer.writer.figures(result.model, result.guide, result.data, result.metrics)

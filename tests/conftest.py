@@ -1,5 +1,6 @@
 """Test configuration: Pyro validation on, a clean parameter store and fixed seeds for every test; Ctrl-C as an
-interactive shell delivers it."""
+interactive shell delivers it; and a per-session configuration directory (XDG_CONFIG_HOME), so that the plugins
+tests load are never remembered in the user's own."""
 
 from __future__ import annotations
 
@@ -45,3 +46,8 @@ def interactive_signals() -> None:
     """For ``subprocess.Popen(preexec_fn=...)``: the child starts with SIGINT at its default, so Python installs its
     Ctrl-C handler there even when this runner inherited SIGINT ignored."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture(autouse=True)
+def _config_home(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.getbasetemp() / "config-home"))

@@ -34,7 +34,14 @@ LAYERS: list[tuple[str, ...]] = [
         "pyro_vae.safe_load",
         "pyro_vae.interrupts",
     ),
-    ("pyro_vae.registry", "pyro_vae.config", "pyro_vae.data", "pyro_vae.checkpoint", "pyro_vae.lock"),
+    (
+        "pyro_vae.registry",
+        "pyro_vae.config",
+        "pyro_vae.data",
+        "pyro_vae.checkpoint",
+        "pyro_vae.lock",
+        "pyro_vae.plugins",
+    ),
     (
         "pyro_vae.runs",
         "pyro_vae.run_writer",
@@ -47,6 +54,8 @@ LAYERS: list[tuple[str, ...]] = [
         "pyro_vae.figures",
         "pyro_vae.sphere_figures",
         "pyro_vae.ablation",
+        "pyro_vae.pairs",
+        "pyro_vae.loggers",
     ),
     ("pyro_vae", "pyro_vae.__main__", "pyro_vae.cli", "pyro_vae.commands", "pyro_vae.commands.*"),
 ]

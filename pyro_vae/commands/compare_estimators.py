@@ -70,13 +70,23 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
         "--ll-samples", type=int, default=5000, metavar="K", help="importance samples for log p(x) (default: 5000)"
     )
     parser.add_argument(
-        "--snr-ks", type=int, nargs="+", default=[1, 5, 10, 50], metavar="K", help="K values of the SNR plot"
+        "--snr-ks",
+        type=int,
+        nargs="+",
+        default=[1, 5, 10, 50],
+        metavar="K",
+        help="K values of the SNR plot (default: 1 5 10 50)",
     )
     parser.add_argument(
-        "--snr-estimators", type=_names, default=["iwae", "dreg"], metavar="A,B", help="estimators of the SNR plot"
+        "--snr-estimators",
+        type=_names,
+        default=["iwae", "dreg"],
+        metavar="A,B",
+        help="estimators of the SNR plot (default: iwae,dreg)",
     )
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="training progress")
-    converters = add_config_options(parser)
+    # --train's model is trained with one particle: --particles is the comparison's K, and one K option is enough.
+    converters = add_config_options(parser, skip=("num_particles",))
     parser.set_defaults(run=run, _converters=converters)
     return parser
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pyro_vae.config import TrainConfig, VAEConfig
+from pyro_vae.data import default_data_dir
 from pyro_vae.estimators import ESTIMATORS
 from pyro_vae.registry import COMPONENTS
 
@@ -100,27 +101,37 @@ def _default_text(value: Any) -> str:
     return str(value)
 
 
+def plain(text: str) -> str:
+    """Help text without docstring markup (````name````) or "(None: ...)" (the default shown says it), with
+    argparse's ``%`` escaped."""
+    text = re.sub(r"\s*\((?:None|none)\s*[:=][^()]*\)", "", text)
+    return re.sub(r"``(.+?)``", r"\1", text).replace("%", "%%")
+
+
 def add_dataclass_options(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     cls: type,
     skip: tuple[str, ...] = (),
     defaults: dict[str, Any] | None = None,
     extra_help: dict[str, str] | None = None,
+    metavars: dict[str, str] | None = None,
 ) -> dict[str, Callable[[Any], Any]]:
     """Add one ``--option`` per dataclass field of ``cls`` (except ``skip``); return name -> converter.
 
     Options default to ``argparse.SUPPRESS``, so the parsed namespace holds only what the user gave;
-    ``defaults`` only changes the default shown in the help.
+    ``defaults`` only changes the default shown in the help (a string there is shown as it is: what a None
+    default means). ``extra_help`` is appended to a field's help, ``metavars`` replace the type's name.
     """
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
-    defaults = defaults or {}
-    extra_help = extra_help or {}
+    defaults, extra_help, metavars = defaults or {}, extra_help or {}, metavars or {}
     converters = {}
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         kwargs, convert = _argument(hints[f.name])
+        if f.name in metavars:
+            kwargs["metavar"] = metavars[f.name]
         if f.name in defaults:
             default = defaults[f.name]
         elif f.default is not dataclasses.MISSING:
@@ -129,10 +140,10 @@ def add_dataclass_options(
             default = f.default_factory()
         else:
             default = None
-        text = docs.get(f.name, f"the {cls.__name__} field {f.name}")
+        text = docs.get(f.name, f"the {cls.__name__} field {f.name}").rstrip(".")
         if f.name in extra_help:
-            text += f" {extra_help[f.name]}"
-        help_text = f"{text} (default: {_default_text(default)})".replace("%", "%%")
+            text += f"{extra_help[f.name]}"
+        help_text = plain(f"{text} (default: {_default_text(default)})")
         parser.add_argument(
             "--" + f.name.replace("_", "-"), dest=f.name, default=argparse.SUPPRESS, help=help_text, **kwargs
         )
@@ -140,12 +151,38 @@ def add_dataclass_options(
     return converters
 
 
-def registry_help() -> dict[str, str]:
-    """The current names in the registries, for the help of --prior, --likelihood, --encoder, --decoder, --guide,
-    --elbo."""
-    texts = {kind: f"One of: {', '.join(registry)}." for kind, registry in COMPONENTS.items()}
-    texts["elbo"] = f"One of: {', '.join(ESTIMATORS)} (jit-NAME: NAME with --jit)."
-    return texts
+def _choices(names: list[str]) -> str:
+    return "{" + ",".join(names) + "}"
+
+
+def registry_help() -> tuple[dict[str, str], dict[str, str]]:
+    """(help text, metavar) of --prior, --likelihood, --encoder, --decoder, --guide and --elbo: the names in the
+    registries now (a plugin's too) and what each is."""
+    texts, metavars = {}, {}
+    for kind, registry in COMPONENTS.items():
+        described = [f"{n} = {c.description}" if c.description else n for n, c in registry.items()]
+        texts[kind] = ": " + "; ".join(described)
+        metavars[kind] = _choices(list(registry))
+    texts["elbo"] = ": " + "; ".join(f"{n} = {spec.value}" for n, spec in ESTIMATORS.items())
+    texts["elbo"] += "; jit-NAME = NAME with --jit"
+    metavars["elbo"] = _choices(list(ESTIMATORS))
+    return texts, metavars
+
+
+#: What a None default means, shown as the default in the help instead of "None".
+UNSET = {
+    "encoder_hidden": "those of --hidden",
+    "decoder_hidden": "those of --hidden",
+    "labels": "none",
+    "clip_norm": "no clipping",
+}
+#: Metavars of the fields whose type (str) says nothing.
+METAVARS = {
+    "dataset": "{digits,mnist,fashion-mnist,FILE}",
+    "data_dir": "DIR",
+    "labels": "FILE",
+    "device": "{auto,cpu,cuda,cuda:N}",
+}
 
 
 #: VAEConfig fields that are not options: the data give x_shape; components' options have their own flags.
@@ -177,9 +214,9 @@ def add_component_options(parser: argparse.ArgumentParser, taken: set[str]) -> d
                 seen[flag] = (name, hints[f.name])
                 kwargs, convert = _argument(hints[f.name])
                 default = "" if f.default is dataclasses.MISSING else f" (default: {_default_text(f.default)})"
-                text = docs.get(f.name, f"the {name} {kind}'s option {f.name}") + default
+                text = docs.get(f.name, f"the {name} {kind}'s option {f.name}").rstrip(".") + default
                 dest = f"{_COMPONENT}:{kind}:{f.name}"
-                group.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=text.replace("%", "%%"), **kwargs)
+                group.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=plain(text), **kwargs)
                 converters[dest] = convert
     return converters
 
@@ -188,13 +225,20 @@ def add_config_options(
     parser: argparse.ArgumentParser, skip: tuple[str, ...] = (), defaults: dict[str, Any] | None = None
 ) -> dict[str, Callable[[Any], Any]]:
     """The VAEConfig (model), component and TrainConfig (training) options, in help groups."""
-    extra = registry_help()
+    extra, metavars = registry_help()
+    metavars.update(METAVARS)
+    shown = {**UNSET, "data_dir": str(default_data_dir()), **(defaults or {})}
     converters = add_dataclass_options(
-        parser.add_argument_group("model (VAEConfig)"), VAEConfig, (*_NOT_OPTIONS, *skip), defaults, extra
+        parser.add_argument_group("model (VAEConfig)"), VAEConfig, (*_NOT_OPTIONS, *skip), shown, extra, metavars
     )
     converters.update(
         add_dataclass_options(
-            parser.add_argument_group("training (TrainConfig)"), TrainConfig, ("model", *skip), defaults, extra
+            parser.add_argument_group("training (TrainConfig)"),
+            TrainConfig,
+            ("model", "plugins", *skip),
+            shown,
+            extra,
+            metavars,
         )
     )
     taken = {option for action in parser._actions for option in action.option_strings}

@@ -14,6 +14,7 @@ from pyro_vae.commands.options import add_config_options, given_options
 from pyro_vae.config import TrainConfig
 from pyro_vae.errors import UserError
 from pyro_vae.lock import NEW_RUN_FIX, run_lock
+from pyro_vae.loggers import LOGGERS
 from pyro_vae.runs import RESUMABLE_CHANGES, check_run, nothing_to_do, restore_previous, resume_config
 from pyro_vae.training import TrainResult, train
 
@@ -40,6 +41,13 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
     )
     parser.add_argument("--overwrite", action="store_true", help="replace a run already in DIR")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
+    parser.add_argument(
+        "--logger",
+        choices=LOGGERS,
+        default="none",
+        help="also log the metrics of every epoch for TensorBoard in DIR/tensorboard (needs the tensorboard "
+        "package; view with: tensorboard --logdir DIR) (default: none)",
+    )
     converters = add_config_options(parser)
     parser.set_defaults(run=run, _converters=converters)
     return parser
@@ -71,9 +79,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             config, state = TrainConfig.from_options(model_opts, train_opts), None
         # Ctrl-C / SIGTERM: TrainingInterrupted, a one-line message and exit 128 + signum from pyro_vae.cli.
-        result = train(
-            config, args.out, resume=args.resume, progress=args.progress, overwrite=args.overwrite, state=state
-        )
+        options = dict(resume=args.resume, progress=args.progress, overwrite=args.overwrite, state=state)
+        result = train(config, args.out, **options, logger=args.logger)
     print_result(result)
     return 0
 

@@ -10,7 +10,9 @@ Losses follow Pyro's convention: the negated estimate, summed over the batch.
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
@@ -23,6 +25,9 @@ from pyro_vae.estimators.renyi import JitRenyiBound, RenyiBound
 from pyro_vae.estimators.spec import EstimatorSpec
 from pyro_vae.estimators.stl import STLELBO, JitSTLELBO
 from pyro_vae.named import Registry
+
+if TYPE_CHECKING:
+    from pyro_vae.config import TrainConfig
 
 #: The prefix of the names that mean "compiled": "jit-trace" is make_elbo("trace", jit=True).
 JIT_PREFIX = "jit-"
@@ -121,12 +126,75 @@ class EstimatorRegistry(Registry[EstimatorSpec]):
             )
         return self._entries[found]
 
+    def source(self, name: str) -> str | None:
+        found = self.canonical(name)
+        if found is not None and found.startswith(JIT_PREFIX) and found not in self._entries:
+            return super().source(found[len(JIT_PREFIX) :])  # "jit-NAME" comes from where NAME does
+        return super().source(name)
+
     def names(self) -> list[str]:
         """Every accepted name: the estimators, then their compiled spellings."""
         return list(self) + [JIT_PREFIX + n for n, s in self._entries.items() if s.jit_factory is not None]
 
 
-ESTIMATORS = EstimatorRegistry("estimator", {spec.name: spec for spec in _SPECS}, sort_choices=False)
+def as_spec(entry: object, name: str) -> EstimatorSpec:
+    """An ``EstimatorSpec`` named ``name``: a spec as is (renamed if need be), a Pyro ELBO class or factory wrapped in
+    one that says only that its value estimates the ELBO."""
+    if isinstance(entry, EstimatorSpec):
+        return entry if entry.name == name else dataclasses.replace(entry, name=name)
+    if not callable(entry):
+        raise ValueError(f"estimator {name!r} must be an EstimatorSpec or a Pyro ELBO class, got {entry!r}")
+    doc = (getattr(entry, "__doc__", None) or "").strip().splitlines()
+    return EstimatorSpec(name, entry, "ELBO", doc[0] if doc else f"{name}, a user's estimator", "its own")
+
+
+ESTIMATORS = EstimatorRegistry(
+    "estimator",
+    {spec.name: spec for spec in _SPECS},
+    wrap=as_spec,
+    sort_choices=False,
+    entry_points="pyro_vae.estimators",
+)
+
+
+def register_estimator(
+    name: str,
+    factory: Callable[..., ELBO] | EstimatorSpec | None = None,
+    *,
+    estimates: str = "ELBO",
+    value: str = "",
+    gradient: str = "",
+    **declared: Any,
+) -> Any:
+    """Register a Pyro ELBO class (or factory, or an ``EstimatorSpec``) as the estimator ``name`` (or decorate one).
+
+    ``estimates``, ``value``, ``gradient`` and ``declared`` (``multi_particle``, ``options``, ``jit_factory``, ...)
+    fill the ``EstimatorSpec``. The factory must take ``num_particles`` and ``max_plate_nesting``, as every Pyro ELBO
+    does; the name then works in ``TrainConfig.elbo``, ``--elbo`` and ``compare-estimators --estimators``.
+    """
+
+    def add(fn: Callable[..., ELBO] | EstimatorSpec) -> Callable[..., ELBO] | EstimatorSpec:
+        if isinstance(fn, EstimatorSpec):
+            ESTIMATORS[name] = fn
+        else:
+            doc = (fn.__doc__ or "").strip().splitlines()
+            text = value or (doc[0] if doc else f"{name}, a user's estimator")
+            ESTIMATORS[name] = EstimatorSpec(name, fn, estimates, text, gradient or "its own", **declared)
+        return fn
+
+    return add if factory is None else add(factory)
+
+
+def make_training_elbo(config: TrainConfig, plate_nesting: int = 1) -> ELBO:
+    """The estimator a run trains with (``config.elbo``, ``num_particles``, ``jit``), with max_plate_nesting = 1
+    (the model's one "data" plate) unless given.
+
+    Fixing the nesting matters for exact resumption: otherwise Pyro guesses it at the first call by
+    running the model once, which draws random numbers at a different point of a resumed run.
+    """
+    return ESTIMATORS[config.elbo].make(
+        num_particles=config.num_particles, max_plate_nesting=plate_nesting, jit=config.jit
+    )
 
 
 def make_elbo(name: str, *, jit: bool = False, **options: Any) -> ELBO:
@@ -149,5 +217,7 @@ __all__ = [
     "RenyiBound",
     "STLELBO",
     "make_elbo",
+    "make_training_elbo",
     "per_example_log_weights",
+    "register_estimator",
 ]
