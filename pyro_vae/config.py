@@ -222,7 +222,9 @@ class TrainConfig:
 
     Fields:
         model: the VAEConfig (its x_shape is the data set's; left out, train() takes it from the data).
-        dataset: digits (default, offline), mnist, fashion-mnist, or a path to a .npy or .pt array.
+        dataset: digits (default, offline), mnist, fashion-mnist, a path to a .npy or .pt array ((N, D),
+            (N, H, W), (N, H, W, C) or (N, C, H, W) with C = 1 or 3; uint8 is scaled to [0, 1]), or a folder of
+            PNG / JPEG images (optionally one sub-folder per label).
         data_dir: where mnist and fashion-mnist are downloaded (default: a per-user cache directory).
         labels: a .npy or .pt file of integer labels for your own data set (used to colour plots).
         elbo: the estimator, a name in pyro_vae.ESTIMATORS (meanfield = analytic KL where registered).
@@ -240,6 +242,8 @@ class TrainConfig:
         eval_samples: samples of z per test example when estimating the test ELBO.
         threads: torch CPU threads (none = torch's default); small models are often fastest with 1.
         download: download mnist and fashion-mnist when missing.
+        image_size: resize and centre-crop a folder's images to this many pixels square (none = keep their size,
+            which must then be the same for all).
     """
 
     model: VAEConfig = field(default_factory=VAEConfig)
@@ -261,6 +265,7 @@ class TrainConfig:
     eval_samples: int = 1
     threads: int | None = None
     download: bool = True
+    image_size: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -308,6 +313,8 @@ class TrainConfig:
         for name in ("require_analytic_kl", "download", "jit"):
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.image_size is not None and (not _is_int(self.image_size) or self.image_size < 1):
+            raise UserError(f"image_size must be a positive integer (or None: keep the size), got {self.image_size!r}")
         if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
             raise UserError(f"threads must be an integer >= 1 (or None for torch's default), got {self.threads!r}")
         ESTIMATORS[self.elbo].check(jit=self.jit)
@@ -375,6 +382,7 @@ class TrainConfig:
             labels=self.labels,
             device=device,
             download=self.download if download is None else download,
+            image_size=self.image_size,
         )
 
     def differences(self, other: TrainConfig) -> list[str]:

@@ -132,6 +132,8 @@ class Trainer:
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
         self.data = cfg.load_data(self.device) if self.data is None else self.data.to(self.device)
+        for note in self.data.notes:
+            self.say(note)
         self.config = cfg = cfg.with_data_shape(self.data)
         prepare_run_dir(self.out)
         pyro.clear_param_store()
@@ -384,7 +386,7 @@ def train(
     if figures:
         try:
             result.figures = run_figures.write_figures(
-                result.model, result.guide, result.data, result.metrics, result.out_dir
+                result.model, result.guide, result.data, result.metrics, result.out_dir, config=result.config
             )
         except KeyboardInterrupt:
             raise TrainingInterrupted(

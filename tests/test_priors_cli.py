@@ -23,6 +23,7 @@ LIKELIHOOD_ARGS = {
     "gaussian": ["--sigma", "0.5"],
     "gaussian-learned": ["--sigma-per-pixel"],
     "continuous-bernoulli": [],
+    "discretized-logistic": ["--likelihood-bins", "17"],  # the digits' 17 grey levels
 }
 KL_KIND = {"standard": "analytic", "gaussian": "analytic", "mixture": "monte-carlo", "vamp": "monte-carlo"}
 TINY = ["--epochs", "1", "--hidden", "8", "--z-dim", "2", "--batch-size", "256", "--threads", "1"]

@@ -43,11 +43,17 @@ def run(args: argparse.Namespace) -> int:
             err.signum,
             err.out,
         ) from None
-    print(f"{'':12} {'latent std':>16} {'latent range (z1; z2)':>30} {'test ELBO':>10} {'recon error':>12}")
+    print(
+        f"{'':12} {'latent std':>16} {'latent range (z1; z2)':>30} {'test ELBO':>10} {'recon error':>12} "
+        f"{'in 95%':>7} {'gaps':>6} {'step':>6}"
+    )
     for name, s in summary.items():
         std = " ".join(f"{v:7.3f}" for v in s["latent_std"])
         rng = "; ".join(f"[{lo:.2f}, {hi:.2f}]" for lo, hi in s["latent_range"])
-        print(f"{name:12} {std:>16} {rng:>30} {s['test_elbo']:10.3f} {s['test_recon_error']:12.3f}")
+        print(
+            f"{name:12} {std:>16} {rng:>30} {s['test_elbo']:10.3f} {s['test_recon_error']:12.3f} "
+            f"{s['inside_prior_95']:7.1%} {s['gap_fraction']:6.1%} {s['grid_step_ratio']:6.3f}"
+        )
     print(
         f"wrote {args.out / 'kl_ablation.png'}, {args.out / 'summary.json'} and the runs' figures "
         f"in {args.out / 'with_kl'}, {args.out / 'without_kl'} ({time.perf_counter() - start:.1f} s)"
