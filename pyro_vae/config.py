@@ -358,6 +358,8 @@ class TrainConfig:
         shape = tuple(data.x_shape)
         if self.model.x_shape is None:
             return dataclasses.replace(self, model=dataclasses.replace(self.model, x_shape=shape, x_dim=None))
+        data.match_shape(self.model.x_shape)  # images as rows, for a model made for rows (runs of earlier releases)
+        shape = tuple(data.x_shape)
         if self.model.x_shape != shape:
             raise UserError(
                 f"the model's x_shape is {self.model.x_shape} but the {data.name} data have examples of shape {shape}"

@@ -98,6 +98,15 @@ class VAEData:
     def device(self) -> torch.device:
         return self.train_x.device
 
+    def match_shape(self, shape: tuple[int, ...] | None) -> VAEData:
+        """Flatten image examples to rows when ``shape`` is (D,) with D = C * H * W (a model made for rows, such as a
+        run written before images kept their shape); any other ``shape`` leaves the data as they are."""
+        if shape is not None and len(shape) == 1 and len(self.x_shape) > 1 and shape[0] == self.x_dim:
+            self.train_x, self.test_x = self.train_x.flatten(1), self.test_x.flatten(1)
+            if self._test_eval is not None:
+                self._test_eval = self._test_eval.flatten(1)
+        return self
+
     def to(self, device: torch.device | str) -> VAEData:
         """Move the tensors to ``device`` (labels stay on the CPU)."""
         self.train_x = self.train_x.to(device)

@@ -78,6 +78,7 @@ def load_run(out_dir: str | Path, device: str | torch.device = "cpu", with_data:
     data = None
     if with_data:
         data = config.load_data(device, download=False)
+        data.match_shape(config.model.x_shape)
         data.prepare(model.likelihood)
     return Run(
         config, model, guide, data, int(state["epoch"]), json.loads(state["metrics"]), out, steps_into_epoch(state)

@@ -131,3 +131,32 @@ def test_which_likelihoods_get_bits_per_dim():
         assert (value is None) == (expected is None)
     model, _ = build(VAEConfig(x_dim=4, likelihood="discretized-logistic", hidden=(2,)))
     assert bits_per_dim_of(model.likelihood, None, -10.0, 4) == pytest.approx(10 / (4 * math.log(2)))
+
+
+@pytest.mark.parametrize(
+    ("likelihood", "extra", "bits"),
+    [
+        ("discretized-logistic", ["--likelihood-bins", "17"], "probability"),
+        ("gaussian", [], "density"),
+        ("bernoulli", [], None),
+    ],
+)
+def test_evaluate_reports_bits_per_dimension_next_to_nats(tmp_path, capsys, likelihood, extra, bits):
+    import json
+
+    from pyro_vae.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), "--likelihood", likelihood, *extra, "--epochs", "1", "--hidden", "8"]
+    assert main([*args, "--batch-size", "512", "--threads", "1", "--no-progress"]) == 0
+    assert main(["evaluate", str(out), "--num-samples", "20", "--num-examples", "30"]) == 0
+    printed = capsys.readouterr().out
+    record = json.loads((out / "evaluation.json").read_text())
+    if bits is None:  # binarised digits: nats only
+        assert record["bits_per_dim"] is None and "bits per dimension" not in printed
+        return
+    # The digits: 64 pixels on 17 levels; a density gets the bin width 1/16 (log2 16 = 4 bits), a probability none.
+    width_bits = 4.0 if bits == "density" else 0.0
+    for key in ("elbo", "log_likelihood"):
+        assert record["bits_per_dim"][key] == pytest.approx(-record[key] / (64 * math.log(2)) + width_bits, rel=1e-9)
+    assert f"IS log p(x) {record['bits_per_dim']['log_likelihood']:.4f}" in printed

@@ -219,3 +219,19 @@ def test_a_folder_of_pngs_trains_with_the_mlp_from_the_cli(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["image_size"] == 8 and config["model"]["x_shape"] == [3, 8, 8]
     assert load_run(out).data.train_y is not None
+
+
+def test_a_model_made_for_rows_still_trains_and_resumes_on_images(tmp_path):
+    # Runs written before images kept their shape stored x_shape = (H * W,): they load, resume and evaluate.
+    import dataclasses
+
+    from pyro_vae import TrainConfig, VAEConfig, train
+
+    np.save(tmp_path / "x.npy", RNG.integers(0, 256, (40, 6, 6), dtype=np.uint8))
+    config = TrainConfig(
+        model=VAEConfig(x_shape=(36,), z_dim=2, hidden=(8,)), dataset=str(tmp_path / "x.npy"), epochs=1, threads=1
+    )
+    train(config, tmp_path / "run", progress=False, figures=False)
+    resumed = train(dataclasses.replace(config, epochs=2), tmp_path / "run", resume=True, progress=False)
+    assert resumed.data.x_shape == (36,) and len(resumed.metrics) == 2
+    assert load_run(tmp_path / "run").data.test_x_eval.shape[1:] == (36,)
