@@ -122,8 +122,22 @@ def _tiny_images(tmp_path) -> str:
     return str(path)
 
 
-def test_a_conv_run_trains_and_resumes_exactly(tmp_path):
-    data = _tiny_images(tmp_path)
+def _mnist_subset(tmp_path) -> str:
+    data = load_data("mnist", data_dir=mnist_dir(), download=False)
+    path = tmp_path / "mnist300.npy"
+    np.save(path, (data.train_x[:300, 0].numpy() * 255).round().astype(np.uint8))  # 300 real images, as uint8
+    return str(path)
+
+
+SUBSETS = [
+    pytest.param(_tiny_images, id="blobs"),
+    pytest.param(_mnist_subset, id="mnist-subset", marks=needs_mnist),
+]
+
+
+@pytest.mark.parametrize("make_data", SUBSETS)
+def test_a_conv_run_trains_and_resumes_exactly(tmp_path, make_data):
+    data = make_data(tmp_path)
     base = TrainConfig(
         model=VAEConfig(
             z_dim=2, encoder="conv", decoder="conv", hidden=(16,), options={"encoder": {"channels": (4, 8)}}
