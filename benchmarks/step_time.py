@@ -1,8 +1,13 @@
 """Time one SVI training step of the project against a hand-written PyTorch step.
 
-Both build the same network: encoder 784-400-(2x20), decoder 20-400-784, softplus activations (the
-project's MLP), sigma = softplus(s) + 1e-5, Bernoulli likelihood, Adam, loss = closed-form KL (eq. 40) +
-BCE with logits, summed over the batch. The hand-written step lives only here; it gets the project's
+Both build the same network, Bernoulli likelihood, sigma = softplus(s) + 1e-5, Adam, loss = closed-form KL
+(eq. 40) + BCE with logits, summed over the batch:
+
+- ``--arch mlp`` (default): encoder 784-400-(2x20), decoder 20-400-784, softplus activations (the project's MLP);
+- ``--arch conv``: the project's conv networks on 1 x 28 x 28 images: encoder Conv(1->32, 4, stride 2) ReLU
+  Conv(32->64, 4, stride 2) ReLU, Linear(3136->256) ReLU, Linear(256->2x20); decoder Linear(20->256) ReLU
+  Linear(256->3136) ReLU, ConvTranspose(64->32, 4, stride 2) ReLU ConvTranspose(32->1, 4, stride 2).
+ The hand-written step lives only here; it gets the project's
 initial weights (state dict copied), and before any timing the script checks that the two losses agree
 at the same z (rel 1e-5) and that the fast step's compiled objective agrees with plain
 ``TraceMeanField_ELBO`` under the same seed.
@@ -16,6 +21,7 @@ with ``loss.item()`` (a training loop needs the number: NaN check, progress), th
     python benchmarks/step_time.py --ablation          # also each speed-up on its own
     python benchmarks/step_time.py --device cuda --batch-sizes 512
     python benchmarks/step_time.py --threads 1 --clock cpu   # steadier on a shared, loaded machine
+    python benchmarks/step_time.py --arch conv --batch-sizes 128 --threads 1 --clock cpu
 
 The last line is ``ratio_bs128=<x> ratio_bs32=<y>``: the fast step's time over the hand-written step's.
 On a machine whose cores are busy with other work, torch's multi-threaded kernels stall badly (OpenMP
@@ -51,15 +57,53 @@ LR = 1e-3
 MIN_SCALE = 1e-5  # the project's scale floor (guides/normal_guide.py)
 
 
+#: The network being timed: "mlp" or "conv" (``--arch``).
+ARCH = "mlp"
+CONV_HIDDEN = 256
+
+
 class HandWrittenVAE(nn.Module):
     """The reference: the same VAE written directly in PyTorch, no Pyro."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.encoder = nn.Sequential(nn.Linear(X_DIM, HIDDEN), nn.Softplus(), nn.Linear(HIDDEN, 2 * Z_DIM))
-        self.decoder = nn.Sequential(nn.Linear(Z_DIM, HIDDEN), nn.Softplus(), nn.Linear(HIDDEN, X_DIM))
+        if ARCH == "conv":
+            self.encoder = nn.Sequential(
+                nn.Conv2d(1, 32, 4, 2, 1),
+                nn.ReLU(),
+                nn.Conv2d(32, 64, 4, 2, 1),
+                nn.ReLU(),
+                nn.Flatten(),
+                nn.Linear(64 * 7 * 7, CONV_HIDDEN),
+                nn.ReLU(),
+                nn.Linear(CONV_HIDDEN, 2 * Z_DIM),
+            )
+            self.decoder = nn.Sequential(
+                nn.Linear(Z_DIM, CONV_HIDDEN),
+                nn.ReLU(),
+                nn.Linear(CONV_HIDDEN, 64 * 7 * 7),
+                nn.ReLU(),
+                nn.Unflatten(1, (64, 7, 7)),
+                nn.ConvTranspose2d(64, 32, 4, 2, 1),
+                nn.ReLU(),
+                nn.ConvTranspose2d(32, 1, 4, 2, 1),
+            )
+        else:
+            self.encoder = nn.Sequential(nn.Linear(X_DIM, HIDDEN), nn.Softplus(), nn.Linear(HIDDEN, 2 * Z_DIM))
+            self.decoder = nn.Sequential(nn.Linear(Z_DIM, HIDDEN), nn.Softplus(), nn.Linear(HIDDEN, X_DIM))
 
     def copy_from(self, model: nn.Module, guide: nn.Module) -> None:
+        if ARCH == "conv":
+            enc, dec = guide.encoder, model.decoder
+            for i, j in ((0, 0), (2, 2)):
+                self.encoder[i].load_state_dict(enc.conv[j].state_dict())
+            self.encoder[5].load_state_dict(enc.fc[0].state_dict())
+            self.encoder[7].load_state_dict(guide.head.state_dict())
+            self.decoder[0].load_state_dict(dec.fc[0][0].state_dict())
+            self.decoder[2].load_state_dict(dec.fc[0][2].state_dict())
+            self.decoder[5].load_state_dict(dec.deconv[0].state_dict())
+            self.decoder[7].load_state_dict(dec.deconv[2].state_dict())
+            return
         # The project's guide is an encoder trunk (Linear, Softplus) and a head (the last Linear).
         self.encoder[0].load_state_dict(guide.encoder.net[0].state_dict())
         self.encoder[2].load_state_dict(guide.head.state_dict())
@@ -75,9 +119,17 @@ class HandWrittenVAE(nn.Module):
         return kl + F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="sum")
 
 
+def x_shape() -> tuple[int, ...]:
+    return (1, 28, 28) if ARCH == "conv" else (X_DIM,)
+
+
 def build_project(seed: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(seed)
-    model, guide = build(VAEConfig(x_dim=X_DIM, z_dim=Z_DIM, hidden=(HIDDEN,)))
+    if ARCH == "conv":
+        config = VAEConfig(x_shape=x_shape(), z_dim=Z_DIM, hidden=(CONV_HIDDEN,), encoder="conv", decoder="conv")
+    else:
+        config = VAEConfig(x_dim=X_DIM, z_dim=Z_DIM, hidden=(HIDDEN,))
+    model, guide = build(config)
     return model.to(device), guide.to(device)
 
 
@@ -192,7 +244,7 @@ def variants(device: torch.device, seed: int, ablation: bool, compile_reference:
 
 def check_agreement(device: torch.device, seed: int) -> None:
     """The two implementations compute the same loss at the same z, and the fast objective equals the plain."""
-    x = torch.bernoulli(torch.rand(64, X_DIM, generator=torch.Generator().manual_seed(seed))).to(device)
+    x = torch.bernoulli(torch.rand(64, *x_shape(), generator=torch.Generator().manual_seed(seed))).to(device)
     model, guide = build_project(seed, device)
     ref = HandWrittenVAE().to(device)
     ref.copy_from(model, guide)
@@ -248,8 +300,11 @@ def time_batch_size(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128, 512])
-    parser.add_argument("--steps", type=int, default=200, help="timed steps per variant per repeat (batch 128)")
+    parser.add_argument("--arch", choices=["mlp", "conv"], default="mlp", help="the network (module docstring)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default: 32 128 512 (conv: 128)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="timed steps per variant per repeat at batch 128 (default 200; conv 30)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--device", default="cpu")
@@ -265,6 +320,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    global ARCH
+    ARCH = args.arch
+    conv = ARCH == "conv"
+    args.batch_sizes = args.batch_sizes or ([128] if conv else [32, 128, 512])
+    args.steps = args.steps or (30 if conv else 200)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
 
     device = torch.device(args.device)
@@ -272,18 +332,23 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--device cuda asked for but CUDA is not available here")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    net = (
+        f"conv 1x28x28 (32, 64 channels, {CONV_HIDDEN} hidden, z {Z_DIM})" if conv else f"MLP {X_DIM}-{HIDDEN}-{Z_DIM}"
+    )
     print(
         f"torch {torch.__version__}, pyro {pyro.__version__}, device {device}, {torch.get_num_threads()} threads, "
-        f"MLP {X_DIM}-{HIDDEN}-{Z_DIM}, Bernoulli, Adam, {args.clock} clock"
+        f"{net}, Bernoulli, Adam, {args.clock} clock"
     )
     check_agreement(device, args.seed)
 
-    data = torch.bernoulli(torch.rand(8192, X_DIM, generator=torch.Generator().manual_seed(args.seed))).to(device)
+    n_data = 2048 if conv else 8192
+    data = torch.bernoulli(torch.rand(n_data, *x_shape(), generator=torch.Generator().manual_seed(args.seed)))
+    data = data.to(device)
     results: dict[int, list[float]] = {}
     names: list[str] = []
     for batch in args.batch_sizes:
         # Fewer steps for big batches keeps every batch size at about the same wall time.
-        steps = max(30, args.steps * 128 // max(batch, 128))
+        steps = max(min(30, args.steps), args.steps * 128 // max(batch, 128))
         vs = variants(device, args.seed, args.ablation, args.compile)
         names = [v.name for v in vs]
         t0 = time.perf_counter()

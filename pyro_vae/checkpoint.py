@@ -178,7 +178,8 @@ def content_digest(obj: Any) -> str:
 
 def _feed(h: Any, obj: Any) -> None:
     if isinstance(obj, torch.Tensor):
-        t = obj.detach().cpu().contiguous()
+        # a fresh tensor: contiguous() keeps the stride 0 of an expanded one-element tensor, which view() refuses
+        t = torch.empty(obj.shape, dtype=obj.dtype).copy_(obj.detach())
         h.update(f"T{t.dtype}{tuple(t.shape)}:".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().data)
     elif isinstance(obj, dict):

@@ -66,6 +66,20 @@ def bernoulli_log_likelihood(x: Tensor, logits: Tensor) -> Tensor:
     return torch.sum(x * F.logsigmoid(logits) + (1 - x) * F.logsigmoid(-logits), dim=-1)
 
 
+def discretized_logistic_log_likelihood(x: Tensor, loc: Tensor, scale: Tensor | float, bins: int = 256) -> Tensor:
+    """sum_d log P(x_d) over the last dimension, for x_d in {k / (B - 1)} and a logistic discretised to those values
+    (Kingma et al. 2016), written out with the logistic CDF sigma:
+
+    P(x) = sigma((x + delta/2 - mu) / s) - sigma((x - delta/2 - mu) / s), delta = 1 / (B - 1), except at the edges,
+    which take the tails: P(0) = sigma((delta/2 - mu) / s) and P(1) = 1 - sigma((1 - delta/2 - mu) / s).
+    """
+    delta = 1.0 / (bins - 1)
+    upper = torch.sigmoid((x + delta / 2 - loc) / scale)
+    lower = torch.sigmoid((x - delta / 2 - loc) / scale)
+    p = torch.where(x < delta / 2, upper, torch.where(x > 1 - delta / 2, 1 - lower, upper - lower))
+    return torch.log(p).sum(-1)
+
+
 def batch_loss(kl: Tensor, log_lik: Tensor) -> Tensor:
     """The batch loss of eq. 43 with L samples per datum: sum_i [KL_i - (1/L) sum_l log p(x_i | z_il)].
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pyro_vae.data import BUILTIN_DATASETS, check_dataset_name, load_data
+from pyro_vae.data import BUILTIN_DATASETS, check_data_options, load_data
 from pyro_vae.errors import UserError
 from pyro_vae.estimators import ESTIMATORS
 from pyro_vae.plugins import require_plugins
@@ -228,8 +228,9 @@ class TrainConfig:
 
     Fields:
         model: the VAEConfig (its x_shape is the data set's; left out, train() takes it from the data).
-        dataset: digits (scikit-learn's 8x8 digits, offline), mnist, fashion-mnist (any case), or the path of a
-            .npy or .pt array of your own.
+        dataset: digits (scikit-learn's 8x8 digits, offline; the default), mnist, fashion-mnist (any case), a path
+            to a .npy or .pt array ((N, D), (N, H, W), (N, H, W, C) or (N, C, H, W) with C = 1 or 3; uint8 is
+            scaled to [0, 1]), or a folder of PNG / JPEG images (optionally one sub-folder per label).
         data_dir: where mnist and fashion-mnist are read from and downloaded to (None: a per-user cache directory).
         labels: a .npy or .pt file of integer labels for your own data set (used to colour plots).
         elbo: the ELBO estimator, a name in pyro_vae.ESTIMATORS.
@@ -250,6 +251,8 @@ class TrainConfig:
         download: download mnist and fashion-mnist when missing.
         plugins: where the run's own components come from, {"prior:student-t": module, file or package}; filled
             in by train() and imported again when the run is loaded (pyro_vae.plugins).
+        image_size: resize and centre-crop a folder's images to this many pixels square (none = keep their size,
+            which must then be the same for all).
     """
 
     model: VAEConfig = field(default_factory=VAEConfig)
@@ -272,6 +275,7 @@ class TrainConfig:
     threads: int | None = 1
     download: bool = True
     plugins: dict[str, str] = field(default_factory=dict)
+    image_size: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -287,15 +291,7 @@ class TrainConfig:
         if not isinstance(self.model, VAEConfig):
             raise UserError(f"model must be a VAEConfig, got {type(self.model).__name__}")
         self.model.validate()
-        if not isinstance(self.dataset, str) or not self.dataset:
-            raise UserError(
-                f"dataset must be a name ({', '.join(BUILTIN_DATASETS)}) or a file path, got {self.dataset!r}"
-            )
-        check_dataset_name(self.dataset)
-        for name in ("data_dir", "labels"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not value):
-                raise UserError(f"{name} must be a path, got {value!r}")
+        check_data_options(self.dataset, self.data_dir, self.labels, self.image_size)
         if self.elbo not in ESTIMATORS:
             raise ESTIMATORS.unknown(self.elbo, what="elbo")
         for name in ("num_particles", "epochs", "batch_size", "eval_samples"):
@@ -365,6 +361,8 @@ class TrainConfig:
         shape = tuple(data.x_shape)
         if self.model.x_shape is None:
             return dataclasses.replace(self, model=dataclasses.replace(self.model, x_shape=shape, x_dim=None))
+        data.match_shape(self.model.x_shape)  # images as rows, for a model made for rows (runs of earlier releases)
+        shape = tuple(data.x_shape)
         if self.model.x_shape != shape:
             raise UserError(
                 f"the model's x_shape is {self.model.x_shape} but the {data.name} data have examples of shape {shape}"
@@ -389,6 +387,7 @@ class TrainConfig:
             labels=self.labels,
             device=device,
             download=self.download if download is None else download,
+            image_size=self.image_size,
         )
 
     def differences(self, other: TrainConfig) -> list[str]:

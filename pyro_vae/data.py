@@ -1,8 +1,11 @@
 """Data sets for training: scikit-learn's 8x8 digits (offline, the default), MNIST and Fashion-MNIST
-(torchvision), and the user's own arrays (.npy / .pt).
+(torchvision), the user's own arrays (.npy / .pt) and folders of images.
 
-Every data set becomes a ``VAEData``: float32 tensors of shape (N, D) with grey values, already on the
-training device, a fixed train/test split, labels where known (for plots) and the image shape.
+Every data set becomes a ``VAEData``: float32 tensors of shape (N, *x_shape), already on the training device, a
+fixed train/test split, labels where known (for plots) and the image shape. Images keep their event shape
+(C, H, W) from here to the model, the guide, the figures and evaluation (MNIST is (1, 28, 28)); rows of D values
+stay (D,) (scikit-learn gives the digits as rows of 64, shown as 8x8 images). The layout rules for a user's
+arrays and folders are in ``pyro_vae.images``.
 
 Bernoulli likelihoods and grey pixels: a Bernoulli p(x|z) has support {0, 1}, so grey pixels fail
 Pyro's validation (rightly). Rather than switching validation off, training uses *dynamic
@@ -18,16 +21,20 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from pyro_vae.errors import UserError
+from pyro_vae.images import as_examples, layout_of, read_image_folder
 from pyro_vae.named import did_you_mean
 from pyro_vae.safe_load import safe_torch_load
 
-#: Built-in data sets (``--dataset NAME``); anything else is a path to a .npy or .pt file.
+#: Built-in data sets (``--dataset NAME``); anything else is a path to a .npy or .pt file or to a folder of images.
+#: CIFAR-10 is not among them: torchvision reads it from Python pickles, which this project never unpickles
+#: (convert it to an (N, 32, 32, 3) uint8 .npy array, which loads as 3 x 32 x 32 images).
 BUILTIN_DATASETS = ("digits", "mnist", "fashion-mnist")
 
 #: Seed of the fixed train/test split (independent of the training seed, so runs share a test set).
@@ -54,10 +61,13 @@ class VAEData:
 
     Attributes:
         name: the data set's name (or the user's file path).
-        train_x, test_x: float32 tensors (N, D) of grey values, on the training device.
+        train_x, test_x: float32 tensors (N, *x_shape), on the training device: (N, D) rows or (N, C, H, W) images.
         train_y, test_y: integer labels on the CPU (for plots), or None.
-        image_shape: (H, W) used to show a row of D values as an image (H * W == D).
+        image_shape: (H, W) of one example shown as an image (for rows, H * W == D).
         binarize: True when training draws x ~ Bernoulli(pixels) each epoch (set by ``prepare``).
+        levels: the number of equally spaced values k / (levels - 1) the pixels take in [0, 1] (256 for 8-bit
+            images, 17 for the digits), or None when unknown (a float array).
+        notes: what loading did that the log should say (layout read, uint8 scaled to [0, 1], resizing).
     """
 
     name: str
@@ -68,6 +78,8 @@ class VAEData:
     image_shape: tuple[int, int]
     binarize: bool = False
     _test_eval: Tensor | None = field(default=None, repr=False)
+    levels: int | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def x_dim(self) -> int:
@@ -75,12 +87,27 @@ class VAEData:
 
     @property
     def x_shape(self) -> tuple[int, ...]:
-        """The shape of one example: (D,) for rows of D values."""
+        """The shape of one example: (D,) for rows of D values, (C, H, W) for images."""
         return tuple(int(s) for s in self.train_x.shape[1:])
+
+    @property
+    def display_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one example shown as an image: the images' own shape, or (1, *image_shape) for rows."""
+        shape = self.x_shape
+        return (shape[0], shape[1], shape[2]) if len(shape) == 3 else (1, *self.image_shape)
 
     @property
     def device(self) -> torch.device:
         return self.train_x.device
+
+    def match_shape(self, shape: tuple[int, ...] | None) -> VAEData:
+        """Flatten image examples to rows when ``shape`` is (D,) with D = C * H * W (a model made for rows, such as a
+        run written before images kept their shape); any other ``shape`` leaves the data as they are."""
+        if shape is not None and len(shape) == 1 and len(self.x_shape) > 1 and shape[0] == self.x_dim:
+            self.train_x, self.test_x = self.train_x.flatten(1), self.test_x.flatten(1)
+            if self._test_eval is not None:
+                self._test_eval = self._test_eval.flatten(1)
+        return self
 
     def to(self, device: torch.device | str) -> VAEData:
         """Move the tensors to ``device`` (labels stay on the CPU)."""
@@ -150,13 +177,25 @@ def minibatches(x: Tensor, batch_size: int, start: int = 0) -> Iterator[Tensor]:
     return (x[idx] for idx in perm.split(batch_size)[start:])
 
 
+def check_data_options(dataset: Any, data_dir: Any, labels: Any, image_size: Any) -> None:
+    """One line (``UserError``) for data settings of a ``TrainConfig`` that no run can use."""
+    if not isinstance(dataset, str) or not dataset:
+        raise UserError(f"dataset must be a name ({', '.join(BUILTIN_DATASETS)}) or a file path, got {dataset!r}")
+    check_dataset_name(dataset)
+    for name, value in (("data_dir", data_dir), ("labels", labels)):
+        if value is not None and (not isinstance(value, str) or not value):
+            raise UserError(f"{name} must be a path, got {value!r}")
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise UserError(f"image_size must be a positive integer (or None: keep the size), got {image_size!r}")
+
+
 def check_dataset_name(name: str) -> None:
     """A one-line error for a name that is neither a built-in data set nor a path to one (checked before loading)."""
     path = Path(name)
     if name.lower() not in BUILTIN_DATASETS and path.suffix not in (".npy", ".pt") and not path.exists():
         raise UserError(
-            f"unknown dataset {name!r}: use one of {', '.join(BUILTIN_DATASETS)} or a path to a .npy or .pt file"
-            + did_you_mean(name, list(BUILTIN_DATASETS))
+            f"unknown dataset {name!r}: use one of {', '.join(BUILTIN_DATASETS)}, a path to a .npy or .pt file, "
+            "or a folder of images" + did_you_mean(name, list(BUILTIN_DATASETS))
         )
 
 
@@ -167,14 +206,18 @@ def load_data(
     labels: str | Path | None = None,
     device: torch.device | str = "cpu",
     download: bool = True,
+    image_size: int | None = None,
 ) -> VAEData:
-    """Load ``dataset`` ("digits", "mnist", "fashion-mnist", or a path to a .npy / .pt array).
+    """Load ``dataset`` ("digits", "mnist", "fashion-mnist", a path to a .npy / .pt array or to a folder of images).
 
-    - digits: scikit-learn's ``load_digits``, pixels / 16, split 1,500 / 297 with a fixed seed.
+    - digits: scikit-learn's ``load_digits``, rows of 64 pixels / 16, split 1,500 / 297 with a fixed seed.
     - mnist, fashion-mnist: ``torchvision.datasets`` under ``data_dir`` (default ``default_data_dir()``),
-      downloaded when missing and ``download``; pixels / 255; the official train/test split.
-    - a path: an array (N, D) or (N, H, W) of finite values, split 5/6 train, 1/6 test with a fixed seed;
+      downloaded when missing and ``download``; (1, 28, 28) images, pixels / 255; the official train/test split.
+    - an array: (N, D), (N, H, W), (N, H, W, C) or (N, C, H, W) with C in {1, 3} of finite values (the layout
+      rules are ``pyro_vae.images``'s; uint8 is scaled by 1/255), split 5/6 train, 1/6 test with a fixed seed;
       ``labels`` optionally names a 1-D integer array of N labels.
+    - a folder: PNG / JPEG images, directly in it or in one sub-folder per label (``ImageFolder``'s layout),
+      resized and centre-cropped to ``image_size`` x ``image_size`` when given; split as an array.
 
     Raises ``UserError`` with a one-line message for anything missing or malformed.
     """
@@ -183,10 +226,14 @@ def load_data(
     name = str(dataset)
     if name in BUILTIN_DATASETS and labels is not None:
         raise UserError(f"--labels is only for your own data; the {name} data set has its labels")
+    if image_size is not None and not Path(name).is_dir():
+        raise UserError(f"--image-size is for a folder of images; {name} is not a folder (drop --image-size)")
     if name == "digits":
         data = _load_digits()
     elif name in _TORCHVISION:
         data = _load_torchvision(name, Path(data_dir) if data_dir is not None else default_data_dir(), download)
+    elif Path(name).is_dir():
+        data = _load_folder(Path(name), labels, image_size)
     else:
         data = _load_user(name, labels)
     return data.to(device)
@@ -201,7 +248,7 @@ def _load_digits() -> VAEData:
     y = torch.as_tensor(digits.target, dtype=torch.long)
     train_idx, test_idx = train_test_split(np.arange(len(x)), test_size=DIGITS_TEST_SIZE, random_state=SPLIT_SEED)
     train_idx, test_idx = torch.as_tensor(train_idx), torch.as_tensor(test_idx)
-    return VAEData("digits", x[train_idx], x[test_idx], y[train_idx], y[test_idx], (8, 8))
+    return VAEData("digits", x[train_idx], x[test_idx], y[train_idx], y[test_idx], (8, 8), levels=17)
 
 
 def torchvision_files(name: str) -> list[str]:
@@ -241,10 +288,10 @@ def _load_torchvision(name: str, root: Path, download: bool) -> VAEData:
             raise UserError(
                 f"could not read {name} from {raw}: {err or type(err).__name__}; delete the files"
             ) from None
-        splits.append((ds.data.reshape(len(ds.data), -1).float() / 255.0, ds.targets.long()))
+        splits.append((ds.data.unsqueeze(1).float() / 255.0, ds.targets.long()))
     (train_x, train_y), (test_x, test_y) = splits
     h, w = ds.data.shape[1:]
-    return VAEData(name, train_x, test_x, train_y, test_y, (int(h), int(w)))
+    return VAEData(name, train_x, test_x, train_y, test_y, (int(h), int(w)), levels=256)
 
 
 def _read_array(path: Path, what: str) -> np.ndarray:
@@ -274,40 +321,58 @@ def _read_array(path: Path, what: str) -> np.ndarray:
 
 
 def _load_user(name: str, labels: str | Path | None) -> VAEData:
-    from sklearn.model_selection import train_test_split
-
     path = Path(name)
     check_dataset_name(name)
     arr = _read_array(path, "dataset")
     if arr.dtype.kind not in "biuf":
         raise UserError(f"dataset {path} has dtype {arr.dtype}; give real numbers (float, int or bool)")
-    if arr.ndim not in (2, 3):
-        raise UserError(f"dataset {path} has shape {tuple(arr.shape)}; give (N, D) rows or (N, H, W) images")
+    layout_of(tuple(arr.shape), f"dataset {path}")
     if arr.shape[0] < 2 or math.prod(arr.shape[1:]) == 0:
         raise UserError(f"dataset {path} has shape {tuple(arr.shape)}; it needs at least 2 non-empty examples")
-    x = torch.as_tensor(arr.astype(np.float32)).reshape(arr.shape[0], -1)
+    x, notes = as_examples(arr, f"dataset {path}")
     if not torch.isfinite(x).all():
-        bad = int((~torch.isfinite(x)).any(1).sum())
+        bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
         raise UserError(f"dataset {path} has NaN or infinite values in {bad} example(s); remove or fix them")
-    if arr.ndim == 3:
-        shape = (int(arr.shape[1]), int(arr.shape[2]))
+    if x.dim() == 4:
+        shape = (int(x.shape[2]), int(x.shape[3]))
     else:
-        d = arr.shape[1]
+        d = x.shape[1]
         side = math.isqrt(d)
         shape = (side, side) if side * side == d else (1, d)
-    y = None
+    y = None if labels is None else _read_labels(Path(labels), x.shape[0])
+    return _split(str(path), x, y, shape, 256 if arr.dtype == np.uint8 else None, notes)
+
+
+def _load_folder(folder: Path, labels: str | Path | None, image_size: int | None) -> VAEData:
     if labels is not None:
-        lab = _read_array(Path(labels), "labels")
-        if lab.ndim != 1 or lab.shape[0] != arr.shape[0]:
-            raise UserError(
-                f"labels {labels} have shape {tuple(lab.shape)}; expected ({arr.shape[0]},), one per example"
-            )
-        if lab.dtype.kind not in "biu":
-            raise UserError(f"labels {labels} have dtype {lab.dtype}; give integer class labels")
-        y = torch.as_tensor(lab.astype(np.int64))
+        raise UserError(f"--labels is for arrays; a folder's labels are its sub-folders (drop --labels for {folder})")
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise UserError(f"--image-size must be a positive integer, got {image_size!r}")
+    pixels, y, notes = read_image_folder(folder, image_size)
+    if pixels.shape[0] < 2:
+        raise UserError(f"{folder} holds {pixels.shape[0]} image; it needs at least 2")
+    x = pixels.float().div_(255.0)
+    return _split(str(folder), x, y, (int(x.shape[2]), int(x.shape[3])), 256, notes)
+
+
+def _read_labels(path: Path, n: int) -> Tensor:
+    lab = _read_array(path, "labels")
+    if lab.ndim != 1 or lab.shape[0] != n:
+        raise UserError(f"labels {path} have shape {tuple(lab.shape)}; expected ({n},), one per example")
+    if lab.dtype.kind not in "biu":
+        raise UserError(f"labels {path} have dtype {lab.dtype}; give integer class labels")
+    return torch.as_tensor(lab.astype(np.int64))
+
+
+def _split(
+    name: str, x: Tensor, y: Tensor | None, shape: tuple[int, int], levels: int | None, notes: list[str]
+) -> VAEData:
+    """A user's examples split 5/6 train, 1/6 test with the fixed ``SPLIT_SEED``."""
+    from sklearn.model_selection import train_test_split
+
     n = x.shape[0]
     test_size = max(1, round(n * USER_TEST_FRACTION))
     train_idx, test_idx = train_test_split(np.arange(n), test_size=test_size, random_state=SPLIT_SEED)
     train_idx, test_idx = torch.as_tensor(train_idx), torch.as_tensor(test_idx)
     ys = (None, None) if y is None else (y[train_idx], y[test_idx])
-    return VAEData(str(path), x[train_idx], x[test_idx], ys[0], ys[1], shape)
+    return VAEData(name, x[train_idx], x[test_idx], ys[0], ys[1], shape, levels=levels, notes=notes)

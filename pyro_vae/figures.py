@@ -9,6 +9,12 @@
 - for z on the sphere S^1 or S^2 instead, ``latent_sphere.png`` and ``manifold_sphere.png``
   (``pyro_vae.sphere_figures``).
 
+Every figure says what made it: a caption with the data set, prior, likelihood, guide and networks, estimator,
+beta and epoch (``run_caption``). Scatters of more than ``MAX_POINTS`` codes show a random subset of them (the axes
+still span all of them, and the title says how many are shown), so that 10,000 MNIST codes do not overplot into
+one blot. Decoded grids keep their tiles square whatever the two latent ranges are (the axes are scaled instead);
+log-scaled axes get plain-number tick labels (``readable_log_axis``).
+
 Matplotlib is used through ``matplotlib.figure.Figure`` with the Agg canvas, so no GUI backend is needed
 and the global pyplot state is left alone; image tiles come from ``torchvision.utils.make_grid``.
 """
@@ -16,6 +22,8 @@ and the global pyplot state is left alone; image tiles come from ``torchvision.u
 from __future__ import annotations
 
 import io
+import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,9 +33,11 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 from torch import Tensor
 
 from pyro_vae.checkpoint import write_bytes_atomic
+from pyro_vae.config import TrainConfig
 from pyro_vae.data import VAEData
 from pyro_vae.elbo_terms import latent_means
 from pyro_vae.pairs import as_pair
@@ -38,17 +48,58 @@ from pyro_vae.sphere_figures import sphere_figures
 GRID_SIZE = 15
 #: Seed of the prior samples shown in samples.png.
 SAMPLE_SEED = 0
+#: At most this many codes are drawn in a latent scatter (a random subset, with a fixed seed, beyond it).
+MAX_POINTS = 2000
 
 
-def image_grid(images: Tensor, image_shape: tuple[int, int], nrow: int, padding: int = 1) -> np.ndarray:
-    """Tile rows of ``images`` (n, H*W) into one greyscale array with ``make_grid`` (``nrow`` per row)."""
+def image_grid(images: Tensor, image_shape: Sequence[int], nrow: int, padding: int = 1) -> np.ndarray:
+    """Tile ``images`` (n, *x_shape) into one array with ``make_grid`` (``nrow`` per row): (H', W') for grey
+    images, (H', W', 3) for RGB. ``image_shape`` is (H, W) or (C, H, W); rows of H * W values are reshaped."""
     # Imported here: torchvision takes seconds to import, and every CLI command imports this module.
     from torchvision.utils import make_grid
 
-    h, w = image_shape
-    tiles = images.detach().float().cpu().clamp(0, 1).reshape(-1, 1, h, w)
+    c, h, w = (1, *image_shape) if len(image_shape) == 2 else tuple(image_shape)
+    tiles = images.detach().float().cpu().clamp(0, 1).reshape(-1, c, h, w)
     grid = make_grid(tiles, nrow=nrow, padding=padding, pad_value=1.0)
-    return grid[0].numpy()
+    return grid[0].numpy() if c == 1 else grid.permute(1, 2, 0).numpy()
+
+
+def show_images(ax: Axes, grid: np.ndarray, **kwargs: Any) -> Any:
+    """``ax.imshow`` of an ``image_grid``: grey on [0, 1] for grey images, as they are for RGB."""
+    grey = {"cmap": "gray", "vmin": 0, "vmax": 1} if grid.ndim == 2 else {}
+    return ax.imshow(grid, **grey, **kwargs)
+
+
+def run_caption(config: TrainConfig, epoch: int | None = None, beta: str | None = None) -> str:
+    """What made a figure, in one line: data set and its shape, prior, likelihood, guide and networks,
+    estimator (and particles), beta (and warm-up), epoch. ``beta`` replaces the beta text (two runs in one figure)."""
+    m = config.model
+    data = Path(config.dataset).name or config.dataset
+    shape = "x".join(str(s) for s in m.x_shape) if m.x_shape else "?"
+    estimator = config.elbo + (f" (K = {config.num_particles})" if config.num_particles > 1 else "")
+    if beta is None:
+        beta = f"beta {config.beta:g}" + (f" (warm-up {config.kl_warmup} epochs)" if config.kl_warmup else "")
+    parts = [
+        f"{data} ({shape})",
+        f"prior {m.prior}",
+        f"likelihood {m.likelihood}",
+        f"guide {m.guide} ({m.encoder} encoder, {m.decoder} decoder, z_dim {m.z_dim})",
+        estimator,
+        beta,
+    ]
+    if epoch is not None:
+        parts.append(f"epoch {epoch}")
+    return " · ".join(parts)
+
+
+def add_caption(fig: Figure, caption: str | None) -> None:
+    """Put ``caption`` above the figure in small grey type (kept by ``save``'s tight bounding box)."""
+    if caption:
+        # Wrapped by hand at about 18 characters per inch of 7.5 pt type (matplotlib's wrap=True confuses the tight
+        # bounding box): the caption never runs wider than the figure.
+        width = max(40, int(fig.get_figwidth() * 18))
+        text = "\n".join(textwrap.wrap(caption, width, break_on_hyphens=False))
+        fig.text(0.5, 1.0, text, ha="center", va="bottom", fontsize=7.5, color="0.35", linespacing=1.3)
 
 
 def latent_ranges(means: Tensor) -> list[list[float]]:
@@ -62,7 +113,7 @@ def manifold_grid(
 ) -> tuple[Tensor, Tensor]:
     """Decode an n x n grid of 2-D latents spanning ``ranges`` = [[z1_lo, z1_hi], [z2_lo, z2_hi]].
 
-    Returns ``(images, z)``: ``images`` (n*n, D) the decoded means E[x|z] and ``z`` (n*n, 2), in row-major
+    Returns ``(images, z)``: ``images`` (n*n, *x_shape) the decoded means E[x|z] and ``z`` (n*n, 2), in row-major
     tile order: tile (r, c) has z1 = linspace(z1_lo, z1_hi, n)[c] and z2 = linspace(z2_hi, z2_lo, n)[r],
     so z2 grows upwards as on a plot's axis.
     """
@@ -79,28 +130,46 @@ def manifold_grid(
     return model.decode_mean(z.to(device)).cpu(), z
 
 
-def plot_latent(ax: Axes, means: Tensor, labels: Tensor | None, title: str) -> None:
-    """Scatter the encoder means (2-D directly; PCA to 2-D, labelled so, for z_dim > 2), coloured by label."""
+def _projection(means: Tensor, title: str) -> tuple[np.ndarray, str, str, str]:
+    """(2-D points, x label, y label, title) of the codes: as they are for z_dim <= 2, PCA for more."""
     d = means.shape[1]
     if d == 1:
-        xy = torch.cat([means, torch.zeros_like(means)], 1).numpy()
-        xlabel, ylabel = "z1", ""
-    elif d == 2:
-        xy = means.numpy()
-        xlabel, ylabel = "z1", "z2"
-    else:
-        from sklearn.decomposition import PCA
+        return torch.cat([means, torch.zeros_like(means)], 1).numpy(), "z1", "", title
+    if d == 2:
+        return means.numpy(), "z1", "z2", title
+    from sklearn.decomposition import PCA
 
-        pca = PCA(n_components=2).fit(means.numpy())
-        xy = pca.transform(means.numpy())
-        share = pca.explained_variance_ratio_
-        xlabel, ylabel = f"PC1 of E[z|x] ({share[0]:.0%} of variance)", f"PC2 ({share[1]:.0%})"
-        title = f"{title} (PCA projection of {d}-D latent means)"
+    pca = PCA(n_components=2).fit(means.numpy())
+    share = pca.explained_variance_ratio_
+    xlabel, ylabel = f"PC1 of E[z|x] ({share[0]:.0%} of variance)", f"PC2 ({share[1]:.0%})"
+    return pca.transform(means.numpy()), xlabel, ylabel, f"{title} (PCA projection of {d}-D latent means)"
+
+
+def plot_latent(
+    ax: Axes, means: Tensor, labels: Tensor | None, title: str, max_points: int = MAX_POINTS, seed: int = 0
+) -> None:
+    """Scatter the encoder means (2-D directly; PCA to 2-D, labelled so, for z_dim > 2), coloured by label.
+
+    Beyond ``max_points`` codes a random subset of ``max_points`` is drawn (fixed ``seed``), smaller and
+    translucent, while the axis limits still span every code; the title says how many are shown.
+    """
+    xy, xlabel, ylabel, title = _projection(means, title)
+    n = xy.shape[0]
+    shown = np.arange(n)
+    if n > max_points:
+        shown = np.sort(np.random.default_rng(seed).choice(n, max_points, replace=False))
+        title = f"{title}\n({max_points:,} of {n:,} codes shown, at random; the axes span all)"
+    style = {"s": 8 if len(shown) <= 500 else 4, "alpha": 1.0 if len(shown) <= 500 else 0.6, "linewidths": 0}
     if labels is not None:
-        points = ax.scatter(xy[:, 0], xy[:, 1], c=labels.numpy(), cmap="tab10", s=8, vmin=-0.5, vmax=9.5)
-        ax.figure.colorbar(points, ax=ax, label="label", ticks=sorted(set(labels.tolist()))[:10])
+        lab = labels.numpy()
+        points = ax.scatter(xy[shown, 0], xy[shown, 1], c=lab[shown], cmap="tab10", vmin=-0.5, vmax=9.5, **style)
+        ax.figure.colorbar(points, ax=ax, label="label", ticks=sorted(set(lab.tolist()))[:10])
     else:
-        ax.scatter(xy[:, 0], xy[:, 1], s=8)
+        ax.scatter(xy[shown, 0], xy[shown, 1], **style)
+    for axis, values in ((ax.set_xlim, xy[:, 0]), (ax.set_ylim, xy[:, 1])):
+        lo, hi = float(values.min()), float(values.max())
+        pad = 0.04 * (hi - lo) if hi > lo else 0.5
+        axis(lo - pad, hi + pad)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
@@ -110,20 +179,76 @@ def plot_manifold(
     ax: Axes,
     model: torch.nn.Module,
     ranges: Sequence[Sequence[float]],
-    image_shape: tuple[int, int],
+    image_shape: Sequence[int],
     n: int = GRID_SIZE,
 ) -> Tensor:
-    """Show the decoded grid of ``manifold_grid`` on latent-valued axes; return its images (n*n, D)."""
+    """Show the decoded grid of ``manifold_grid`` on latent-valued axes, with square tiles whatever the two ranges
+    (each axis is scaled so); return its images (n*n, *x_shape). ``image_shape``: (H, W) or (C, H, W)."""
     images, _ = manifold_grid(model, ranges, n)
     grid = image_grid(images, image_shape, nrow=n, padding=1)
     (lo1, hi1), (lo2, hi2) = ranges
     # Tile centres sit at the grid's z values, so the image reaches half a tile beyond them.
     h1, h2 = ((hi1 - lo1) / (2 * (n - 1)), (hi2 - lo2) / (2 * (n - 1))) if n > 1 else (0.5, 0.5)
-    ax.imshow(grid, cmap="gray", vmin=0, vmax=1, extent=(lo1 - h1, hi1 + h1, lo2 - h2, hi2 + h2), aspect="auto")
+    h1, h2 = h1 or 0.5, h2 or 0.5  # a range of zero width (a collapsed axis) still gets a visible tile
+    extent = (lo1 - h1, hi1 + h1, lo2 - h2, hi2 + h2)
+    # aspect = height of one y unit / width of one x unit: this makes the image as tall, relative to its width,
+    # as its pixels are, so each tile keeps the shape of the images.
+    aspect = (extent[1] - extent[0]) / (extent[3] - extent[2]) * grid.shape[0] / grid.shape[1]
+    show_images(ax, grid, extent=extent, aspect=aspect)
     ax.set_xlabel("z1")
     ax.set_ylabel("z2")
     ax.set_title(f"decoded grid: z1 in [{lo1:.2f}, {hi1:.2f}], z2 in [{lo2:.2f}, {hi2:.2f}]", fontsize=9)
     return images
+
+
+def readable_log_axis(ax: Axes, which: str = "y") -> None:
+    """Give a log-scaled axis plain-number tick labels (120, 150, 200 rather than none or 10^2): the first of the
+    mantissa sets {1}, {1, 2, 5}, {1, ..., 9} that puts at least 3 ticks inside the current limits."""
+    lo, hi = ax.get_ylim() if which == "y" else ax.get_xlim()
+    lo, hi = min(lo, hi), max(lo, hi)
+    if not (lo > 0 and math.isfinite(hi)):
+        return
+    ticks: list[float] = []
+    for mantissas in ((1,), (1, 2, 5), tuple(range(1, 10))):
+        ticks = [
+            m * 10.0**e
+            for e in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+            for m in mantissas
+            if lo <= m * 10.0**e <= hi
+        ]
+        if len(ticks) >= 3:
+            break
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _log_if_wide(ax: Axes, values: Sequence[float], factor: float) -> None:
+    """Log-scale the y axis when all ``values`` are positive and span more than ``factor`` (a warm-up peak)."""
+    if values and min(values) > 0 and max(values) / min(values) > factor:
+        ax.set_yscale("log")
+        ax.autoscale_view()
+        readable_log_axis(ax)
+
+
+def plot_curves(fig: Figure, metrics: Sequence[dict[str, Any]]) -> None:
+    """Training loss and -test ELBO, the test KL and the test reconstruction term per epoch, side by side."""
+    epochs = [m["epoch"] for m in metrics]
+    a, b, c = fig.subplots(1, 3)
+    train_loss, neg_elbo = [m["train_loss"] for m in metrics], [-m["test_elbo"] for m in metrics]
+    a.plot(epochs, train_loss, label="train loss (beta-weighted)")
+    a.plot(epochs, neg_elbo, label="-test ELBO (beta = 1)")
+    a.set_ylabel("nats per example")
+    a.legend(fontsize=8)
+    b.plot(epochs, [m["test_kl"] for m in metrics], color="C2")
+    b.set_ylabel("test KL(q || p), nats per example")
+    c.plot(epochs, [m["test_recon"] for m in metrics], color="C3")
+    c.set_ylabel("test -E_q log p(x|z), nats per example")
+    for axis in (a, b, c):
+        axis.set_xlabel("epoch")
+    _log_if_wide(a, train_loss + neg_elbo, 3.0)
+    _log_if_wide(b, [m["test_kl"] for m in metrics], 10.0)
 
 
 def save(fig: Figure, path: Path) -> Path:
@@ -143,45 +268,50 @@ def write_figures(
     metrics: Sequence[dict[str, Any]],
     out_dir: str | Path,
     grid_size: int = GRID_SIZE,
+    config: TrainConfig | None = None,
 ) -> list[Path]:
-    """Write all figures of one run to ``out_dir``; return their paths (see the module docstring).
+    """Write all figures of one run to ``out_dir``; return their paths (see the module docstring). With
+    ``config`` each figure is captioned with what made it (``run_caption``, at the last epoch of ``metrics``).
 
     For a model and guide of your own, only the figures whose methods they have (``pyro_vae.pairs``): without
     ``model.decode_mean`` no decoded images, without ``model.prior`` no samples.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    caption = run_caption(config, metrics[-1]["epoch"] if metrics else 0) if config is not None else None
     model, guide = as_pair(model, guide)
     decodes, samples = hasattr(model, "decode_mean"), hasattr(model, "decode_mean") and hasattr(model, "prior")
     written = []
-    shape = data.image_shape
     k = min(10, data.test_x.shape[0])
 
     # Reconstructions of what the model sees (binarised when the likelihood is Bernoulli).
     seen = data.test_x_eval[:k]
     if decodes:
-        written.append(_reconstructions(model, guide, data, seen, out))
+        written.append(_reconstructions(model, guide, data, seen, out, caption))
     if samples:
-        written.append(_samples(model, seen, shape, out))
-    written += _curves_latent_manifold(model, guide, data, metrics, out, grid_size, decodes)
+        written.append(_samples(model, seen, data.display_shape, out, caption))
+    written += _curves_latent_manifold(model, guide, data, metrics, out, grid_size, decodes, caption)
     return written
 
 
-def _reconstructions(model: torch.nn.Module, guide: torch.nn.Module, data: VAEData, seen: Tensor, out: Path) -> Path:
-    k, shape = seen.shape[0], data.image_shape
+def _reconstructions(
+    model: torch.nn.Module, guide: torch.nn.Module, data: VAEData, seen: Tensor, out: Path, caption: str | None
+) -> Path:
+    k, shape = seen.shape[0], data.display_shape
     recon = model.decode_mean(latent_means(guide, seen).to(seen.device))
     rows = [data.test_x[:k]] + ([seen] if data.binarize else []) + [recon]
     names = ["input"] + (["binarised"] if data.binarize else []) + ["reconstruction"]
-    fig = Figure(figsize=(1.0 * k, 1.1 * len(rows)))
+    fig = Figure(figsize=(max(6.0, 1.0 * k), 1.1 * len(rows) + 0.4))
     ax = fig.add_subplot()
-    ax.imshow(image_grid(torch.cat(rows), shape, nrow=k), cmap="gray", vmin=0, vmax=1)
+    show_images(ax, image_grid(torch.cat(rows), shape, nrow=k))
     ax.set_xticks([])
-    ax.set_yticks([(i + 0.5) * (shape[0] + 1) for i in range(len(rows))], names)
+    ax.set_yticks([(i + 0.5) * (shape[1] + 1) for i in range(len(rows))], names)
     ax.set_title("test images and reconstructions E[x | z = E_q[z|x]]", fontsize=9)
+    add_caption(fig, caption)
     return save(fig, out / "reconstructions.png")
 
 
-def _samples(model: torch.nn.Module, seen: Tensor, shape: tuple[int, int], out: Path) -> Path:
+def _samples(model: torch.nn.Module, seen: Tensor, shape: Sequence[int], out: Path, caption: str | None) -> Path:
     # Samples from the prior, with a fixed seed and without touching the caller's random stream.
     devices = [seen.device] if seen.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -189,9 +319,10 @@ def _samples(model: torch.nn.Module, seen: Tensor, shape: tuple[int, int], out: 
         z = model.prior().sample((64,))
     fig = Figure(figsize=(5, 5))
     ax = fig.add_subplot()
-    ax.imshow(image_grid(model.decode_mean(z), shape, nrow=8), cmap="gray", vmin=0, vmax=1)
+    show_images(ax, image_grid(model.decode_mean(z), shape, nrow=8))
     ax.axis("off")
     ax.set_title("E[x|z] for 64 samples z ~ p(z)", fontsize=9)
+    add_caption(fig, caption)
     return save(fig, out / "samples.png")
 
 
@@ -203,28 +334,20 @@ def _curves_latent_manifold(
     out: Path,
     grid_size: int,
     decodes: bool,
+    caption: str | None,
 ) -> list[Path]:
     written = []
     if metrics:
-        epochs = [m["epoch"] for m in metrics]
         fig = Figure(figsize=(12, 3.4))
-        a, b, c = fig.subplots(1, 3)
-        a.plot(epochs, [m["train_loss"] for m in metrics], label="train loss (beta-weighted)")
-        a.plot(epochs, [-m["test_elbo"] for m in metrics], label="-test ELBO (beta = 1)")
-        a.set_ylabel("nats per example")
-        a.legend(fontsize=8)
-        b.plot(epochs, [m["test_kl"] for m in metrics], color="C2")
-        b.set_ylabel("test KL(q || p), nats per example")
-        c.plot(epochs, [m["test_recon"] for m in metrics], color="C3")
-        c.set_ylabel("test -E_q log p(x|z), nats per example")
-        for axis in (a, b, c):
-            axis.set_xlabel("epoch")
+        plot_curves(fig, metrics)
         fig.tight_layout()
+        add_caption(fig, caption)
         written.append(save(fig, out / "curves.png"))
 
     means = latent_means(guide, data.test_x_eval)
-    fig = Figure(figsize=(5.5, 4.5))
+    fig = Figure(figsize=(5.5, 4.8))
     plot_latent(fig.add_subplot(), means, data.test_y, "test set: encoder means E_q[z|x]")
+    add_caption(fig, caption)
     written.append(save(fig, out / "latent.png"))
 
     on_sphere = decodes and hasattr(guide, "posterior")  # a pair of your own may have no q(z|x) to ask
@@ -232,7 +355,8 @@ def _curves_latent_manifold(
     written += spherical
     if means.shape[1] == 2 and decodes and not spherical:
         fig = Figure(figsize=(6, 6))
-        plot_manifold(fig.add_subplot(), model, latent_ranges(means), data.image_shape, grid_size)
+        plot_manifold(fig.add_subplot(), model, latent_ranges(means), data.display_shape, grid_size)
+        add_caption(fig, caption)
         written.append(save(fig, out / "manifold.png"))
     return written
 
@@ -240,4 +364,4 @@ def _curves_latent_manifold(
 def plot_run(out_dir: str | Path, device: str = "cpu") -> list[Path]:
     """Load the run in ``out_dir`` (``pyro_vae.runs.load_run``) and write its figures there."""
     run = load_run(out_dir, device=device)
-    return write_figures(run.model, run.guide, run.data, run.metrics, run.out_dir)
+    return write_figures(run.model, run.guide, run.data, run.metrics, run.out_dir, config=run.config)

@@ -28,11 +28,14 @@ from torch import nn
 
 from pyro_vae.errors import UserError
 from pyro_vae.guides import FullCovarianceGuide, IAFGuide, IAFOptions, MLPEncoder, NormalGuide, PowerSphericalGuide
+from pyro_vae.guides.encoders import ConvEncoder, ConvEncoderOptions
 from pyro_vae.models import VAEModel
-from pyro_vae.models.decoders import LinearDecoder, MLPDecoder
+from pyro_vae.models.decoders import ConvDecoder, ConvDecoderOptions, LinearDecoder, MLPDecoder
 from pyro_vae.models.likelihoods import (
     BernoulliLikelihood,
     ContinuousBernoulliLikelihood,
+    DiscretizedLogisticLikelihood,
+    DiscretizedLogisticOptions,
     GaussianLikelihood,
     LearnedGaussianLikelihood,
 )
@@ -167,12 +170,24 @@ LIKELIHOODS = _registry(
         "continuous-bernoulli": Component(
             lambda c: ContinuousBernoulliLikelihood(len(c.x_shape)), "grey pixels in [0, 1]"
         ),
+        "discretized-logistic": Component(
+            lambda c, options: DiscretizedLogisticLikelihood(c.x_shape, **vars(options)),
+            "8-bit pixels; logistic discretised to 256 values, learned scale",
+            options=DiscretizedLogisticOptions,
+        ),
     },
 )
 
 ENCODERS = _registry(
     "encoder",
-    {"mlp": Component(lambda c: MLPEncoder(c.x_shape, c.encoder_widths), "MLP, widths --encoder-hidden")},
+    {
+        "mlp": Component(lambda c: MLPEncoder(c.x_shape, c.encoder_widths), "MLP, widths --encoder-hidden"),
+        "conv": Component(
+            lambda c, options: ConvEncoder(c.x_shape, options.channels, c.encoder_widths),
+            "stride-2 convolutions (--encoder-channels), then an MLP (--encoder-hidden)",
+            options=ConvEncoderOptions,
+        ),
+    },
 )
 
 DECODERS = _registry(
@@ -180,6 +195,11 @@ DECODERS = _registry(
     {
         "mlp": Component(lambda c: MLPDecoder(c.z_dim, c.x_shape, c.decoder_widths), "MLP, widths --decoder-hidden"),
         "linear": Component(lambda c: LinearDecoder(c.z_dim, c.x_shape), "f(z) = W z + b (probabilistic PCA)"),
+        "conv": Component(
+            lambda c, options: ConvDecoder(c.z_dim, c.x_shape, options.channels, c.decoder_widths),
+            "an MLP (--decoder-hidden), then transposed stride-2 convolutions (--decoder-channels)",
+            options=ConvDecoderOptions,
+        ),
     },
 )
 

@@ -94,12 +94,18 @@ class RunWriter:
         )
 
     def figures(
-        self, model: torch.nn.Module, guide: torch.nn.Module, data: VAEData, metrics: Sequence[dict[str, Any]]
+        self,
+        model: torch.nn.Module,
+        guide: torch.nn.Module,
+        data: VAEData,
+        metrics: Sequence[dict[str, Any]],
+        config: TrainConfig | None = None,
     ) -> list[Path]:
-        """The figures of ``pyro_vae.figures`` at the end of training (one line if interrupted or a write fails:
-        training is complete, and ``pyro-vae plot`` writes them)."""
+        """The figures of ``pyro_vae.figures`` at the end of training, captioned with what made them when ``config``
+        is given (one line if interrupted or a write fails: training is complete, and ``pyro-vae plot`` writes
+        them)."""
         try:
-            return run_figures.write_figures(model, guide, data, metrics, self.out)
+            return run_figures.write_figures(model, guide, data, metrics, self.out, config=config)
         except KeyboardInterrupt:
             raise TrainingInterrupted(
                 f"interrupted while writing figures; training is complete in {self.checkpoint_path} "

@@ -123,6 +123,7 @@ def load_run(
     data = None
     if with_data:
         data = config.load_data(device, download=False)
+        data.match_shape(config.model.x_shape)  # before the digest, as in training (TrainConfig.with_data_shape)
         check_data(out, state, data)
         data.prepare(getattr(model, "likelihood", model))  # a pair of your own may have none (pyro_vae.pairs)
     return Run(

@@ -124,6 +124,8 @@ class Trainer:
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
         self.data = cfg.load_data(self.device) if self.data is None else self.data.to(self.device)
+        for note in self.data.notes:
+            self.say(note)
         # with_plugins: the record of where the run's own components come from, to import them again when loaded.
         self.config = cfg = with_plugins(cfg.with_data_shape(self.data))
         prepare_run_dir(self.out)
@@ -384,5 +386,7 @@ def train(
         trainer = Trainer(config, out_dir, **options, model=model, guide=guide)
         result = trainer.fit()
         if figures and trainer.steps_run:  # a resume with nothing to do writes nothing
-            result.figures = trainer.writer.figures(result.model, result.guide, result.data, result.metrics)
+            result.figures = trainer.writer.figures(
+                result.model, result.guide, result.data, result.metrics, config=result.config
+            )
     return result

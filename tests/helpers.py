@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pyro.poutine as poutine
 import torch
-from pyro_vae.models.likelihoods import BernoulliLikelihood, GaussianLikelihood
+from pyro_vae.models.likelihoods import BernoulliLikelihood, DiscretizedLogisticLikelihood, GaussianLikelihood
 from pyro_vae.models.priors import GaussianPrior, StandardNormalPrior
 from torch import Tensor
 
 from pyro_vae.closed_form import (
     batch_loss,
     bernoulli_log_likelihood,
+    discretized_logistic_log_likelihood,
     gaussian_kl,
     gaussian_log_likelihood,
     standard_normal_kl,
@@ -28,10 +29,16 @@ def closed_form_terms(model, guide, x: Tensor, z: Tensor) -> tuple[Tensor, Tenso
     else:
         raise TypeError(f"no closed form for {type(prior).__name__}")
     decoded = model.decoder(z)
-    if isinstance(model.likelihood, BernoulliLikelihood):
-        log_lik = bernoulli_log_likelihood(x, decoded)
-    elif isinstance(model.likelihood, GaussianLikelihood):
-        log_lik = gaussian_log_likelihood(x, decoded, model.likelihood.sigma)
+    lik = model.likelihood
+    # The closed forms sum over the last dimension: images (N, C, H, W) are compared as rows of C * H * W pixels.
+    flat_x, flat = x.reshape(x.shape[0], -1), decoded.reshape(x.shape[0], -1)
+    if isinstance(lik, BernoulliLikelihood):
+        log_lik = bernoulli_log_likelihood(flat_x, flat)
+    elif isinstance(lik, GaussianLikelihood):
+        log_lik = gaussian_log_likelihood(flat_x, flat, lik.sigma)
+    elif isinstance(lik, DiscretizedLogisticLikelihood):
+        scale = lik.scale.expand_as(decoded).reshape(x.shape[0], -1)
+        log_lik = discretized_logistic_log_likelihood(flat_x, flat, scale, lik.bins)
     else:
         raise TypeError(f"no closed form for {type(model.likelihood).__name__}")
     return kl, log_lik

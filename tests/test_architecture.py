@@ -33,11 +33,13 @@ LAYERS: list[tuple[str, ...]] = [
         "pyro_vae.linear_gaussian",
         "pyro_vae.safe_load",
         "pyro_vae.interrupts",
+        "pyro_vae.bits",
     ),
     (
         "pyro_vae.registry",
         "pyro_vae.config",
         "pyro_vae.data",
+        "pyro_vae.images",
         "pyro_vae.checkpoint",
         "pyro_vae.lock",
         "pyro_vae.plugins",

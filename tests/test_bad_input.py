@@ -86,7 +86,7 @@ CASES = [
     Case(
         "dataset-name",
         ("train", "--out", "{run}", "--dataset", "imagenet"),
-        ("unknown dataset 'imagenet'", "digits, mnist, fashion-mnist or a path"),
+        ("unknown dataset 'imagenet'", "digits, mnist, fashion-mnist, a path"),
     ),
     # --- the user's data (over an existing run with --overwrite: a bad file must not cost the old run) ----
     Case(
@@ -112,7 +112,7 @@ CASES = [
     Case(
         "data-vector",
         ("train", "--out", "{run}", "--overwrite", "--dataset", "{vector_npy}"),
-        ("has shape (10,); give (N, D) rows or (N, H, W) images",),
+        ("has shape (10,); give (N, D) rows, (N, H, W) grey images",),
     ),
     Case(
         "data-nan",

@@ -89,7 +89,7 @@ def test_built_in_data_set_names_ignore_case(tmp_path, capsys):
         (["train", "--out", "r", "--prior", "standrd"], "unknown prior 'standrd'; choose one of: flow, gaussian, "),
         (["train", "--out", "r", "--elbo", "iwea"], "unknown elbo 'iwea'; choose one of: trace, meanfield, iwae,"),
         (["train", "--out", "r", "--logger", "tensorbord"], "invalid choice 'tensorbord'; did you mean 'tensorboard'?"),
-        (["train", "--out", "r", "--dataset", "mnsit"], "or a path to a .npy or .pt file; did you mean 'mnist'?"),
+        (["train", "--out", "r", "--dataset", "mnsit"], "or a folder of images; did you mean 'mnist'?"),
     ],
 )
 def test_mistakes_get_a_did_you_mean_in_one_line(argv, message, tmp_path, monkeypatch, capsys):

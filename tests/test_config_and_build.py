@@ -53,7 +53,7 @@ def test_config_round_trips_through_json(tmp_path):
     [
         ("prior", "laplace", "unknown prior 'laplace'"),
         ("likelihood", "poisson", "unknown likelihood 'poisson'"),
-        ("decoder", "conv", "unknown decoder 'conv'"),
+        ("decoder", "deconv", "unknown decoder 'deconv'"),
         ("z_dim", 0, "z_dim must be a positive integer"),
         ("sigma", -1.0, "sigma must be a positive"),
     ],

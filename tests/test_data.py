@@ -112,10 +112,11 @@ def _write_mnist_layout(root: Path, cls: str, rng: np.random.Generator) -> dict[
 def test_mnist_layout_idx_files_load_scaled_with_labels(tmp_path, name, cls):
     arrays = _write_mnist_layout(tmp_path, cls, np.random.default_rng(0))
     data = load_data(name, data_dir=tmp_path, download=False)
-    assert data.image_shape == (28, 28)
-    expected = arrays["train-images-idx3-ubyte"].reshape(12, -1) / 255.0
+    # Images keep their event shape (C, H, W) = (1, 28, 28), and their 256 grey levels.
+    assert data.image_shape == (28, 28) and data.x_shape == (1, 28, 28) and data.levels == 256
+    expected = arrays["train-images-idx3-ubyte"][:, None] / 255.0
     np.testing.assert_allclose(data.train_x.numpy(), expected, rtol=1e-6)
-    np.testing.assert_allclose(data.test_x.numpy(), arrays["t10k-images-idx3-ubyte"].reshape(5, -1) / 255.0, rtol=1e-6)
+    np.testing.assert_allclose(data.test_x.numpy(), arrays["t10k-images-idx3-ubyte"][:, None] / 255.0, rtol=1e-6)
     assert data.train_y.tolist() == arrays["train-labels-idx1-ubyte"].tolist()
     assert data.test_y.tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()
 
@@ -158,11 +159,12 @@ def test_user_npy_images_with_labels(tmp_path):
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", y)
     data = load_data(str(tmp_path / "x.npy"), labels=str(tmp_path / "y.npy"))
-    assert data.image_shape == (5, 7) and data.x_dim == 35
+    assert data.image_shape == (5, 7) and data.x_dim == 35 and data.x_shape == (1, 5, 7)
     assert data.train_x.shape[0] == 50 and data.test_x.shape[0] == 10
-    # Rows keep their labels through the split.
-    by_row = {tuple(r.reshape(-1).tolist()): int(t) for r, t in zip(torch.as_tensor(x), y, strict=True)}
-    assert all(by_row[tuple(r)] == t for r, t in zip(data.test_x.tolist(), data.test_y.tolist(), strict=True))
+    # Images keep their labels through the split.
+    by_image = {tuple(r.reshape(-1).tolist()): int(t) for r, t in zip(torch.as_tensor(x), y, strict=True)}
+    test = data.test_x.flatten(1).tolist()
+    assert all(by_image[tuple(r)] == t for r, t in zip(test, data.test_y.tolist(), strict=True))
 
 
 def test_user_pt_rows_load_with_weights_only(tmp_path):
@@ -186,7 +188,8 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[str, dict, str]]:
         return str(tmp / name)
 
     cases["1-D"] = (npy("a.npy", rng.random(10)), {}, "shape (10,)")
-    cases["4-D"] = (npy("b.npy", rng.random((4, 2, 2, 2))), {}, "(N, D) rows or (N, H, W)")
+    cases["4-D"] = (npy("b.npy", rng.random((4, 2, 2, 2))), {}, "needs 1 or 3 channels on its last axis")
+    cases["5-D"] = (npy("b5.npy", rng.random((4, 2, 2, 2, 1))), {}, "(N, H, W, C) / (N, C, H, W) images")
     nan = rng.random((10, 4))
     nan[3, 1] = np.nan
     cases["NaN"] = (npy("c.npy", nan), {}, "NaN")
@@ -213,6 +216,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[str, dict, str]]:
     [
         "1-D",
         "4-D",
+        "5-D",
         "NaN",
         "empty",
         "strings",

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
 from pyro_vae import VAEConfig, build
 from pyro_vae.cli import main
 from pyro_vae.data import load_data
-from pyro_vae.figures import image_grid, manifold_grid, plot_latent
+from pyro_vae.figures import (
+    MAX_POINTS,
+    image_grid,
+    manifold_grid,
+    plot_curves,
+    plot_latent,
+    plot_manifold,
+    run_caption,
+)
 from pyro_vae.training import TrainConfig, train
 
 FIGURES = ["reconstructions.png", "samples.png", "curves.png", "latent.png", "manifold.png"]
@@ -92,3 +102,104 @@ def test_one_dimensional_latent_plot_puts_the_means_on_the_x_axis():
     means = torch.linspace(-1, 1, 5).unsqueeze(1)
     plot_latent(ax, means, None, "1-D")
     assert np.allclose(ax.collections[0].get_offsets()[:, 0], means[:, 0].numpy())
+
+
+# --- figures that explain themselves -----------------------------------------------------------------------------
+
+
+def test_every_figure_says_what_made_it(tmp_path, monkeypatch):
+    import pyro_vae.figures as figures_module
+
+    captured = {}
+    real_save = figures_module.save
+
+    def keep(fig, path):
+        captured[path.name] = " ".join(t.get_text() for t in fig.texts).replace("\n", " ")
+        return real_save(fig, path)
+
+    monkeypatch.setattr(figures_module, "save", keep)
+    config = TrainConfig.for_data(
+        load_data("digits"), z_dim=2, hidden=(16,), epochs=2, batch_size=512, threads=1, beta=0.5, kl_warmup=1
+    )
+    train(config, tmp_path / "run", progress=False)
+    assert sorted(captured) == sorted(FIGURES)
+    for caption in captured.values():
+        for part in ("digits (64)", "prior standard", "likelihood bernoulli", "guide normal (mlp encoder, mlp decoder"):
+            assert part in caption
+        assert "meanfield" in caption and "beta 0.5 (warm-up 1 epochs)" in caption and "epoch 2" in caption
+
+
+def test_run_caption_names_the_particles_and_image_shape(tmp_path):
+    (tmp_path / "pets").mkdir()
+    config = TrainConfig(
+        model=VAEConfig(x_shape=(3, 32, 32), encoder="conv", decoder="conv", prior="vamp"),
+        dataset=str(tmp_path / "pets"),
+        elbo="iwae",
+        num_particles=10,
+    )
+    caption = run_caption(config, 7)
+    assert caption.startswith("pets (3x32x32) · prior vamp") and "iwae (K = 10)" in caption and "epoch 7" in caption
+    assert "guide normal (conv encoder, conv decoder, z_dim 2)" in caption
+
+
+def test_a_scatter_of_10000_codes_shows_a_subset_but_spans_them_all():
+    rng = np.random.default_rng(0)
+    means = torch.as_tensor(rng.normal(size=(10_000, 2)) * [4.0, 1.0], dtype=torch.float32)
+    means[0] = torch.tensor([30.0, -9.0])  # an outlier the subset may miss: the axes must still show it
+    fig = Figure()
+    ax = fig.add_subplot()
+    plot_latent(ax, means, torch.as_tensor(rng.integers(0, 10, 10_000)), "codes")
+    shown = ax.collections[0].get_offsets()
+    assert len(shown) == MAX_POINTS and "2,000 of 10,000 codes shown" in ax.get_title()
+    # The drawn points are codes (a subset, each once), and the limits include every code.
+    drawn = {tuple(p) for p in np.asarray(shown, dtype=np.float32).tolist()}
+    assert drawn <= {tuple(p) for p in means.numpy().tolist()} and len(drawn) == MAX_POINTS
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    assert x0 < means[:, 0].min() and x1 > 30 and y0 < -9 and y1 > means[:, 1].max()
+
+
+def test_decoded_grid_tiles_are_square_when_the_latent_ranges_differ():
+    torch.manual_seed(0)
+    model, _ = build(VAEConfig(x_shape=(1, 8, 8), z_dim=2, hidden=(8,)))
+    fig = Figure(figsize=(6, 6))
+    ax = fig.add_subplot()
+    ranges = [[0.0, 20.0], [-7.5, 7.5]]  # the blog's ranges without KL: 20 by 15 latent units
+    plot_manifold(ax, model, ranges, (1, 8, 8), n=15)
+    FigureCanvasAgg(fig).draw()
+    box = ax.images[0].get_window_extent()
+    rows, cols = ax.images[0].get_array().shape[:2]
+    # Displayed pixels per image pixel are the same across and down: every tile is as square as the images.
+    assert box.width / cols == pytest.approx(box.height / rows, rel=0.01)
+    assert ax.get_xlim()[0] < 0 < 20 < ax.get_xlim()[1]  # the axes still read in latent units
+
+
+def test_log_scaled_curves_get_plain_number_tick_labels():
+    # A KL warm-up run: the loss starts at 600 and settles near 100, the KL spans two decades.
+    metrics = [
+        {
+            "epoch": e,
+            "train_loss": 100 + 500 / e**2,
+            "test_elbo": -(100 + 300 / e**2),
+            "test_kl": 0.5 * e,
+            "test_recon": 90,
+        }
+        for e in range(1, 41)
+    ]
+    fig = Figure(figsize=(12, 3.4))
+    plot_curves(fig, metrics)
+    FigureCanvasAgg(fig).draw()
+    loss, kl = fig.axes[0], fig.axes[1]
+    for ax in (loss, kl):
+        assert ax.get_yscale() == "log"
+        lo, hi = ax.get_ylim()
+        labels = [t.get_text() for t in ax.get_yticklabels() if lo <= t.get_position()[1] <= hi]
+        assert len(labels) >= 3 and all(label and "$" not in label for label in labels)
+        assert all(float(label) > 0 for label in labels)  # plain numbers, not 10^k in mathtext
+    assert fig.axes[2].get_yscale() == "linear"  # a flat curve stays linear
+
+
+def test_rgb_images_are_tiled_in_colour():
+    images = torch.rand(6, 3, 4, 5)
+    grid = image_grid(images, (3, 4, 5), nrow=3, padding=0)
+    assert grid.shape == (8, 15, 3)
+    np.testing.assert_array_equal(grid[4:8, 5:10], images[4].permute(1, 2, 0).numpy())

@@ -9,14 +9,28 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae.ablation import kl_ablation
+from pyro_vae import VAEConfig, build
+from pyro_vae.ablation import continuity, gap_fraction, grid_steps, inside_prior_95, kl_ablation
 from pyro_vae.cli import main
 from pyro_vae.data import load_data
 from pyro_vae.errors import UserError
+from pyro_vae.figures import manifold_grid
 from pyro_vae.runs import load_run
 from pyro_vae.training import TrainConfig
+from tests.test_conv import mnist_dir, needs_mnist
 
-KEYS = ["latent_mean", "latent_std", "latent_range", "test_elbo", "test_recon_error"]
+KEYS = [
+    "latent_mean",
+    "latent_std",
+    "latent_range",
+    "test_elbo",
+    "test_kl",
+    "test_recon_error",
+    "inside_prior_95",
+    "gap_fraction",
+    "grid_step_ratio",
+    "largest_step_ratio",
+]
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +96,72 @@ def test_needs_a_two_dimensional_latent_space(tmp_path):
     base = TrainConfig.for_data(load_data("digits"), z_dim=3, epochs=1)
     with pytest.raises(UserError, match="2-D latent spaces; got z_dim = 3"):
         kl_ablation(tmp_path, base, progress=False)
+
+
+# --- the blog's properties, measured: each measure against a case whose answer is known -------------------------
+
+
+def test_inside_prior_95_is_095_for_codes_drawn_from_the_prior():
+    torch.manual_seed(0)
+    n = 20_000
+    share = inside_prior_95(torch.randn(n, 2))
+    assert abs(share - 0.95) < 4 * (0.95 * 0.05 / n) ** 0.5
+
+
+def test_gap_fraction_finds_a_square_hole_of_known_size():
+    # Codes on a 51 x 51 lattice over [0, 1]^2 (spacing 0.02), without those in the open square (0.3, 0.7)^2.
+    side = torch.linspace(0, 1, 51, dtype=torch.float64)
+    lattice = torch.cartesian_prod(side, side)
+    hole = ((lattice > 0.3 + 1e-9) & (lattice < 0.7 - 1e-9)).all(1)
+    ranges = [[0.0, 1.0], [0.0, 1.0]]
+    assert gap_fraction(lattice, ranges) == 0.0
+    holed = lattice[~hole][torch.randperm(int((~hole).sum()))]  # order must not matter...
+    # ...but the measure uses the first GAP_CODES codes: give it all of them.
+    import pyro_vae.ablation as ablation_module
+
+    old, ablation_module.GAP_CODES = ablation_module.GAP_CODES, len(holed)
+    try:
+        share = gap_fraction(holed, ranges)
+    finally:
+        ablation_module.GAP_CODES = old
+    # Grid points k / 29 further than 3 x 0.02 from every code: inside (0.36, 0.64) on both axes, k = 11..18.
+    inner = [k for k in range(30) if 0.36 < k / 29 < 0.64]
+    assert len(inner) == 8 and share == pytest.approx(len(inner) ** 2 / 900, abs=1e-12)
+
+
+def test_grid_steps_of_a_linear_decoder_are_its_columns_times_the_grid_spacing():
+    from scipy.spatial.distance import pdist
+
+    torch.manual_seed(0)
+    model, _ = build(VAEConfig(x_dim=5, z_dim=2, decoder="linear", likelihood="gaussian"))
+    ranges, n = [[-2.0, 2.0], [-1.0, 5.0]], 7
+    steps, pairs = grid_steps(model, ranges, n)
+    w = model.decoder.weight.detach().double()
+    horizontal, vertical = w[:, 0].norm() * 4 / (n - 1), w[:, 1].norm() * 6 / (n - 1)
+    assert steps.shape == (2 * n * (n - 1),)
+    np.testing.assert_allclose(steps[: n * (n - 1)].numpy(), horizontal.item(), rtol=1e-5)
+    np.testing.assert_allclose(steps[n * (n - 1) :].numpy(), vertical.item(), rtol=1e-5)
+    _, z = manifold_grid(model, ranges, n)
+    expected_pairs = pdist((z.double() @ w.T).numpy())  # distances between decodings W z (+ b cancels)
+    np.testing.assert_allclose(np.sort(pairs.numpy()), np.sort(expected_pairs), rtol=1e-5)
+    mean, largest = continuity(model, ranges, n)
+    assert mean == pytest.approx(float((horizontal + vertical) / 2) / expected_pairs.mean(), rel=1e-5)
+    assert largest == pytest.approx(float(max(horizontal, vertical)) / expected_pairs.mean(), rel=1e-5)
+
+
+@needs_mnist
+@pytest.mark.slow
+def test_the_blogs_claim_holds_on_real_mnist(tmp_path):
+    """A short run (3 epochs of 60,000 images each): the KL term already fixes the scale and fills the region."""
+    out = tmp_path / "mnist"
+    args = ["kl-ablation", "--dataset", "mnist", "--data-dir", str(mnist_dir()), "--no-download", "--epochs", "3"]
+    assert main([*args, "--hidden", "256", "--lr", "3e-3", "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    with_kl, without = summary["with_kl"], summary["without_kl"]
+    assert all(abs(s - 1) < 0.35 for s in with_kl["latent_std"])
+    assert all(w > 2 * s for w, s in zip(without["latent_std"], with_kl["latent_std"], strict=True))
+    # Completeness: most codes where the prior puts its mass, and fewer holes in the occupied region.
+    assert with_kl["inside_prior_95"] > 0.75 and without["inside_prior_95"] < with_kl["inside_prior_95"] - 0.3
+    assert with_kl["gap_fraction"] < without["gap_fraction"]
+    assert with_kl["test_elbo"] > without["test_elbo"] + 20
+    assert (out / "kl_ablation.png").stat().st_size > 50_000

@@ -196,12 +196,17 @@ BAD_DATA = {
         (torch.tensor([[-0.1, 0.5, 0.5, 0.2]]), r"needs data in \[0, 1\]"),
         (torch.tensor([[float("nan"), 0.5, 0.5, 0.2]]), r"needs data in \[0, 1\]"),
     ],
+    "discretized-logistic": [
+        (torch.tensor([[0.0, 1.5, 0.5, 0.2]]), r"needs pixel values in \[0, 1\]"),
+        (torch.tensor([[0.0, 0.5, 1.0, 0.2]]), r"needs pixel values k/255 \(256 levels\)"),
+    ],
 }
 GOOD_DATA = {
     "bernoulli": torch.tensor([[0.0, 1.0, 1.0, 0.0]]),
     "gaussian": torch.tensor([[-3.0, 0.5, 7.0, 0.0]]),
     "gaussian-learned": torch.tensor([[-3.0, 0.5, 7.0, 0.0]]),
     "continuous-bernoulli": torch.tensor([[0.0, 0.25, 0.5, 1.0]]),
+    "discretized-logistic": torch.tensor([[0.0, 1.0, 128.0, 255.0]]) / 255,
 }
 
 

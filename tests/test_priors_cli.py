@@ -25,6 +25,7 @@ LIKELIHOOD_ARGS = {
     "gaussian": ["--sigma", "0.5"],
     "gaussian-learned": ["--sigma-per-pixel"],
     "continuous-bernoulli": [],
+    "discretized-logistic": ["--likelihood-bins", "17"],  # the digits' 17 grey levels
 }
 KL_KIND = {
     "standard": "analytic",

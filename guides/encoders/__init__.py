@@ -5,6 +5,7 @@ serves any family. An encoder factory gets the ``VAEConfig`` and returns the mod
 ``pyro_vae.registry.ENCODERS``. Every encoder has an ``out_features`` attribute.
 """
 
+from pyro_vae.guides.encoders.conv import ConvEncoder, ConvEncoderOptions
 from pyro_vae.guides.encoders.mlp import MLPEncoder
 
-__all__ = ["MLPEncoder"]
+__all__ = ["ConvEncoder", "ConvEncoderOptions", "MLPEncoder"]

@@ -4,7 +4,8 @@ A decoder factory gets the ``VAEConfig`` (``config.z_dim``, ``config.x_shape``, 
 module; register it in ``pyro_vae.registry.DECODERS``.
 """
 
+from pyro_vae.models.decoders.conv import ConvDecoder, ConvDecoderOptions
 from pyro_vae.models.decoders.linear import LinearDecoder
 from pyro_vae.models.decoders.mlp import MLPDecoder
 
-__all__ = ["LinearDecoder", "MLPDecoder"]
+__all__ = ["ConvDecoder", "ConvDecoderOptions", "LinearDecoder", "MLPDecoder"]

@@ -8,7 +8,20 @@ ValueError, with a one-line message, for data outside the distribution's support
 
 from pyro_vae.models.likelihoods.bernoulli import BernoulliLikelihood
 from pyro_vae.models.likelihoods.continuous_bernoulli import ContinuousBernoulliLikelihood
+from pyro_vae.models.likelihoods.discretized_logistic import (
+    DiscretizedLogistic,
+    DiscretizedLogisticLikelihood,
+    DiscretizedLogisticOptions,
+)
 from pyro_vae.models.likelihoods.gaussian import GaussianLikelihood
 from pyro_vae.models.likelihoods.gaussian_learned import LearnedGaussianLikelihood
 
-__all__ = ["BernoulliLikelihood", "ContinuousBernoulliLikelihood", "GaussianLikelihood", "LearnedGaussianLikelihood"]
+__all__ = [
+    "BernoulliLikelihood",
+    "ContinuousBernoulliLikelihood",
+    "DiscretizedLogistic",
+    "DiscretizedLogisticLikelihood",
+    "DiscretizedLogisticOptions",
+    "GaussianLikelihood",
+    "LearnedGaussianLikelihood",
+]

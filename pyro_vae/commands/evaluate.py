@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pyro
 
+from pyro_vae.bits import bits_per_dim_of
 from pyro_vae.checkpoint import atomic_write_text
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation import ACTIVE_UNIT_THRESHOLD, Evaluation, evaluate
@@ -81,8 +82,16 @@ def _run(args: argparse.Namespace) -> int:
     at = f"epoch {loaded.epoch}" + (f" + {loaded.step} steps (stopped mid-epoch)" if loaded.step else "")
     title = f"{args.dir}: {loaded.data.name}, {at}, {result.num_examples} test examples"
     print(format_evaluation(result, title))
+    # Bits per dimension next to nats, for every non-binary likelihood (convention: pyro_vae.bits).
+    dims, bits = int(x[0].numel()), {}
+    for key, nats in (("elbo", result.elbo), ("log_likelihood", result.log_likelihood)):
+        value = bits_per_dim_of(loaded.model.likelihood, loaded.data.levels, nats, dims)
+        if value is not None:
+            bits[key] = value
+    if bits:
+        print(f"  bits per dimension: test ELBO {bits['elbo']:.4f}, IS log p(x) {bits['log_likelihood']:.4f}")
     out = args.dir / OUTPUT
-    record = {"epoch": loaded.epoch, "step": loaded.step, **result.to_dict()}
+    record = {"epoch": loaded.epoch, "step": loaded.step, **result.to_dict(), "bits_per_dim": bits or None}
     atomic_write_text(out, json.dumps(record, indent=2) + "\n")
     print(f"wrote {out}")
     return 0

@@ -175,10 +175,11 @@ UNSET = {
     "decoder_hidden": "those of --hidden",
     "labels": "none",
     "clip_norm": "no clipping",
+    "image_size": "keep their size, the same for all",
 }
 #: Metavars of the fields whose type (str) says nothing.
 METAVARS = {
-    "dataset": "{digits,mnist,fashion-mnist,FILE}",
+    "dataset": "{digits,mnist,fashion-mnist,FILE,DIR}",
     "data_dir": "DIR",
     "labels": "FILE",
     "device": "{auto,cpu,cuda,cuda:N}",

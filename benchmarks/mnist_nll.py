@@ -1,0 +1,292 @@
+"""Test log-likelihood on binarised MNIST, next to published anchors: a benchmark with a stated protocol.
+
+Protocol (the same for every row):
+
+- data: MNIST, the official 60,000 / 10,000 split (torchvision's files; ``--data-dir`` holds MNIST/raw/);
+- training: dynamic binarisation, a fresh x ~ Bernoulli(grey pixels) every epoch (``VAEData.train_epoch``), Adam
+  (lr 1e-3), batch 100, seed 0, no KL warm-up, Bernoulli likelihood, z_dim = 50 (VampPrior: K = 100 pseudo-inputs
+  started at training images, against Tomczak & Welling's 500, for CPU time), through ``pyro_vae.train`` (so
+  every row is an ordinary run directory with its checkpoint and metrics.jsonl);
+- test set: binarised once with the project's fixed seed (``pyro_vae.data.TEST_BINARIZE_SEED``); the test ELBO
+  of every epoch is over all 10,000 images (one z per image, fixed evaluation draws);
+- test log p(x): importance sampling with the guide as proposal, K = 5000 (``pyro_vae.evaluation``, Burda et al.
+  2015), over the first ``--eval-examples`` test images (all 10,000 by default), seed 0. With fewer than all, the
+  number reported for the whole test set is ELBO(all 10,000) + mean gap(subset), where gap_i = log p(x_i) -
+  ELBO_K(x_i) from the same K samples: the gap varies far less from image to image than log p(x) itself (a control
+  variate), so this is a much better estimate than the subset's own mean, which also carries the subset's
+  difficulty (the first 1,000 test images are about 1.3 nats easier than the rest under these models). Its
+  standard error is the gap's over the subset; the subset's own mean is reported too;
+- resumable: running again continues each row from its checkpoint; ``--cpu-minutes`` is each row's total CPU
+  budget over all sessions (its CPU time is kept in OUT/ROW/bench.json), ``--epochs`` its cap.
+
+    python benchmarks/mnist_nll.py --data-dir ../shared/data --out runs/mnist-nll --cpu-minutes 15
+    python benchmarks/mnist_nll.py --out runs/mnist-nll --rows mlp-vamp-meanfield --cpu-minutes 30   # go on
+    python benchmarks/mnist_nll.py --out runs/mnist-nll --report        # the table and curves from disk only
+
+It prints a markdown table (epochs, CPU minutes, test ELBO, test log p(x) +- SE, the anchor and the distance to
+it, and the epochs a fitted learning curve says are still needed to reach the anchor) and writes OUT/results.json
+and OUT/curves.png (test ELBO per epoch, anchors dashed). The remaining-epochs estimate fits
+-ELBO(t) = a + b t^(-c) to the test ELBO curve (t >= 3) and adds the IS gap log p(x) - ELBO measured at the end;
+it is an extrapolation, to be read as an order of magnitude.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pyro_vae import TrainConfig, VAEConfig, load_run, train  # noqa: E402
+from pyro_vae.checkpoint import CHECKPOINT, atomic_write_text  # noqa: E402
+from pyro_vae.evaluation import importance_sample_stats  # noqa: E402
+
+#: Published test log-likelihoods (nats, binarised MNIST) each row is compared with: (number, source).
+ANCHORS = {
+    "vae": (-89.78, "pythae VAE"),
+    "vamp": (-85.79, "pythae VampPrior"),
+    "iwae": (-86.82, "pythae IWAE"),
+}
+#: Further published numbers, shown in the docs: Burda et al. 2015 (2 x 200 tanh, z = 50, 3,280 epochs) and
+#: Tomczak & Welling 2018.
+OTHER_ANCHORS = {
+    "vae": (-86.76, "Burda et al. VAE"),
+    "iwae": (-84.78, "Burda et al. IWAE k=50"),
+    "vamp": (-85.57, "Tomczak & Welling"),
+}
+
+MLP = {"encoder": "mlp", "decoder": "mlp", "hidden": (200, 200)}
+CONV = {"encoder": "conv", "decoder": "conv", "hidden": (256,)}
+#: name -> (VAEConfig fields, TrainConfig fields, anchor key).
+ROWS: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
+    "mlp-standard-meanfield": (MLP, {"elbo": "meanfield"}, "vae"),
+    "mlp-vamp-meanfield": (
+        {**MLP, "prior": "vamp", "mixture_components": 100, "prior_init_from_data": True},
+        {"elbo": "meanfield"},
+        "vamp",
+    ),
+    "mlp-standard-iwae10": (MLP, {"elbo": "iwae", "num_particles": 10}, "iwae"),
+    "conv-standard-meanfield": (CONV, {"elbo": "meanfield"}, "vae"),
+    "conv-vamp-meanfield": (
+        {**CONV, "prior": "vamp", "mixture_components": 100, "prior_init_from_data": True},
+        {"elbo": "meanfield"},
+        "vamp",
+    ),
+    "conv-standard-iwae10": (CONV, {"elbo": "iwae", "num_particles": 10}, "iwae"),
+}
+PROTOCOL = {"z_dim": 50, "likelihood": "bernoulli", "batch_size": 100, "lr": 1e-3, "seed": 0, "threads": 1}
+
+
+def row_config(name: str, data_dir: str | None, epochs: int) -> TrainConfig:
+    model, training, _ = ROWS[name]
+    return TrainConfig(
+        model=VAEConfig(z_dim=PROTOCOL["z_dim"], likelihood=PROTOCOL["likelihood"], **model),
+        dataset="mnist",
+        data_dir=data_dir,
+        download=False,
+        epochs=epochs,
+        batch_size=PROTOCOL["batch_size"],
+        lr=PROTOCOL["lr"],
+        seed=PROTOCOL["seed"],
+        threads=PROTOCOL["threads"],
+        **training,
+    )
+
+
+def read_state(out: Path) -> dict[str, Any]:
+    path = out / "bench.json"
+    return json.loads(path.read_text()) if path.exists() else {"cpu_seconds": 0.0, "sessions": [], "eval": None}
+
+
+def write_state(out: Path, state: dict[str, Any]) -> None:
+    atomic_write_text(out / "bench.json", json.dumps(state, indent=2) + "\n")
+
+
+def epochs_done(out: Path) -> int:
+    metrics = out / "metrics.jsonl"
+    if not (out / CHECKPOINT).exists() or not metrics.exists():
+        return 0
+    return len(metrics.read_text().splitlines())
+
+
+def train_row(name: str, out: Path, args: argparse.Namespace, data: Any) -> None:
+    """Train ``name`` in chunks of ``args.chunk`` epochs until its CPU budget or ``args.epochs`` is reached."""
+    state = read_state(out)
+    budget = 60 * args.cpu_minutes
+    while True:
+        done = epochs_done(out)
+        if done >= args.epochs or state["cpu_seconds"] >= budget:
+            print(f"{name}: {done} epochs, {state['cpu_seconds'] / 60:.1f} CPU minutes (budget {args.cpu_minutes})")
+            return
+        target = min(args.epochs, done + args.chunk)
+        config = row_config(name, args.data_dir, target)
+        t0, w0 = time.process_time(), time.perf_counter()
+        train(config, out, resume=done > 0, progress=False, data=data, figures=False)
+        cpu, wall = time.process_time() - t0, time.perf_counter() - w0
+        state["cpu_seconds"] += cpu
+        state["sessions"].append({"epochs": [done, target], "cpu_seconds": cpu, "wall_seconds": wall})
+        write_state(out, state)
+        last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+        print(f"{name}: epoch {target}, test ELBO {last['test_elbo']:.2f}, {cpu:.0f} s CPU ({wall:.0f} s wall)")
+
+
+def evaluate_row(name: str, out: Path, args: argparse.Namespace) -> dict[str, Any] | None:
+    """IS log p(x) with K = ``args.eval_k`` over the first ``args.eval_examples`` test images (cached per epoch)."""
+    state = read_state(out)
+    done = epochs_done(out)
+    if done == 0:
+        return None
+    cached = state.get("eval")
+    wanted = {"epoch": done, "k": args.eval_k, "examples": args.eval_examples}
+    if cached and "gap_se" in cached and all(cached.get(key) == value for key, value in wanted.items()):
+        return cached
+    run = load_run(out)
+    x = run.data.test_x_eval[: args.eval_examples]
+    torch.manual_seed(0)
+    t0 = time.process_time()
+    elbo, log_p = importance_sample_stats(run.model, run.guide, x, num_samples=args.eval_k, max_rows=args.max_rows)
+    n = x.shape[0]
+    gap = log_p - elbo
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    result = {
+        **wanted,
+        "examples": n,
+        "log_px": float(log_p.mean()),
+        "log_px_se": float(log_p.std() / math.sqrt(n)),
+        "elbo_same_images": float(elbo.mean()),
+        "gap": float(gap.mean()),
+        "gap_se": float(gap.std() / math.sqrt(n)),
+        # The estimate for the whole test set: its ELBO (all images) + the subset's mean gap (module docstring).
+        "log_px_all": float(last["test_elbo"] + gap.mean()),
+        "cpu_seconds": time.process_time() - t0,
+    }
+    state["eval"] = result
+    write_state(out, state)
+    print(
+        f"{name}: log p(x) {result['log_px']:.2f} +- {result['log_px_se']:.2f} on {n} images (K = {args.eval_k}); "
+        f"whole test set {result['log_px_all']:.2f} +- {result['gap_se']:.2f}"
+    )
+    return result
+
+
+def epochs_needed(curve: list[tuple[int, float]], gap: float, anchor: float) -> float | None:
+    """Epochs at which the fitted -ELBO(t) = a + b t^(-c), minus the IS gap, reaches -anchor; inf if never, None if
+    the curve is too short to fit."""
+    from scipy.optimize import curve_fit
+
+    points = [(t, -e) for t, e in curve if t >= 3]
+    if len(points) < 5:
+        return None
+    t = torch.tensor([p[0] for p in points], dtype=torch.float64).numpy()
+    y = torch.tensor([p[1] for p in points], dtype=torch.float64).numpy()
+    try:
+        (a, b, c), _ = curve_fit(lambda s, a, b, c: a + b * s ** (-c), t, y, p0=(y[-1] - 1, 10.0, 0.5), maxfev=20000)
+    except RuntimeError:
+        return None
+    target = -anchor + gap  # the -ELBO at which -log p(x) = -ELBO - gap reaches the anchor
+    if b <= 0 or c <= 0 or target <= a:
+        return math.inf
+    return float((b / (target - a)) ** (1 / c))
+
+
+def report(out: Path, names: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for name in names:
+        d = out / name
+        state = read_state(d)
+        curve = []
+        if (d / "metrics.jsonl").exists():
+            curve = [
+                (m["epoch"], m["test_elbo"])
+                for m in map(json.loads, (d / "metrics.jsonl").read_text().split("\n")[:-1])
+            ]
+        anchor, source = ANCHORS[ROWS[name][2]]
+        ev = state.get("eval")
+        row = {"row": name, "epochs": len(curve), "cpu_minutes": state["cpu_seconds"] / 60, "curve": curve}
+        row.update({"anchor": anchor, "anchor_source": source, "eval": ev})
+        if curve:
+            row["test_elbo"] = curve[-1][1]
+        if ev:
+            row["distance"] = ev["log_px_all"] - anchor
+            row["epochs_needed"] = epochs_needed(curve, ev["gap"], anchor) if row["distance"] < 0 else 0.0
+        rows.append(row)
+    atomic_write_text(out / "results.json", json.dumps(rows, indent=2) + "\n")
+    print(
+        "| row | epochs | CPU min (train + eval) | test ELBO | test log p(x) | IS on the subset (K, images) | anchor "
+        "| distance | epochs to anchor (fit) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---|---:|---:|")
+    for r in rows:
+        if not r["curve"]:
+            print(f"| {r['row']} | not run | | | | | {r['anchor']:.2f} ({r['anchor_source']}) | | |")
+            continue
+        ev = r["eval"]
+        whole = f"{ev['log_px_all']:.2f} ± {ev['gap_se']:.2f}" if ev else "-"
+        subset = f"{ev['log_px']:.2f} ± {ev['log_px_se']:.2f} ({ev['k']}, {ev['examples']:,})" if ev else "-"
+        cpu = f"{r['cpu_minutes']:.1f} + {ev['cpu_seconds'] / 60:.1f}" if ev else f"{r['cpu_minutes']:.1f}"
+        dist = f"{r['distance']:+.2f}" if ev else "-"
+        need = r.get("epochs_needed")
+        need_text = "-" if need is None else ("not by this fit" if math.isinf(need) else f"{need:,.0f}")
+        print(
+            f"| {r['row']} | {r['epochs']} | {cpu} | {r['test_elbo']:.2f} | {whole} | {subset} | "
+            f"{r['anchor']:.2f} ({r['anchor_source']}) | {dist} | {need_text} |"
+        )
+    plot_curves(rows, out / "curves.png")
+    return rows
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4.2))
+    ax = fig.add_subplot()
+    for i, r in enumerate(r for r in rows if r["curve"]):
+        epochs, elbo = zip(*r["curve"], strict=True)
+        ax.plot(epochs, elbo, color=f"C{i}", label=f"{r['row']} (test ELBO)")
+        if r["eval"]:
+            ev = r["eval"]
+            ax.errorbar([epochs[-1]], [ev["log_px_all"]], yerr=[2 * ev["gap_se"]], fmt="o", color=f"C{i}")
+        ax.axhline(r["anchor"], color=f"C{i}", ls="--", lw=0.8)
+    ax.set_ylim(-110, -80)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per test image")
+    ax.set_title(
+        "binarised MNIST: test ELBO per epoch; dots: IS log p(x) (K = 5000, ± 2 SE); dashed: anchors", fontsize=8
+    )
+    ax.legend(fontsize=7)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/mnist-nll"))
+    parser.add_argument("--data-dir", default=None, help="holds MNIST/raw/ (default: the download cache)")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--epochs", type=int, default=3280, help="each row's cap on epochs (Burda et al.'s 3,280)")
+    parser.add_argument("--cpu-minutes", type=float, default=60.0, help="each row's total CPU budget (all sessions)")
+    parser.add_argument("--chunk", type=int, default=5, help="epochs per training session between budget checks")
+    parser.add_argument("--eval-k", type=int, default=5000, help="importance samples per test image")
+    parser.add_argument("--eval-examples", type=int, default=10000, help="test images for log p(x)")
+    parser.add_argument("--max-rows", type=int, default=2**15, help="(particle, image) pairs per decoder pass")
+    parser.add_argument("--report", action="store_true", help="only print the table and draw the curves")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(PROTOCOL["threads"])
+    if not args.report:
+        data = row_config(args.rows[0], args.data_dir, 1).load_data()
+        for name in args.rows:
+            train_row(name, args.out / name, args, data)
+            evaluate_row(name, args.out / name, args)
+    report(args.out, args.rows)
+
+
+if __name__ == "__main__":
+    main()
