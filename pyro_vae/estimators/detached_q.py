@@ -101,6 +101,18 @@ def dependent_sites(guide_trace: Trace) -> dict[str, list[str]]:
     return found
 
 
+def guide_dependencies(guide: Callable[..., Any], x: torch.Tensor) -> dict[str, list[str]]:
+    """``dependent_sites`` of one run of ``guide(x)``, with gradients on even where the caller has them off.
+
+    A floating-point ``x`` is given ``requires_grad``, so that every sampled value carries a graph to follow
+    even when the guide's parameters are frozen.
+    """
+    with torch.enable_grad(), poutine.block():
+        probe = x.detach().clone().requires_grad_(True) if x.is_floating_point() else x
+        trace = poutine.trace(guide).get_trace(probe)
+    return dependent_sites(trace)
+
+
 def modules_of(fn: Any) -> list[nn.Module]:
     """The modules behind a callable: itself or the owner of a bound method, seen through Pyro handlers
     (``pyro.plate(...)(fn)``) and ``functools.wraps`` layers."""
