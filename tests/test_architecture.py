@@ -48,6 +48,7 @@ LAYERS: list[tuple[str, ...]] = [
         "pyro_vae.ais",
         "pyro_vae.gaps",
         "pyro_vae.collapse",
+        "pyro_vae.snr",
         "pyro_vae.comparison",
         "pyro_vae.figures",
         "pyro_vae.ablation",
