@@ -18,7 +18,10 @@ from scipy import stats
 from pyro_vae import ais_log_likelihood
 from pyro_vae.ais import AISOptions, annealing_schedule, bdmc, simulate
 from pyro_vae.linear_gaussian import LinearGaussian, set_guide_to_posterior
+from tests.helpers import one_thread  # noqa: F401 - the fixture, used by pytestmark
 from tests.test_evaluation import linear_gaussian
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_batch(sigma: float):

@@ -20,10 +20,13 @@ from scipy import integrate, stats
 from pyro_vae import collapse_diagnostics
 from pyro_vae.collapse import aggregate_log_density
 from pyro_vae.densities import Densities
+from tests.helpers import one_thread  # noqa: F401 - the fixture, used by pytestmark
 from tests.test_evaluation import StudentTPrior, linear_gaussian
 from tests.test_path_estimators_any_guide import X_DIM, set_guide
 from tests.test_path_estimators_any_guide import guide as two_level_guide
 from tests.test_path_estimators_any_guide import model as two_level_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 X = [[0.0, 0.0], [1.0, 0.5], [2.0, -1.0], [-1.5, 0.3]]
 

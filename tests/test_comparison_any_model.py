@@ -34,7 +34,10 @@ from pyro_vae.comparison import (
 from pyro_vae.data import load_data
 from pyro_vae.estimators import make_elbo
 from pyro_vae.linear_gaussian import LinearGaussian
+from tests.helpers import one_thread  # noqa: F401 - the fixture, used by pytestmark
 from tests.test_path_estimators_any_guide import BIAS, PARAMS, SIGMA, WEIGHT, X_DIM, guide, model, set_guide
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # ---------------------------------------------------------------- plain functions
 

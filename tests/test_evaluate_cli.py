@@ -17,7 +17,10 @@ from pyro_vae.evaluation import evaluate
 from pyro_vae.gaps import GapOptions
 from pyro_vae.runs import load_run
 from pyro_vae.training import TrainConfig, train
+from tests.helpers import one_thread  # noqa: F401 - the fixture, used by pytestmark
 from tests.test_comparison_any_model import trained_vae  # noqa: F401 - the user's VAE fixture
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAST = ["--num-samples", "200", "--num-examples", "40", "--sweep", "1", "10", "100"]
 AIS = ["--ais", "--ais-examples", "6", "--ais-num-steps", "20", "--ais-num-chains", "4"]

@@ -15,10 +15,13 @@ import torch
 from pyro_vae import inference_gaps
 from pyro_vae.gaps import GapOptions, local_optimisation_gaps
 from pyro_vae.linear_gaussian import LinearGaussian, exact_elbo, set_guide_to_posterior
+from tests.helpers import one_thread  # noqa: F401 - the fixture, used by pytestmark
 from tests.test_evaluation import linear_gaussian
 from tests.test_path_estimators_any_guide import X_DIM, set_guide
 from tests.test_path_estimators_any_guide import guide as two_level_guide
 from tests.test_path_estimators_any_guide import model as two_level_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 OPTIONS = GapOptions(num_steps=300, elbo_samples=2000, log_likelihood_samples=2000)
 

@@ -16,7 +16,10 @@ import torch
 from pyro_vae import log_likelihood
 from pyro_vae.importance import importance_sample
 from pyro_vae.linear_gaussian import LinearGaussian, set_guide_to_posterior
+from tests.helpers import one_thread  # noqa: F401 - the fixture, used by pytestmark
 from tests.test_evaluation import linear_gaussian
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -16,7 +16,13 @@ from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIALS = ROOT / "tutorials"
-EXPECTED = ["01_deriving_the_loss", "02_why_kl", "03_swapping_priors", "04_comparing_estimators"]
+EXPECTED = [
+    "01_deriving_the_loss",
+    "02_why_kl",
+    "03_swapping_priors",
+    "04_comparing_estimators",
+    "05_how_good_is_my_vae",
+]
 NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))
 
 
@@ -37,7 +43,7 @@ def smoke_kernel_env(tmp_path_factory):
     patch.undo()
 
 
-def test_the_four_tutorials_are_there():
+def test_the_five_tutorials_are_there():
     assert [p.stem for p in NOTEBOOKS] == EXPECTED
 
 

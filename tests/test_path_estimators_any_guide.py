@@ -17,6 +17,9 @@ from pyro.infer import Trace_ELBO
 from pyro_vae.estimators import make_elbo
 from pyro_vae.estimators.detached_q import dependent_sites
 from pyro_vae.linear_gaussian import LinearGaussian
+from tests.helpers import one_thread  # noqa: F401 - the fixture, used by pytestmark
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 X_DIM, SIGMA = 3, 0.7
 WEIGHT = [[1.0, 0.5], [0.3, -1.2], [0.8, 0.9]]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pyro
+import torch
 
 from pyro_vae.ais import AISOptions
 from pyro_vae.checkpoint import atomic_write_text
@@ -84,6 +85,14 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
         f"(default: {' '.join(map(str, DEFAULT_SWEEP))})",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for all sampling (default: 0)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="torch CPU threads (default: 1; AIS and the gaps run many small operations, fastest on one thread, "
+        "and a second thread on a busy machine made them ten times slower)",
+    )
     parser.add_argument("--ais", action="store_true", help="annealed importance sampling on the first examples")
     parser.add_argument("--ais-examples", type=int, default=100, metavar="N", help="AIS examples (default: 100)")
     parser.add_argument("--gaps", action="store_true", help="the approximation and amortisation gaps")
@@ -203,6 +212,8 @@ def _check(args: argparse.Namespace) -> None:
             raise UserError(f"{flag} must be >= 1, got {value}")
     if args.num_examples is not None and args.num_examples < 1:
         raise UserError(f"--num-examples must be >= 1, got {args.num_examples}")
+    if args.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
     if args.bdmc < 0:
         raise UserError(f"--bdmc must be >= 0 (simulated data sets), got {args.bdmc}")
     if any(k < 1 for k in args.sweep):
@@ -232,6 +243,7 @@ def run(args: argparse.Namespace) -> int:
         where, position = f"{args.dir}: {loaded.data.name}, {at}", {"epoch": loaded.epoch, "step": loaded.step}
     if args.num_examples is not None:
         x = x[: args.num_examples]
+    torch.set_num_threads(args.threads)
     pyro.set_rng_seed(args.seed)
     result = evaluate(
         model,
