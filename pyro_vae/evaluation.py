@@ -24,7 +24,7 @@ from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from torch.distributions import Independent, kl_divergence
 
-from pyro_vae.ais import AISOptions, ais, bdmc, simulate
+from pyro_vae.ais import AISOptions, AISResult, ais, bdmc, simulate
 from pyro_vae.collapse import collapse_diagnostics
 from pyro_vae.gaps import GapOptions, local_optimisation_gaps
 from pyro_vae.importance import (
@@ -165,13 +165,14 @@ def ais_summary(
     estimate: ImportanceEstimate,
     options: AISOptions,
     progress: bool = False,
-) -> dict[str, Any]:
-    """AIS on ``x`` next to the IS estimate of the same examples (the first ``len(x)`` of ``estimate``)."""
+) -> tuple[dict[str, Any], AISResult]:
+    """AIS on ``x`` next to the IS estimate of the same examples (the first ``len(x)`` of ``estimate``): the
+    summary, and the per-example result."""
     result = ais(model, guide, x, options, progress=progress)
     n = x.shape[0]
     ais_mean, ais_se = _mean_se(result.log_likelihood, result.stderr)
     is_mean, is_se = _mean_se(estimate.log_likelihood[:n], estimate.stderr[:n])
-    return {
+    summary = {
         "num_examples": n,
         "log_likelihood": ais_mean,
         "stderr": ais_se,
@@ -182,6 +183,7 @@ def ais_summary(
         "options": options.to_dict(),
         "per_example": [float(v) for v in result.log_likelihood],
     }
+    return summary, result
 
 
 def evaluate(
@@ -201,7 +203,8 @@ def evaluate(
 ) -> Evaluation:
     """ELBO and IS log-likelihood per example (with standard errors, ESS and the K-sweep), KL per latent dimension,
     active units and collapse diagnostics; AIS (given ``ais_options``) and the inference gaps (given
-    ``gap_options``) on the first ``ais_examples`` / ``gap_examples`` examples, and BDMC bounds (with
+    ``gap_options``) on the first ``ais_examples`` / ``gap_examples`` examples (the gaps take log p(x) from AIS
+    when it covers their examples, else from IS), and BDMC bounds (with
     ``ais_options``) on ``bdmc_examples`` data sets simulated from the model. ``progress`` shows bars with the
     time left on a terminal."""
     estimate = importance_sample(model, guide, x, num_samples, max_rows, sweep=sweep, progress=progress)
@@ -226,14 +229,15 @@ def evaluate(
     )
     if collapse and x.shape[0] > 1:
         result.collapse = collapse_diagnostics(model, guide, x).to_dict()
+    log_px, log_px_se, source = estimate.log_likelihood, estimate.stderr, f"IS, K = {num_samples}"
     if ais_options is not None and ais_examples > 0:
-        result.ais = ais_summary(model, guide, x[:ais_examples], estimate, ais_options, progress)
+        result.ais, ais_result = ais_summary(model, guide, x[:ais_examples], estimate, ais_options, progress)
+        if gap_examples <= ais_examples:  # AIS is the better log p(x) for the gaps (Cremer et al. use it too)
+            log_px, log_px_se, source = ais_result.log_likelihood, ais_result.stderr, "AIS"
     if gap_options is not None:
         n = min(gap_examples, x.shape[0])
-        gaps = local_optimisation_gaps(
-            model, guide, x[:n], gap_options, estimate.log_likelihood[:n], progress, estimate.stderr[:n]
-        )
-        result.gaps = {**gaps.summary(), "log_likelihood_source": f"IS, K = {num_samples}", **gap_options.to_dict()}
+        gaps = local_optimisation_gaps(model, guide, x[:n], gap_options, log_px[:n], progress, log_px_se[:n])
+        result.gaps = {**gaps.summary(), "log_likelihood_source": source, **gap_options.to_dict()}
     if bdmc_examples and ais_options is not None:
         result.bdmc = bdmc_summary(model, guide, x[:bdmc_examples], ais_options, progress)
     return result

@@ -96,7 +96,13 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
     parser.add_argument("--ais", action="store_true", help="annealed importance sampling on the first examples")
     parser.add_argument("--ais-examples", type=int, default=100, metavar="N", help="AIS examples (default: 100)")
     parser.add_argument("--gaps", action="store_true", help="the approximation and amortisation gaps")
-    parser.add_argument("--gap-examples", type=int, default=100, metavar="N", help="gap examples (default: 100)")
+    parser.add_argument(
+        "--gap-examples",
+        type=int,
+        default=100,
+        metavar="N",
+        help="gap examples (default: 100); log p(x) from AIS when --ais covers them, else from IS",
+    )
     parser.add_argument(
         "--bdmc", type=int, default=0, metavar="N", help="BDMC bounds on N simulated data sets (default: 0, off)"
     )
@@ -150,7 +156,12 @@ def _bound_rows(result: Evaluation) -> list[str]:
             f"  on the first {g['num_examples']} test examples:",
             _row("ELBO(q_encoder)", g["elbo_encoder"]),
             _row("ELBO(q*), optimised per example", g["elbo_optimal"], None, f"{g['num_steps']} Adam steps"),
-            _row("approximation gap log p(x) - ELBO(q*)", g["approximation_gap"], g["approximation_gap_stderr"]),
+            _row(
+                "approximation gap log p(x) - ELBO(q*)",
+                g["approximation_gap"],
+                g["approximation_gap_stderr"],
+                f"log p(x) from {g['log_likelihood_source']}",
+            ),
             _row("amortisation gap ELBO(q*) - ELBO(q_enc)", g["amortization_gap"], g["amortization_gap_stderr"]),
         ]
     if result.bdmc is not None:
