@@ -66,7 +66,7 @@ class GapOptions:
         lr: Adam's initial learning rate, decayed tenfold over the steps.
         num_particles: samples of z per example and step for the gradient.
         elbo_samples: samples per example for the final ELBO estimates of q_enc and q*.
-        log_likelihood_samples: importance samples per example for log p(x), with q* as the proposal.
+        log_likelihood_samples: importance samples per example for log p(x), from the mixture of q* and q_enc.
         batch_size: examples optimised together.
     """
 
