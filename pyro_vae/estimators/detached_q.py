@@ -137,7 +137,7 @@ def frozen_parameters(*fns: Callable[..., Any]) -> Iterator[None]:
 
     Graphs built before the block are untouched, so a value sampled earlier keeps its path to the parameters.
     """
-    params = {id(p): p for p in pyro.get_param_store()._params.values()}
+    params = {id(p): p for _, p in pyro.get_param_store().named_parameters()}  # the unconstrained leaves
     for module in (m for fn in fns for m in modules_of(fn)):
         params.update({id(p): p for p in module.parameters()})
     changed = [p for p in params.values() if p.requires_grad]
