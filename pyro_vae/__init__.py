@@ -4,11 +4,16 @@ The mathematics follows Odaibo, "Tutorial: Deriving the Standard VAE Loss Functi
 "Why we need KL divergence loss in VAEs".
 """
 
+from pyro_vae.ais import AISOptions, ais_log_likelihood, bdmc, simulate
 from pyro_vae.beta import BetaScaled, LatentScale
+from pyro_vae.collapse import collapse_diagnostics
+from pyro_vae.comparison import compare_estimators
 from pyro_vae.config import TrainConfig, VAEConfig
 from pyro_vae.data import load_data
 from pyro_vae.estimators import ESTIMATORS, EstimatorSpec, make_elbo, register_estimator
-from pyro_vae.evaluation import log_likelihood
+from pyro_vae.evaluation import Evaluation, evaluate
+from pyro_vae.gaps import GapOptions, inference_gaps
+from pyro_vae.importance import log_likelihood
 from pyro_vae.pairs import MissingMethod, PairModule
 from pyro_vae.plugins import load_plugin
 from pyro_vae.registry import (
@@ -32,6 +37,7 @@ from pyro_vae.training import Trainer, TrainResult, train
 __version__ = "0.2.0"
 
 __all__ = [
+    "AISOptions",
     "DECODERS",
     "ENCODERS",
     "ESTIMATORS",
@@ -41,6 +47,8 @@ __all__ = [
     "BetaScaled",
     "Component",
     "EstimatorSpec",
+    "Evaluation",
+    "GapOptions",
     "LatentScale",
     "MissingMethod",
     "PairModule",
@@ -49,7 +57,13 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "VAEConfig",
+    "ais_log_likelihood",
+    "bdmc",
     "build",
+    "collapse_diagnostics",
+    "compare_estimators",
+    "evaluate",
+    "inference_gaps",
     "load_data",
     "load_plugin",
     "load_run",
@@ -62,6 +76,7 @@ __all__ = [
     "register_guide",
     "register_likelihood",
     "register_prior",
+    "simulate",
     "train",
     "__version__",
 ]

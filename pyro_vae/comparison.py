@@ -1,13 +1,24 @@
 """ELBO estimators side by side on one model, guide and batch: value, bias, gradient variance and SNR, cost.
 
-For each estimator, R independent draws of (value, gradient) on the same batch x give:
+Any Pyro model and guide: functions, bound methods (``vae.model``, ``vae.guide`` as in Pyro's
+examples/vae/vae.py) or modules. For each estimator, R independent draws of (value, gradient) on the same batch
+x give:
+
 - the value per example, mean and std over the draws (what it estimates: ``ESTIMATORS[name].value``);
-- its bias against the importance-sampled log p(x) per example (``pyro_vae.evaluation.log_likelihood``);
+- its bias against the importance-sampled log p(x) per example (``pyro_vae.importance.log_likelihood``);
 - for every parameter element, the variance of its gradient and the signal-to-noise ratio |E g| / std(g)
-  (Rainforth et al. 2018), averaged separately over the guide's (encoder's) and the model's (decoder's)
-  parameters; gradients are of the loss per example (Pyro's batch-sum loss divided by N);
+  (Rainforth et al. 2018), averaged separately over two groups: by default the guide's ("encoder") and the
+  model's other ("decoder") parameters as Pyro's param store sees them when the pair runs on x (plus those of
+  the modules behind the callables); gradients are of the loss per example (Pyro's batch-sum loss divided by N);
+- a 95% (basic) bootstrap interval for each averaged SNR (the R draws resampled), and the noise floor: with R draws a
+  gradient element of mean zero still shows |mean| / std ~ sqrt(2 / (pi R)) on average (the mean of a
+  half-normal), 0.08 at R = 100, so an SNR near the floor cannot be told from no signal at all;
 - milliseconds per step (one ``loss_and_grads``): the median over the draws (robust to a busy machine), after
   one untimed warm-up call (the JIT compiles there).
+
+References:
+    [1] T. Rainforth, A. R. Kosiorek, T. A. Le, C. J. Maddison, M. Igl, F. Wood, Y. W. Teh. Tighter Variational
+        Bounds are Not Necessarily Better. ICML 2018.
 """
 
 from __future__ import annotations
@@ -22,18 +33,40 @@ from pathlib import Path
 from typing import Any
 
 import pyro
+import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO
-from torch import Tensor, nn
+from torch import Tensor
 
 from pyro_vae.estimators import ESTIMATORS, make_elbo
-from pyro_vae.evaluation import log_likelihood
-from pyro_vae.step import parameters_of
+from pyro_vae.estimators.detached_q import modules_of
+from pyro_vae.importance import log_likelihood
+from pyro_vae.progress import progress_bar
+from pyro_vae.snr import gradient_variance_and_snr, snr_bootstrap_interval, snr_floor
+
+__all__ = [
+    "EstimatorStats",
+    "GradientDraws",
+    "compare_estimators",
+    "draw_gradients",
+    "estimator_stats",
+    "format_table",
+    "gradient_variance_and_snr",
+    "plot_snr_versus_particles",
+    "snr_bootstrap_interval",
+    "snr_floor",
+    "snr_versus_particles",
+    "split_parameters",
+    "write_csv",
+    "write_json",
+]
 
 
 @dataclass
 class EstimatorStats:
-    """One row of the comparison (values in nats per example)."""
+    """One row of the comparison (values in nats per example); ``snr_*_low/high``: the 95% basic bootstrap
+    interval (it corrects the SNR estimate's upward bias, so it may lie below the estimate);
+    ``snr_floor``: sqrt(2 / (pi R)), the SNR that zero-mean gradients show with R draws."""
 
     name: str
     num_particles: int
@@ -47,6 +80,11 @@ class EstimatorStats:
     snr_decoder: float
     ms_per_step: float
     num_draws: int
+    snr_encoder_low: float = math.nan
+    snr_encoder_high: float = math.nan
+    snr_decoder_low: float = math.nan
+    snr_decoder_high: float = math.nan
+    snr_floor: float = math.nan
 
 
 @dataclass
@@ -59,11 +97,46 @@ class GradientDraws:
     seconds: Tensor
 
 
-def split_parameters(model: nn.Module, guide: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(encoder = the guide's parameters, decoder = the model's parameters that the guide does not own)."""
-    encoder = parameters_of(guide)
+def _parameters_seen(fn: Callable[..., Any], trace: Any) -> list[Tensor]:
+    """The parameters of ``fn``: the param-store tensors its trace touched (``pyro.param``, ``pyro.module``),
+    or, where it touched none or there is no trace, the parameters of the modules behind it."""
+    found: dict[int, Tensor] = {}
+    if trace is not None:
+        store = pyro.get_param_store()
+        for name, site in trace.nodes.items():
+            if site["type"] == "param" and name in store:
+                leaf = store.get_param(name).unconstrained()
+                found.setdefault(id(leaf), leaf)
+    if not found:
+        for module in modules_of(fn):
+            found.update((id(p), p) for p in module.parameters() if p.requires_grad)
+    return list(found.values())
+
+
+def split_parameters(
+    model: Callable[..., Any], guide: Callable[..., Any], *args: Any, **kwargs: Any
+) -> tuple[list[Tensor], list[Tensor]]:
+    """(encoder = the guide's parameters, decoder = the model's parameters that the guide does not own).
+
+    Given the model's arguments (the batch x), the pair runs once and each side's parameters are those Pyro's
+    param store sees it use (``pyro.param``, ``pyro.module``): for Pyro's examples/vae/vae.py, whose
+    ``vae.guide`` registers ``vae.encoder`` and ``vae.model`` ``vae.decoder``, the encoder's and the decoder's.
+    A side that registers nothing (or without the arguments) contributes the parameters of the modules behind
+    it (a module, the owner of a bound method), which is all there is for ``pyro_vae.build``'s pair.
+    """
+    guide_trace = model_trace = None
+    if args or kwargs:
+        with poutine.block(), torch.no_grad():
+            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    encoder = _parameters_seen(guide, guide_trace)
     owned = {id(p) for p in encoder}
-    decoder = [p for p in parameters_of(model) if id(p) not in owned]
+    decoder = [p for p in _parameters_seen(model, model_trace) if id(p) not in owned]
+    if not encoder and not decoder:
+        raise ValueError(
+            "found no parameters: pass the batch (split_parameters(model, guide, x)) so that Pyro's param store "
+            "can be read, or give the parameter groups explicitly"
+        )
     return encoder, decoder
 
 
@@ -72,68 +145,69 @@ def draw_gradients(
     model: Callable[..., Any],
     guide: Callable[..., Any],
     x: Tensor,
-    encoder_params: Sequence[nn.Parameter],
-    decoder_params: Sequence[nn.Parameter],
+    encoder_params: Sequence[Tensor],
+    decoder_params: Sequence[Tensor],
     num_draws: int,
+    progress: bool = False,
+    desc: str = "gradient draws",
 ) -> GradientDraws:
     """Call ``elbo.loss_and_grads`` ``num_draws`` times (after one warm-up call) and record everything."""
     params = list(encoder_params) + list(decoder_params)
     n = x.shape[0]
 
-    def flat(ps: Sequence[nn.Parameter]) -> Tensor:
+    def flat(ps: Sequence[Tensor]) -> Tensor:
+        if not ps:
+            return torch.zeros(0)
         return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in ps]) / n
 
     for p in params:
         p.grad = None
     elbo.loss_and_grads(model, guide, x)
     values, enc, dec, seconds = [], [], [], []
-    for _ in range(num_draws):
-        for p in params:
-            p.grad = None
-        start = time.perf_counter()
-        loss = elbo.loss_and_grads(model, guide, x)
-        seconds.append(time.perf_counter() - start)
-        values.append(-float(loss) / n)
-        enc.append(flat(encoder_params))
-        dec.append(flat(decoder_params))
+    with progress_bar(num_draws, desc, progress, unit="draw") as bar:
+        for _ in range(num_draws):
+            for p in params:
+                p.grad = None
+            start = time.perf_counter()
+            loss = elbo.loss_and_grads(model, guide, x)
+            seconds.append(time.perf_counter() - start)
+            values.append(-float(loss) / n)
+            enc.append(flat(encoder_params))
+            dec.append(flat(decoder_params))
+            bar.update(1)
     for p in params:
         p.grad = None
     return GradientDraws(torch.tensor(values), torch.stack(enc), torch.stack(dec), torch.tensor(seconds))
 
 
-def gradient_variance_and_snr(grads: Tensor) -> tuple[float, float]:
-    """(mean over elements of Var(g), mean over elements of |E g| / std(g)) for draws ``grads`` of shape (R, P).
-
-    Elements whose gradient never varies (std = 0, e.g. parameters the loss does not touch) are left out
-    of the SNR average; it is NaN when every element is constant.
-    """
-    var = grads.var(dim=0, unbiased=True)
-    std = var.sqrt()
-    varying = std > 0
-    snr = (grads.mean(0).abs()[varying] / std[varying]).mean() if varying.any() else torch.tensor(math.nan)
-    return float(var.mean()), float(snr)
-
-
 def estimator_stats(
     name: str,
     elbo: ELBO,
-    model: nn.Module,
-    guide: nn.Module,
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
     x: Tensor,
     log_px: float,
     num_draws: int = 100,
     seed: int = 0,
+    params: tuple[Sequence[Tensor], Sequence[Tensor]] | None = None,
+    progress: bool = False,
 ) -> EstimatorStats:
-    """One row: ``elbo`` drawn ``num_draws`` times on batch x; ``log_px`` is the IS log p(x) per example."""
-    encoder, decoder = split_parameters(model, guide)
+    """One row: ``elbo`` drawn ``num_draws`` times on batch x; ``log_px`` is the IS log p(x) per example.
+
+    ``params`` = (encoder, decoder) parameter groups (default: ``split_parameters(model, guide, x)``).
+    """
+    encoder, decoder = params if params is not None else split_parameters(model, guide, x)
     pyro.set_rng_seed(seed)
-    draws = draw_gradients(elbo, model, guide, x, encoder, decoder, num_draws)
+    k = int(elbo.num_particles)
+    draws = draw_gradients(elbo, model, guide, x, encoder, decoder, num_draws, progress, f"{name}, K={k}")
     var_e, snr_e = gradient_variance_and_snr(draws.encoder)
     var_d, snr_d = gradient_variance_and_snr(draws.decoder)
+    enc_low, enc_high = snr_bootstrap_interval(draws.encoder, seed=seed)
+    dec_low, dec_high = snr_bootstrap_interval(draws.decoder, seed=seed)
     estimates = ESTIMATORS[name].value if name in ESTIMATORS else ""
     return EstimatorStats(
         name=name,
-        num_particles=int(elbo.num_particles),
+        num_particles=k,
         estimates=estimates,
         value_mean=float(draws.values.mean()),
         value_std=float(draws.values.std()),
@@ -144,43 +218,67 @@ def estimator_stats(
         snr_decoder=snr_d,
         ms_per_step=1000.0 * float(draws.seconds.median()),
         num_draws=num_draws,
+        snr_encoder_low=enc_low,
+        snr_encoder_high=enc_high,
+        snr_decoder_low=dec_low,
+        snr_decoder_high=dec_high,
+        snr_floor=snr_floor(num_draws),
     )
 
 
 def compare_estimators(
-    model: nn.Module,
-    guide: nn.Module,
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
     x: Tensor,
     estimators: Mapping[str, ELBO],
     num_draws: int = 100,
     log_likelihood_samples: int = 5000,
     seed: int = 0,
     log_px: float | None = None,
+    encoder_params: Sequence[Tensor] | None = None,
+    decoder_params: Sequence[Tensor] | None = None,
+    progress: bool = False,
 ) -> list[EstimatorStats]:
     """The comparison table for a fixed model, guide and batch x: one ``EstimatorStats`` per estimator.
 
-    ``log_px`` (IS log p(x) per example, averaged over x) is computed with ``log_likelihood_samples``
-    importance samples unless given.
+    ``model`` and ``guide`` are any Pyro callables. ``log_px`` (IS log p(x) per example, averaged over x) is
+    computed with ``log_likelihood_samples`` importance samples unless given. ``encoder_params`` and
+    ``decoder_params`` are the two parameter groups the gradient statistics average over (default: the guide's
+    and the model's, see ``split_parameters``).
     """
+    encoder, decoder = split_parameters(model, guide, x)
+    params = (
+        encoder if encoder_params is None else list(encoder_params),
+        decoder if decoder_params is None else list(decoder_params),
+    )
     if log_px is None:
         pyro.set_rng_seed(seed)
-        log_px = float(log_likelihood(model, guide, x, num_samples=log_likelihood_samples).mean())
-    return [estimator_stats(name, elbo, model, guide, x, log_px, num_draws, seed) for name, elbo in estimators.items()]
+        estimate = log_likelihood(model, guide, x, num_samples=log_likelihood_samples, progress=progress)
+        log_px = float(estimate.mean())  # type: ignore[union-attr]
+    return [
+        estimator_stats(name, elbo, model, guide, x, log_px, num_draws, seed, params, progress)
+        for name, elbo in estimators.items()
+    ]
 
 
 def snr_versus_particles(
-    model: nn.Module,
-    guide: nn.Module,
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
     x: Tensor,
     log_px: float,
     names: Sequence[str] = ("iwae", "dreg"),
     particles: Sequence[int] = (1, 5, 10, 50),
     num_draws: int = 100,
     seed: int = 0,
+    params: tuple[Sequence[Tensor], Sequence[Tensor]] | None = None,
+    progress: bool = False,
 ) -> list[EstimatorStats]:
     """Rows for each estimator in ``names`` at each K in ``particles`` (Rainforth et al. 2018, fig. 1)."""
+    params = params if params is not None else split_parameters(model, guide, x)
     return [
-        estimator_stats(name, make_elbo(name, num_particles=k), model, guide, x, log_px, num_draws, seed)
+        estimator_stats(
+            name, make_elbo(name, num_particles=k), model, guide, x, log_px, num_draws, seed, params, progress
+        )
         for name in names
         for k in particles
     ]
@@ -202,14 +300,29 @@ def format_table(rows: Sequence[EstimatorStats], log_px: float | None = None) ->
             f"{r.bias:+.3f}",
             f"{r.grad_var_encoder:.3g}",
             f"{r.grad_var_decoder:.3g}",
-            f"{r.snr_encoder:.3f}",
-            f"{r.snr_decoder:.3f}",
+            _snr_cell(r.snr_encoder, r.snr_encoder_low, r.snr_encoder_high, r.snr_floor),
+            _snr_cell(r.snr_decoder, r.snr_decoder_low, r.snr_decoder_high, r.snr_floor),
             f"{r.ms_per_step:.2f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     if log_px is not None:
         lines.append(f"\nIS log p(x) per example: {log_px:.3f} nats (bias = value - IS log p(x))")
+    floors = sorted({r.snr_floor for r in rows if math.isfinite(r.snr_floor)})
+    if floors:
+        draws = sorted({r.num_draws for r in rows})
+        lines.append(
+            f"SNR [95% bootstrap interval]; noise floor sqrt(2/(pi R)) = {', '.join(f'{f:.3f}' for f in floors)} "
+            f"for R = {', '.join(map(str, draws))} draws: zero-mean gradients show this SNR, so values marked * "
+            "(interval reaching below twice the floor) cannot be told from no signal"
+        )
     return "\n".join(lines)
+
+
+def _snr_cell(snr: float, low: float, high: float, floor: float) -> str:
+    if not math.isfinite(low):
+        return f"{snr:.3f}"
+    mark = "*" if math.isfinite(floor) and low < 2 * floor else ""
+    return f"{snr:.3f}{mark} [{low:.3f}, {high:.3f}]"
 
 
 def write_csv(rows: Sequence[EstimatorStats], path: str | Path) -> None:
@@ -245,18 +358,27 @@ def plot_snr_versus_particles(rows: Sequence[EstimatorStats], path: str | Path) 
         # Dashed lines with open markers so that coinciding curves (dreg's decoder gradient is iwae's) stay visible.
         for i, name in enumerate(dict.fromkeys(r.name for r in rows)):
             sel = sorted((r for r in rows if r.name == name), key=lambda r: r.num_particles)
-            ax.plot(
+            snr = [getattr(r, f"snr_{part}") for r in sel]
+            # The bias-corrected interval need not contain the (upward-biased) estimate: clip the bars at it.
+            low = [max(0.0, s - getattr(r, f"snr_{part}_low")) for s, r in zip(snr, sel, strict=True)]
+            high = [max(0.0, getattr(r, f"snr_{part}_high") - s) for s, r in zip(snr, sel, strict=True)]
+            ax.errorbar(
                 [r.num_particles for r in sel],
-                [getattr(r, f"snr_{part}") for r in sel],
+                snr,
+                yerr=[low, high] if all(map(math.isfinite, low + high)) else None,
+                capsize=3,
                 marker="os^v"[i % 4],
                 linestyle="-" if i == 0 else "--",
                 fillstyle="full" if i == 0 else "none",
                 label=name,
             )
+        floor = next((r.snr_floor for r in rows if math.isfinite(r.snr_floor)), math.nan)
+        if math.isfinite(floor):
+            ax.axhline(floor, color="grey", linestyle=":", label=f"noise floor, R = {rows[0].num_draws}")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("K (particles)")
-        ax.set_title(f"{part} gradient SNR |E g| / std g")
+        ax.set_title(f"{part} gradient SNR |E g| / std g (95% bootstrap)")
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

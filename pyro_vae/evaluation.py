@@ -1,17 +1,21 @@
-"""Held-out evaluation of a trained VAE: ELBO, importance-sampled log p(x), KL per latent dimension, active units.
+"""Held-out evaluation of a trained VAE: log p(x) with error bars, ELBO, AIS, the inference gaps, KL per latent
+dimension, active units and the collapse diagnostics, in one ``Evaluation``.
 
 - log p(x) ~= log (1/K) sum_k p(x, z_k) / q(z_k | x), z_k ~ q(z | x) (the IWAE_K bound of Burda et al. 2015,
-  which converges to log p(x) as K grows), one value per example.
+  which converges to log p(x) as K grows), one value per example, with its delta-method standard error and the
+  effective sample size (``pyro_vae.importance``), and the estimate at K = 1, 10, 100, ... on the way.
 - The ELBO per example is estimated from the same K samples, (1/K) sum_k log w_k, so gap = log p(x) - ELBO
   is >= 0 for every example.
+- Optionally AIS (``pyro_vae.ais``) and the approximation and amortisation gaps (``pyro_vae.gaps``) on the first
+  examples, and I(x; z) and KL(q(z) || p(z)) (``pyro_vae.collapse``).
 - Active units (Burda et al. 2015): latent dimension j is active when Var_x(E_q[z_j | x]) > 0.01.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyro.poutine as poutine
@@ -20,64 +24,31 @@ from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from torch.distributions import Independent, kl_divergence
 
-from pyro_vae.estimators.log_weights import guess_plate_nesting, per_example_log_weights
-
-#: Default bound on (particles x examples) rows pushed through the decoder at once.
-MAX_ROWS = 2**15
+from pyro_vae.ais import AISOptions, AISResult, ais, bdmc, simulate
+from pyro_vae.collapse import collapse_diagnostics
+from pyro_vae.gaps import GapOptions, local_optimisation_gaps
+from pyro_vae.importance import (
+    DEFAULT_SWEEP,
+    MAX_ROWS,
+    ImportanceEstimate,
+    importance_sample,
+    importance_sample_stats,
+    log_likelihood,
+)
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 
-
-@torch.no_grad()
-def importance_sample_stats(
-    model: Callable[..., Any],
-    guide: Callable[..., Any],
-    x: Tensor,
-    num_samples: int = 5000,
-    max_rows: int = MAX_ROWS,
-) -> tuple[Tensor, Tensor]:
-    """(ELBO_i, log p(x_i)) per example from the same ``num_samples`` importance samples of q(z | x_i).
-
-    ELBO_i = (1/K) sum_k log w_ik and log p(x_i) ~= logsumexp_k log w_ik - log K. Memory stays bounded:
-    at most ``max_rows`` (particle, example) pairs go through the model at once.
-    """
-    if not (isinstance(num_samples, int) and num_samples >= 1):
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-    n = x.shape[0]
-    if n == 0:
-        raise ValueError("no examples to evaluate")
-    block = min(n, max_rows)
-    chunk = max(1, min(num_samples, max_rows // block))
-    nesting = guess_plate_nesting(model, guide, (x[:block],), {})
-    elbos, log_ps = [], []
-    for start in range(0, n, block):
-        xb = x[start : start + block]
-        lse = torch.full((xb.shape[0],), -math.inf, dtype=x.dtype, device=x.device)
-        total = torch.zeros(xb.shape[0], dtype=x.dtype, device=x.device)
-        done = 0
-        while done < num_samples:
-            k = min(chunk, num_samples - done)
-            log_w = per_example_log_weights(model, guide, xb, num_particles=k, plate_nesting=nesting)
-            lse = torch.logaddexp(lse, torch.logsumexp(log_w, 0))
-            total += log_w.sum(0)
-            done += k
-        elbos.append(total / num_samples)
-        log_ps.append(lse - math.log(num_samples))
-    return torch.cat(elbos), torch.cat(log_ps)
-
-
-def log_likelihood(
-    model: Callable[..., Any],
-    guide: Callable[..., Any],
-    x: Tensor,
-    num_samples: int = 5000,
-    max_rows: int = MAX_ROWS,
-) -> Tensor:
-    """Importance-sampled log p(x_i) for each row of x, with the guide as proposal (Burda et al. 2015).
-
-    Chunked over particles and examples so memory stays bounded for large ``num_samples``.
-    """
-    return importance_sample_stats(model, guide, x, num_samples, max_rows)[1]
+__all__ = [
+    "ACTIVE_UNIT_THRESHOLD",
+    "MAX_ROWS",
+    "Evaluation",
+    "active_units",
+    "evaluate",
+    "importance_sample_stats",
+    "kl_per_dimension",
+    "log_likelihood",
+    "posterior_means",
+]
 
 
 def _latent_sites(model: Callable[..., Any], guide: Callable[..., Any], x: Tensor) -> list[tuple[str, Any, Any]]:
@@ -142,7 +113,13 @@ def active_units(
 
 @dataclass
 class Evaluation:
-    """Per-example averages in nats over ``num_examples`` held-out examples."""
+    """Per-example averages in nats over ``num_examples`` held-out examples.
+
+    ``log_likelihood_stderr`` is the Monte Carlo standard error of the average (sqrt(sum_i SE_i^2) / N, for
+    comparing models on this test set); ``log_likelihood_std`` the spread of log p(x_i) over the examples.
+    ``sweep`` holds the estimate from the first K samples for each K of the sweep; ``ais``, ``gaps``, ``bdmc``
+    and ``collapse`` are None unless asked for.
+    """
 
     elbo: float
     log_likelihood: float
@@ -153,9 +130,60 @@ class Evaluation:
     posterior_mean_variance: list[float]
     num_samples: int
     num_examples: int
+    log_likelihood_stderr: float = math.nan
+    log_likelihood_std: float = math.nan
+    ess_mean: float = math.nan
+    ess_min: float = math.nan
+    sweep: list[dict[str, float]] = field(default_factory=list)
+    collapse: dict[str, Any] | None = None
+    ais: dict[str, Any] | None = None
+    gaps: dict[str, Any] | None = None
+    bdmc: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _sweep_rows(estimate: ImportanceEstimate) -> list[dict[str, float]]:
+    n = estimate.log_likelihood.numel()
+    rows = [
+        {"num_samples": k, "log_likelihood": float(lp.mean()), "stderr": float(se.pow(2).sum().sqrt() / n)}
+        for k, (lp, se) in estimate.sweep.items()
+    ]
+    mean, stderr = estimate.mean_and_stderr()
+    return [*rows, {"num_samples": estimate.num_samples, "log_likelihood": mean, "stderr": stderr}]
+
+
+def _mean_se(values: Tensor, stderr: Tensor) -> tuple[float, float]:
+    return float(values.mean()), float(stderr.pow(2).sum().sqrt() / values.numel())
+
+
+def ais_summary(
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
+    x: Tensor,
+    estimate: ImportanceEstimate,
+    options: AISOptions,
+    progress: bool = False,
+) -> tuple[dict[str, Any], AISResult]:
+    """AIS on ``x`` next to the IS estimate of the same examples (the first ``len(x)`` of ``estimate``): the
+    summary, and the per-example result."""
+    result = ais(model, guide, x, options, progress=progress)
+    n = x.shape[0]
+    ais_mean, ais_se = _mean_se(result.log_likelihood, result.stderr)
+    is_mean, is_se = _mean_se(estimate.log_likelihood[:n], estimate.stderr[:n])
+    summary = {
+        "num_examples": n,
+        "log_likelihood": ais_mean,
+        "stderr": ais_se,
+        "is_log_likelihood": is_mean,
+        "is_stderr": is_se,
+        "ais_minus_is": ais_mean - is_mean,
+        "acceptance": float(result.acceptance.mean()),
+        "options": options.to_dict(),
+        "per_example": [float(v) for v in result.log_likelihood],
+    }
+    return summary, result
 
 
 def evaluate(
@@ -164,19 +192,71 @@ def evaluate(
     x: Tensor,
     num_samples: int = 5000,
     max_rows: int = MAX_ROWS,
+    sweep: Sequence[int] = DEFAULT_SWEEP,
+    ais_options: AISOptions | None = None,
+    ais_examples: int = 100,
+    gap_options: GapOptions | None = None,
+    gap_examples: int = 100,
+    collapse: bool = True,
+    bdmc_examples: int = 0,
+    progress: bool = False,
 ) -> Evaluation:
-    """ELBO and IS log-likelihood per example (and their gap), KL per latent dimension and active units."""
-    elbo, log_p = importance_sample_stats(model, guide, x, num_samples, max_rows)
+    """ELBO and IS log-likelihood per example (with standard errors, ESS and the K-sweep), KL per latent dimension,
+    active units and collapse diagnostics; AIS (given ``ais_options``) and the inference gaps (given
+    ``gap_options``) on the first ``ais_examples`` / ``gap_examples`` examples (the gaps take log p(x) from AIS
+    when it covers their examples, else from IS), and BDMC bounds (with
+    ``ais_options``) on ``bdmc_examples`` data sets simulated from the model. ``progress`` shows bars with the
+    time left on a terminal."""
+    estimate = importance_sample(model, guide, x, num_samples, max_rows, sweep=sweep, progress=progress)
     kl_dims, kl_total = kl_per_dimension(model, guide, x)
     count, variances = active_units(model, guide, x)
-    return Evaluation(
-        elbo=float(elbo.mean()),
-        log_likelihood=float(log_p.mean()),
-        gap=float((log_p - elbo).mean()),
+    mean, stderr = estimate.mean_and_stderr()
+    result = Evaluation(
+        elbo=float(estimate.elbo.mean()),
+        log_likelihood=mean,
+        gap=float((estimate.log_likelihood - estimate.elbo).mean()),
         kl_per_dimension=None if kl_dims is None else [float(v) for v in kl_dims],
         kl_total=kl_total,
         active_units=count,
         posterior_mean_variance=[float(v) for v in variances],
         num_samples=num_samples,
         num_examples=int(x.shape[0]),
+        log_likelihood_stderr=stderr,
+        log_likelihood_std=float(estimate.log_likelihood.std()) if x.shape[0] > 1 else math.nan,
+        ess_mean=float(estimate.ess.mean()),
+        ess_min=float(estimate.ess.min()),
+        sweep=_sweep_rows(estimate),
     )
+    if collapse and x.shape[0] > 1:
+        result.collapse = collapse_diagnostics(model, guide, x).to_dict()
+    log_px, log_px_se, source = estimate.log_likelihood, estimate.stderr, f"IS, K = {num_samples}"
+    if ais_options is not None and ais_examples > 0:
+        result.ais, ais_result = ais_summary(model, guide, x[:ais_examples], estimate, ais_options, progress)
+        if gap_examples <= ais_examples:  # AIS is the better log p(x) for the gaps (Cremer et al. use it too)
+            log_px, log_px_se, source = ais_result.log_likelihood, ais_result.stderr, "AIS"
+    if gap_options is not None:
+        n = min(gap_examples, x.shape[0])
+        gaps = local_optimisation_gaps(model, guide, x[:n], gap_options, log_px[:n], progress, log_px_se[:n])
+        result.gaps = {**gaps.summary(), "log_likelihood_source": source, **gap_options.to_dict()}
+    if bdmc_examples and ais_options is not None:
+        result.bdmc = bdmc_summary(model, guide, x[:bdmc_examples], ais_options, progress)
+    return result
+
+
+def bdmc_summary(
+    model: Callable[..., Any], guide: Callable[..., Any], x_like: Tensor, options: AISOptions, progress: bool = False
+) -> dict[str, Any]:
+    """BDMC's lower and upper bounds, averaged over data simulated from the model (one per row of ``x_like``)."""
+    x_sim, latents = simulate(model, x_like)
+    bounds = bdmc(model, guide, x_sim, latents, options, progress=progress)
+    lower, lower_se = _mean_se(bounds.lower, bounds.lower_stderr)
+    upper, upper_se = _mean_se(bounds.upper, bounds.upper_stderr)
+    return {
+        "num_examples": int(x_sim.shape[0]),
+        "lower": lower,
+        "lower_stderr": lower_se,
+        "upper": upper,
+        "upper_stderr": upper_se,
+        "upper_minus_lower": upper - lower,
+        "options": options.to_dict(),
+    }

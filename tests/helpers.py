@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pyro.poutine as poutine
+import pytest
 import torch
 from pyro_vae.models.likelihoods import BernoulliLikelihood, DiscretizedLogisticLikelihood, GaussianLikelihood
 from pyro_vae.models.priors import GaussianPrior, StandardNormalPrior
@@ -52,3 +53,13 @@ def closed_form_loss(model, guide, x: Tensor, trace) -> Tensor:
     """Eq. 43 with L = 1 at the z recorded in ``trace``."""
     kl, log_lik = closed_form_terms(model, guide, x, trace.nodes["z"]["value"])
     return batch_loss(kl, log_lik)
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test on one torch thread: its many small tensor operations are fastest there, and a second thread
+    competing for a busy machine's cores made them ten times slower (measured on AIS at load 8)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -21,6 +21,7 @@ EXPECTED = [
     "02_why_kl",
     "03_swapping_priors",
     "04_comparing_estimators",
+    "05_how_good_is_my_vae",
     "06_variational_families",
 ]
 NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))

@@ -1,9 +1,10 @@
-"""``pyro-vae compare-estimators DIR``: ELBO estimators side by side on a trained model (or --train one first).
+"""``pyro-vae compare-estimators DIR``: ELBO estimators side by side on a trained model (or --train one first), or on
+a Pyro model and guide of the user's own (``--model-module PATH.py:FACTORY``).
 
 For a fixed model, guide and batch of test examples: each estimator's value (mean and std over R draws), its
 bias against the importance-sampled log p(x), the variance and SNR of its gradient for the encoder and the
-decoder (Rainforth et al. 2018), and ms per step; then SNR against K for iwae and dreg. Writes
-DIR/estimators.csv, DIR/estimators.json and DIR/snr_vs_k.png.
+decoder (Rainforth et al. 2018) with bootstrap intervals and the noise floor for R, and ms per step; then SNR
+against K for iwae and dreg. Writes DIR/estimators.csv, DIR/estimators.json and DIR/snr_vs_k.png.
 """
 
 from __future__ import annotations
@@ -16,21 +17,24 @@ from pathlib import Path
 import pyro
 import torch
 
+from pyro_vae.commands.model_module import add_model_module_options, load_model_module, module_test_data
 from pyro_vae.commands.options import add_config_options, given_options
 from pyro_vae.comparison import (
     compare_estimators,
     format_table,
     plot_snr_versus_particles,
+    snr_floor,
     snr_versus_particles,
+    split_parameters,
     write_csv,
     write_json,
 )
 from pyro_vae.config import TrainConfig
 from pyro_vae.errors import UserError
 from pyro_vae.estimators import ESTIMATORS
-from pyro_vae.evaluation import log_likelihood
+from pyro_vae.importance import log_likelihood
 from pyro_vae.lock import run_lock
-from pyro_vae.runs import load_run
+from pyro_vae.runs import load_run, prepare_run_dir
 from pyro_vae.training import train
 
 CSV, JSON, PLOT = "estimators.csv", "estimators.json", "snr_vs_k.png"
@@ -84,7 +88,10 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
         metavar="A,B",
         help="estimators of the SNR plot (default: iwae,dreg)",
     )
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="training progress")
+    parser.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars (on a terminal)"
+    )
+    add_model_module_options(parser, data_flags=False)  # --dataset, --data-dir, --download come from TrainConfig
     # --train's model is trained with one particle: --particles is the comparison's K, and one K option is enough.
     converters = add_config_options(parser, skip=("num_particles",))
     parser.set_defaults(run=run, _converters=converters)
@@ -113,43 +120,79 @@ def _estimator(name: str, args: argparse.Namespace):
     return spec.make(num_particles=args.particles if spec.multi_particle else 1, **options)
 
 
+#: TrainConfig options that select the data of a user's module (--model-module) rather than configure training.
+_DATA_OPTIONS = {"dataset", "data_dir", "download", "threads"}
+
+
+def _source(args: argparse.Namespace):
+    """(model, guide, test x, title, record) from the run in DIR, trained first with --train, or --model-module."""
+    model_opts, train_opts = given_options(args)
+    if args.model_module:
+        if args.train or model_opts or set(train_opts) - _DATA_OPTIONS:
+            raise UserError("--model-module takes only --dataset, --data-dir, --download and --threads of the options")
+        model, guide = load_model_module(args.model_module)
+        args.dataset, args.data_dir = train_opts.get("dataset", "digits"), train_opts.get("data_dir")
+        args.download = train_opts.get("download", True)
+        x, name = module_test_data(args)
+        prepare_run_dir(args.dir)
+        title = f"{args.model_module} on {name}"
+        return model, guide, x, title, {"model_module": args.model_module, "dataset": name}
+    if args.train:
+        train(TrainConfig.from_options(model_opts, train_opts), args.dir, progress=args.progress)
+    elif model_opts or set(train_opts) - {"threads"}:
+        raise UserError("model and training options need --train (to compare on an existing run, give only DIR)")
+    loaded = load_run(args.dir)
+    at = f"epoch {loaded.epoch}{f' + {loaded.step} steps' if loaded.step else ''}"
+    title = f"{args.dir}: {loaded.data.name}, z_dim {loaded.config.model.z_dim}, {at}"
+    record = {
+        "dataset": loaded.data.name,
+        "epoch": loaded.epoch,
+        "step": loaded.step,
+        "z_dim": loaded.config.model.z_dim,
+    }
+    return loaded.model, loaded.guide, loaded.data.test_x_eval, title, {**record, "seed": loaded.config.seed}
+
+
 def run(args: argparse.Namespace) -> int:
     # The run's lock for as long as this may write into it (one writer per run; pyro_vae.lock).
-    with run_lock(args.dir, "pyro-vae compare-estimators", create=args.train):
+    with run_lock(args.dir, "pyro-vae compare-estimators", create=args.train or bool(args.model_module)):
         return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:
     _check(args)
-    model_opts, train_opts = given_options(args)
-    threads = train_opts.get("threads") or 1
-    if args.train:
-        train(TrainConfig.from_options(model_opts, train_opts), args.dir, progress=args.progress)
-    elif model_opts or set(train_opts) - {"threads"}:
-        raise UserError("model and training options need --train (to compare on an existing run, give only DIR)")
+    threads = given_options(args)[1].get("threads") or 1
+    model, guide, x, where, record = _source(args)
     # One thread by default: small models run fastest on one, and timings on a busy machine stay stable.
     torch.set_num_threads(threads)
-    loaded = load_run(args.dir)
-    model, guide = loaded.model, loaded.guide
-    x = loaded.data.test_x_eval[: args.examples]
-    seed = loaded.config.seed
+    x = x[: args.examples]
+    seed = record.pop("seed", 0)
+    params = split_parameters(model, guide, x)
 
     pyro.set_rng_seed(seed)
-    log_px = float(log_likelihood(model, guide, x, num_samples=args.ll_samples).mean())
+    log_px = float(
+        log_likelihood(model, guide, x, num_samples=args.ll_samples, progress=args.progress).mean()  # type: ignore[union-attr]
+    )
     estimators = {name: _estimator(name, args) for name in args.estimators}
     print(f"comparing {len(estimators)} estimators, {args.draws} draws each ...", file=sys.stderr)
-    rows = compare_estimators(model, guide, x, estimators, num_draws=args.draws, seed=seed, log_px=log_px)
+    rows = compare_estimators(
+        model,
+        guide,
+        x,
+        estimators,
+        num_draws=args.draws,
+        seed=seed,
+        log_px=log_px,
+        encoder_params=params[0],
+        decoder_params=params[1],
+        progress=args.progress,
+    )
     print(f"SNR against K for {', '.join(args.snr_estimators)} ...", file=sys.stderr)
     sweep = snr_versus_particles(
-        model, guide, x, log_px, args.snr_estimators, args.snr_ks, num_draws=args.draws, seed=seed
+        model, guide, x, log_px, args.snr_estimators, args.snr_ks, args.draws, seed, params, args.progress
     )
 
-    title = (
-        f"{args.dir}: {loaded.data.name}, z_dim {loaded.config.model.z_dim}, epoch {loaded.epoch}"
-        f"{f' + {loaded.step} steps' if loaded.step else ''}; "
-        f"{x.shape[0]} test examples, {args.draws} draws; values in nats per example"
-    )
-    print(title)
+    print(f"{where}; {x.shape[0]} test examples, {args.draws} draws; values in nats per example")
     print(format_table(rows, log_px))
     print("\nSNR against K")
     print(format_table(sweep))
@@ -161,12 +204,10 @@ def _run(args: argparse.Namespace) -> int:
     write_json(
         {
             "run": str(args.dir),
-            "dataset": loaded.data.name,
-            "epoch": loaded.epoch,
-            "step": loaded.step,
-            "z_dim": loaded.config.model.z_dim,
+            **record,
             "num_examples": int(x.shape[0]),
             "num_draws": args.draws,
+            "snr_floor": snr_floor(args.draws),
             "log_likelihood": log_px,
             "log_likelihood_samples": args.ll_samples,
             "estimators": [dataclasses.asdict(r) for r in rows],

@@ -1,34 +1,74 @@
-"""``pyro-vae evaluate DIR``: held-out ELBO, importance-sampled log p(x), their gap, KL per dimension, active units.
+"""``pyro-vae evaluate DIR``: log p(x) with its error, the ELBO, AIS, the inference gaps and collapse diagnostics.
 
-Prints a table and writes DIR/evaluation.json (nats per example, averaged over the test examples).
+Prints one table and writes DIR/evaluation.json (nats per example, averaged over the test examples). With
+``--model-module PATH.py:FACTORY`` the model and guide are the user's own and DIR is only where results go.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
+import typing
 from pathlib import Path
+from typing import Any
 
 import pyro
+import torch
 
+from pyro_vae.ais import AISOptions
 from pyro_vae.bits import bits_per_dim_of
 from pyro_vae.checkpoint import atomic_write_text
+from pyro_vae.commands.model_module import add_model_module_options, load_model_module, module_test_data
+from pyro_vae.commands.options import field_docs
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation import ACTIVE_UNIT_THRESHOLD, Evaluation, evaluate
+from pyro_vae.gaps import GapOptions
+from pyro_vae.importance import DEFAULT_SWEEP
 from pyro_vae.lock import run_lock
-from pyro_vae.runs import load_run
+from pyro_vae.runs import load_run, prepare_run_dir
 
 OUTPUT = "evaluation.json"
+
+
+def _add_options(parser: argparse.ArgumentParser, cls: type, prefix: str, title: str) -> None:
+    """``--PREFIX-FIELD`` for every field of the options dataclass ``cls`` (help from its Fields: docstring)."""
+    group = parser.add_argument_group(title)
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        extra: dict[str, Any] = {"type": type(f.default), "metavar": type(f.default).__name__.upper()}
+        if typing.get_origin(kind) is typing.Literal:
+            extra = {"choices": list(typing.get_args(kind))}
+        group.add_argument(
+            f"--{prefix}-{f.name.replace('_', '-')}",
+            dest=f"{prefix}_{f.name}",
+            default=f.default,
+            help=f"{docs.get(f.name, f.name)} (default: {f.default})",
+            **extra,
+        )
+
+
+def _options(args: argparse.Namespace, cls: type, prefix: str) -> Any:
+    try:
+        return cls(**{f.name: getattr(args, f"{prefix}_{f.name}") for f in dataclasses.fields(cls)})
+    except ValueError as err:
+        raise UserError(f"{err}; see --help for the --{prefix}-* options") from None
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         name,
-        help="test ELBO, IS log-likelihood, gap, KL per latent dimension and active units of a trained run",
-        description="Load the run in DIR and evaluate it on its test set: the ELBO and the importance-sampled "
-        "log p(x) (Burda et al. 2015) per example from the same K samples of q(z|x), their gap, the KL per "
-        f"latent dimension and the number of active units (Var_x E_q[z_j|x] > {ACTIVE_UNIT_THRESHOLD}). "
-        f"Writes DIR/{OUTPUT}.",
+        help="log p(x) with its error, ELBO, AIS, inference gaps, KL per dimension and collapse diagnostics",
+        description="Load the run in DIR and evaluate it on its test set: the importance-sampled log p(x) "
+        "(Burda et al. 2015) with its standard error, the effective sample size and the estimate as K grows; the "
+        "ELBO from the same samples; with --ais, annealed importance sampling (Wu et al. 2017) on the first "
+        "examples; with --gaps, the approximation and amortisation gaps (Cremer et al. 2018); with --bdmc N, "
+        "BDMC bounds on N data sets simulated from the model (Grosse et al. 2015); the KL per latent dimension, "
+        f"active units (Var_x E_q[z_j|x] > {ACTIVE_UNIT_THRESHOLD}), I(x; z) and KL(q(z) || p(z)) (Hoffman & "
+        f"Johnson 2016). Writes DIR/{OUTPUT}.",
     )
     parser.add_argument("dir", type=Path, metavar="DIR", help="run directory (from pyro-vae train --out DIR)")
     parser.add_argument(
@@ -37,22 +77,134 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
     parser.add_argument(
         "--num-examples", type=int, default=None, metavar="N", help="evaluate the first N test examples (default: all)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed for the importance samples (default: 0)")
+    parser.add_argument(
+        "--sweep",
+        type=int,
+        nargs="*",
+        default=list(DEFAULT_SWEEP),
+        metavar="K",
+        help="also report log p(x) from the first K samples, for each K below --num-samples "
+        f"(default: {' '.join(map(str, DEFAULT_SWEEP))})",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for all sampling (default: 0)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="torch CPU threads (default: 1; AIS and the gaps run many small operations, fastest on one thread, "
+        "and a second thread on a busy machine made them ten times slower)",
+    )
+    parser.add_argument("--ais", action="store_true", help="annealed importance sampling on the first examples")
+    parser.add_argument("--ais-examples", type=int, default=100, metavar="N", help="AIS examples (default: 100)")
+    parser.add_argument("--gaps", action="store_true", help="the approximation and amortisation gaps")
+    parser.add_argument(
+        "--gap-examples",
+        type=int,
+        default=100,
+        metavar="N",
+        help="gap examples (default: 100); log p(x) from AIS when --ais covers them, else from IS",
+    )
+    parser.add_argument(
+        "--bdmc", type=int, default=0, metavar="N", help="BDMC bounds on N simulated data sets (default: 0, off)"
+    )
+    parser.add_argument(
+        "--collapse", action=argparse.BooleanOptionalAction, default=True, help="I(x; z) and KL(q(z) || p(z))"
+    )
+    parser.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars (on a terminal)"
+    )
+    _add_options(parser, AISOptions, "ais", "AIS and BDMC (--ais, --bdmc)")
+    _add_options(parser, GapOptions, "gap", "inference gaps (--gaps)")
+    add_model_module_options(parser)
     parser.set_defaults(run=run)
     return parser
 
 
+def _row(label: str, value: float, stderr: float | None = None, note: str = "") -> str:
+    se = f" ± {stderr:7.3f}" if stderr is not None and math.isfinite(stderr) else " " * 10
+    return f"  {label:<42s} {value:11.3f}{se}  {note}".rstrip()
+
+
+def _agreement(difference: float, stderr: float) -> str:
+    """How AIS and IS compare, at two standard errors."""
+    if difference > 2 * stderr:
+        return "AIS above IS: IS has not converged at this K"
+    if difference < -2 * stderr:
+        return "AIS below IS: AIS needs more steps"
+    return "agree within 2 SE"
+
+
+def _bound_rows(result: Evaluation) -> list[str]:
+    lines = []
+    if result.ais is not None:
+        a, o = result.ais, result.ais["options"]
+        se = math.hypot(a["stderr"], a["is_stderr"])
+        lines += [
+            f"  on the first {a['num_examples']} test examples:",
+            _row("IS log p(x)", a["is_log_likelihood"], a["is_stderr"], f"K = {result.num_samples}"),
+            _row(
+                "AIS log p(x)",
+                a["log_likelihood"],
+                a["stderr"],
+                f"T = {o['num_steps']}, {o['num_chains']} "
+                f"chains from the {o['start']}, acceptance {a['acceptance']:.2f}",
+            ),
+            _row("AIS - IS", a["ais_minus_is"], se, _agreement(a["ais_minus_is"], se)),
+        ]
+    if result.gaps is not None:
+        g = result.gaps
+        lines += [
+            f"  on the first {g['num_examples']} test examples:",
+            _row("ELBO(q_encoder)", g["elbo_encoder"]),
+            _row("ELBO(q*), optimised per example", g["elbo_optimal"], None, f"{g['num_steps']} Adam steps"),
+            _row(
+                "approximation gap log p(x) - ELBO(q*)",
+                g["approximation_gap"],
+                g["approximation_gap_stderr"],
+                f"log p(x) from {g['log_likelihood_source']}",
+            ),
+            _row("amortisation gap ELBO(q*) - ELBO(q_enc)", g["amortization_gap"], g["amortization_gap_stderr"]),
+        ]
+    if result.bdmc is not None:
+        b = result.bdmc
+        lines += [
+            f"  BDMC on {b['num_examples']} data sets simulated from the model:",
+            _row("lower bound (forward AIS)", b["lower"], b["lower_stderr"]),
+            _row("upper bound (reverse AIS)", b["upper"], b["upper_stderr"]),
+            _row("upper - lower", b["upper_minus_lower"], None, "bounds the AIS error on such data"),
+        ]
+    return lines
+
+
 def format_evaluation(result: Evaluation, title: str) -> str:
+    ll_note = f"K = {result.num_samples}; spread over examples {result.log_likelihood_std:.2f}"
     lines = [
         title,
-        f"  test ELBO          {result.elbo:12.3f} nats/example",
-        f"  IS log p(x)        {result.log_likelihood:12.3f} nats/example  (K = {result.num_samples})",
-        f"  gap log p(x)-ELBO  {result.gap:12.3f}",
-        f"  KL(q(z|x) || p(z)) {result.kl_total:12.3f}",
-        f"  active units       {result.active_units:>5d} of {len(result.posterior_mean_variance)}",
-        "",
-        "  dim   KL (nats)   Var_x E[z_j|x]   active",
+        f"  {'':<42s} nats/example  ± SE",
+        _row("IS log p(x)", result.log_likelihood, result.log_likelihood_stderr, ll_note),
+        _row("test ELBO", result.elbo),
+        _row("gap log p(x) - ELBO", result.gap),
+        f"  {'ESS of the importance weights':<42s} mean {result.ess_mean:.1f}, min {result.ess_min:.1f} "
+        f"of {result.num_samples}",
+        "  IS log p(x) from the first K samples:",
+        *[_row(f"  K = {r['num_samples']}", r["log_likelihood"], r["stderr"]) for r in result.sweep],
+        *_bound_rows(result),
+        _row("KL(q(z|x) || p(z))", result.kl_total),
     ]
+    if result.collapse is not None:
+        c = result.collapse
+        lines += [
+            _row(
+                "  = I(x; z)",
+                c["mutual_information"],
+                c["mutual_information_stderr"],
+                f"<= log N = {c['max_mutual_information']:.2f}",
+            ),
+            _row("  + KL(q(z) || p(z)), marginal", c["marginal_kl"], c["marginal_kl_stderr"]),
+        ]
+    lines += [f"  active units       {result.active_units:>5d} of {len(result.posterior_mean_variance)}", ""]
+    lines.append("  dim   KL (nats)   Var_x E[z_j|x]   active")
     kl = result.kl_per_dimension
     for j, var in enumerate(result.posterior_mean_variance):
         kl_text = f"{kl[j]:9.3f}" if kl is not None else "      n/a"
@@ -62,36 +214,88 @@ def format_evaluation(result: Evaluation, title: str) -> str:
     return "\n".join(lines)
 
 
+def _check(args: argparse.Namespace) -> None:
+    counts = {
+        "--num-samples": args.num_samples,
+        "--ais-examples": args.ais_examples,
+        "--gap-examples": args.gap_examples,
+    }
+    for flag, value in counts.items():
+        if value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}")
+    if args.num_examples is not None and args.num_examples < 1:
+        raise UserError(f"--num-examples must be >= 1, got {args.num_examples}")
+    if args.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
+    if args.bdmc < 0:
+        raise UserError(f"--bdmc must be >= 0 (simulated data sets), got {args.bdmc}")
+    if any(k < 1 for k in args.sweep):
+        raise UserError("--sweep values must be >= 1")
+
+
+def _write(out_dir: Path, record: dict[str, Any]) -> Path:
+    """The one place evaluate writes: DIR/evaluation.json, atomically."""
+    out = out_dir / OUTPUT
+    atomic_write_text(out, json.dumps(record, indent=2) + "\n")
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     # The run's lock for as long as this may write into it (one writer per run; pyro_vae.lock).
-    with run_lock(args.dir, "pyro-vae evaluate", create=False):
+    with run_lock(args.dir, "pyro-vae evaluate", create=bool(args.model_module)):
         return _run(args)
 
 
-def _run(args: argparse.Namespace) -> int:
-    if args.num_samples < 1:
-        raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
-    if args.num_examples is not None and args.num_examples < 1:
-        raise UserError(f"--num-examples must be >= 1, got {args.num_examples}")
-    loaded = load_run(args.dir)
-    x = loaded.data.test_x_eval
-    if args.num_examples is not None:
-        x = x[: args.num_examples]
-    pyro.set_rng_seed(args.seed)
-    result = evaluate(loaded.model, loaded.guide, x, num_samples=args.num_samples)
-    at = f"epoch {loaded.epoch}" + (f" + {loaded.step} steps (stopped mid-epoch)" if loaded.step else "")
-    title = f"{args.dir}: {loaded.data.name}, {at}, {result.num_examples} test examples"
-    print(format_evaluation(result, title))
-    # Bits per dimension next to nats, for every non-binary likelihood (convention: pyro_vae.bits).
-    dims, bits = int(x[0].numel()), {}
+def _bits(likelihood: Any, levels: int | None, result: Evaluation, dims: int) -> dict[str, float]:
+    """Bits per dimension of the test ELBO and IS log p(x), for a non-binary likelihood (convention: pyro_vae.bits)."""
+    bits = {}
     for key, nats in (("elbo", result.elbo), ("log_likelihood", result.log_likelihood)):
-        value = bits_per_dim_of(loaded.model.likelihood, loaded.data.levels, nats, dims)
+        value = bits_per_dim_of(likelihood, levels, nats, dims)
         if value is not None:
             bits[key] = value
+    return bits
+
+
+def _run(args: argparse.Namespace) -> int:
+    _check(args)
+    ais_options = _options(args, AISOptions, "ais")
+    gap_options = _options(args, GapOptions, "gap")
+    if args.model_module:
+        model, guide = load_model_module(args.model_module)
+        x, data_name = module_test_data(args)
+        prepare_run_dir(args.dir)
+        where, position = f"{args.model_module} on {data_name}", {}
+    else:
+        loaded = load_run(args.dir)
+        model, guide, x = loaded.model, loaded.guide, loaded.data.test_x_eval
+        at = f"epoch {loaded.epoch}" + (f" + {loaded.step} steps (stopped mid-epoch)" if loaded.step else "")
+        where, position = f"{args.dir}: {loaded.data.name}, {at}", {"epoch": loaded.epoch, "step": loaded.step}
+    if args.num_examples is not None:
+        x = x[: args.num_examples]
+    torch.set_num_threads(args.threads)
+    pyro.set_rng_seed(args.seed)
+    result = evaluate(
+        model,
+        guide,
+        x,
+        num_samples=args.num_samples,
+        sweep=args.sweep,
+        ais_options=ais_options if args.ais or args.bdmc else None,
+        ais_examples=args.ais_examples if args.ais else 0,
+        gap_options=gap_options if args.gaps else None,
+        gap_examples=args.gap_examples,
+        collapse=args.collapse,
+        bdmc_examples=args.bdmc,
+        progress=args.progress,
+    )
+    print(format_evaluation(result, f"{where}, {result.num_examples} test examples"))
+    bits = (
+        {}
+        if args.model_module
+        else _bits(getattr(loaded.model, "likelihood", loaded.model), loaded.data.levels, result, int(x[0].numel()))
+    )
     if bits:
         print(f"  bits per dimension: test ELBO {bits['elbo']:.4f}, IS log p(x) {bits['log_likelihood']:.4f}")
-    out = args.dir / OUTPUT
-    record = {"epoch": loaded.epoch, "step": loaded.step, **result.to_dict(), "bits_per_dim": bits or None}
-    atomic_write_text(out, json.dumps(record, indent=2) + "\n")
+    out = _write(args.dir, {**position, **result.to_dict(), "bits_per_dim": bits or None})
     print(f"wrote {out}")
     return 0

@@ -79,6 +79,29 @@ def log_weights_from_traces(model_trace: Trace, guide_trace: Trace, guide_log_pr
     return log_w
 
 
+def per_example_log_density(trace: Trace, include: Callable[[str, dict[str, Any]], bool] | None = None) -> torch.Tensor:
+    """The sum of the log densities of a trace's sample sites (those ``include(name, site)`` selects), per
+    particle and per example: shape (K, N) for sites in a particle plate and one data plate.
+
+    Log densities must have been computed (``trace.compute_log_prob()``); dimensions of plates not shared by
+    every sample site of the trace are summed, as in ``log_weights_from_traces``.
+    """
+    sites = [(n, s) for n, s in trace.nodes.items() if s["type"] == "sample"]
+    sum_dims = get_dependent_plate_dims([s for _, s in sites])
+    total: torch.Tensor | float = 0.0
+    for name, site in sites:
+        if include is None or include(name, site):
+            total = total + torch_sum(site["log_prob"], sum_dims)
+    if not torch.is_tensor(total):
+        raise ValueError("no sample sites to sum")
+    if total.dim() != 2:
+        raise ValueError(
+            "per-example log densities need every sample site inside one data plate; "
+            f"got log densities of shape {tuple(total.shape)}"
+        )
+    return total
+
+
 def per_example_log_weights(
     model: Callable[..., Any],
     guide: Callable[..., Any],

@@ -22,9 +22,13 @@ from pyro_vae.estimators.detached_q import DETACHED_LOG_Q, add_detached_log_q
 class STLELBO(Trace_ELBO):
     """Trace_ELBO's value with the STL gradient; every guide latent must be reparameterised.
 
-    Works with any model/guide pair (any Pyro distributions) since only the guide's distribution objects
-    are copied with detached parameters. ``num_particles`` > 1 are vectorised by default.
+    Works with any model/guide pair whose latents are reparameterised: a mean-field guide's distributions are
+    copied with detached parameters; a guide whose sites depend on earlier ones is run again with its
+    parameters frozen (``pyro_vae.estimators.detached_q``). ``num_particles`` > 1 are vectorised by default.
     """
+
+    #: Whether log q at fixed parameters may run the guide again (not inside a compiled graph).
+    can_rerun_guide = True
 
     def __init__(
         self,
@@ -49,7 +53,9 @@ class STLELBO(Trace_ELBO):
         loss: Any = 0.0
         surrogate: Any = 0.0
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-            add_detached_log_q(guide_trace)
+            # The guide as it was traced (in the particle plate, whose dim is known once the nesting is).
+            traced_guide = self._vectorized_num_particles(guide) if self.vectorize_particles else guide
+            add_detached_log_q(guide_trace, traced_guide if self.can_rerun_guide else None, args, kwargs)
             log_p = model_trace.log_prob_sum()
             log_q = sum(s["log_prob_sum"] for s in guide_trace.nodes.values() if s["type"] == "sample")
             log_q_fixed_params = sum(
@@ -73,4 +79,10 @@ class STLELBO(Trace_ELBO):
 
 
 class JitSTLELBO(JitLossMixin, STLELBO):
-    """``STLELBO`` with its loss compiled once per model, guide and batch shape."""
+    """``STLELBO`` with its loss compiled once per model, guide and batch shape.
+
+    Mean-field guides only: holding the parameters of a guide with dependent sites fixed means running it again
+    with frozen parameters, which a compiled graph does not record; such a guide is refused (use ``STLELBO``).
+    """
+
+    can_rerun_guide = False

@@ -1,0 +1,109 @@
+"""I(x; z) and KL(q(z) || p(z)) ("ELBO surgery", Hoffman & Johnson 2016) against quadrature and exact limits.
+
+Truths: in one latent dimension the aggregate posterior q(z) = (1/N) sum_i q(z|x_i) is a mixture of N Gaussians,
+so I(x; z) = (1/N) sum_i int q_i log(q_i / q), KL(q(z) || p(z)) and the average KL are integrals that scipy's
+quadrature computes independently; their identity I + marginal KL = average KL is checked on the quadrature
+itself (1e-6). Limits: identical examples share one posterior, so I = 0; posteriors far apart do not overlap,
+so I = log N.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyro
+import pytest
+import torch
+from scipy import integrate, stats
+
+from pyro_vae import collapse_diagnostics
+from pyro_vae.collapse import aggregate_log_density
+from pyro_vae.densities import Densities
+from tests.helpers import one_thread  # noqa: F401 - the fixture, used by pytestmark
+from tests.test_evaluation import StudentTPrior, linear_gaussian
+from tests.test_path_estimators_any_guide import X_DIM, set_guide
+from tests.test_path_estimators_any_guide import guide as two_level_guide
+from tests.test_path_estimators_any_guide import model as two_level_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+X = [[0.0, 0.0], [1.0, 0.5], [2.0, -1.0], [-1.5, 0.3]]
+
+
+def one_dimensional(prior=None, weight=(0.8, -0.6), scale=0.7):
+    model, guide = linear_gaussian(x_dim=2, z_dim=1, prior=prior)
+    guide.set_affine(torch.tensor([weight]), torch.tensor([0.1]), torch.tensor([scale]))
+    return model, guide, torch.tensor(X)
+
+
+def quadrature(guide, x, log_prior):
+    """(I, marginal KL, average KL) by scipy quadrature over z."""
+    loc, scale = (t.detach().numpy()[:, 0] for t in guide.loc_scale(x))
+    qs = [stats.norm(m, s) for m, s in zip(loc, scale, strict=True)]
+
+    def q_bar(z):
+        return np.mean([q.pdf(z) for q in qs], axis=0)
+
+    def quad(f):
+        return integrate.quad(f, -12, 12, limit=400, epsabs=1e-11, epsrel=1e-11)[0]
+
+    info = np.mean([quad(lambda z, q=q: q.pdf(z) * (q.logpdf(z) - np.log(q_bar(z)))) for q in qs])
+    marginal = quad(lambda z: q_bar(z) * (np.log(q_bar(z)) - log_prior(z)))
+    kl = np.mean([quad(lambda z, q=q: q.pdf(z) * (q.logpdf(z) - log_prior(z))) for q in qs])
+    return info, marginal, kl
+
+
+@pytest.mark.parametrize(
+    ("prior", "log_prior", "analytic"),
+    [(None, stats.norm.logpdf, True), (StudentTPrior(1), stats.t(3.0).logpdf, False)],
+    ids=["standard-normal", "student-t"],
+)
+def test_information_and_marginal_kl_match_quadrature(prior, log_prior, analytic, float64):
+    model, guide, x = one_dimensional(prior)
+    info, marginal, kl = quadrature(guide, x, log_prior)
+    assert info + marginal == pytest.approx(kl, abs=1e-6)  # the identity, on numbers the code did not make
+    pyro.set_rng_seed(0)
+    result = collapse_diagnostics(model, guide, x, num_samples=20000)
+    assert result.kl_analytic is analytic
+    if analytic:
+        assert result.kl == pytest.approx(kl, abs=1e-6)
+    assert abs(result.mutual_information - info) < 4 * result.mutual_information_stderr
+    assert abs(result.marginal_kl - marginal) < 4 * result.marginal_kl_stderr
+    assert result.mutual_information + result.marginal_kl == pytest.approx(result.kl, abs=1e-6 if analytic else 0.02)
+
+
+def test_identical_examples_carry_no_information(float64):
+    model, guide, _ = one_dimensional()
+    x = torch.tensor([X[1]] * 5)
+    result = collapse_diagnostics(model, guide, x, num_samples=10)
+    assert abs(result.mutual_information) < 1e-6
+    assert result.marginal_kl == pytest.approx(result.kl, abs=1e-6)
+
+
+def test_posteriors_that_do_not_overlap_carry_log_n(float64):
+    model, guide, _ = one_dimensional(weight=(40.0, 0.0), scale=0.01)
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [4.0, 0.0]])  # means 40 apart, std 0.01
+    result = collapse_diagnostics(model, guide, x, num_samples=10)
+    assert result.mutual_information == pytest.approx(math.log(5), abs=1e-6)
+    assert result.max_mutual_information == pytest.approx(math.log(5))
+
+
+def test_running_the_guide_again_gives_the_broadcast_aggregate_density(float64):
+    model, guide = linear_gaussian(x_dim=4, z_dim=3)
+    x = torch.randn(6, 4)
+    densities = Densities.of(model, guide, x)
+    values, _ = densities.sample_guide(3)
+    torch.testing.assert_close(
+        aggregate_log_density(densities, values, rerun=True), aggregate_log_density(densities, values, rerun=False)
+    )
+
+
+def test_a_two_level_guide_goes_through_the_rerun_and_identical_examples_carry_no_information(float64):
+    pyro.clear_param_store()
+    set_guide(perturb=0.2)
+    two_level_model(torch.zeros(1, X_DIM))
+    x = torch.ones(4, X_DIM)
+    result = collapse_diagnostics(two_level_model, two_level_guide, x, num_samples=50)
+    assert result.kl_analytic is False  # KL(q(z2|z1) || p(z2)) at a sampled z1 is a draw, not the KL
+    assert abs(result.mutual_information) < 1e-6
