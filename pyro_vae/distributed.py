@@ -38,6 +38,7 @@ import os
 import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -303,32 +304,61 @@ def sharded_elbo_sums(
     return ELBOSums(recon, kl, int(round(n)), mc > 0)
 
 
-class ReadOnlyWriter(RunWriter):
-    """The ``RunWriter`` of a rank other than 0: it writes nothing (rank 0 writes the run directory)."""
+class RankWriter(RunWriter):
+    """The ``RunWriter`` of one rank: rank 0 writes, the others write nothing; and the ranks wait for each other
+    where it matters: before the first write (every rank has checked and read the run) and after each checkpoint
+    (no rank goes on, or exits after a Ctrl-C, before rank 0 has written it)."""
 
-    writes = False
+    def __init__(self, out: Path, resumed: bool, ranks: Ranks) -> None:
+        super().__init__(out, resumed)
+        self.ranks = ranks
+        self.writes = ranks.writer
 
     def start(self, config: TrainConfig) -> None:
-        pass
+        self.ranks.barrier()
+        if self.writes:
+            super().start(config)
 
     def restore(self, history: list[dict[str, Any]]) -> None:
-        pass
+        self.ranks.barrier()
+        if self.writes:
+            super().restore(history)
 
     def save(self, record: dict[str, Any]) -> None:
-        pass
+        if self.writes:
+            super().save(record)
 
     def saved(self, config: TrainConfig) -> None:
-        pass
+        if self.writes:
+            super().saved(config)
+        self.ranks.barrier()
 
     def append(self, record: dict[str, Any]) -> None:
-        pass
+        if self.writes:
+            super().append(record)
 
-    def figures(self, *args: Any) -> list[Any]:
-        return []
+    def figures(self, *args: Any) -> list[Path]:
+        return super().figures(*args) if self.writes else []
+
+
+@contextlib.contextmanager
+def ranks_session(trainer: Any) -> Iterator[Ranks | None]:
+    """Around ``pyro_vae.Trainer.fit``: join the ranks of a torchrun launch (``trainer.dist``; None otherwise), make
+    the ranks other than 0 silent readers (``start_ranks``), turn a failed collective into one line saying what is
+    kept, and leave the process group at the end."""
+    trainer.dist = join(trainer.config.resolve_device(), trainer.collective_timeout)
+    start_ranks(trainer)
+    try:
+        yield trainer.dist
+    except CollectiveError as err:
+        raise UserError(f"{err}; {trainer.position.kept(trainer.checkpoint_path)}") from None
+    finally:
+        if trainer.dist is not None:
+            trainer.dist.close()
 
 
 def start_ranks(trainer: Any) -> None:
-    """Make a ``pyro_vae.Trainer`` of a rank other than 0 a silent reader: no writer, no progress bar or messages."""
-    if trainer.dist is not None and not trainer.dist.writer:
-        trainer.writer = ReadOnlyWriter(trainer.out, resumed=trainer.resume)
-        trainer.progress = False
+    """Give a ``pyro_vae.Trainer`` of a rank its ``RankWriter``; the ranks other than 0 show no progress or messages."""
+    if trainer.dist is not None:
+        trainer.writer = RankWriter(trainer.out, trainer.resume, trainer.dist)
+        trainer.progress = trainer.progress and trainer.dist.writer

@@ -35,7 +35,7 @@ from pyro_vae.beta import warmup_beta
 from pyro_vae.checkpoint import CHECKPOINT, FORMAT_VERSION, WriteError, rng_state, set_rng_state
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import VAEData, minibatches
-from pyro_vae.distributed import CollectiveError, Ranks, join, start_ranks
+from pyro_vae.distributed import Ranks, ranks_session
 from pyro_vae.elbo_terms import ELBOTerms, elbo_terms
 from pyro_vae.errors import UserError
 from pyro_vae.estimators import make_training_elbo
@@ -107,11 +107,10 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.position = Position()
         self.guard = DivergenceGuard(lambda: self.position.kept(self.checkpoint_path))
-        self.resume, self.overwrite = resume, overwrite
+        self.resume, self.overwrite, self.collective_timeout = resume, overwrite, collective_timeout
         self._state = state
         self._partial: dict[str, Any] | None = None  # a mid-epoch checkpoint's record of the epoch in progress
         self.steps_run = 0  # training steps this process ran
-        self.collective_timeout = collective_timeout
         self.dist: Ranks | None = None  # under torchrun: this process's rank (pyro_vae.distributed)
 
     def say(self, message: str) -> None:
@@ -155,13 +154,10 @@ class Trainer:
         else:
             self._restore(self._state)
         self.logger = make_logger(self.logger_name if self.writer.writes else "none", self.out, self.position.epoch)
-        if self.dist:  # one model trained by several ranks (pyro_vae.distributed)
-            self.train_step = self.dist.step(self, cfg)
-            return
-        # fast: validation on the first step only, a compiled meanfield objective (same losses; pyro_vae/step.py).
-        self.train_step = TrainStep(
-            self.model, self.guide, self.elbo, self.optimizer, self.params, cfg.clip_norm, fast=True
-        )
+        # fast: validation on the first step only, a compiled meanfield objective (same losses; pyro_vae/step.py);
+        # under torchrun, one model trained by several ranks (pyro_vae.distributed).
+        step = TrainStep(self.model, self.guide, self.elbo, self.optimizer, self.params, cfg.clip_norm, fast=True)
+        self.train_step = self.dist.step(self, cfg) if self.dist else step
 
     def _init_prior_from_data(self) -> None:
         init = getattr(self.model.prior, "init_from_data", None)
@@ -198,26 +194,17 @@ class Trainer:
         ``config.epochs``; return the ``TrainResult``. Raises ``TrainingInterrupted``, and ``UserError`` (one
         line) for a run that may not be trained here or a file that could not be written (the last good
         checkpoint and metrics are kept)."""
-        self.dist = join(self.config.resolve_device(), self.collective_timeout)
-        start_ranks(self)
-        try:
-            with run_lock(self.out, "pyro-vae train"):  # rank 0 alone, under torchrun
-                self._state = check_run(self.out, self.config, self.resume, self.overwrite, self._state)
-                if self.dist:
-                    self.dist.barrier()  # every rank has checked (and read) the run before rank 0 writes
+        # Under torchrun: join the ranks (rank 0 alone locks and writes); a lost rank is one line.
+        with ranks_session(self), run_lock(self.out, "pyro-vae train"):
+            self._state = check_run(self.out, self.config, self.resume, self.overwrite, self._state)
+            try:
+                self.setup()
                 try:
-                    self.setup()
-                    try:
-                        self._loop()
-                    finally:
-                        self.logger.close()
-                except WriteError as err:
-                    raise UserError(self.writer.failure_message(err, self.position)) from None
-        except CollectiveError as err:
-            raise UserError(f"{err}; {self.position.kept(self.checkpoint_path)}") from None
-        finally:
-            if self.dist:
-                self.dist.close()
+                    self._loop()
+                finally:
+                    self.logger.close()
+            except WriteError as err:
+                raise UserError(self.writer.failure_message(err, self.position)) from None
         self.model.eval()
         self.guide.eval()
         return TrainResult(self.config, self.history, self.model, self.guide, self.data, self.out)
@@ -273,8 +260,8 @@ class Trainer:
         x_epoch = self.data.train_epoch()
         first = 0 if partial is None else int(partial["step"])
         batches = minibatches(x_epoch, cfg.batch_size, start=first)
-        if self.dist:
-            self.train_step.begin_epoch(epoch, first, stop)  # a stop on any rank stops all after the same step
+        if self.dist:  # a stop on any rank stops all after the same step
+            self.train_step.begin_epoch(epoch, first, stop)
         total = 0.0
         if partial is not None:
             set_rng_state(self._state["rng"])
@@ -359,8 +346,6 @@ class Trainer:
         self.writer.save(record)
         self.position = Position(epoch, int(partial["step"]) if partial else 0, saved=True)
         self.writer.saved(self.config)
-        if self.dist:
-            self.dist.barrier()  # no rank goes on (or exits) before rank 0 has written the checkpoint
 
 
 def train(
@@ -392,8 +377,7 @@ def train(
         state: the checkpoint to resume, if already loaded (``pyro_vae.runs.resume_config`` returns it).
         model, guide: your own Pyro model and guide, trained instead of ``config.model`` (``pyro_vae.pairs``).
         logger: "tensorboard" also logs the metrics for TensorBoard in ``out_dir/tensorboard`` (``pyro_vae.loggers``).
-        collective_timeout: under ``torchrun``, the seconds a collective waits for the other ranks
-            (``pyro_vae.distributed``; default ``DEFAULT_TIMEOUT_S``).
+        collective_timeout: under torchrun, seconds a collective waits for the other ranks (``pyro_vae.distributed``).
 
     Raises:
         UserError (one line): bad data, an unwritable ``out_dir``, another process writing into it (the
