@@ -78,6 +78,8 @@ class Ranks:
     local_rank: int
     device: torch.device
     owns_group: bool = False
+    #: The ``DeferredInterrupts`` of the epoch in progress (set by ``DistributedStep.begin_epoch``).
+    stop: Any = None
 
     @property
     def writer(self) -> bool:
@@ -96,6 +98,15 @@ class Ranks:
         with collective(self):
             dist.all_reduce(t)
         return t.tolist()
+
+    def agree_to_stop(self, *others: float) -> list[float]:
+        """All-reduce this rank's stop flag (with ``others``, summed too): when any rank was asked to stop (Ctrl-C,
+        SIGTERM), every rank's ``stop`` is raised, so that all stop at the same point. Returns the other sums."""
+        mine = self.stop is not None and self.stop.requested
+        stops, *sums = self.all_reduce([float(mine), *others])
+        if stops and not mine:
+            self.stop.signum = signal.SIGTERM  # another rank was asked to stop: stop here too
+        return sums
 
     def barrier(self) -> None:
         with collective(self):
@@ -249,10 +260,10 @@ class DistributedStep:
         with collective(ranks):  # DDP checks and broadcasts the parameters
             self.module = DistributedDataParallel(elbo(BetaInput(model), BetaInput(guide)), device_ids=device_ids)
         self.steps = 0
-        self.epoch, self.step, self.stop = 0, 0, None
+        self.epoch, self.step = 0, 0
 
     def begin_epoch(self, epoch: int, first_step: int, stop: Any) -> None:
-        self.epoch, self.step, self.stop = epoch, first_step, stop
+        self.epoch, self.step, self.ranks.stop = epoch, first_step, stop
 
     def _rank_seed(self, state: Tensor) -> int:
         digest = int.from_bytes(hashlib.blake2b(state.cpu().numpy().tobytes(), digest_size=8).digest(), "little")
@@ -286,10 +297,7 @@ class DistributedStep:
         if self.clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
         self.optimizer.step()
-        requested = self.stop is not None and self.stop.requested
-        total, stops = ranks.all_reduce([float(loss.detach()), float(requested)])
-        if stops and not requested:
-            self.stop.signum = signal.SIGTERM  # another rank was asked to stop: stop here too, after this step
+        (total,) = ranks.agree_to_stop(float(loss.detach()))  # one all-reduce: the flag and the loss
         return total
 
 
@@ -307,7 +315,7 @@ def sharded_elbo_sums(
 class RankWriter(RunWriter):
     """The ``RunWriter`` of one rank: rank 0 writes, the others write nothing; and the ranks wait for each other
     where it matters: before the first write (every rank has checked and read the run) and after each checkpoint
-    (no rank goes on, or exits after a Ctrl-C, before rank 0 has written it)."""
+    (no rank goes on, or exits after a Ctrl-C, before rank 0 has written it; and all agree whether to stop)."""
 
     def __init__(self, out: Path, resumed: bool, ranks: Ranks) -> None:
         super().__init__(out, resumed)
@@ -331,7 +339,8 @@ class RankWriter(RunWriter):
     def saved(self, config: TrainConfig) -> None:
         if self.writes:
             super().saved(config)
-        self.ranks.barrier()
+        # A barrier, and a signal that reached some ranks during the epoch's evaluation stops them all here.
+        self.ranks.agree_to_stop()
 
     def append(self, record: dict[str, Any]) -> None:
         if self.writes:

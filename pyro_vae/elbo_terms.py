@@ -127,8 +127,9 @@ def _block_sums(model: torch.nn.Module, guide: torch.nn.Module, xb: Tensor, num_
     except NotImplementedError:
         monte_carlo = True
         kl = (q.log_prob(z) - prior.log_prob(z)).mean(0)
-    recon = -float(log_lik.mean(0).double().sum())
-    return ELBOSums(recon, float(kl.double().sum()), xb.shape[0], monte_carlo)
+    # Summed in the tensor's dtype, then widened: the arithmetic the recorded metrics of earlier runs used.
+    recon = -float(log_lik.mean(0).sum().double())
+    return ELBOSums(recon, float(kl.sum().double()), xb.shape[0], monte_carlo)
 
 
 def trace_terms(model: Callable[..., Any], guide: Callable[..., Any], x: Tensor, num_samples: int) -> ELBOSums:
