@@ -282,3 +282,13 @@ def test_a_non_finite_loss_stops_every_rank_with_one_line(tmp_path):
     ours = pyro_vae_lines(proc.stderr)
     assert len(ours) == 2, proc.stderr[-3000:]
     assert len(set(ours)) == 1 and ("non-finite" in ours[0] or "diverged" in ours[0])
+
+
+def test_a_bad_collective_timeout_is_one_line(monkeypatch):
+    from pyro_vae.distributed import join
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="--collective-timeout must be a positive number of seconds, got 0"):
+        join(torch.device("cpu"), timeout_s=0)
+    monkeypatch.delenv("WORLD_SIZE")
+    assert join(torch.device("cpu")) is None  # not launched by torchrun: one process, no group
