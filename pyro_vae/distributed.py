@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
+import inspect
 import os
 import signal
 from collections.abc import Iterator, Sequence
@@ -63,6 +64,14 @@ DEFAULT_TIMEOUT_S = 120.0
 EVAL_BLOCK = 2048
 #: The modules whose reparameterised samples take their standard-normal noise from ``_standard_normal``.
 _NORMAL_FAMILY = (normal, multivariate_normal, lowrank_multivariate_normal)
+
+
+#: torch >= 2.14 names the option ``forward_sync_buffers`` (and warns on ``broadcast_buffers``).
+_NO_FORWARD_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+    else {"broadcast_buffers": False}
+)
 
 
 class CollectiveError(UserError):
@@ -257,8 +266,13 @@ class DistributedStep:
             raise UserError("distributed training needs a model and guide that are torch modules (nn.Module)")
         self.ranks, self.optimizer, self.params, self.clip_norm = ranks, optimizer, list(params), clip_norm
         device_ids = [ranks.device] if ranks.device.type == "cuda" else None
-        with collective(ranks):  # DDP checks and broadcasts the parameters
-            self.module = DistributedDataParallel(elbo(BetaInput(model), BetaInput(guide)), device_ids=device_ids)
+        # No buffer broadcast in forward: the ranks' buffers are equal by construction (same seed, no layer updates a
+        # buffer in training), and the forward pass then holds no collective: only the gradients' all-reduce in
+        # backward and this step's own all-reduce, which turn a lost rank into one line.
+        with collective(ranks):  # DDP checks and broadcasts the parameters (and buffers, once)
+            self.module = DistributedDataParallel(
+                elbo(BetaInput(model), BetaInput(guide)), device_ids=device_ids, **_NO_FORWARD_BUFFER_SYNC
+            )
         self.steps = 0
         self.epoch, self.step = 0, 0
 
