@@ -50,7 +50,7 @@ def worker(args: argparse.Namespace) -> None:
         trainer.setup()
         step = trainer.train_step
         if trainer.dist:
-            step.begin_epoch(0, 0, None)
+            step.begin_epoch(0, 0)
         x = trainer.data.train_epoch()
         n = args.batch_size
         batches = [x[(i * n) % (x.shape[0] - n) :][:n] for i in range(args.warmup + args.steps)]

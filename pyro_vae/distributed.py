@@ -74,6 +74,19 @@ _NO_FORWARD_BUFFER_SYNC = (
 )
 
 
+class AgreedStop:
+    """A stop request all ranks know of: ``requested`` once an all-reduce showed that some rank received Ctrl-C or
+    SIGTERM (``Ranks.agree_to_stop``), ``signum`` the signal. ``signals`` is this rank's ``DeferredInterrupts``."""
+
+    def __init__(self, signals: Any) -> None:
+        self.signals = signals
+        self.signum: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+
 class CollectiveError(UserError):
     """A collective operation failed: another rank died or stopped answering within the timeout."""
 
@@ -87,8 +100,8 @@ class Ranks:
     local_rank: int
     device: torch.device
     owns_group: bool = False
-    #: The ``DeferredInterrupts`` of the epoch in progress (set by ``DistributedStep.begin_epoch``).
-    stop: Any = None
+    #: What the ranks agreed about stopping (``agreed``), while training runs.
+    stop: AgreedStop | None = None
 
     @property
     def writer(self) -> bool:
@@ -108,13 +121,21 @@ class Ranks:
             dist.all_reduce(t)
         return t.tolist()
 
+    def agreed(self, signals: Any) -> AgreedStop:
+        """The stop decision the ranks share, made from each rank's ``DeferredInterrupts`` ``signals`` at every
+        ``agree_to_stop``; the training loop asks it (never ``signals`` itself, which another rank may not have
+        received yet) where it would ask ``signals``."""
+        self.stop = AgreedStop(signals)
+        return self.stop
+
     def agree_to_stop(self, *others: float) -> list[float]:
-        """All-reduce this rank's stop flag (with ``others``, summed too): when any rank was asked to stop (Ctrl-C,
-        SIGTERM), every rank's ``stop`` is raised, so that all stop at the same point. Returns the other sums."""
-        mine = self.stop is not None and self.stop.requested
+        """All-reduce this rank's stop flag, with ``others`` (summed too; returned): when any rank was asked to stop
+        (Ctrl-C, SIGTERM), every rank's ``stop`` says so from now on, so that all stop at the same point."""
+        stop = self.stop
+        mine = stop is not None and stop.signals.requested
         stops, *sums = self.all_reduce([float(mine), *others])
-        if stops and not mine:
-            self.stop.signum = signal.SIGTERM  # another rank was asked to stop: stop here too
+        if stops and stop is not None and not stop.requested:
+            stop.signum = stop.signals.signum or signal.SIGTERM  # SIGTERM: what torchrun sends every rank
         return sums
 
     def barrier(self) -> None:
@@ -243,8 +264,8 @@ class DistributedStep:
     """One rank's SVI step: ``step(global_batch, beta=b) -> the global batch's loss`` (a sum, as Pyro reports it).
 
     ``model`` and ``guide`` are modules; ``elbo`` any Pyro ELBO with ``differentiable_loss``. Call
-    ``begin_epoch(epoch, first_step, stop)`` before an epoch's steps: ``stop`` (``DeferredInterrupts``) is raised
-    on every rank after the step at which any rank asked to stop.
+    ``begin_epoch(epoch, first_step)`` before an epoch's steps. Each step ends with one all-reduce of the loss and
+    of the stop flag (``Ranks.agree_to_stop``), so every rank stops after the same step.
     """
 
     def __init__(
@@ -276,8 +297,8 @@ class DistributedStep:
         self.steps = 0
         self.epoch, self.step = 0, 0
 
-    def begin_epoch(self, epoch: int, first_step: int, stop: Any) -> None:
-        self.epoch, self.step, self.ranks.stop = epoch, first_step, stop
+    def begin_epoch(self, epoch: int, first_step: int) -> None:
+        self.epoch, self.step = epoch, first_step
 
     def _rank_seed(self, state: Tensor) -> int:
         digest = int.from_bytes(hashlib.blake2b(state.cpu().numpy().tobytes(), digest_size=8).digest(), "little")

@@ -225,7 +225,8 @@ class Trainer:
         )
         with self._bar:
             try:
-                with DeferredInterrupts() as stop:
+                with DeferredInterrupts() as signals:
+                    stop = self.dist.agreed(signals) if self.dist else signals  # torchrun: all ranks stop together
                     for epoch in range(self.position.epoch, self.config.epochs):
                         total, steps = self.train_epoch(epoch, stop)
                         self._end_epoch(epoch, total, steps, stop)
@@ -260,8 +261,8 @@ class Trainer:
         x_epoch = self.data.train_epoch()
         first = 0 if partial is None else int(partial["step"])
         batches = minibatches(x_epoch, cfg.batch_size, start=first)
-        if self.dist:  # a stop on any rank stops all after the same step
-            self.train_step.begin_epoch(epoch, first, stop)
+        if self.dist:
+            self.train_step.begin_epoch(epoch, first)
         total = 0.0
         if partial is not None:
             set_rng_state(self._state["rng"])
