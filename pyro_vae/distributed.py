@@ -1,32 +1,20 @@
 """Data-parallel training on ``torch.distributed``, launched by ``torchrun``: one model trained by N ranks.
 
-``torchrun --standalone --nproc-per-node N -m pyro_vae train ...`` starts N processes; each ``join``\\ s the
-process group from torchrun's environment (gloo on the CPU, nccl on CUDA with one GPU per rank by ``LOCAL_RANK``),
-with a collective timeout (``--collective-timeout``, default ``DEFAULT_TIMEOUT_S``). Every rank loads the whole
-data set, seeds the same, and so draws the same binarisation and the same shuffled permutation each epoch; each
-global batch of ``--batch-size`` examples is split into N contiguous slices (``Ranks.shard``), one per rank.
+Each rank ``join``\ s the process group from torchrun's environment (gloo on the CPU, nccl on CUDA with one GPU
+per rank by ``LOCAL_RANK``) with a collective timeout, loads the whole data set and seeds the same, so all draw
+the same binarisation and permutation each epoch; each global batch (``--batch-size``) is split into N contiguous
+slices (``Ranks.shard``). ``DistributedStep`` wraps Pyro's ``ELBOModule`` (``elbo(model, guide)``) in
+``DistributedDataParallel``; Pyro's loss is a sum over the local slice and DDP averages the gradients over
+ranks, so each rank backpropagates N times its local loss, which gives the single-process gradient
 
-``DistributedStep`` is the step of one rank: Pyro's ``ELBOModule`` (``elbo(model, guide)``, whose forward is
-``elbo.differentiable_loss``) wrapped in ``DistributedDataParallel``, which all-reduces the gradients. Pyro's loss
-is a sum over the local slice and DDP averages over ranks, so the step backpropagates N times the local loss: the
-averaged gradient is then the sum over the global batch, the single-process gradient
+.. math:: \frac{1}{N} \sum_{r=1}^{N} \nabla (N \mathcal{L}_r) = \nabla \sum_{i \in B} \mathcal{L}_i .
 
-.. math:: \\frac{1}{N} \\sum_{r=1}^{N} \\nabla (N \\mathcal{L}_r) = \\nabla \\sum_{i \\in B} \\mathcal{L}_i .
-
-The same random draws as one process: the standard-normal noise of Normal-family reparameterised samples
-(``Normal``, ``MultivariateNormal``, ``LowRankMultivariateNormal``: the diagonal, full-covariance and IAF guides) is
-drawn for the whole global batch on every rank, from the run's generator, and each rank uses its slice
-(``global_draws``); every other draw comes from a per-rank stream seeded by (the run's generator state, epoch,
-step, rank). So for those families a run with N ranks takes the very steps of a single-process run, the
-generator's state after each step does not depend on N, and a run may resume with another number of ranks. For
-other families (power spherical) the draws are independent and equal in distribution only. The compiled (JIT)
-meanfield objective records its own random op, so the distributed step runs Pyro's ``TraceMeanField_ELBO``
-uncompiled (``docs/distributed.md`` has the cost).
-
-Each step all-reduces the loss together with a stop flag: every rank sees the same global loss (a non-finite
-one stops all ranks at the same step) and the same decision to stop after a Ctrl-C / SIGTERM on any rank. The
-test set is evaluated in blocks shared out among the ranks (``sharded_elbo_sums``) and summed. A collective
-that fails (a rank died, or the timeout passed) is a ``CollectiveError``: one line, and the run stops.
+The standard-normal noise of Normal-family reparameterised samples (the diagonal, full-covariance and IAF
+guides) is drawn for the whole global batch on every rank and sliced (``global_draws``), so those runs take the
+very steps of one process, whatever N; other draws come from a per-rank stream (equal in distribution only).
+Each step all-reduces the loss with a stop flag (``Ranks.agree_to_stop``); the test set is evaluated in blocks
+shared out among the ranks (``sharded_elbo_sums``); a failed collective is a one-line ``CollectiveError``.
+docs/distributed.md has the details, what was measured, and why the compiled objective is not used.
 """
 
 from __future__ import annotations
@@ -149,7 +137,7 @@ class Ranks:
             trainer.model, trainer.guide, trainer.elbo, trainer.optimizer, trainer.params, config.clip_norm, self
         )
 
-    def elbo_terms(self, model: nn.Module, guide: nn.Module, x: Tensor, num_samples: int) -> ELBOTerms:
+    def elbo_terms(self, model: nn.Module, guide: nn.Module, x: Tensor, num_samples: int = 1) -> ELBOTerms:
         """``pyro_vae.elbo_terms.elbo_terms`` of the test set ``x``, evaluated by all ranks together."""
         return sharded_elbo_sums(model, guide, x, num_samples, self).terms()
 
@@ -381,8 +369,8 @@ class RankWriter(RunWriter):
         if self.writes:
             super().append(record)
 
-    def figures(self, *args: Any) -> list[Path]:
-        return super().figures(*args) if self.writes else []
+    def figures(self, *args: Any, **kwargs: Any) -> list[Path]:
+        return super().figures(*args, **kwargs) if self.writes else []
 
 
 @contextlib.contextmanager

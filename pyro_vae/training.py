@@ -154,8 +154,7 @@ class Trainer:
         else:
             self._restore(self._state)
         self.logger = make_logger(self.logger_name if self.writer.writes else "none", self.out, self.position.epoch)
-        # fast: validation on the first step only, a compiled meanfield objective (same losses; pyro_vae/step.py);
-        # under torchrun, one model trained by several ranks (pyro_vae.distributed).
+        # fast: validation on the first step only, a compiled meanfield objective (same losses; pyro_vae/step.py).
         step = TrainStep(self.model, self.guide, self.elbo, self.optimizer, self.params, cfg.clip_norm, fast=True)
         self.train_step = self.dist.step(self, cfg) if self.dist else step
 
@@ -194,8 +193,7 @@ class Trainer:
         ``config.epochs``; return the ``TrainResult``. Raises ``TrainingInterrupted``, and ``UserError`` (one
         line) for a run that may not be trained here or a file that could not be written (the last good
         checkpoint and metrics are kept)."""
-        # Under torchrun: join the ranks (rank 0 alone locks and writes); a lost rank is one line.
-        with ranks_session(self), run_lock(self.out, "pyro-vae train"):
+        with ranks_session(self), run_lock(self.out, "pyro-vae train"):  # torchrun: rank 0 alone locks and writes
             self._state = check_run(self.out, self.config, self.resume, self.overwrite, self._state)
             try:
                 self.setup()
@@ -294,9 +292,8 @@ class Trainer:
         """The test ELBO (beta = 1) and its reconstruction and KL terms, nats per example, in eval mode."""
         self.model.eval()
         self.guide.eval()
-        if self.dist:  # the test set shared out among the ranks, then summed
-            return self.dist.elbo_terms(self.model, self.guide, self.data.test_x_eval, self.config.eval_samples)
-        return elbo_terms(self.model, self.guide, self.data.test_x_eval, num_samples=self.config.eval_samples)
+        evaluate = self.dist.elbo_terms if self.dist else elbo_terms  # torchrun: shared out among the ranks
+        return evaluate(self.model, self.guide, self.data.test_x_eval, num_samples=self.config.eval_samples)
 
     def _end_epoch(self, epoch: int, total: float, last_step: int, stop: DeferredInterrupts) -> None:
         terms = self.evaluate()
