@@ -13,7 +13,7 @@ are read from traces of the guide and of the model replayed on it, every latent 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -45,6 +45,29 @@ class ELBOTerms:
         return asdict(self)
 
 
+@dataclass
+class ELBOSums:
+    """Sums over examples, in nats: ``recon`` of -E_q[log p(x|z)], ``kl`` of KL(q || p), over ``n`` examples;
+    ``monte_carlo`` when some KL was estimated rather than analytic. Sums of disjoint blocks add (``+``), which is
+    how a test set evaluated in parts, e.g. by several ranks (``pyro_vae.distributed``), is put together."""
+
+    recon: float = 0.0
+    kl: float = 0.0
+    n: int = 0
+    monte_carlo: bool = False
+
+    def __add__(self, other: ELBOSums) -> ELBOSums:
+        return ELBOSums(
+            self.recon + other.recon, self.kl + other.kl, self.n + other.n, self.monte_carlo or other.monte_carlo
+        )
+
+    def terms(self) -> ELBOTerms:
+        if self.n == 0:
+            raise ValueError("no examples to evaluate")
+        recon, kl = self.recon / self.n, self.kl / self.n
+        return ELBOTerms(elbo=-(recon + kl), recon=recon, kl=kl, kl_kind=MONTE_CARLO if self.monte_carlo else ANALYTIC)
+
+
 @torch.no_grad()
 def elbo_terms(
     model: torch.nn.Module,
@@ -57,63 +80,79 @@ def elbo_terms(
     """Estimate the ELBO per example of ``x`` (N, D) and its two terms, with ``num_samples`` z per example.
 
     The z are drawn as ``guide.posterior(x_b).sample((num_samples,))`` for consecutive blocks ``x_b`` of
-    ``batch_size`` rows, after ``torch.manual_seed(seed)`` inside ``torch.random.fork_rng`` (so the
-    caller's random stream is untouched); ``seed=None`` draws from the current stream instead.
+    ``batch_size`` rows, block b after ``torch.manual_seed(seed + b)`` inside ``torch.random.fork_rng`` (so the
+    caller's random stream is untouched, and each block's draws are the same whoever evaluates it: see
+    ``elbo_sums``); ``seed=None`` draws from the current stream instead.
     ``model`` is a ``VAEModel`` (``prior()``, ``likelihood_dist(z)``) and ``guide`` a guide with ``posterior(x)``;
     any other Pyro pair is read from traces, one per sample and block (``trace_terms``).
     """
     if x.shape[0] == 0:
         raise ValueError("no examples to evaluate")
+    return elbo_sums(model, guide, x, num_samples, seed, batch_size).terms()
+
+
+@torch.no_grad()
+def elbo_sums(
+    model: torch.nn.Module,
+    guide: torch.nn.Module,
+    x: Tensor,
+    num_samples: int = 1,
+    seed: int | None = EVAL_SEED,
+    batch_size: int = 2048,
+    blocks: Iterable[int] | None = None,
+) -> ELBOSums:
+    """The ``ELBOSums`` of the blocks ``blocks`` (indices into ``x.split(batch_size)``; all by default), each
+    block b drawn after ``torch.manual_seed(seed + b)``: any subset of blocks gives the same sums as the same
+    blocks of a whole-set evaluation, and the sums of disjoint subsets add up to it."""
     devices = [x.device] if x.device.type == "cuda" else []
+    parts = x.split(batch_size)
+    total = ELBOSums()
     with torch.random.fork_rng(devices=devices, enabled=seed is not None):
-        if seed is not None:
-            torch.manual_seed(seed)
-        if not all(hasattr(f, m) for f, m in ((model, "prior"), (model, "likelihood_dist"), (guide, "posterior"))):
-            return trace_terms(model, guide, x, num_samples, batch_size)
-        recon_sum = torch.zeros((), dtype=torch.float64, device=x.device)
-        kl_sum = torch.zeros((), dtype=torch.float64, device=x.device)
-        kind = ANALYTIC
-        prior = model.prior()
-        for xb in x.split(batch_size):
-            q = guide.posterior(xb)
-            z = q.sample((num_samples,))  # (S, n, z_dim)
-            log_lik = model.likelihood_dist(z).log_prob(xb)  # (S, n)
-            try:
-                kl = kl_divergence(q, prior)
-            except NotImplementedError:
-                kind = MONTE_CARLO
-                kl = (q.log_prob(z) - prior.log_prob(z)).mean(0)
-            recon_sum -= log_lik.mean(0).sum().double()
-            kl_sum += kl.sum().double()
-    n = x.shape[0]
-    recon, kl_value = (recon_sum / n).item(), (kl_sum / n).item()
-    return ELBOTerms(elbo=-(recon + kl_value), recon=recon, kl=kl_value, kl_kind=kind)
+        for b in range(len(parts)) if blocks is None else blocks:
+            if seed is not None:
+                torch.manual_seed(seed + b)
+            total = total + _block_sums(model, guide, parts[b], num_samples)
+    return total
 
 
-def trace_terms(
-    model: Callable[..., Any], guide: Callable[..., Any], x: Tensor, num_samples: int, batch_size: int
-) -> ELBOTerms:
-    """``ELBOTerms`` of any Pyro pair from traces: recon = -sum of the observed sites' log p, KL = the sum over latent
-    sites of ``kl_divergence(q, p)`` where registered, else log q(z) - log p(z) at the traced z."""
-    recon_sum, kl_sum, kind = 0.0, 0.0, ANALYTIC
+def _block_sums(model: torch.nn.Module, guide: torch.nn.Module, xb: Tensor, num_samples: int) -> ELBOSums:
+    if not all(hasattr(f, m) for f, m in ((model, "prior"), (model, "likelihood_dist"), (guide, "posterior"))):
+        return trace_terms(model, guide, xb, num_samples)
+    q, prior = guide.posterior(xb), model.prior()
+    z = q.sample((num_samples,))  # (S, n, z_dim)
+    log_lik = model.likelihood_dist(z).log_prob(xb)  # (S, n)
+    monte_carlo = False
+    try:
+        kl = kl_divergence(q, prior)
+    except NotImplementedError:
+        monte_carlo = True
+        kl = (q.log_prob(z) - prior.log_prob(z)).mean(0)
+    # Summed in the tensor's dtype, then widened: the arithmetic the recorded metrics of earlier runs used.
+    recon = -float(log_lik.mean(0).sum().double())
+    return ELBOSums(recon, float(kl.sum().double()), xb.shape[0], monte_carlo)
+
+
+def trace_terms(model: Callable[..., Any], guide: Callable[..., Any], x: Tensor, num_samples: int) -> ELBOSums:
+    """``ELBOSums`` of any Pyro pair on the block ``x``, from traces (``num_samples`` per example, averaged): recon =
+    -sum of the observed sites' log p, KL = the sum over latent sites of ``kl_divergence(q, p)`` where registered,
+    else log q(z) - log p(z) at the traced z."""
+    recon_sum, kl_sum, monte_carlo = 0.0, 0.0, False
     for _ in range(num_samples):
-        for xb in x.split(batch_size):
-            guide_trace = poutine.trace(guide).get_trace(xb)
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(xb)
-            for name, site in model_trace.nodes.items():
-                if site["type"] != "sample" or site_is_subsample(site):
-                    continue
-                if site["is_observed"]:
-                    recon_sum -= float(site["fn"].log_prob(site["value"]).double().sum())
-                    continue
-                q, z = guide_trace.nodes[name]["fn"], site["value"]
-                try:
-                    kl = kl_divergence(q, site["fn"])
-                except NotImplementedError:
-                    kind, kl = MONTE_CARLO, q.log_prob(z) - site["fn"].log_prob(z)
-                kl_sum += float(kl.double().sum())
-    recon, kl_value = recon_sum / (num_samples * x.shape[0]), kl_sum / (num_samples * x.shape[0])
-    return ELBOTerms(elbo=-(recon + kl_value), recon=recon, kl=kl_value, kl_kind=kind)
+        guide_trace = poutine.trace(guide).get_trace(x)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+        for name, site in model_trace.nodes.items():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            if site["is_observed"]:
+                recon_sum -= float(site["fn"].log_prob(site["value"]).double().sum())
+                continue
+            q, z = guide_trace.nodes[name]["fn"], site["value"]
+            try:
+                kl = kl_divergence(q, site["fn"])
+            except NotImplementedError:
+                monte_carlo, kl = True, q.log_prob(z) - site["fn"].log_prob(z)
+            kl_sum += float(kl.double().sum())
+    return ELBOSums(recon_sum / num_samples, kl_sum / num_samples, x.shape[0], monte_carlo)
 
 
 @torch.no_grad()

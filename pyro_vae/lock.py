@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pyro_vae.errors import UserError
+from pyro_vae.ranks import is_writer
 
 LOCK = ".lock"
 #: Fix for an unwritable new run directory (``--out``), and for an existing one a command writes results into.
@@ -149,6 +150,9 @@ def run_lock(out_dir: str | Path, what: str, *, create: bool = True, fix: str | 
     fix = fix or (NEW_RUN_FIX if create else EXISTING_RUN_FIX)
     if not create and not out.is_dir():
         raise UserError(f"run directory {out} does not exist")
+    if not is_writer():  # a torchrun rank other than 0: it only reads, while rank 0 holds the lock
+        yield out
+        return
     key = out.resolve()
     if key in _HELD:
         _HELD[key] += 1

@@ -38,6 +38,9 @@ from pyro_vae.runs import remove_derived
 class RunWriter:
     """Writes the run directory ``out`` of one training run; ``resumed`` when it continues a checkpoint there."""
 
+    #: False for the writer of a rank that writes nothing (``pyro_vae.distributed.ReadOnlyWriter``).
+    writes = True
+
     def __init__(self, out: Path, resumed: bool) -> None:
         self.out = out
         self.checkpoint_path = out / CHECKPOINT

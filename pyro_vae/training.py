@@ -35,6 +35,7 @@ from pyro_vae.beta import warmup_beta
 from pyro_vae.checkpoint import CHECKPOINT, FORMAT_VERSION, WriteError, rng_state, set_rng_state
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import VAEData, minibatches
+from pyro_vae.distributed import Ranks, ranks_session
 from pyro_vae.elbo_terms import ELBOTerms, elbo_terms
 from pyro_vae.errors import UserError
 from pyro_vae.estimators import make_training_elbo
@@ -91,6 +92,7 @@ class Trainer:
         model: Callable[..., Any] | None = None,
         guide: Callable[..., Any] | None = None,
         logger: str = "none",
+        collective_timeout: float | None = None,
     ) -> None:
         config.validate()
         check_logger(logger)
@@ -105,10 +107,11 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.position = Position()
         self.guard = DivergenceGuard(lambda: self.position.kept(self.checkpoint_path))
-        self.resume, self.overwrite = resume, overwrite
+        self.resume, self.overwrite, self.collective_timeout = resume, overwrite, collective_timeout
         self._state = state
         self._partial: dict[str, Any] | None = None  # a mid-epoch checkpoint's record of the epoch in progress
         self.steps_run = 0  # training steps this process ran
+        self.dist: Ranks | None = None  # under torchrun: this process's rank (pyro_vae.distributed)
 
     def say(self, message: str) -> None:
         """A status line on stderr (when ``progress``)."""
@@ -120,7 +123,7 @@ class Trainer:
     def setup(self) -> None:
         """Data, model, guide, optimizer and estimator; then a fresh run or the checkpoint's state."""
         cfg = self.config
-        self.device = cfg.resolve_device()
+        self.device = self.dist.device if self.dist else cfg.resolve_device()
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
         self.data = cfg.load_data(self.device) if self.data is None else self.data.to(self.device)
@@ -152,11 +155,10 @@ class Trainer:
             self.writer.start(self.config)
         else:
             self._restore(self._state)
-        self.logger = make_logger(self.logger_name, self.out, self.position.epoch)
+        self.logger = make_logger(self.logger_name if self.writer.writes else "none", self.out, self.position.epoch)
         # fast: validation on the first step only, a compiled meanfield objective (same losses; pyro_vae/step.py).
-        self.train_step = TrainStep(
-            self.model, self.guide, self.elbo, self.optimizer, self.params, cfg.clip_norm, fast=True
-        )
+        step = TrainStep(self.model, self.guide, self.elbo, self.optimizer, self.params, cfg.clip_norm, fast=True)
+        self.train_step = self.dist.step(self, cfg) if self.dist else step
 
     def _init_prior_from_data(self) -> None:
         init = getattr(self.model.prior, "init_from_data", None)
@@ -193,7 +195,7 @@ class Trainer:
         ``config.epochs``; return the ``TrainResult``. Raises ``TrainingInterrupted``, and ``UserError`` (one
         line) for a run that may not be trained here or a file that could not be written (the last good
         checkpoint and metrics are kept)."""
-        with run_lock(self.out, "pyro-vae train"):
+        with ranks_session(self), run_lock(self.out, "pyro-vae train"):  # torchrun: rank 0 alone locks and writes
             self._state = check_run(self.out, self.config, self.resume, self.overwrite, self._state)
             try:
                 self.setup()
@@ -223,7 +225,8 @@ class Trainer:
         )
         with self._bar:
             try:
-                with DeferredInterrupts() as stop:
+                with DeferredInterrupts() as signals:
+                    stop = self.dist.agreed(signals) if self.dist else signals  # torchrun: all ranks stop together
                     for epoch in range(self.position.epoch, self.config.epochs):
                         total, steps = self.train_epoch(epoch, stop)
                         self._end_epoch(epoch, total, steps, stop)
@@ -258,6 +261,8 @@ class Trainer:
         x_epoch = self.data.train_epoch()
         first = 0 if partial is None else int(partial["step"])
         batches = minibatches(x_epoch, cfg.batch_size, start=first)
+        if self.dist:
+            self.train_step.begin_epoch(epoch, first)
         total = 0.0
         if partial is not None:
             set_rng_state(self._state["rng"])
@@ -289,7 +294,8 @@ class Trainer:
         """The test ELBO (beta = 1) and its reconstruction and KL terms, nats per example, in eval mode."""
         self.model.eval()
         self.guide.eval()
-        return elbo_terms(self.model, self.guide, self.data.test_x_eval, num_samples=self.config.eval_samples)
+        evaluate = self.dist.elbo_terms if self.dist else elbo_terms  # torchrun: shared out among the ranks
+        return evaluate(self.model, self.guide, self.data.test_x_eval, num_samples=self.config.eval_samples)
 
     def _end_epoch(self, epoch: int, total: float, last_step: int, stop: DeferredInterrupts) -> None:
         terms = self.evaluate()
@@ -354,6 +360,7 @@ def train(
     model: Callable[..., Any] | None = None,
     guide: Callable[..., Any] | None = None,
     logger: str = "none",
+    collective_timeout: float | None = None,
 ) -> TrainResult:
     """Train the VAE described by ``config`` into ``out_dir`` (``Trainer(...).fit()``), then write its figures.
 
@@ -370,6 +377,7 @@ def train(
         state: the checkpoint to resume, if already loaded (``pyro_vae.runs.resume_config`` returns it).
         model, guide: your own Pyro model and guide, trained instead of ``config.model`` (``pyro_vae.pairs``).
         logger: "tensorboard" also logs the metrics for TensorBoard in ``out_dir/tensorboard`` (``pyro_vae.loggers``).
+        collective_timeout: under torchrun, seconds a collective waits for the other ranks (``pyro_vae.distributed``).
 
     Raises:
         UserError (one line): bad data, an unwritable ``out_dir``, another process writing into it (the
@@ -383,7 +391,7 @@ def train(
     """
     with run_lock(out_dir, "pyro-vae train"):  # held from the checks to the last figure
         options = dict(data=data, resume=resume, overwrite=overwrite, progress=progress, state=state, logger=logger)
-        trainer = Trainer(config, out_dir, **options, model=model, guide=guide)
+        trainer = Trainer(config, out_dir, **options, model=model, guide=guide, collective_timeout=collective_timeout)
         result = trainer.fit()
         if figures and trainer.steps_run:  # a resume with nothing to do writes nothing
             result.figures = trainer.writer.figures(

@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, ...]] = [
         "pyro_vae.safe_load",
         "pyro_vae.interrupts",
         "pyro_vae.bits",
+        "pyro_vae.ranks",
     ),
     (
         "pyro_vae.registry",
@@ -65,6 +66,7 @@ LAYERS: list[tuple[str, ...]] = [
         "pyro_vae.ablation",
         "pyro_vae.pairs",
         "pyro_vae.loggers",
+        "pyro_vae.distributed",
     ),
     ("pyro_vae", "pyro_vae.__main__", "pyro_vae.cli", "pyro_vae.commands", "pyro_vae.commands.*"),
 ]

@@ -12,9 +12,11 @@ from pathlib import Path
 
 from pyro_vae.commands.options import add_config_options, given_options
 from pyro_vae.config import TrainConfig
+from pyro_vae.distributed import DEFAULT_TIMEOUT_S
 from pyro_vae.errors import UserError
 from pyro_vae.lock import NEW_RUN_FIX, run_lock
 from pyro_vae.loggers import LOGGERS
+from pyro_vae.ranks import is_writer, launched
 from pyro_vae.runs import RESUMABLE_CHANGES, check_run, nothing_to_do, restore_previous, resume_config
 from pyro_vae.training import TrainResult, train
 
@@ -48,6 +50,14 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
         help="also log the metrics of every epoch for TensorBoard in DIR/tensorboard (needs the tensorboard "
         "package; view with: tensorboard --logdir DIR) (default: none)",
     )
+    parser.add_argument(
+        "--collective-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="under torchrun: how long a rank waits for the others before it stops with an error (a rank that died "
+        f"is noticed at once) (default: {DEFAULT_TIMEOUT_S:g})",
+    )
     converters = add_config_options(parser)
     parser.set_defaults(run=run, _converters=converters)
     return parser
@@ -64,12 +74,17 @@ def run(args: argparse.Namespace) -> int:
     with run_lock(args.out, "pyro-vae train", fix=fix):
         if args.resume:
             if args.from_previous:
+                if launched():  # it rewrites the run's files, which the other ranks are reading
+                    raise UserError(
+                        "--from-previous is for one process: run pyro-vae train --resume --from-previous once without "
+                        "torchrun, then resume under torchrun"
+                    )
                 restore_previous(args.out)
             config, state = resume_config(args.out, model_opts, train_opts)
             config.validate()
             check_run(args.out, config, resume=True, overwrite=False, state=state)  # what changed, first
             if nothing_to_do(state, config):
-                print(
+                print_once(
                     f"pyro-vae: nothing to do: {args.out} is already trained to epoch {state['epoch']} "
                     f"(--epochs {config.epochs}); pass a larger --epochs to train on (pyro-vae plot {args.out} "
                     "rewrites its figures)",
@@ -80,9 +95,16 @@ def run(args: argparse.Namespace) -> int:
             config, state = TrainConfig.from_options(model_opts, train_opts), None
         # Ctrl-C / SIGTERM: TrainingInterrupted, a one-line message and exit 128 + signum from pyro_vae.cli.
         options = dict(resume=args.resume, progress=args.progress, overwrite=args.overwrite, state=state)
-        result = train(config, args.out, **options, logger=args.logger)
-    print_result(result)
+        result = train(config, args.out, **options, logger=args.logger, collective_timeout=args.collective_timeout)
+    if is_writer():  # under torchrun, rank 0 speaks for the run
+        print_result(result)
     return 0
+
+
+def print_once(message: str, file: object = None) -> None:
+    """Print ``message`` in one process only (rank 0 under torchrun)."""
+    if is_writer():
+        print(message, file=file)
 
 
 def print_result(result: TrainResult) -> None:
