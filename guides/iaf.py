@@ -77,9 +77,27 @@ class FlowPosterior(dist.TransformedDistribution):
         return new
 
     def log_prob(self, value: Tensor) -> Tensor:
+        """log N(z_0; mu, sigma^2) - sum_k log |det df_k / dz_{k-1}|, z_0 the flow's inverse of ``value``, as
+        ``TransformedDistribution.log_prob``; -inf where that inverse leaves the floating-point range.
+
+        Why -inf: the inverse of a stable step divides by s = sigmoid(.), which underflows to 0 for a z far from
+        where q puts its mass (another example's code, as the collapse diagnostics score), giving inf or inf - inf
+        there. Such a z_0 is beyond 1e38, where log N(z_0) is below -1e76 while the log-determinants stay within
+        J log(1e38) ~ 88 J per step: the density is 0 to float precision.
+        """
+        if self._validate_args:
+            self._validate_sample(value)
         shape = broadcast_shape(value.shape[:-1], self.batch_shape) + self.event_shape
         # Only when needed: the guide's own sample must stay the very tensor the flow cached.
-        return super().log_prob(value if value.shape == shape else value.expand(shape))
+        y = value if value.shape == shape else value.expand(shape)
+        log_det: Tensor | float = 0.0
+        for transform in reversed(self.transforms):  # each step maps vectors to vectors (event_dim 1)
+            x = transform.inv(y)
+            log_det = log_det + transform.log_abs_det_jacobian(x, y)
+            y = x
+        finite = torch.isfinite(y).all(-1) & torch.isfinite(torch.as_tensor(log_det))
+        base = self.base_dist.log_prob(torch.where(finite.unsqueeze(-1), y, torch.zeros_like(y)))
+        return torch.where(finite, base - log_det, torch.full_like(base, -torch.inf))
 
     @property
     def mean(self) -> Tensor:

@@ -41,6 +41,9 @@ class PowerSpherical(_PackagePowerSpherical, TorchDistributionMixin):
     """
 
     support = constraints.sphere
+    # The package declares loc real; it is a unit vector (the density and the rotation assume it), and saying so
+    # lets code that moves parameters in an unconstrained space (the inference gaps) keep it on the sphere.
+    arg_constraints = {"loc": constraints.sphere, "scale": constraints.positive}
 
     def __init__(self, loc: Tensor, scale: Tensor, validate_args: bool | None = None) -> None:
         if loc.dim() < 1 or loc.shape[-1] < 2:

@@ -6,10 +6,11 @@ For each example, with q_enc the guide's q(z | x) and q* the best member of its 
                            =  approximation gap    +  amortisation gap.
 
 q* is found by optimising, for every example separately, the parameters of each guide site's distribution
-(loc and scale of a Normal, loc and scale_tril of a full-covariance Gaussian, ...; for a transformed
-distribution those of its base), started at the encoder's output: the optimised variables are offsets in the
-unconstrained space of each parameter (``biject_to`` of its constraint), initialised at zero, so the search
-starts exactly at q_enc. For a guide of Gaussian sites this is the whole family, as in the paper; where a site's
+(loc and scale of a Normal, loc and scale_tril of a full-covariance Gaussian, direction and concentration of a
+power spherical, ...; for a flow those of its base), started at the encoder's output: the optimised variables are
+offsets in the unconstrained space of each parameter (``biject_to`` of its constraint, else ``transform_to``),
+initialised at zero, so the search starts exactly at q_enc. For a guide of Gaussian or power spherical sites this
+is the whole family, as in the paper; where a site's
 distribution also has global parts (the layers of a flow, q(z2 | z1)'s dependence on z1) those stay the
 encoder's, and the amortisation gap is then that of the per-example parameters alone (a lower bound on the
 gap of the full family). The objective is the ELBO with the path-derivative (STL) gradient, whose variance
@@ -40,7 +41,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.messenger import Messenger
 from torch import Tensor, nn
-from torch.distributions import biject_to
+from torch.distributions import biject_to, transform_to
 
 from pyro_vae.densities import Densities
 from pyro_vae.errors import UserError
@@ -96,6 +97,19 @@ def _parameter_names(d: torch.distributions.Distribution) -> tuple[str, ...]:
     return tuple(name for name in d.arg_constraints if name in vars(d))
 
 
+def _unconstraining(constraint: torch.distributions.constraints.Constraint) -> torch.distributions.Transform:
+    """A map from unconstrained values onto ``constraint``'s set whose inverse is a right inverse on that set.
+
+    ``biject_to`` where there is one; else ``transform_to``, which is onto but many-to-one (lower Cholesky
+    factors: the upper triangle is ignored; Pyro's ``Normalize`` for the sphere: the norm is) - enough here, since
+    the offsets start at zero at ``inv(value)``, which the map sends back to ``value``.
+    """
+    try:
+        return biject_to(constraint)
+    except NotImplementedError:
+        return transform_to(constraint)
+
+
 class _LocalOffsets(Messenger):
     """Rebuild every latent site's distribution with per-example offsets on its parameters' unconstrained values.
 
@@ -114,16 +128,18 @@ class _LocalOffsets(Messenger):
     def _shift(self, d: Any, path: str) -> Any:
         if isinstance(d, torch.distributions.Independent):
             return type(d)(self._shift(d.base_dist, path + ".base"), d.reinterpreted_batch_ndims)
-        if isinstance(d, torch.distributions.TransformedDistribution):
-            return dist.TransformedDistribution(self._shift(d.base_dist, path + ".base"), d.transforms)
         names = _parameter_names(d)
+        if isinstance(d, torch.distributions.TransformedDistribution) and not names:
+            # A flow: shift its base. One with parameters of its own (the power spherical's loc and scale, whose
+            # base and rotation are built from them) is rebuilt from those, below.
+            return dist.TransformedDistribution(self._shift(d.base_dist, path + ".base"), d.transforms)
         if not names:
             raise UserError(f"the inference gaps cannot optimise the parameters of {type(d).__name__} at {path!r}")
         shifted = {}
         for name in names:
             value = getattr(d, name)
             try:
-                transform = biject_to(d.arg_constraints[name])
+                transform = _unconstraining(d.arg_constraints[name])
             except NotImplementedError:
                 raise UserError(
                     f"the inference gaps cannot optimise {type(d).__name__}.{name} (constraint "
