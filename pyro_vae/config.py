@@ -351,9 +351,11 @@ class TrainConfig:
     def for_data(cls, data: VAEData, **options: Any) -> TrainConfig:
         """A config for ``data``: VAEConfig fields (z_dim, hidden, prior, ...) and training fields by name.
 
-        x_shape comes from the data. ``TrainConfig.for_data(load_data("digits"), z_dim=2, epochs=20)``.
+        x_shape and (unless given) dataset come from the data: ``TrainConfig.for_data(load_data("mnist"), z_dim=2)``.
         """
         model_opts, train_opts = split_options(options)
+        if data.name.lower() in BUILTIN_DATASETS or Path(data.name).exists():  # recorded, so load_run finds the data
+            train_opts.setdefault("dataset", data.name)
         return cls(model=VAEConfig(**{**model_opts, "x_shape": data.x_shape, "x_dim": None}), **train_opts)
 
     def with_data_shape(self, data: VAEData) -> TrainConfig:

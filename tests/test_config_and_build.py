@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pyro.poutine as poutine
 import pytest
 import torch
 from scipy import stats
 
-from pyro_vae import VAEConfig, build
+from pyro_vae import TrainConfig, VAEConfig, build, load_data, load_run, train
 from pyro_vae.closed_form import (
     bernoulli_log_likelihood,
     gaussian_log_likelihood,
@@ -112,3 +113,16 @@ def test_kl_kinds_reports_analytic_for_gaussian_priors():
     for prior in ("standard", "gaussian"):
         model, guide = build(VAEConfig(x_dim=4, prior=prior))
         assert kl_kinds(model, guide, torch.bernoulli(torch.full((3, 4), 0.5))) == {"z": ANALYTIC}
+
+
+def test_a_config_made_for_data_records_where_they_came_from_so_the_run_loads_them_again(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "x.npy"
+    np.save(path, (rng.random((40, 4, 4)) > 0.5).astype(np.float32))
+    data = load_data(str(path))
+    config = TrainConfig.for_data(data, z_dim=2, hidden=(8,), epochs=1, threads=1)
+    assert config.dataset == str(path)
+    train(config, tmp_path / "run", data=data, progress=False, figures=False)
+    run = load_run(tmp_path / "run")  # the same data again, or the data check would refuse them
+    assert torch.equal(run.data.train_x, data.train_x)
+    assert TrainConfig.for_data(load_data("digits"), dataset="digits").dataset == "digits"
