@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -172,6 +173,20 @@ def test_two_ranks_train_the_single_process_run(tmp_path, one_process, elbo):
     assert proc.stdout.count("test ELBO") == 1  # rank 0 alone reports
     assert_same_run(one_process(elbo), tmp_path / "two")
     assert not list((tmp_path / "two").glob("*.tmp")) and not (tmp_path / "two" / ".lock").exists()
+
+
+@pytest.mark.slow
+def test_two_ranks_train_the_single_process_run_with_the_conv_networks(tmp_path):
+    """The same equality for image data through the conv encoder and decoder (blobs the test writes)."""
+    yy, xx = np.mgrid[:8, :8]
+    centres = np.random.default_rng(0).integers(1, 7, (256, 2))
+    images = 255 * np.exp(-((yy - centres[:, :1, None]) ** 2 + (xx - centres[:, 1:, None]) ** 2) / 4.0)
+    np.save(tmp_path / "blobs.npy", images.astype(np.uint8))
+    conv = ["--dataset", str(tmp_path / "blobs.npy"), "--encoder", "conv", "--decoder", "conv", "--hidden", "16"]
+    conv += ["--encoder-channels", "4", "8", "--epochs", "2", "--batch-size", "32"]
+    ok(single("--out", str(tmp_path / "one"), *conv))
+    ok(torchrun(2, "--out", str(tmp_path / "two"), *conv))
+    assert_same_run(tmp_path / "one", tmp_path / "two")
 
 
 @pytest.mark.slow
