@@ -60,6 +60,11 @@ class Case:
 CASES = [
     # --- options -------------------------------------------------------------------------------------
     Case("epochs-0", ("train", "--out", "{run}", "--epochs", "0"), ("epochs must be an integer >= 1, got 0",)),
+    Case(
+        "checkpoint-seconds-negative",
+        ("train", "--out", "{run}", "--checkpoint-seconds", "-1"),
+        ("checkpoint_seconds must be a finite number >= 0 (0 = after every epoch), got -1.0",),
+    ),
     Case("epochs-neg", ("train", "--out", "{run}", "--epochs", "-1"), ("epochs must be an integer >= 1, got -1",)),
     Case("batch-0", ("train", "--out", "{run}", "--batch-size", "0"), ("batch_size must be an integer >= 1, got 0",)),
     Case(
