@@ -311,7 +311,8 @@ class TrainConfig:
             raise UserError(f"lr must be a finite number > 0, got {self.lr!r}")
         if not _is_number(self.checkpoint_seconds) or self.checkpoint_seconds < 0:
             raise UserError(
-                f"checkpoint_seconds must be a finite number >= 0 (0 = after every epoch), got {self.checkpoint_seconds!r}"
+                "checkpoint_seconds must be a finite number >= 0 (0 = after every epoch), "
+                f"got {self.checkpoint_seconds!r}"
             )
         if self.clip_norm is not None and (not _is_number(self.clip_norm) or self.clip_norm <= 0):
             raise UserError(f"clip_norm must be a finite number > 0 (or None for no clipping), got {self.clip_norm!r}")
