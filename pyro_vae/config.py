@@ -246,6 +246,8 @@ class TrainConfig:
         device: auto (cuda when available), cpu, cuda or cuda:N.
         require_analytic_kl: refuse to train if a meanfield ELBO would estimate any KL by Monte Carlo.
         eval_samples: samples of z per test example when estimating the test ELBO.
+        eval_every: estimate the test ELBO after every this many epochs, and after the last; the other epochs'
+            metrics records have no test_* values (1 = every epoch).
         checkpoint_seconds: write the checkpoint after an epoch when at least this many seconds have passed since
             the last one (0 = after every epoch); always after the last epoch and when stopped by Ctrl-C or SIGTERM.
             A crash (SIGKILL, power cut) loses at most this long plus one epoch; metrics.jsonl gets its lines with
@@ -276,6 +278,7 @@ class TrainConfig:
     device: str = "auto"
     require_analytic_kl: bool = False
     eval_samples: int = 1
+    eval_every: int = 1
     checkpoint_seconds: float = 10.0
     threads: int | None = 1
     download: bool = True
@@ -299,7 +302,7 @@ class TrainConfig:
         check_data_options(self.dataset, self.data_dir, self.labels, self.image_size)
         if self.elbo not in ESTIMATORS:
             raise ESTIMATORS.unknown(self.elbo, what="elbo")
-        for name in ("num_particles", "epochs", "batch_size", "eval_samples"):
+        for name in ("num_particles", "epochs", "batch_size", "eval_samples", "eval_every"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise UserError(f"{name} must be an integer >= 1, got {value!r}")

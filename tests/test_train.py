@@ -330,3 +330,17 @@ def test_a_short_run_writes_one_checkpoint_at_its_end(tmp_path, monkeypatch):
     assert TrainConfig().checkpoint_seconds > 0 and saves == [4]
     assert load_checkpoint(tmp_path / "run" / CHECKPOINT)["epoch"] == 4
     assert [r["epoch"] for r in result.metrics] == [1, 2, 3, 4]
+
+
+def test_eval_every_skips_test_elbos_and_changes_nothing_else(tmp_path):
+    """eval_every = 2 over 5 epochs: test values after epochs 2, 4 and the last, 5, and those equal an every-epoch
+    run's exactly (the evaluation draws its own seeded z, off the training stream); the train losses and weights
+    are the same; the learning-curve figure is drawn from the epochs evaluated."""
+    every = train(small(epochs=5), tmp_path / "every", progress=False, figures=False)
+    some = train(small(epochs=5, eval_every=2), tmp_path / "some", progress=False, figures=True)
+    assert [m["epoch"] for m in some.metrics if "test_elbo" in m] == [2, 4, 5]
+    for a, b in zip(some.metrics, every.metrics, strict=True):
+        assert a == (b if "test_elbo" in a else {k: v for k, v in b.items() if not k.startswith("test_")})
+    for a, b in zip(some.model.state_dict().values(), every.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert (tmp_path / "some" / "curves.png").is_file()
