@@ -10,9 +10,9 @@ Each epoch minimises the beta-weighted negative ELBO, E_q[-log p(x|z)] + beta_t 
 a weighted KL; the latent sites of model and guide are scaled by beta_t), where beta_t rises linearly
 from 0 to ``beta`` over ``kl_warmup`` epochs (Bowman et al. 2016), with one torch Adam over all
 parameters (``TrainStep``, which takes beta_t as an input). After each epoch (every ``eval_every``) the test
-set's true ELBO (beta = 1) and its reconstruction and KL terms are evaluated (``pyro_vae.elbo_terms``); the checkpoint is
-saved atomically once ``checkpoint_seconds`` have passed since the last one (and after the last epoch), and the
-records of the epochs it holds are appended to ``metrics.jsonl``. Ctrl-C or SIGTERM lets the step in
+set's true ELBO (beta = 1) and its reconstruction and KL terms are evaluated (``pyro_vae.elbo_terms``); the
+checkpoint is saved atomically once ``checkpoint_seconds`` have passed since the last one (and after the last
+epoch), and the records of the epochs it holds are appended to ``metrics.jsonl``. Ctrl-C or SIGTERM lets the step in
 progress finish, saves a mid-epoch checkpoint and stops (``TrainingInterrupted``); ``resume=True`` goes on
 from that very step.
 """
