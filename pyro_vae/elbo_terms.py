@@ -45,17 +45,6 @@ class ELBOTerms:
         return asdict(self)
 
 
-def _seed(seed: int, device: torch.device) -> None:
-    """``torch.manual_seed(seed)`` for the generators ``device`` draws from: the CPU's, and the device's own."""
-    # torch.manual_seed also queues lazy seeds for CUDA, XPU and MTIA, formatting the Python stack for each:
-    # ~1 ms, as long as a whole test-set evaluation of a small model (docs/performance.md).
-    torch.default_generator.manual_seed(seed)
-    if device.type == "cuda":
-        torch.cuda.default_generators[
-            device.index if device.index is not None else torch.cuda.current_device()
-        ].manual_seed(seed)
-
-
 @torch.no_grad()
 def elbo_terms(
     model: torch.nn.Module,
@@ -78,7 +67,7 @@ def elbo_terms(
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices, enabled=seed is not None):
         if seed is not None:
-            _seed(seed, x.device)
+            torch.manual_seed(seed)
         if not all(hasattr(f, m) for f, m in ((model, "prior"), (model, "likelihood_dist"), (guide, "posterior"))):
             return trace_terms(model, guide, x, num_samples, batch_size)
         recon_sum = torch.zeros((), dtype=torch.float64, device=x.device)
