@@ -9,12 +9,11 @@
 Each epoch minimises the beta-weighted negative ELBO, E_q[-log p(x|z)] + beta_t KL(q || p) (eq. 28 with
 a weighted KL; the latent sites of model and guide are scaled by beta_t), where beta_t rises linearly
 from 0 to ``beta`` over ``kl_warmup`` epochs (Bowman et al. 2016), with one torch Adam over all
-parameters (``TrainStep``, which takes beta_t as an input). After each epoch (every ``eval_every``) the test
-set's true ELBO (beta = 1) and its reconstruction and KL terms are evaluated (``pyro_vae.elbo_terms``); the
-checkpoint is saved atomically once ``checkpoint_seconds`` have passed since the last one (and after the last
-epoch), and the records of the epochs it holds are appended to ``metrics.jsonl``. Ctrl-C or SIGTERM lets the step in
-progress finish, saves a mid-epoch checkpoint and stops (``TrainingInterrupted``); ``resume=True`` goes on
-from that very step.
+parameters (``TrainStep``, which takes beta_t as an input). After each epoch (every ``eval_every``) the test ELBO
+(beta = 1) and its terms are evaluated (``pyro_vae.elbo_terms``); every ``checkpoint_seconds`` (and after the last
+epoch) the checkpoint is saved atomically, then its epochs' records go to ``metrics.jsonl``. Ctrl-C or SIGTERM
+lets the step in progress finish, saves a mid-epoch checkpoint and stops (``TrainingInterrupted``); ``resume=True``
+goes on from that very step.
 """
 
 from __future__ import annotations
@@ -111,8 +110,7 @@ class Trainer:
         self._state = state
         self._partial: dict[str, Any] | None = None  # a mid-epoch checkpoint's record of the epoch in progress
         self.steps_run = 0  # training steps this process ran
-        self._unwritten: list[dict[str, Any]] = []  # metrics records waiting for their checkpoint
-        self._last_save = time.monotonic()
+        self._unwritten, self._last_save = [], time.monotonic()  # metrics records waiting for their checkpoint
 
     def say(self, message: str) -> None:
         """A status line on stderr (when ``progress``)."""
@@ -297,6 +295,7 @@ class Trainer:
 
     def _end_epoch(self, epoch: int, total: float, last_step: int, stop: DeferredInterrupts) -> None:
         record = {"epoch": epoch + 1, "beta": self.beta_at(epoch), "train_loss": total / self.data.train_x.shape[0]}
+        record["kl"] = self.kl
         # The last step's update is checked here, before it can reach the checkpoint.
         if (epoch + 1) % self.config.eval_every == 0 or epoch + 1 == self.config.epochs:
             terms = self.evaluate()
@@ -304,7 +303,6 @@ class Trainer:
             record.update(test_elbo=terms.elbo, test_recon=terms.recon, test_kl=terms.kl)
         else:
             self.guard.check_weights(self.params, epoch + 1, last_step)
-        record["kl"] = self.kl
         self.history.append(record)
         self._unwritten.append(record)
         if self._checkpoint_due(epoch + 1) or stop.requested:
@@ -325,14 +323,11 @@ class Trainer:
             )
 
     def _checkpoint_due(self, epochs_done: int) -> bool:
-        # A checkpoint costs a serialisation, a digest and an fsync (~10 ms): on small data sets that is the
-        # size of an epoch, so it is written by the clock, not after every epoch (docs/performance.md).
-        seconds = self.config.checkpoint_seconds
-        return epochs_done >= self.config.epochs or time.monotonic() - self._last_save >= seconds
+        # ~12 ms (serialise, digest, fsync): as long as a digits epoch, so by the clock (docs/performance.md).
+        return epochs_done >= self.config.epochs or time.monotonic() - self._last_save >= self.config.checkpoint_seconds
 
     def save_checkpoint(self, epoch: int, partial: dict[str, Any] | None = None) -> None:
-        """Write the checkpoint atomically: ``epoch`` completed epochs (plus ``partial``, mid-epoch); then the
-        metrics lines of the epochs it added."""
+        """Write the checkpoint atomically (``epoch`` epochs done, plus ``partial``), then its epochs' metrics lines."""
         record = {
             "format": FORMAT_VERSION,
             "epoch": epoch,
