@@ -1,5 +1,4 @@
-"""``VAEConfig`` (what ``build`` makes) and ``TrainConfig`` (what a training run does), as dataclasses that
-round-trip to JSON.
+"""``VAEConfig`` (what ``build`` makes) and ``TrainConfig`` (what a training run does): dataclasses, JSON round trip.
 
 Both validate on construction, with one-line ``ValueError`` messages (``pyro_vae.errors.UserError``).
 ``VAEConfig.x_shape`` may be left out (None) when the data set will supply it: ``train`` fills it in.
@@ -46,8 +45,7 @@ def _tuples(value: Any) -> Any:
 def _from_dict(cls: type, d: Any) -> dict[str, Any]:
     if not isinstance(d, dict):
         raise UserError(f"a {cls.__name__} must be a JSON object, got {type(d).__name__}")
-    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
+    if unknown := sorted(set(d) - {f.name for f in dataclasses.fields(cls)}):
         raise UserError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
     return d
 
@@ -246,6 +244,9 @@ class TrainConfig:
         device: auto (cuda when available), cpu, cuda or cuda:N.
         require_analytic_kl: refuse to train if a meanfield ELBO would estimate any KL by Monte Carlo.
         eval_samples: samples of z per test example when estimating the test ELBO.
+        eval_every: the test ELBO after every this many epochs and the last (other records have no test_* values).
+        checkpoint_seconds: a checkpoint after the first epoch this long after the last one (0 = every epoch), after
+            the last epoch and on Ctrl-C / SIGTERM; a crash loses at most this plus one epoch (docs/training.md).
         threads: torch CPU threads; 1, the default of every command, was the fastest measured for these models and
             the steadiest on a busy machine (docs/performance.md); None = torch's default, all cores.
         download: download mnist and fashion-mnist when missing.
@@ -272,6 +273,8 @@ class TrainConfig:
     device: str = "auto"
     require_analytic_kl: bool = False
     eval_samples: int = 1
+    eval_every: int = 1
+    checkpoint_seconds: float = 10.0
     threads: int | None = 1
     download: bool = True
     plugins: dict[str, str] = field(default_factory=dict)
@@ -294,23 +297,22 @@ class TrainConfig:
         check_data_options(self.dataset, self.data_dir, self.labels, self.image_size)
         if self.elbo not in ESTIMATORS:
             raise ESTIMATORS.unknown(self.elbo, what="elbo")
-        for name in ("num_particles", "epochs", "batch_size", "eval_samples"):
+        for name in ("num_particles", "epochs", "batch_size", "eval_samples", "eval_every"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise UserError(f"{name} must be an integer >= 1, got {value!r}")
         if not _is_int(self.kl_warmup) or self.kl_warmup < 0:
             raise UserError(f"kl_warmup must be an integer number of epochs >= 0, got {self.kl_warmup!r}")
-        if not _is_number(self.beta) or self.beta < 0:
-            raise UserError(f"beta must be a finite number >= 0, got {self.beta!r}")
-        if not _is_number(self.lr) or self.lr <= 0:
-            raise UserError(f"lr must be a finite number > 0, got {self.lr!r}")
+        for name, zero_ok in (("beta", True), ("lr", False), ("checkpoint_seconds", True)):
+            value = getattr(self, name)
+            if not _is_number(value) or value < 0 or (value == 0 and not zero_ok):
+                raise UserError(f"{name} must be a finite number {'>=' if zero_ok else '>'} 0, got {value!r}")
         if self.clip_norm is not None and (not _is_number(self.clip_norm) or self.clip_norm <= 0):
             raise UserError(f"clip_norm must be a finite number > 0 (or None for no clipping), got {self.clip_norm!r}")
         if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
             raise UserError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
-        if not isinstance(self.device, str) or not (
-            self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit())
-        ):
+        cuda_n = isinstance(self.device, str) and self.device.startswith("cuda:") and self.device[5:].isdigit()
+        if not (isinstance(self.device, str) and self.device in ("auto", "cpu", "cuda") or cuda_n):
             raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         for name in ("require_analytic_kl", "download", "jit"):
             if not isinstance(getattr(self, name), bool):
@@ -349,10 +351,7 @@ class TrainConfig:
 
     @classmethod
     def for_data(cls, data: VAEData, **options: Any) -> TrainConfig:
-        """A config for ``data``: VAEConfig fields (z_dim, hidden, prior, ...) and training fields by name.
-
-        x_shape and (unless given) dataset come from the data: ``TrainConfig.for_data(load_data("mnist"), z_dim=2)``.
-        """
+        """A config for ``data`` (x_shape and, unless given, dataset from them) and VAEConfig / training fields."""
         model_opts, train_opts = split_options(options)
         if data.name.lower() in BUILTIN_DATASETS or Path(data.name).exists():  # recorded, so load_run finds the data
             train_opts.setdefault("dataset", data.name)

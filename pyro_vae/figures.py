@@ -235,20 +235,22 @@ def _log_if_wide(ax: Axes, values: Sequence[float], factor: float) -> None:
 def plot_curves(fig: Figure, metrics: Sequence[dict[str, Any]]) -> None:
     """Training loss and -test ELBO, the test KL and the test reconstruction term per epoch, side by side."""
     epochs = [m["epoch"] for m in metrics]
+    tested = [m for m in metrics if "test_elbo" in m]  # every eval_every epochs
+    test_epochs = [m["epoch"] for m in tested]
     a, b, c = fig.subplots(1, 3)
-    train_loss, neg_elbo = [m["train_loss"] for m in metrics], [-m["test_elbo"] for m in metrics]
+    train_loss, neg_elbo = [m["train_loss"] for m in metrics], [-m["test_elbo"] for m in tested]
     a.plot(epochs, train_loss, label="train loss (beta-weighted)")
-    a.plot(epochs, neg_elbo, label="-test ELBO (beta = 1)")
+    a.plot(test_epochs, neg_elbo, label="-test ELBO (beta = 1)")
     a.set_ylabel("nats per example")
     a.legend(fontsize=8)
-    b.plot(epochs, [m["test_kl"] for m in metrics], color="C2")
+    b.plot(test_epochs, [m["test_kl"] for m in tested], color="C2")
     b.set_ylabel("test KL(q || p), nats per example")
-    c.plot(epochs, [m["test_recon"] for m in metrics], color="C3")
+    c.plot(test_epochs, [m["test_recon"] for m in tested], color="C3")
     c.set_ylabel("test -E_q log p(x|z), nats per example")
     for axis in (a, b, c):
         axis.set_xlabel("epoch")
     _log_if_wide(a, train_loss + neg_elbo, 3.0)
-    _log_if_wide(b, [m["test_kl"] for m in metrics], 10.0)
+    _log_if_wide(b, [m["test_kl"] for m in tested], 10.0)
 
 
 def save(fig: Figure, path: Path) -> Path:

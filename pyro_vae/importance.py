@@ -26,7 +26,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyro
 import torch
+from pyro.infer.util import is_validation_enabled
 from torch import Tensor
 
 from pyro_vae.estimators.log_weights import guess_plate_nesting, per_example_log_weights
@@ -116,6 +118,7 @@ def importance_sample(
     chunk = max(1, min(num_samples, max_rows // block))
     sizes = _chunks(num_samples, chunk, sweep)
     nesting = guess_plate_nesting(model, guide, (x[:block],), {})
+    validate = is_validation_enabled()
     parts: dict[str, list[Tensor]] = {"lse": [], "lse2": [], "total": []}
     marks: dict[int, list[tuple[Tensor, Tensor]]] = {}
     with progress_bar(n * num_samples, f"log p(x), K={num_samples}", progress, unit="sample") as bar:
@@ -124,7 +127,11 @@ def importance_sample(
             lse = torch.full((xb.shape[0],), -math.inf, dtype=x.dtype, device=x.device)
             lse2, total, done = lse.clone(), torch.zeros_like(lse), 0
             for k in sizes:
-                log_w = per_example_log_weights(model, guide, xb, num_particles=k, plate_nesting=nesting)
+                # Validation (as the caller set it) on the first chunk only: the later chunks run the same model
+                # on the same images, and checking the support of every expanded (K, N, D) observation cost ~7%
+                # of the evaluation (benchmarks/eval_speed.py, docs/performance.md).
+                with pyro.validation_enabled(validate and start == 0 and done == 0):
+                    log_w = per_example_log_weights(model, guide, xb, num_particles=k, plate_nesting=nesting)
                 lse = torch.logaddexp(lse, torch.logsumexp(log_w, 0))
                 lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * log_w, 0))
                 total += log_w.sum(0)

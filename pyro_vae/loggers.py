@@ -48,7 +48,8 @@ class TensorBoardLogger(NoLogger):
 
     def log(self, record: dict[str, Any]) -> None:
         for key, tag in SCALARS.items():
-            self.writer.add_scalar(tag, record[key], record["epoch"])
+            if key in record:  # test_* only in the epochs evaluated (eval_every)
+                self.writer.add_scalar(tag, record[key], record["epoch"])
         self.writer.flush()  # a run stopped later keeps what it logged
 
     def close(self) -> None:

@@ -42,7 +42,7 @@ from pyro_vae.pairs import as_pair, check_pair_run, discover_parameters
 from pyro_vae.registry import build
 
 #: Options that may differ between a checkpoint's config and the config given to ``train(resume=True)``.
-RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "download", "threads")
+RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "download", "threads", "checkpoint_seconds", "eval_every")
 #: Files made from a run's checkpoint by other commands and by ``train``'s end; a resume or ``--overwrite``
 #: removes them before it changes the checkpoint, so none is ever left describing a checkpoint that is gone.
 DERIVED_FILES = (
@@ -58,6 +58,19 @@ DERIVED_FILES = (
 )
 #: What to do when a loaded file does not match the run.
 _NEW_RUN = "train a new run (another --out, or --overwrite)"
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` returns: the run's config, metric records (one per epoch), model, guide and data."""
+
+    config: TrainConfig
+    metrics: list[dict[str, Any]]
+    model: torch.nn.Module
+    guide: torch.nn.Module
+    data: VAEData
+    out_dir: Path
+    figures: list[Path] = field(default_factory=list)
 
 
 @dataclass

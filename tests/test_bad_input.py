@@ -60,6 +60,14 @@ class Case:
 CASES = [
     # --- options -------------------------------------------------------------------------------------
     Case("epochs-0", ("train", "--out", "{run}", "--epochs", "0"), ("epochs must be an integer >= 1, got 0",)),
+    Case(
+        "eval-every-0", ("train", "--out", "{run}", "--eval-every", "0"), ("eval_every must be an integer >= 1, got 0",)
+    ),
+    Case(
+        "checkpoint-seconds-negative",
+        ("train", "--out", "{run}", "--checkpoint-seconds", "-1"),
+        ("checkpoint_seconds must be a finite number >= 0, got -1.0",),
+    ),
     Case("epochs-neg", ("train", "--out", "{run}", "--epochs", "-1"), ("epochs must be an integer >= 1, got -1",)),
     Case("batch-0", ("train", "--out", "{run}", "--batch-size", "0"), ("batch_size must be an integer >= 1, got 0",)),
     Case(
@@ -198,7 +206,8 @@ CASES = [
     # beta rises 0 -> 5e37 -> 1e38 (KL warm-up): epoch 1 trains, epoch 2's loss overflows float32.
     Case(
         "diverge-late",
-        ("train", "--out", "{new}", "--beta", "1e38", "--kl-warmup", "2", "--epochs", "3", *TINY),
+        ("train", "--out", "{new}", "--beta", "1e38", "--kl-warmup", "2", "--epochs", "3", *TINY)
+        + ("--checkpoint-seconds", "0"),  # a checkpoint after every epoch: epoch 1's is the one kept
         ("non-finite loss (inf) at epoch 2, step 1", "the checkpoint of epoch 1 is kept in"),
     ),
 ]

@@ -35,7 +35,8 @@ CONFIGS = {
 
 
 def config(name: str, epochs: int) -> TrainConfig:
-    return TrainConfig.for_data(load_data("digits"), epochs=epochs, threads=1, **CONFIGS[name])
+    # A checkpoint after every epoch (checkpoint_seconds = 0): these tests stop runs between two of them.
+    return TrainConfig.for_data(load_data("digits"), epochs=epochs, threads=1, checkpoint_seconds=0, **CONFIGS[name])
 
 
 def run(cfg: TrainConfig, out, **kwargs):

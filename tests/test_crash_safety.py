@@ -30,7 +30,9 @@ REPO = Path(__file__).resolve().parent.parent
 EPOCHS = 8
 #: 1,500 digits in batches of 8: 188 steps per epoch (about 0.5 s), long enough to be interrupted in the middle.
 STEPS_PER_EPOCH = 188
+# A checkpoint after every epoch (--checkpoint-seconds 0), so that a signal lands between two of them.
 OPTIONS = ("--hidden", "64", "--batch-size", "8", "--epochs", str(EPOCHS), "--threads", "1", "--no-progress")
+OPTIONS += ("--checkpoint-seconds", "0")
 
 
 def start(out: Path, *extra: str) -> subprocess.Popen:

@@ -271,12 +271,13 @@ def test_a_killed_rank_stops_the_others_and_the_checkpoint_resumes(tmp_path):
 def test_sigterm_to_torchrun_saves_one_mid_epoch_checkpoint_and_resume_is_exact(tmp_path):
     """SIGTERM (or Ctrl-C) to the launcher reaches the ranks, which agree on the step, let rank 0 save it, and exit
     with one line each; the 2-rank resume ends where an uninterrupted single-process run ends."""
-    args = ["--epochs", "2", "--batch-size", "16"]
+    # A checkpoint after each epoch, and enough epochs that the signal lands mid-run on a fast machine too.
+    args = ["--epochs", "8", "--batch-size", "16", "--checkpoint-seconds", "0"]
     out = tmp_path / "run"
     launcher = launch(out, *args)
     deadline = time.monotonic() + 120
     wait_for(out / "checkpoint.pt", deadline)
-    time.sleep(0.4)
+    time.sleep(0.2)
     launcher.send_signal(signal.SIGTERM)
     _, stderr = launcher.communicate(timeout=90)
     assert launcher.returncode != 0
@@ -284,7 +285,7 @@ def test_sigterm_to_torchrun_saves_one_mid_epoch_checkpoint_and_resume_is_exact(
     assert len(ours) == 2 and all("interrupted" in line and "--resume" in line for line in ours), stderr[-3000:]
     assert_only_torchruns_traceback(stderr)
     state = checkpoint(out)
-    assert "partial" in state or int(state["epoch"]) == 2
+    assert "partial" in state or int(state["epoch"]) < 8
     ok(torchrun(2, "--out", str(out), "--resume", *args))
     ok(single("--out", str(tmp_path / "one"), *args))
     assert_same_run(tmp_path / "one", out)

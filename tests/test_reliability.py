@@ -34,7 +34,8 @@ from pyro_vae.cli import main
 from pyro_vae.commands import compare_estimators, evaluate
 from pyro_vae.runs import DERIVED_FILES, load_run
 
-TINY = ["--hidden", "8", "--batch-size", "256", "--threads", "1", "--no-progress"]
+# A checkpoint after every epoch (--checkpoint-seconds 0): these tests damage or stop runs between two of them.
+TINY = ["--hidden", "8", "--batch-size", "256", "--threads", "1", "--no-progress", "--checkpoint-seconds", "0"]
 PAGE = 4096
 
 

@@ -36,7 +36,8 @@ pytestmark = pytest.mark.slow  # about ten training processes
 REPO = Path(__file__).resolve().parent.parent
 EPOCHS = 6
 #: 1,500 digits in batches of 8: 188 steps per epoch, about 0.5 s on one idle core.
-OPTIONS = ("--hidden", "64", "--batch-size", "8", "--threads", "1", "--no-progress")
+# A checkpoint after every epoch (--checkpoint-seconds 0): these tests act on runs between two of them.
+OPTIONS = ("--hidden", "64", "--batch-size", "8", "--threads", "1", "--no-progress", "--checkpoint-seconds", "0")
 
 
 def start(*args: object, unprivileged: bool = False) -> subprocess.Popen:

@@ -95,7 +95,7 @@ def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_checkpoint(tmp_path
     monkeypatch.setattr(TrainStep, "__call__", flaky)
     out = tmp_path / "run"
     with pytest.raises(NonFiniteLossError) as err:
-        train(small(epochs=3), out, progress=False, figures=False)
+        train(small(epochs=3, checkpoint_seconds=0), out, progress=False, figures=False)
     message = str(err.value)
     assert "epoch 2, step 3" in message and "\n" not in message and "checkpoint of epoch 1" in message
     assert load_checkpoint(out / CHECKPOINT)["epoch"] == 1
@@ -268,3 +268,79 @@ def test_a_multi_particle_bound_at_one_particle_is_pointed_out(tmp_path, capsys,
     train(small(epochs=1, elbo=elbo, num_particles=particles), tmp_path / "run", figures=False)
     note = f"note: --elbo {elbo} with --num-particles 1 is the standard ELBO; its bound tightens with K > 1"
     assert (note in capsys.readouterr().err) == noted
+
+
+class _Crash(Exception):
+    """Stands for a hard crash (SIGKILL, power cut): nothing of the trainer runs after it."""
+
+
+def test_checkpoints_by_the_clock_keep_metrics_with_them_and_resume_exactly(tmp_path, monkeypatch):
+    """checkpoint_seconds = 10 with epochs that take 5.5 s of a fake clock: checkpoints after epochs 2 and 4 only.
+    A crash in epoch 5 leaves the checkpoint of epoch 4 and exactly its four metrics lines; the resume then
+    ends with the metrics and weights of an uninterrupted run (the independent truth)."""
+    import pyro_vae.training as training
+
+    full = train(small(epochs=6), tmp_path / "full", progress=False, figures=False)
+    clock = {"now": 0.0}
+    monkeypatch.setattr(training.time, "monotonic", lambda: clock["now"])
+    saves: list[int] = []
+    real_save, real_evaluate = training.Trainer.save_checkpoint, training.Trainer.evaluate
+
+    def save(self, epoch, partial=None):
+        saves.append(epoch)
+        real_save(self, epoch, partial)
+
+    def evaluate(self):
+        clock["now"] += 5.5  # this epoch's length on the fake clock
+        if len(self.history) == 4:
+            raise _Crash
+        return real_evaluate(self)
+
+    monkeypatch.setattr(training.Trainer, "save_checkpoint", save)
+    monkeypatch.setattr(training.Trainer, "evaluate", evaluate)
+    out = tmp_path / "crashed"
+    with pytest.raises(_Crash):
+        train(small(epochs=6, checkpoint_seconds=10.0), out, progress=False, figures=False)
+    assert saves == [2, 4]
+    assert load_checkpoint(out / CHECKPOINT)["epoch"] == 4
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines == full.metrics[:4]
+
+    monkeypatch.setattr(training.Trainer, "evaluate", real_evaluate)
+    resumed = train(small(epochs=6, checkpoint_seconds=10.0), out, resume=True, progress=False, figures=False)
+    assert resumed.metrics == full.metrics
+    assert (out / "metrics.jsonl").read_text() == (tmp_path / "full" / "metrics.jsonl").read_text()
+    for a, b in zip(resumed.model.state_dict().values(), full.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    # The last epoch is always saved, whatever the clock says (epoch 6 came 11 s after epoch 4, so also due).
+    assert saves[-1] == 6 and load_checkpoint(out / CHECKPOINT)["epoch"] == 6
+
+
+def test_a_short_run_writes_one_checkpoint_at_its_end(tmp_path, monkeypatch):
+    """Under the default checkpoint_seconds, a run shorter than it saves once, after its last epoch."""
+    import pyro_vae.training as training
+
+    saves: list[int] = []
+    real_save = training.Trainer.save_checkpoint
+    monkeypatch.setattr(training.time, "monotonic", lambda: 0.0)
+    monkeypatch.setattr(
+        training.Trainer, "save_checkpoint", lambda self, e, p=None: (saves.append(e), real_save(self, e, p))
+    )
+    result = train(small(epochs=4), tmp_path / "run", progress=False, figures=False)
+    assert TrainConfig().checkpoint_seconds > 0 and saves == [4]
+    assert load_checkpoint(tmp_path / "run" / CHECKPOINT)["epoch"] == 4
+    assert [r["epoch"] for r in result.metrics] == [1, 2, 3, 4]
+
+
+def test_eval_every_skips_test_elbos_and_changes_nothing_else(tmp_path):
+    """eval_every = 2 over 5 epochs: test values after epochs 2, 4 and the last, 5, and those equal an every-epoch
+    run's exactly (the evaluation draws its own seeded z, off the training stream); the train losses and weights
+    are the same; the learning-curve figure is drawn from the epochs evaluated."""
+    every = train(small(epochs=5), tmp_path / "every", progress=False, figures=False)
+    some = train(small(epochs=5, eval_every=2), tmp_path / "some", progress=False, figures=True)
+    assert [m["epoch"] for m in some.metrics if "test_elbo" in m] == [2, 4, 5]
+    for a, b in zip(some.metrics, every.metrics, strict=True):
+        assert a == (b if "test_elbo" in a else {k: v for k, v in b.items() if not k.startswith("test_")})
+    for a, b in zip(some.model.state_dict().values(), every.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert (tmp_path / "some" / "curves.png").is_file()

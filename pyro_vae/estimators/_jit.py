@@ -81,7 +81,13 @@ class _CompiledPair:
             self.graphs[key] = (names, compiled)
         names, compiled = self.graphs[key]
         # These pyro.param calls are visible to outer handlers: SVI finds the parameters to step through them.
-        return compiled(*self._inputs(names), *args)
+        inputs = self._inputs(names)
+        # Run the traced ops as they are, differentiated by eager autograd: the optimising executor's own
+        # symbolic backward (differentiable subgraphs) made the MLP step's backward ~12% slower than eager
+        # PyTorch's (benchmarks/step_time.py, docs/performance.md). The flag is read at each call, so it is set
+        # only around this one.
+        with torch.jit.optimized_execution(False):
+            return compiled(*inputs, *args)
 
 
 class CompiledPerModel:

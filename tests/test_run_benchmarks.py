@@ -1,0 +1,62 @@
+"""The whole-run and evaluation benchmarks run and check their hand-written references (tiny settings)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST = next(
+    (p for p in (ROOT.parents[1] / "shared" / "data", Path("/work/shared/data")) if (p / "MNIST" / "raw").is_dir()),
+    None,
+)
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_end_to_end_benchmark_runs_on_digits_and_its_loop_matches_train(monkeypatch):
+    """Two epochs each side: exit 0 and the last line; and its reference is not vacuous: the hand-written loss equals
+    TraceMeanField_ELBO's at the same z, and a wrong one (no KL) is refused."""
+    out = run("benchmarks/end_to_end.py", "--cases", "digits", "--repeats", "1", "--epochs", "digits=2")
+    assert out.returncode == 0, out.stderr
+    assert re.fullmatch(
+        r"e2e_digits=\d+\.\d+ e2e_mnist_mlp=nan e2e_mnist_conv=nan", out.stdout.strip().splitlines()[-1]
+    )
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import end_to_end as e2e
+
+    from pyro_vae.data import load_data
+
+    data = load_data("digits")
+    case = e2e.CASES["digits"]
+    config = e2e.project_config(case, data, 1, 0)
+    data.prepare(e2e.build(config.model)[0].likelihood)
+    e2e.check_agreement(config, case, data)
+
+    def recon_only(self, x, z=None):
+        x = x.reshape(x.shape[0], -1)
+        h = self.encoder(x)
+        z = h[:, : self.z_dim] if z is None else z
+        return torch.nn.functional.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="none").sum(1)
+
+    monkeypatch.setattr(e2e.HandWrittenVAE, "per_example", recon_only)
+    with pytest.raises(SystemExit, match="loss mismatch"):
+        e2e.check_agreement(config, case, data)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(MNIST is None, reason="MNIST not found in ../shared/data or /work/shared/data")
+def test_eval_speed_benchmark_runs_and_its_sampler_agrees():
+    """--quick (20 images, K = 1000): the two log p(x) estimates agree within 4 SE, or it exits non-zero."""
+    out = run("benchmarks/eval_speed.py", "--quick", "--data-dir", str(MNIST))
+    assert out.returncode == 0, out.stderr + out.stdout
+    assert "mean log p(x): log_likelihood" in out.stdout
+    assert re.fullmatch(r"eval_ratio=\d+\.\d+", out.stdout.strip().splitlines()[-1])
