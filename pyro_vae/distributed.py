@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import hashlib
 import inspect
 import os
@@ -375,17 +376,20 @@ class RankWriter(RunWriter):
 
 @contextlib.contextmanager
 def ranks_session(trainer: Any) -> Iterator[Ranks | None]:
-    """Around ``pyro_vae.Trainer.fit``: join the ranks of a torchrun launch (``trainer.dist``; None otherwise), make
-    the ranks other than 0 silent readers (``start_ranks``), turn a failed collective into one line saying what is
-    kept, and leave the process group at the end."""
+    """Around ``Trainer.fit``: join a torchrun launch's ranks (``trainer.dist``), turn a failed collective into one
+    line saying what is kept, and leave the process group at the end."""
     trainer.dist = join(trainer.config.resolve_device(), trainer.collective_timeout)
     start_ranks(trainer)
     try:
         yield trainer.dist
+        if trainer.dist is not None:
+            trainer.dist.barrier()  # no rank tears the group down while another still uses it
     except CollectiveError as err:
         raise UserError(f"{err}; {trainer.position.kept(trainer.checkpoint_path)}") from None
     finally:
         if trainer.dist is not None:
+            trainer.train_step = None  # DDP holds the group: freed first, or gloo may abort at exit (SIGABRT)
+            gc.collect()
             trainer.dist.close()
 
 
