@@ -382,14 +382,14 @@ def ranks_session(trainer: Any) -> Iterator[Ranks | None]:
     start_ranks(trainer)
     try:
         yield trainer.dist
-        if trainer.dist is not None:
-            trainer.dist.barrier()  # no rank tears the group down while another still uses it
+        if trainer.dist is not None:  # a clean end: no rank leaves while another still uses the group, and DDP,
+            trainer.dist.barrier()  # which holds it, is freed first (else gloo may abort at exit: SIGABRT)
+            trainer.train_step = None
+            gc.collect()
     except CollectiveError as err:
         raise UserError(f"{err}; {trainer.position.kept(trainer.checkpoint_path)}") from None
     finally:
         if trainer.dist is not None:
-            trainer.train_step = None  # DDP holds the group: freed first, or gloo may abort at exit (SIGABRT)
-            gc.collect()
             trainer.dist.close()
 
 
