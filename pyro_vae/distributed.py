@@ -1,4 +1,4 @@
-"""Data-parallel training on ``torch.distributed``, launched by ``torchrun``: one model trained by N ranks.
+r"""Data-parallel training on ``torch.distributed``, launched by ``torchrun``: one model trained by N ranks.
 
 Each rank ``join``\ s the process group from torchrun's environment (gloo on the CPU, nccl on CUDA with one GPU
 per rank by ``LOCAL_RANK``) with a collective timeout, loads the whole data set and seeds the same, so all draw
