@@ -110,9 +110,23 @@ def elbo_sums(
     with torch.random.fork_rng(devices=devices, enabled=seed is not None):
         for b in range(len(parts)) if blocks is None else blocks:
             if seed is not None:
-                torch.manual_seed(seed + b)
+                _manual_seed(seed + b, x.device)
             total = total + _block_sums(model, guide, parts[b], num_samples)
     return total
+
+
+def _manual_seed(seed: int, device: torch.device) -> None:
+    """``torch.manual_seed(seed)`` for the generators a draw on ``device`` reads: the CPU's, and CUDA's for CUDA.
+
+    ``torch.manual_seed`` also queues lazy seeds for CUDA, XPU and MTIA, formatting the Python stack for each
+    (~0.15 ms a call, measured; the trainer evaluates after every epoch). The draws are the same.
+    """
+    if device.type not in ("cpu", "cuda"):
+        torch.manual_seed(seed)
+        return
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed_all(seed)
 
 
 def _block_sums(model: torch.nn.Module, guide: torch.nn.Module, xb: Tensor, num_samples: int) -> ELBOSums:

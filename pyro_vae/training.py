@@ -29,10 +29,11 @@ from typing import Any
 
 import pyro
 import torch
+from pyro.infer.util import is_validation_enabled
 from tqdm.auto import tqdm
 
 from pyro_vae.beta import warmup_beta
-from pyro_vae.checkpoint import CHECKPOINT, FORMAT_VERSION, WriteError, rng_state, set_rng_state
+from pyro_vae.checkpoint import CHECKPOINT, FORMAT_VERSION, WriteError, rng_state, set_rng_state, torch_rng_state
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import VAEData, minibatches
 from pyro_vae.distributed import Ranks, ranks_session
@@ -100,13 +101,12 @@ class Trainer:
         self.steps_run = 0  # training steps this process ran
         self.dist: Ranks | None = None  # under torchrun: this process's rank (pyro_vae.distributed)
         self._unwritten, self._last_save = [], time.monotonic()  # metrics records waiting for their checkpoint
+        self.evaluations = 0  # test-ELBO evaluations this process ran
 
     def say(self, message: str) -> None:
         """A status line on stderr (when ``progress``)."""
         if self.progress:
             tqdm.write(message, file=sys.stderr)
-
-    # ------------------------------------------------------------------ setup
 
     def setup(self) -> None:
         """Data, model, guide, optimizer and estimator; then a fresh run or the checkpoint's state."""
@@ -176,8 +176,6 @@ class Trainer:
         where = f"step {step} of epoch {self.position.epoch + 1}" if step else f"epoch {self.position.epoch}"
         self.say(f"resuming {self.out} at {where} of {self.config.epochs}")
 
-    # ------------------------------------------------------------------ the loop
-
     def fit(self) -> TrainResult:
         """Lock the run directory, check it (``pyro_vae.runs.check_run``), set up, then train up to
         ``config.epochs``; return the ``TrainResult``. Raises ``TrainingInterrupted``, and ``UserError`` (one
@@ -245,7 +243,7 @@ class Trainer:
         if partial is not None:
             # Redraw the interrupted epoch's binarisation and permutation, then go on from its step.
             set_rng_state(partial["epoch_rng"])
-        epoch_rng = rng_state()
+        epoch_rng = torch_rng_state()  # the epoch's draws below come from torch's generators only
         x_epoch = self.data.train_epoch()
         first = 0 if partial is None else int(partial["step"])
         batches = minibatches(x_epoch, cfg.batch_size, start=first)
@@ -263,11 +261,13 @@ class Trainer:
             self.guard.check_loss(loss, batch.shape[0], epoch + 1, i)
             total += loss
             self._bar.update(1)
-            self._bar.set_postfix(epoch=epoch + 1, loss=f"{total / min(n, i * cfg.batch_size):.3f}", refresh=False)
+            if not self._bar.disable:  # a disabled bar still formats its postfix: ~20 us a step
+                self._bar.set_postfix(epoch=epoch + 1, loss=f"{total / min(n, i * cfg.batch_size):.3f}", refresh=False)
             if stop.requested:
                 # The loss above was computed before this step's update: check the weights it made.
                 self.guard.check_weights(self.params, epoch + 1, i)
-                self.save_checkpoint(epoch, {"step": i, "epoch_rng": epoch_rng, "loss_sum": total})
+                # numpy's and Python's states now: a resume restores the checkpoint's "rng" before they are used
+                self.save_checkpoint(epoch, {"step": i, "epoch_rng": {**rng_state(), **epoch_rng}, "loss_sum": total})
                 raise TrainingInterrupted(
                     f"interrupted at step {i} of {math.ceil(n / cfg.batch_size)} in epoch {epoch + 1}; saved "
                     f"{self.checkpoint_path} (continue with --resume)",
@@ -283,11 +283,15 @@ class Trainer:
         self.model.eval()
         self.guide.eval()
         evaluate = self.dist.elbo_terms if self.dist else elbo_terms  # torchrun: shared out among the ranks
-        return evaluate(self.model, self.guide, self.data.test_x_eval, num_samples=self.config.eval_samples)
+        # Validation as set on the first evaluation only, like the steps (~10% of a digits evaluation; performance.md)
+        with pyro.validation_enabled(is_validation_enabled() and self.evaluations == 0):
+            terms = evaluate(self.model, self.guide, self.data.test_x_eval, num_samples=self.config.eval_samples)
+        self.evaluations += 1
+        return terms
 
     def _end_epoch(self, epoch: int, total: float, last_step: int, stop: DeferredInterrupts) -> None:
-        record = {"epoch": epoch + 1, "beta": self.beta_at(epoch), "train_loss": total / self.data.train_x.shape[0]}
-        record["kl"] = self.kl
+        n = self.data.train_x.shape[0]
+        record = {"epoch": epoch + 1, "beta": self.beta_at(epoch), "train_loss": total / n, "kl": self.kl}
         # The last step's update is checked here, before it can reach the checkpoint.
         if (epoch + 1) % self.config.eval_every == 0 or epoch + 1 == self.config.epochs:
             terms = self.evaluate()

@@ -344,3 +344,27 @@ def test_eval_every_skips_test_elbos_and_changes_nothing_else(tmp_path):
     for a, b in zip(some.model.state_dict().values(), every.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert (tmp_path / "some" / "curves.png").is_file()
+
+
+def test_the_first_evaluation_validates_the_later_ones_do_not_and_the_setting_is_restored(tmp_path, monkeypatch):
+    """As for the steps: Pyro's validation as the caller set it on the first test-ELBO evaluation of a run, off on
+    the later ones, and the caller's setting back afterwards; the metrics are those of validated evaluations."""
+    import pyro
+    from pyro.infer.util import is_validation_enabled
+
+    import pyro_vae.training as training
+
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(is_validation_enabled())
+        return elbo_terms(*args, **kwargs)
+
+    monkeypatch.setattr(training, "elbo_terms", recording)
+    with pyro.validation_enabled(True):
+        result = train(small(epochs=3), tmp_path / "run", progress=False, figures=False)
+        assert is_validation_enabled()
+    assert seen == [True, False, False]
+    # The last record (unvalidated) is what a validated evaluation of the final weights gives.
+    final = elbo_terms(result.model, result.guide, result.data.test_x_eval)
+    assert result.metrics[-1]["test_elbo"] == pytest.approx(final.elbo, rel=1e-12)

@@ -17,11 +17,14 @@ from pyro_vae.estimators._jit import CompiledCache
 
 
 def _meanfield_surrogate_loss(elbo: JitTraceMeanFieldELBO, model: Any, guide: Any, args: tuple, kwargs: dict) -> Any:
-    loss = 0.0
-    for model_trace, guide_trace in elbo._get_traces(model, guide, args, kwargs):
-        _, surrogate_particle = elbo._differentiable_loss_particle(model_trace, guide_trace)
-        loss = loss + surrogate_particle / elbo.num_particles
-    return loss
+    particles = [
+        elbo._differentiable_loss_particle(model_trace, guide_trace)[1]
+        for model_trace, guide_trace in elbo._get_traces(model, guide, args, kwargs)
+    ]
+    # One trace (vectorized particles, or just one) and one particle (the trainer's default) is the loss as it
+    # is: no "0 + l / 1" operations in the graph.
+    loss = particles[0] if len(particles) == 1 else sum(particles)
+    return loss if elbo.num_particles == 1 else loss / elbo.num_particles
 
 
 class JitTraceMeanFieldELBO(CompiledCache, JitTraceMeanField_ELBO):
