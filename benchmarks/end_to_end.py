@@ -7,13 +7,14 @@ learning rate, batch size and epochs, in one process, one thread, interleaved re
 - ``train(config, out, data=data, progress=False, figures=False)``: everything the Python API does (run lock,
   checks, JIT tracing, the steps, the test ELBO after every epoch, checkpoints, metrics.jsonl); figures are left
   out, since the hand-written loop draws none;
-- the hand-written loop (it lives only here): per epoch a fresh Bernoulli draw of the grey training pixels and a
+- the hand-written loop (it lives only here; its network is ``benchmarks/reference.py``'s): per epoch a fresh Bernoulli draw of the grey training pixels and a
   shuffled permutation, the steps (closed-form KL, Odaibo's eq. 40, + BCE with logits, summed over the batch, as
   in ``benchmarks/step_time.py``), ``loss.item()`` and a finiteness check per step, the test ELBO (one z per test
   image, as the trainer's ``eval_samples=1``) after every epoch, and one ``torch.save`` of model and optimizer at
   the end.
 
-Before timing, the two losses are checked to agree at the same z (rel 1e-5). After training, both runs' test
+Before timing, the two losses (the summed one the loop trains on, and the per-example one that scores) are checked
+to agree with Pyro's at the same z (rel 1e-5). After training, both runs' test
 ELBO is scored by this file's own code (``score``: the hand-written ELBO, ``--score-samples`` z per test image,
 same seed for both), with its standard error over images; they should agree within seed noise.
 
@@ -43,7 +44,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -51,11 +51,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pyro  # noqa: E402
 import pyro.poutine as poutine  # noqa: E402
 from pyro.infer import TraceMeanField_ELBO  # noqa: E402
+from reference import HandWrittenVAE  # noqa: E402
 
 from pyro_vae import TrainConfig, VAEConfig, build, train  # noqa: E402
 from pyro_vae.data import VAEData, load_data  # noqa: E402
-
-MIN_SCALE = 1e-5  # the project's scale floor (guides/normal_guide.py)
 
 
 @dataclasses.dataclass
@@ -76,71 +75,6 @@ CASES = {
     "mnist-mlp": Case("mnist-mlp", "mnist", "mlp", 20, 400, 10, 1),
     "mnist-conv": Case("mnist-conv", "mnist", "conv", 20, 256, 1, 1),
 }
-
-
-class HandWrittenVAE(nn.Module):
-    """The reference: the project's networks written directly in PyTorch (no Pyro)."""
-
-    def __init__(self, arch: str, x_shape: tuple[int, ...], hidden: int, z_dim: int) -> None:
-        super().__init__()
-        self.arch, self.z_dim = arch, z_dim
-        if arch == "conv":
-            self.encoder = nn.Sequential(
-                nn.Conv2d(1, 32, 4, 2, 1),
-                nn.ReLU(),
-                nn.Conv2d(32, 64, 4, 2, 1),
-                nn.ReLU(),
-                nn.Flatten(),
-                nn.Linear(64 * 7 * 7, hidden),
-                nn.ReLU(),
-                nn.Linear(hidden, 2 * z_dim),
-            )
-            self.decoder = nn.Sequential(
-                nn.Linear(z_dim, hidden),
-                nn.ReLU(),
-                nn.Linear(hidden, 64 * 7 * 7),
-                nn.ReLU(),
-                nn.Unflatten(1, (64, 7, 7)),
-                nn.ConvTranspose2d(64, 32, 4, 2, 1),
-                nn.ReLU(),
-                nn.ConvTranspose2d(32, 1, 4, 2, 1),
-            )
-        else:
-            x_dim = math.prod(x_shape)
-            self.encoder = nn.Sequential(nn.Linear(x_dim, hidden), nn.Softplus(), nn.Linear(hidden, 2 * z_dim))
-            self.decoder = nn.Sequential(nn.Linear(z_dim, hidden), nn.Softplus(), nn.Linear(hidden, x_dim))
-
-    def copy_from(self, model: nn.Module, guide: nn.Module) -> None:
-        """Take the project's weights (same layers, so the same initialisation or the trained weights)."""
-        if self.arch == "conv":
-            enc, dec = guide.encoder, model.decoder
-            for i in (0, 2):
-                self.encoder[i].load_state_dict(enc.conv[i].state_dict())
-            self.encoder[5].load_state_dict(enc.fc[0].state_dict())
-            self.encoder[7].load_state_dict(guide.head.state_dict())
-            self.decoder[0].load_state_dict(dec.fc[0][0].state_dict())
-            self.decoder[2].load_state_dict(dec.fc[0][2].state_dict())
-            self.decoder[5].load_state_dict(dec.deconv[0].state_dict())
-            self.decoder[7].load_state_dict(dec.deconv[2].state_dict())
-            return
-        self.encoder[0].load_state_dict(guide.encoder.net[0].state_dict())
-        self.encoder[2].load_state_dict(guide.head.state_dict())
-        self.decoder.load_state_dict(model.decoder.net.state_dict())
-
-    def per_example(self, x: Tensor, z: Tensor | None = None) -> Tensor:
-        """-ELBO per example at one z ~ q(z|x): KL(q || N(0, I)) (eq. 40) + BCE(x, decoder(z)); z given or drawn."""
-        if self.arch == "mlp":
-            x = x.reshape(x.shape[0], -1)
-        h = self.encoder(x)
-        loc, scale = h[:, : self.z_dim], F.softplus(h[:, self.z_dim :]) + MIN_SCALE
-        if z is None:
-            z = loc + scale * torch.randn_like(loc)
-        kl = -0.5 * torch.sum(1 + torch.log(scale**2) - loc**2 - scale**2, dim=1)
-        bce = F.binary_cross_entropy_with_logits(self.decoder(z).reshape(x.shape), x, reduction="none")
-        return kl + bce.reshape(x.shape[0], -1).sum(1)
-
-    def loss(self, x: Tensor) -> Tensor:
-        return self.per_example(x).sum()
 
 
 def project_config(case: Case, data: VAEData, out_epochs: int, seed: int) -> TrainConfig:
@@ -185,9 +119,13 @@ def check_agreement(config: TrainConfig, case: Case, data: VAEData) -> None:
     with pyro.get_param_store().scope():
         trace = poutine.trace(guide).get_trace(x)
         pyro_loss = TraceMeanField_ELBO().differentiable_loss(model, poutine.replay(guide, trace=trace), x).item()
-    ref_loss = ref.per_example(x, trace.nodes["z"]["value"]).sum().item()
-    if abs(pyro_loss - ref_loss) > 1e-5 * abs(ref_loss):
-        raise SystemExit(f"{case.name}: loss mismatch at the same z: pyro {pyro_loss} vs hand-written {ref_loss}")
+    z = trace.nodes["z"]["value"]
+    # Both forms: the summed loss the loop trains on, and the per-example one that scores the two runs.
+    for form, ref_loss in (("summed", ref.loss(x, z).item()), ("per example", ref.per_example(x, z).sum().item())):
+        if abs(pyro_loss - ref_loss) > 1e-5 * abs(ref_loss):
+            raise SystemExit(
+                f"{case.name}: loss mismatch at the same z ({form}): pyro {pyro_loss} vs hand-written {ref_loss}"
+            )
 
 
 def hand_written_run(config: TrainConfig, case: Case, data: VAEData, out: Path) -> tuple[HandWrittenVAE, list]:

@@ -31,10 +31,11 @@ from pathlib import Path
 import pyro
 import pyro.poutine as poutine
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from reference import HandWrittenVAE, adam_step  # noqa: E402
 
 from pyro_vae import VAEConfig, build  # noqa: E402
 from pyro_vae.step import TrainStep, parameters_of  # noqa: E402
@@ -49,42 +50,14 @@ def project(guide: str, z_dim: int, seed: int, prior: str | None = None) -> tupl
     return build(VAEConfig(x_dim=X_DIM, z_dim=z_dim, hidden=(HIDDEN,), guide=guide, prior=prior))
 
 
-class HandWrittenVAE(nn.Module):
-    """The reference: the diagonal VAE written directly in PyTorch, no Pyro."""
-
-    def __init__(self, z_dim: int) -> None:
-        super().__init__()
-        self.z_dim = z_dim
-        self.encoder = nn.Sequential(nn.Linear(X_DIM, HIDDEN), nn.Softplus(), nn.Linear(HIDDEN, 2 * z_dim))
-        self.decoder = nn.Sequential(nn.Linear(z_dim, HIDDEN), nn.Softplus(), nn.Linear(HIDDEN, X_DIM))
-
-    def copy_from(self, model: nn.Module, guide: nn.Module) -> None:
-        self.encoder[0].load_state_dict(guide.encoder.net[0].state_dict())
-        self.encoder[2].load_state_dict(guide.head.state_dict())
-        self.decoder.load_state_dict(model.decoder.net.state_dict())
-
-    def loss(self, x: Tensor, z: Tensor | None = None) -> Tensor:
-        h = self.encoder(x)
-        loc, scale = h[:, : self.z_dim], F.softplus(h[:, self.z_dim :]) + 1e-5
-        if z is None:
-            z = loc + scale * torch.randn_like(loc)
-        kl = -0.5 * torch.sum(1 + torch.log(scale**2) - loc**2 - scale**2)
-        return kl + F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="sum")
+def hand_written(z_dim: int) -> HandWrittenVAE:
+    return HandWrittenVAE("mlp", (X_DIM,), HIDDEN, z_dim)
 
 
 def reference_step(z_dim: int, seed: int) -> Callable[[Tensor], float]:
-    ref = HandWrittenVAE(z_dim)
+    ref = hand_written(z_dim)
     ref.copy_from(*project("normal", z_dim, seed))
-    opt = torch.optim.Adam(ref.parameters(), lr=LR)
-
-    def step(x: Tensor) -> float:
-        opt.zero_grad(set_to_none=True)
-        loss = ref.loss(x)
-        loss.backward()
-        opt.step()
-        return loss.item()
-
-    return step
+    return adam_step(ref, LR, fused=False)[1]
 
 
 def family_step(guide: str, z_dim: int, seed: int, prior: str | None = None) -> Callable[[Tensor], float]:
@@ -106,7 +79,7 @@ def check_reference(z_dim: int, seed: int) -> None:
     """The hand-written loss equals the project's meanfield loss at the same z."""
     x = torch.bernoulli(torch.rand(64, X_DIM, generator=torch.Generator().manual_seed(seed)))
     model, guide = project("normal", z_dim, seed)
-    ref = HandWrittenVAE(z_dim)
+    ref = hand_written(z_dim)
     ref.copy_from(model, guide)
     with pyro.get_param_store().scope():
         trace = poutine.trace(guide).get_trace(x)

@@ -7,7 +7,7 @@ Both build the same network, Bernoulli likelihood, sigma = softplus(s) + 1e-5, A
 - ``--arch conv``: the project's conv networks on 1 x 28 x 28 images: encoder Conv(1->32, 4, stride 2) ReLU
   Conv(32->64, 4, stride 2) ReLU, Linear(3136->256) ReLU, Linear(256->2x20); decoder Linear(20->256) ReLU
   Linear(256->3136) ReLU, ConvTranspose(64->32, 4, stride 2) ReLU ConvTranspose(32->1, 4, stride 2).
- The hand-written step lives only here; it gets the project's
+The hand-written network (``benchmarks/reference.py``, shared by the benchmarks; no Pyro) gets the project's
 initial weights (state dict copied), and before any timing the script checks that the two losses agree
 at the same z (rel 1e-5) and that the fast step's compiled objective agrees with plain
 ``TraceMeanField_ELBO`` under the same seed.
@@ -45,80 +45,23 @@ from pathlib import Path
 import pyro
 import pyro.poutine as poutine
 import torch
-import torch.nn.functional as F
 from pyro.infer import SVI, JitTraceMeanField_ELBO, TraceMeanField_ELBO
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from reference import HandWrittenVAE, adam_step  # noqa: E402
 
 from pyro_vae import VAEConfig, build  # noqa: E402
 from pyro_vae.step import TrainStep, make_optimizer, parameters_of  # noqa: E402
 
 X_DIM, HIDDEN, Z_DIM = 784, 400, 20
 LR = 1e-3
-MIN_SCALE = 1e-5  # the project's scale floor (guides/normal_guide.py)
 
 
 #: The network being timed: "mlp" or "conv" (``--arch``).
 ARCH = "mlp"
 CONV_HIDDEN = 256
-
-
-class HandWrittenVAE(nn.Module):
-    """The reference: the same VAE written directly in PyTorch, no Pyro."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        if ARCH == "conv":
-            self.encoder = nn.Sequential(
-                nn.Conv2d(1, 32, 4, 2, 1),
-                nn.ReLU(),
-                nn.Conv2d(32, 64, 4, 2, 1),
-                nn.ReLU(),
-                nn.Flatten(),
-                nn.Linear(64 * 7 * 7, CONV_HIDDEN),
-                nn.ReLU(),
-                nn.Linear(CONV_HIDDEN, 2 * Z_DIM),
-            )
-            self.decoder = nn.Sequential(
-                nn.Linear(Z_DIM, CONV_HIDDEN),
-                nn.ReLU(),
-                nn.Linear(CONV_HIDDEN, 64 * 7 * 7),
-                nn.ReLU(),
-                nn.Unflatten(1, (64, 7, 7)),
-                nn.ConvTranspose2d(64, 32, 4, 2, 1),
-                nn.ReLU(),
-                nn.ConvTranspose2d(32, 1, 4, 2, 1),
-            )
-        else:
-            self.encoder = nn.Sequential(nn.Linear(X_DIM, HIDDEN), nn.Softplus(), nn.Linear(HIDDEN, 2 * Z_DIM))
-            self.decoder = nn.Sequential(nn.Linear(Z_DIM, HIDDEN), nn.Softplus(), nn.Linear(HIDDEN, X_DIM))
-
-    def copy_from(self, model: nn.Module, guide: nn.Module) -> None:
-        if ARCH == "conv":
-            enc, dec = guide.encoder, model.decoder
-            for i, j in ((0, 0), (2, 2)):
-                self.encoder[i].load_state_dict(enc.conv[j].state_dict())
-            self.encoder[5].load_state_dict(enc.fc[0].state_dict())
-            self.encoder[7].load_state_dict(guide.head.state_dict())
-            self.decoder[0].load_state_dict(dec.fc[0][0].state_dict())
-            self.decoder[2].load_state_dict(dec.fc[0][2].state_dict())
-            self.decoder[5].load_state_dict(dec.deconv[0].state_dict())
-            self.decoder[7].load_state_dict(dec.deconv[2].state_dict())
-            return
-        # The project's guide is an encoder trunk (Linear, Softplus) and a head (the last Linear).
-        self.encoder[0].load_state_dict(guide.encoder.net[0].state_dict())
-        self.encoder[2].load_state_dict(guide.head.state_dict())
-        self.decoder.load_state_dict(model.decoder.net.state_dict())
-
-    def loss(self, x: Tensor, z: Tensor | None = None) -> Tensor:
-        """KL(q(z|x) || N(0, I)) (eq. 40) + BCE(x, decoder(z)), summed over the batch; z ~ q unless given."""
-        h = self.encoder(x)
-        loc, scale = h[:, :Z_DIM], F.softplus(h[:, Z_DIM:]) + MIN_SCALE
-        if z is None:
-            z = loc + scale * torch.randn_like(loc)
-        kl = -0.5 * torch.sum(1 + torch.log(scale**2) - loc**2 - scale**2)
-        return kl + F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="sum")
 
 
 def x_shape() -> tuple[int, ...]:
@@ -147,18 +90,15 @@ class Variant:
     note: str = ""
 
 
+def reference(device: torch.device) -> HandWrittenVAE:
+    conv = ARCH == "conv"
+    return HandWrittenVAE(ARCH, x_shape(), CONV_HIDDEN if conv else HIDDEN, Z_DIM).to(device)
+
+
 def hand_written(device: torch.device, seed: int, fused: bool = False, compiled: bool = False) -> Variant:
-    ref = HandWrittenVAE().to(device)
+    ref = reference(device)
     ref.copy_from(*build_project(seed, device))
-    opt = torch.optim.Adam(ref.parameters(), lr=LR, fused=fused)
-
-    def step(x: Tensor) -> float:
-        opt.zero_grad(set_to_none=True)
-        loss = ref.loss(x)
-        loss.backward()
-        opt.step()
-        return loss.item()
-
+    _, step = adam_step(ref, LR, fused)
     name = "hand-written PyTorch" + (", fused Adam" if fused else "")
     if compiled:
         return Variant("torch.compile(hand-written)", torch.compile(step), "compile time excluded")
@@ -249,7 +189,7 @@ def check_agreement(device: torch.device, seed: int) -> None:
     """The two implementations compute the same loss at the same z, and the fast objective equals the plain."""
     x = torch.bernoulli(torch.rand(64, *x_shape(), generator=torch.Generator().manual_seed(seed))).to(device)
     model, guide = build_project(seed, device)
-    ref = HandWrittenVAE().to(device)
+    ref = reference(device)
     ref.copy_from(model, guide)
     with pyro.get_param_store().scope():
         trace = poutine.trace(guide).get_trace(x)
