@@ -7,11 +7,11 @@ learning rate, batch size and epochs, in one process, one thread, interleaved re
 - ``train(config, out, data=data, progress=False, figures=False)``: everything the Python API does (run lock,
   checks, JIT tracing, the steps, the test ELBO after every epoch, checkpoints, metrics.jsonl); figures are left
   out, since the hand-written loop draws none;
-- the hand-written loop (it lives only here; its network is ``benchmarks/reference.py``'s): per epoch a fresh Bernoulli draw of the grey training pixels and a
-  shuffled permutation, the steps (closed-form KL, Odaibo's eq. 40, + BCE with logits, summed over the batch, as
-  in ``benchmarks/step_time.py``), ``loss.item()`` and a finiteness check per step, the test ELBO (one z per test
-  image, as the trainer's ``eval_samples=1``) after every epoch, and one ``torch.save`` of model and optimizer at
-  the end.
+- the hand-written loop (it lives only here; its network is ``benchmarks/reference.py``'s): per epoch a fresh
+  Bernoulli draw of the grey training pixels and a shuffled permutation, the steps (closed-form KL, Odaibo's
+  eq. 40, + BCE with logits, each summed over the batch), ``loss.item()`` and a finiteness check per step, the
+  test ELBO (one z per test image, as the trainer's ``eval_samples=1``) after every epoch, and one ``torch.save``
+  of model and optimizer at the end.
 
 Before timing, the two losses (the summed one the loop trains on, and the per-example one that scores) are checked
 to agree with Pyro's at the same z (rel 1e-5). After training, both runs' test

@@ -11,7 +11,8 @@ With w_k = p(x, z_k) / q(z_k | x), z_k ~ q(z | x) (Burda et al. 2015):
 - the ELBO from the same samples, (1/K) sum_k log w_k, so log p(x) - ELBO >= 0 for every example.
 
 Only three running sums per example are kept (logsumexp of log w and of 2 log w, and the sum of log w), so K
-can be large; at most ``max_rows`` (particle, example) pairs go through the model at once.
+can be large; at most ``max_rows`` (particle, example) pairs go through the model at once: blocks of
+``min(N, max_rows // min(K, MIN_CHUNK))`` examples, each with chunks of ``min(K, max_rows // block)`` particles.
 
 References:
     [1] Y. Burda, R. Grosse, R. Salakhutdinov. Importance Weighted Autoencoders. ICLR 2016.
@@ -36,6 +37,12 @@ from pyro_vae.progress import progress_bar
 
 #: Default bound on (particles x examples) rows pushed through the decoder at once.
 MAX_ROWS = 2**15
+
+#: Particles per model call that a block of examples leaves room for, at least (when K allows): the guide's
+#: encoder runs once per call, so one block of all 10,000 MNIST test images would leave 3 particles per call and
+#: encode the images once for every 3 decodings (0.83x a hand-written sampler's throughput at K = 5000, which
+#: encodes once per block; benchmarks/eval_speed.py, docs/performance.md).
+MIN_CHUNK = 128
 
 #: The K of the convergence sweep that ``evaluate`` reports (those up to its K).
 DEFAULT_SWEEP = (1, 10, 100, 1000, 5000)
@@ -114,7 +121,7 @@ def importance_sample(
     n = x.shape[0]
     if n == 0:
         raise ValueError("no examples to evaluate")
-    block = min(n, max_rows)
+    block = min(n, max(1, max_rows // min(num_samples, MIN_CHUNK)))
     chunk = max(1, min(num_samples, max_rows // block))
     sizes = _chunks(num_samples, chunk, sweep)
     nesting = guess_plate_nesting(model, guide, (x[:block],), {})

@@ -34,8 +34,10 @@ def linear_gaussian(x_dim=5, z_dim=2, sigma=0.5, seed=0, prior=None):
     return model, guide
 
 
-@pytest.mark.parametrize(("n", "max_rows"), [(10, 24), (10, 4)])
-def test_chunked_importance_sampling_equals_the_unchunked_formula_on_the_same_draws(n, max_rows, float64):
+# The documented blocking (importance.py): blocks of min(N, max_rows // min(K, 128)) examples, chunks of
+# min(K, max_rows // block) particles; with K = 9: 24 // 9 = 2 examples and 9 particles, then 1 and 4.
+@pytest.mark.parametrize(("n", "max_rows", "block", "chunk"), [(10, 24, 2, 9), (10, 4, 1, 4)])
+def test_chunked_importance_sampling_equals_the_unchunked_formula_on_the_same_draws(n, max_rows, block, chunk, float64):
     model, guide = linear_gaussian()
     lg = LinearGaussian.of(model)
     x = lg.marginal().sample((n,))
@@ -43,13 +45,11 @@ def test_chunked_importance_sampling_equals_the_unchunked_formula_on_the_same_dr
     k = 9
     pyro.set_rng_seed(3)
     elbo, log_px = importance_sample_stats(model, guide, x, num_samples=k, max_rows=max_rows)
-    # The same draws, made by hand: blocks of min(n, max_rows) examples, chunks of max_rows // block particles.
+    # The same draws, made by hand with the blocks and chunks above.
     pyro.set_rng_seed(3)
-    block = min(n, max_rows)
     guess_plate_nesting(model, guide, (x[:block],), {})  # the evaluation runs the guide once first
     rows = []
     for start in range(0, n, block):
-        chunk = max(1, max_rows // block)
         draws = [
             per_example_log_weights(
                 model, guide, x[start : start + block], num_particles=min(chunk, k - done), plate_nesting=1

@@ -367,6 +367,8 @@ def test_compiled_graph_keeps_no_shape_bookkeeping():
     kinds = {node.kind() for node in graph.fn.graph.nodes()}
     assert {"aten::linear", "aten::binary_cross_entropy_with_logits"} <= kinds  # the model's own operations
     assert not kinds & {"aten::size", "aten::Int", "prim::NumToTensor", "aten::arange", "aten::detach"}
+    # The standard prior's loc 0 and scale 1 in the KL, the plate scale 1 and same-shape broadcasts are gone too.
+    assert not kinds & {"aten::div", "aten::broadcast_tensors", "aten::expand"}
 
 
 def test_compiled_objective_reads_a_replaced_param_store_entry():
@@ -404,3 +406,38 @@ def test_compiled_objective_reads_a_replaced_param_store_entry():
     assert first[0] == pytest.approx(first[1], rel=1e-6) and after[0] == pytest.approx(after[1], rel=1e-6)
     assert abs(after[0] - first[0]) > 1.0
     pyro.clear_param_store()
+
+
+def test_graph_simplification_drops_only_arithmetic_that_changes_nothing():
+    """``x * 1``, ``x / 1``, ``x - 0`` and a broadcast of same-shaped tensors go; a multiplication that
+    broadcasts x to a larger shape, ``x * 2`` and an in-place graph stay. The simplified function gives the eager
+    function's values and gradients (float64, exactly) on inputs it was not traced with."""
+    from pyro_vae.estimators._graph import simplified
+
+    def f(x, w):
+        y = (x * torch.ones((), dtype=x.dtype)) / torch.ones(3, dtype=x.dtype) - torch.zeros(3, dtype=x.dtype)
+        a, b = torch.broadcast_tensors(y, w)
+        wide = x * torch.ones(2, 3, dtype=x.dtype)  # broadcasts: (3,) -> (2, 3)
+        return (a * b).sum() + (2 * wide).sum()
+
+    args = (torch.randn(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64))
+    traced = torch.jit.trace(f, args, check_trace=False)
+    fast = simplified(traced)
+    kinds = [n.kind() for n in fast.graph.nodes() if n.kind() != "prim::Constant"]
+    assert "aten::div" not in kinds and "aten::sub" not in kinds and "aten::broadcast_tensors" not in kinds
+    assert kinds.count("aten::mul") == 3  # a * b, the widening x * ones(2, 3), 2 * wide
+    x = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    expected = f(x, w)
+    grads = torch.autograd.grad(expected, (x, w))
+    got = fast(x, w)
+    assert torch.equal(got, expected)
+    assert all(torch.equal(a, b) for a, b in zip(torch.autograd.grad(got, (x, w)), grads, strict=True))
+
+    def in_place(x):
+        y = x * torch.ones((), dtype=x.dtype)
+        y.add_(1.0)  # would write into x if y were replaced by x
+        return y
+
+    kept = simplified(torch.jit.trace(in_place, (torch.randn(3),), check_trace=False))
+    assert "aten::mul" in [n.kind() for n in kept.graph.nodes()]

@@ -22,9 +22,13 @@ class IndependentBernoulli(dist.Independent):
         base = self.base_dist
         if base._validate_args:
             base._validate_sample(value)  # grey pixels still fail here, as under torch's Bernoulli
-        logits, value = torch.broadcast_tensors(base.logits, value)
+        logits = base.logits
+        if logits.shape != value.shape:  # e.g. K particles' logits against N rows; in a training step they match
+            logits, value = torch.broadcast_tensors(logits, value)
         terms = F.binary_cross_entropy_with_logits(logits, value, reduction="none")
-        return -sum_rightmost(terms, self.reinterpreted_batch_ndims)
+        n = self.reinterpreted_batch_ndims
+        # One event dim (flat data) sums the last one directly; sum_rightmost would first view it as itself.
+        return -(terms.sum(-1) if n == 1 else sum_rightmost(terms, n))
 
 
 class BernoulliLikelihood(nn.Module):

@@ -10,9 +10,9 @@ This replaces ``pyro.ops.jit.trace`` (which Pyro's jit ELBOs use) to fix three t
   with "Cannot insert a Tensor that requires grad as a constant". Here the parameters of model and guide
   that are ``nn.Module`` s are inputs as well.
 
-The traced graph is then simplified (``_simplified``): constants folded, common subexpressions merged and dead
-code removed, as the JIT's optimising executor would, while its operations are still run by the plain
-interpreter and differentiated by eager autograd (the reason is in ``_CompiledPair.__call__``).
+The traced graph is then simplified (``_graph.simplified``): shapes folded, neutral arithmetic and dead code
+dropped, while its operations are still run by the plain interpreter and differentiated by eager autograd (the
+reason is in ``_CompiledPair.__call__``).
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from pyro.util import ignore_jit_warnings
 from torch import nn
 from torch.jit import TracerWarning
 
+from pyro_vae.estimators._graph import simplified
+
 
 def _signature(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
     shapes = tuple((a.shape, a.dtype, a.device) if torch.is_tensor(a) else type(a).__name__ for a in args)
@@ -45,29 +47,6 @@ def _module_parameters(*fns: Any) -> list[torch.Tensor]:
                 if p.requires_grad:
                     seen.setdefault(id(p), p)
     return list(seen.values())
-
-
-def _simplified(compiled: Any) -> Any:
-    """``compiled`` with its shape bookkeeping folded away, or ``compiled`` itself where torch cannot.
-
-    A trace records every shape that Python code read (``x.size(0)`` for a plate, ``broadcast_all`` and
-    ``expand`` in the distributions, Pyro's plate scale computed from constants as ``to``, ``detach``,
-    ``mul``, ``div``): on the MLP VAE 112 of the graph's operations, of which 47 remain. Each was a few
-    microseconds per step, and the ones that need gradients an autograd node as well (~0.1 ms of a 5.5 ms
-    step at batch 128; docs/performance.md). The graph is specialised to its argument shapes (they are part
-    of the key), so folding them is exact. torch offers these passes only as ``torch._C`` functions (the
-    ones its optimising executor runs), hence the fallback.
-    """
-    try:
-        graph = compiled.graph.copy()
-        torch._C._jit_pass_peephole(graph, False)  # sizes of complete tensor types become constants
-        torch._C._jit_pass_constant_propagation(graph)  # random ops are never folded
-        torch._C._jit_pass_peephole(graph, False)
-        torch._C._jit_pass_cse(graph)
-        torch._C._jit_pass_dce(graph)
-        return torch._C._create_function_from_graph(getattr(compiled, "name", "graph"), graph)
-    except (AttributeError, RuntimeError):
-        return compiled
 
 
 @dataclass
@@ -128,7 +107,7 @@ class _CompiledPair:
             warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.*deprecated", category=FutureWarning)
             warnings.filterwarnings("ignore", message="Converting a tensor to a Python", category=TracerWarning)
             compiled = torch.jit.trace(graph, tuple(inputs) + args, **{"check_trace": False, **self.options})
-        return _Graph(names, extra, _simplified(compiled))
+        return _Graph(names, extra, simplified(compiled))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         key = _signature(args, kwargs)
