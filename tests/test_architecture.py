@@ -1,20 +1,22 @@
 """The code's shape: one way through it, and small parts.
 
-Every import between the project's modules, inside functions too (``if TYPE_CHECKING:`` blocks excepted, they
-never run), is read from the source with ``ast``. The import graph must have no cycle, and every import must
-point down the layers below: entry points -> runs / training / evaluation / figures -> config, registry, data
-and checkpoint files -> estimators and the maths -> ``pyro_vae.models`` and ``pyro_vae.guides`` (which import
-nothing of the project but the models' building blocks) -> the leaves. A new module must be placed in a layer.
-No function is longer than 80 lines and no module longer than 400.
+Every import between the project's modules is read from the source with ``ast``: inside functions too, and
+inside ``if TYPE_CHECKING:`` blocks too (an annotation that names a module above is a dependency on it, even if
+the import never runs). So is a parameter annotated ``Any`` whose name is a project class's (``trainer: Any`` for
+``Trainer``): a back-reference hidden from the checker is still one. The import graph must have no cycle, and
+every import must point down the layers below: entry points -> runs / training / evaluation / figures -> config,
+registry, data and checkpoint files -> estimators and the maths -> ``pyro_vae.models`` and ``pyro_vae.guides``
+(which import nothing of the project but the models' building blocks) -> the leaves. A new module must be placed
+in a layer. Size is not capped here: ruff's complexity rules (``[tool.ruff.lint]`` in pyproject.toml, run by
+``.ci/run``) measure what makes code hard to read.
 """
 
 from __future__ import annotations
 
 import ast
 import fnmatch
+import re
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Source folders and the package names they are installed as (pyproject.toml's package-dir).
@@ -70,8 +72,6 @@ LAYERS: list[tuple[str, ...]] = [
     ),
     ("pyro_vae", "pyro_vae.__main__", "pyro_vae.cli", "pyro_vae.commands", "pyro_vae.commands.*"),
 ]
-MAX_FUNCTION_LINES = 80
-MAX_MODULE_LINES = 400
 
 
 def module_files(root: Path = ROOT, sources: dict[str, str] = SOURCES) -> dict[str, Path]:
@@ -86,27 +86,32 @@ def module_files(root: Path = ROOT, sources: dict[str, str] = SOURCES) -> dict[s
     return modules
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
 def _imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
-    found: list[ast.Import | ast.ImportFrom] = []
+    """Every import statement of the module, wherever it stands (``TYPE_CHECKING`` blocks and functions too)."""
+    return [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
 
-    def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node):
-            for child in node.orelse:
-                visit(child)
-            return
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            found.append(node)
-        for child in ast.iter_child_nodes(node):
-            visit(child)
 
-    visit(tree)
+def _snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
+
+
+def class_owners(modules: dict[str, Path]) -> dict[str, str]:
+    """snake_case class name -> the module that defines it (``train_config`` -> ``pyro_vae.config``)."""
+    owners: dict[str, str] = {}
+    for name, path in modules.items():
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef):
+                owners.setdefault(_snake(node.name), name)
+    return owners
+
+
+def any_back_references(tree: ast.AST, owners: dict[str, str]) -> set[str]:
+    """Modules named by a parameter annotated ``Any`` that bears one of their class's names (``trainer: Any``)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.arg) and node.annotation is not None and ast.unparse(node.annotation) == "Any":
+            if node.arg in owners:
+                found.add(owners[node.arg])
     return found
 
 
@@ -120,12 +125,14 @@ def _resolve(name: str, modules: dict[str, Path]) -> str | None:
 
 
 def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
-    """Module -> the project modules it imports (anywhere in the file)."""
+    """Module -> the project modules it imports (anywhere in the file) or refers to through ``Any``."""
     graph: dict[str, set[str]] = {}
+    owners = class_owners(modules)
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        targets = set()
-        for node in _imports(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        targets = {m for m in any_back_references(tree, owners) if m != name}
+        for node in _imports(tree):
             if isinstance(node, ast.Import):
                 candidates = [alias.name for alias in node.names]
             else:
@@ -198,7 +205,7 @@ def test_every_module_has_a_layer():
     assert [m for m in MODULES if layer_of(m) is None] == []
 
 
-def test_no_import_cycle_counting_imports_inside_functions():
+def test_no_import_cycle_counting_every_import():
     assert find_cycle(GRAPH) is None, " -> ".join(find_cycle(GRAPH))
 
 
@@ -220,25 +227,10 @@ def test_the_checker_finds_a_cycle_hidden_in_a_function(tmp_path):
     (pkg / "a.py").write_text("from pkg.b import g\n\ndef f():\n    return g()\n")
     (pkg / "b.py").write_text("def g():\n    from pkg import a  # a function-level import\n    return a\n")
     (pkg / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import a\n")
+    (pkg / "d.py").write_text("from typing import Any\nclass Trainer: ...\n")
+    (pkg / "e.py").write_text("from typing import Any\ndef run(trainer: Any, model: Any) -> None: ...\n")
     graph = import_graph(module_files(tmp_path, {"pkg": "pkg"}))
-    assert graph["pkg.c"] == set()  # an import under TYPE_CHECKING never runs
+    assert graph["pkg.c"] == {"pkg.a"}  # an annotation's import is a dependency even if it never runs
+    assert graph["pkg.e"] == {"pkg.d"}  # trainer: Any stands for pkg.d's Trainer; model names no class
     assert find_cycle(graph) in (["pkg.a", "pkg.b", "pkg.a"], ["pkg.b", "pkg.a", "pkg.b"])
     assert layering_violations({"pyro_vae.models.model": {"pyro_vae.training"}}) != []
-
-
-def _long_functions(path: Path) -> list[str]:
-    tree = ast.parse(path.read_text())
-    return [
-        f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
-        for node in ast.walk(tree)
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
-    ]
-
-
-@pytest.mark.parametrize("name", sorted(MODULES))
-def test_functions_and_modules_are_small(name):
-    path = MODULES[name]
-    lines = len(path.read_text().splitlines())
-    assert lines <= MAX_MODULE_LINES, f"{path.relative_to(ROOT)} has {lines} lines"
-    assert _long_functions(path) == []
