@@ -30,12 +30,14 @@ rather than the one it was traced with, and KL warm-up never re-traces.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable
+import contextlib
+import logging
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Any
 
 import pyro
 import torch
-from pyro.infer import ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO
 from torch import Tensor, nn
 
 from pyro_vae.beta import beta_input
@@ -65,14 +67,15 @@ def make_optimizer(params: Iterable[nn.Parameter], lr: float, fused: bool | None
 def compiled_objective(elbo: ELBO) -> ELBO | None:
     """The JIT-compiled twin of ``elbo`` (same estimator, same options), or None if it has none.
 
-    Only ``TraceMeanField_ELBO`` itself is compiled (the project's default estimator); any other ELBO,
-    a JIT one included, is used as given.
+    The twin is the ``jit_factory`` of the registered estimator whose plain factory is ``type(elbo)``
+    (``pyro_vae.estimators.ESTIMATORS``); an ELBO that is already compiled, or that no estimator makes, has none.
     """
-    if type(elbo) is not TraceMeanField_ELBO:
-        return None
-    from pyro_vae.estimators import JitTraceMeanFieldELBO
+    from pyro_vae.estimators import ESTIMATORS
 
-    twin = JitTraceMeanFieldELBO()
+    spec = next((s for s in ESTIMATORS.values() if s.factory is type(elbo) and s.jit_factory is not None), None)
+    if spec is None or spec.jit_factory is None:
+        return None
+    twin = spec.jit_factory()
     # Copy the options as set (num_particles, max_plate_nesting, vectorize_particles, ...): passing them to
     # the constructor would add the particle dimension to max_plate_nesting a second time.
     twin.__dict__.update(elbo.__dict__)
@@ -80,17 +83,23 @@ def compiled_objective(elbo: ELBO) -> ELBO | None:
     return twin
 
 
+#: Relative tolerance of the first-use check, by dtype: the JIT's float32 sums differ from eager PyTorch's in the
+#: last bits; a frozen branch or value changes the loss or a gradient by far more.
+CHECK_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}
+
+
 class TrainStep:
     """``step(x) -> loss``: estimate the ELBO gradient for batch x, clip, and take one optimizer step.
 
-    ``model`` and ``guide`` are Pyro callables (possibly beta-wrapped); ``elbo`` any Pyro ELBO. The
-    returned loss is the ELBO estimator's value for the batch (a sum over the batch, as Pyro reports it).
+    ``model`` and ``guide`` are Pyro callables (possibly beta-wrapped); ``elbo`` any Pyro ELBO, run as Pyro runs it
+    (``elbo.loss_and_grads``). The returned loss is the estimator's value for the batch (a sum over the batch, as
+    Pyro reports it).
 
     ``step(x, beta=b)`` scales the latent sites of model and guide by b (recon + b KL); ``beta=None`` leaves
-    them alone. ``fast=True``: validation on the first step only, and a compiled ``TraceMeanField_ELBO``
-    (module docstring). A compiled graph freezes the Python values that the model and guide read when it is
-    traced (beta given to the step is an input, not such a value); for such a value pass ``trace_key`` (a
-    function returning it): the step re-traces whenever the key changes.
+    them alone. ``fast=True``: Pyro's validation on the first step only. ``jit``: use a compiled form of ``elbo``
+    (True: ``compiled_objective(elbo)``; or a function that makes one), checked against ``elbo`` at the first use of
+    each batch shape, with a fallback to ``elbo`` (module docstring). ``trace_key`` (a function returning a Python
+    value the model reads): the compiled objective is made and checked anew whenever the key changes.
     """
 
     def __init__(
@@ -103,6 +112,7 @@ class TrainStep:
         clip_norm: float | None = None,
         *,
         fast: bool = False,
+        jit: bool | Callable[[], ELBO | None] = False,
         trace_key: Callable[[], Hashable] | None = None,
     ) -> None:
         self.model, self.guide, self.elbo = model, guide, elbo
@@ -114,10 +124,14 @@ class TrainStep:
         self.trace_key = trace_key
         self._scaled = (beta_input(model), beta_input(guide))
         self._beta: tuple[tuple[Any, ...], Tensor] | None = None
-        self._compiles = fast and compiled_objective(elbo) is not None
+        self._make_compiled: Callable[[], ELBO | None] | None = (
+            (lambda: compiled_objective(elbo)) if jit is True else (jit or None)
+        )
         self._compiled: ELBO | None = None
         self._compiled_key: Hashable = None
-        self._compiled_shapes: set[tuple[Any, ...]] = set()
+        self._checked: set[tuple[Any, ...]] = set()
+        #: Why the step runs uncompiled although compilation was asked for (None while it compiles, or if never asked).
+        self.fallback_reason: str | None = None
 
     @classmethod
     def fast_step(
@@ -128,15 +142,18 @@ class TrainStep:
         params: Iterable[nn.Parameter],
         lr: float,
         clip_norm: float | None = None,
+        *,
+        jit: bool | Callable[[], ELBO | None] = False,
         trace_key: Callable[[], Hashable] | None = None,
     ) -> TrainStep:
-        """``TrainStep(model, guide, elbo, make_optimizer(params, lr), params, clip_norm, fast=True)``."""
+        """``TrainStep(model, guide, elbo, make_optimizer(params, lr), params, clip_norm, fast=True, jit=jit)``."""
         params = list(params)
-        return cls(model, guide, elbo, make_optimizer(params, lr), params, clip_norm, fast=True, trace_key=trace_key)
+        optimizer = make_optimizer(params, lr)
+        return cls(model, guide, elbo, optimizer, params, clip_norm, fast=True, jit=jit, trace_key=trace_key)
 
     @property
     def compiled(self) -> ELBO | None:
-        """The compiled objective in use (None before the first fast step, or when nothing is compiled)."""
+        """The compiled objective in use (None before the first step, without ``jit``, or after a fallback)."""
         return self._compiled
 
     def __call__(self, x: Tensor, beta: float | None = None) -> float:
@@ -145,17 +162,17 @@ class TrainStep:
             model, guide, args = self.model, self.guide, (x,)
         else:
             (model, guide), args = self._scaled, (x, self._beta_tensor(beta, x))
-        if self._compiles:
-            if self.steps == 0:
-                self._validate(model, guide, args)
-            with pyro.validation_enabled(False):
-                loss = self._compiled_loss_and_grads(model, guide, args)
-        elif self.fast and self.steps > 0:
-            with pyro.validation_enabled(False):
+        validation = contextlib.nullcontext() if not self.fast or self.steps == 0 else pyro.validation_enabled(False)
+        with validation:
+            compiled = self._compiled_for(x) if self._make_compiled is not None else None
+            if compiled is None:
+                # loss_and_grads works for every Pyro ELBO (RenyiELBO has no differentiable_loss).
                 loss = self.elbo.loss_and_grads(model, guide, *args)
-        else:
-            # loss_and_grads works for every Pyro ELBO (RenyiELBO has no differentiable_loss).
-            loss = self.elbo.loss_and_grads(model, guide, *args)
+            elif self._shape_key(x) in self._checked:
+                with pyro.validation_enabled(False):
+                    loss = compiled.loss_and_grads(model, guide, *args)
+            else:
+                loss = self._checked_step(compiled, model, guide, args)
         self.steps += 1
         if self.clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
@@ -170,34 +187,95 @@ class TrainStep:
             self._beta = (key, torch.tensor(key[0], dtype=x.dtype, device=x.device))
         return self._beta[1]
 
-    def _validate(self, model: Callable[..., Any], guide: Callable[..., Any], args: tuple[Tensor, ...]) -> None:
-        """Run the uncompiled ELBO once with Pyro's validation as the caller set it (raising on bad data),
-        without gradients and on a forked generator: every step then runs the same compiled graph, so a run
-        resumed from a checkpoint computes exactly what an uninterrupted one does."""
-        with torch.no_grad(), self._forked_rng(args[0]):
-            self.elbo.loss(model, guide, *args)
-
     @staticmethod
-    def _forked_rng(x: Tensor) -> Any:
-        return torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else [])
+    def _shape_key(x: Tensor) -> tuple[Any, ...]:
+        return (tuple(x.shape), x.dtype, x.device)
 
-    def _compiled_loss_and_grads(
-        self, model: Callable[..., Any], guide: Callable[..., Any], args: tuple[Tensor, ...]
-    ) -> float:
-        x = args[0]
+    def _compiled_for(self, x: Tensor) -> ELBO | None:
+        """The compiled objective for this step, made anew when ``trace_key`` changes; None after a fallback."""
         key = self.trace_key() if self.trace_key is not None else None
         if self._compiled is None or key != self._compiled_key:
-            # New frozen values: start a new compiled objective and let the old graphs go.
-            self._compiled = compiled_objective(self.elbo)
-            self._compiled_key = key
-            self._compiled_shapes = set()
-        shape = (tuple(x.shape), x.dtype, x.device)
-        if shape not in self._compiled_shapes:
-            # Tracing runs the model and guide (drawing z) more often than a step does; doing it on a forked
-            # generator keeps the training random stream identical to the plain step's.
-            with self._forked_rng(x):
-                self._compiled.differentiable_loss(model, guide, *args)
-            self._compiled_shapes.add(shape)
-        loss = self._compiled.differentiable_loss(model, guide, *args)
-        loss.backward()
-        return loss.item()
+            assert self._make_compiled is not None
+            # New frozen values: a new compiled objective, checked again at each shape; the old graphs go.
+            self._compiled, self._compiled_key, self._checked = self._make_compiled(), key, set()
+            if self._compiled is None:
+                self._fall_back(f"the {type(self.elbo).__name__} estimator has no compiled form")
+        return self._compiled
+
+    def _fall_back(self, reason: str) -> None:
+        self.fallback_reason = reason
+        self._make_compiled = self._compiled = None
+        _log.warning("--jit: %s; training runs the model and guide uncompiled (as Pyro runs them)", reason)
+
+    def _checked_step(
+        self, compiled: ELBO, model: Callable[..., Any], guide: Callable[..., Any], args: tuple[Tensor, ...]
+    ) -> float:
+        """The first step at a batch shape: the uncompiled step as usual (with validation as the step sets it),
+        then the compiled objective traced and run on the very same random draws (a forked generator set to
+        the state the uncompiled step started from). Equal loss and gradients: this step takes the compiled ones
+        (so a resumed run, which checks again, computes what an uninterrupted one does) and later steps at this
+        shape run compiled. Any difference or error: ``_fall_back``, and this step keeps the uncompiled ones."""
+        x = args[0]
+        start = _rng_state(x)
+        loss = self.elbo.loss_and_grads(model, guide, *args)
+        eager = [p.grad for p in self.params]
+        try:
+            with pyro.validation_enabled(False):
+                for _ in range(2):  # trace (the tracer runs the model more than once), then run the graph
+                    self.optimizer.zero_grad(set_to_none=True)
+                    with _rng_at(start, x):
+                        compiled_loss = compiled.loss_and_grads(model, guide, *args)
+        except Exception as err:  # noqa: BLE001 - any failure to trace or run means: run uncompiled
+            for p, g in zip(self.params, eager, strict=True):
+                p.grad = g
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            self._fall_back(f"compiling failed ({type(err).__name__}: {first[:200]})")
+            return loss
+        grads = [p.grad for p in self.params]
+        difference = _difference(loss, compiled_loss, eager, grads, CHECK_TOLERANCE.get(x.dtype, 1e-2))
+        if difference is not None:
+            for p, g in zip(self.params, eager, strict=True):
+                p.grad = g
+            self._fall_back(
+                f"the compiled objective differs from the uncompiled one at batch shape {tuple(x.shape)} "
+                f"({difference}): the model or guide reads Python values or branches on tensor values"
+            )
+            return loss
+        self._checked.add(self._shape_key(x))
+        return compiled_loss
+
+
+_log = logging.getLogger(__name__)
+
+
+def _rng_state(x: Tensor) -> tuple[Tensor, Tensor | None]:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(x.device) if x.device.type == "cuda" else None
+
+
+@contextlib.contextmanager
+def _rng_at(state: tuple[Tensor, Tensor | None], x: Tensor) -> Iterator[None]:
+    """Run the block from the generator state ``state``, and leave the generators as they were before it."""
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state(state[1], x.device)
+        yield
+
+
+def _difference(
+    loss: float, other_loss: float, grads: list[Tensor | None], other: list[Tensor | None], tolerance: float
+) -> str | None:
+    """None if the two losses and gradients agree to ``tolerance`` (relative to the loss, and to the largest gradient
+    entry), else what differs."""
+    loss, other_loss = float(loss), float(other_loss)
+    if not abs(loss - other_loss) <= tolerance * max(abs(loss), 1.0):
+        return f"loss {other_loss:.8g} vs {loss:.8g}"
+    pairs = [(a, b) for a, b in zip(grads, other, strict=True) if a is not None or b is not None]
+    scale = max((float(g.abs().max()) for g, _ in pairs if g is not None and g.numel()), default=0.0)
+    for k, (a, b) in enumerate(pairs):
+        a = torch.zeros_like(b) if a is None else a
+        b = torch.zeros_like(a) if b is None else b
+        gap = float((a - b).abs().max()) if a.numel() else 0.0
+        if not gap <= tolerance * max(scale, 1e-12):
+            return f"gradient of parameter {k} off by {gap:.3g}, largest gradient {scale:.3g}"
+    return None
