@@ -158,7 +158,8 @@ class TrainStep:
 
     def __call__(self, x: Tensor, beta: float | None = None) -> float:
         self.optimizer.zero_grad(set_to_none=True)
-        if beta is None:
+        if beta is None or (beta == 1.0 and self._make_compiled is None):
+            # Latent sites scaled by 1 give the very same numbers: the uncompiled step skips the scaling handler.
             model, guide, args = self.model, self.guide, (x,)
         else:
             (model, guide), args = self._scaled, (x, self._beta_tensor(beta, x))
