@@ -4,28 +4,32 @@ One torch optimizer over all parameters of model and guide (``pyro.optim`` keeps
 parameter, which costs ~0.5 ms per step for a small MLP), the ELBO's own gradient estimator, and
 optional gradient-norm clipping.
 
-``TrainStep(..., fast=True)`` (or ``TrainStep.fast_step``, which also makes the optimizer) computes the
-same loss and gradients with less Python per step:
+By default the step runs the model and guide as Pyro runs them: ``elbo.loss_and_grads(model, guide, x)`` at every
+step, so any Python in a prior, likelihood or guide (a counter, a branch on a tensor's value, a flag changed between
+batches) runs at every step exactly as under ``pyro.infer.SVI``. ``TrainStep(..., fast=True)`` (the trainer's, and
+``TrainStep.fast_step``'s) changes no number: Pyro's validation runs on the first step only (bad data such as grey
+pixels under a Bernoulli likelihood, shape errors and model/guide mismatches are caught there; Pyro's trace checks
+and the distributions' argument checks cost a few tenths of a millisecond per step), and the caller's setting is
+restored after each step. ``make_optimizer`` gives one fused Adam over all parameters.
 
-- the first step also runs the ELBO as given, without gradients, with Pyro's validation as the caller set
-  it, so bad data (grey pixels under a Bernoulli likelihood), shape errors and model/guide mismatches are
-  still caught; the steps themselves run with validation off (Pyro's trace checks and the distributions'
-  argument checks cost a few tenths of a millisecond per step), and the caller's setting is restored
-  after each step;
-- a ``TraceMeanField_ELBO`` (the default "meanfield") is replaced by the same objective compiled once per
-  batch shape with the PyTorch JIT (``pyro_vae.estimators.JitTraceMeanFieldELBO``), so the model and guide
-  no longer go through Pyro's handler stack, or re-register their parameters with ``pyro.module``, at
-  every step. Validation and compilation draw their random numbers from a forked generator, so a fast run
-  follows the same random stream as a plain one (same losses to rounding: the JIT's float32 results
-  differ from eager PyTorch's in the last bits), and a resumed fast run repeats an uninterrupted one
-  exactly. Other ELBOs run as given, with validation on for their first step only;
-- ``make_optimizer`` gives one fused Adam over all parameters.
+``jit=True`` (``TrainConfig.jit``, ``--jit``; opt-in) uses the estimator's compiled form (the registry's
+``jit_factory``: ``pyro_vae.estimators``), traced with the PyTorch JIT once per batch shape. A trace records the
+tensor operations of one run: it assumes control flow that depends only on shapes and no Python state read at call
+time. So at the first step of each batch shape the uncompiled step runs as usual and the compiled loss and gradients
+are then computed on the very same random draws (a forked generator set to the state that step started from) and
+compared (relative ``CHECK_TOLERANCE``). Equal: this step takes the compiled values and later steps at that shape
+run compiled. Different, or tracing failed: the step falls back to the uncompiled one for good and logs one line
+saying why (logger ``pyro_vae.step``). A value or branch that changes only after that first step (a counter that
+starts moving later, a branch on a parameter that crosses a threshold during training) is not caught: the compiled
+graph keeps the value it was traced with. Drawing on a forked generator keeps the training random stream that of
+the uncompiled step, and a resumed run, which checks again, computes what an uninterrupted one does.
 
 ``step(x, beta=b)`` weights the KL term by b (``pyro_vae.beta.beta_input``): beta is an input of the step, a
 0-dim tensor argument of the model and guide, so a compiled graph takes the current value at every call
-rather than the one it was traced with, and KL warm-up never re-traces.
+rather than the one it was traced with, and KL warm-up never re-traces. (At b = 1 the uncompiled step skips the
+scaling: latent sites scaled by 1 give the same numbers.)
 
-``benchmarks/step_time.py`` measures what each part buys (README, section "Performance").
+``benchmarks/step_time.py`` measures both steps (docs/performance.md).
 """
 
 from __future__ import annotations
