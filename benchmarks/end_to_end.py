@@ -77,7 +77,7 @@ CASES = {
 }
 
 
-def project_config(case: Case, data: VAEData, out_epochs: int, seed: int) -> TrainConfig:
+def project_config(case: Case, data: VAEData, out_epochs: int, seed: int, jit: bool = False) -> TrainConfig:
     conv = case.arch == "conv"
     model = VAEConfig(
         x_shape=tuple(data.x_shape),
@@ -96,6 +96,7 @@ def project_config(case: Case, data: VAEData, out_epochs: int, seed: int) -> Tra
         seed=seed,
         device="cpu",
         threads=1,
+        jit=jit,
     )
 
 
@@ -182,7 +183,7 @@ def run_case(case: Case, args: argparse.Namespace) -> float:
     data_dir = args.data_dir if case.dataset == "mnist" else None
     data = load_data(case.dataset, data_dir=data_dir, download=False)
     epochs = case.quick_epochs if args.quick else (args.epochs.get(case.name) or case.epochs)
-    config = project_config(case, data, epochs, args.seed)
+    config = project_config(case, data, epochs, args.seed, args.jit)
     # train() decides on binarisation from the likelihood; the hand-written loop reads the same flags.
     build_model, _ = build(config.model)
     data.prepare(build_model.likelihood)
@@ -244,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--score-samples", type=int, default=10, help="z per test image when scoring (default 10)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jit", action="store_true", help="train() with --jit (TrainConfig.jit): the compiled step")
     parser.add_argument("--tmp", default=None, help="where the run directories go (default: the system's temp dir)")
     args = parser.parse_args(argv)
     args.epochs = {k: int(v) for k, v in (item.split("=", 1) for item in args.epochs)}
