@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Any
 
@@ -174,8 +175,7 @@ class TrainStep:
                 # loss_and_grads works for every Pyro ELBO (RenyiELBO has no differentiable_loss).
                 loss = self.elbo.loss_and_grads(model, guide, *args)
             elif self._shape_key(x) in self._checked:
-                with pyro.validation_enabled(False):
-                    loss = compiled.loss_and_grads(model, guide, *args)
+                loss = self._compiled_step(compiled, model, guide, args)
             else:
                 loss = self._checked_step(compiled, model, guide, args)
         self.steps += 1
@@ -212,6 +212,21 @@ class TrainStep:
         self._make_compiled = self._compiled = None
         _log.warning("--jit: %s; training runs the model and guide uncompiled (as Pyro runs them)", reason)
 
+    def _compiled_step(
+        self, compiled: ELBO, model: Callable[..., Any], guide: Callable[..., Any], args: tuple[Tensor, ...]
+    ) -> float:
+        """A step of the checked compiled objective; if it raises (an error the graph meets only on some values),
+        ``_fall_back`` and take this step uncompiled, from the same random draws."""
+        start = _rng_state(args[0])
+        try:
+            with pyro.validation_enabled(False):
+                return compiled.loss_and_grads(model, guide, *args)
+        except Exception as err:  # noqa: BLE001 - whatever the graph raised, the uncompiled step is the fallback
+            self._fall_back(f"the compiled objective failed at step {self.steps + 1} ({_one_line(err)})")
+        self.optimizer.zero_grad(set_to_none=True)
+        _set_rng_state(start, args[0])
+        return self.elbo.loss_and_grads(model, guide, *args)
+
     def _checked_step(
         self, compiled: ELBO, model: Callable[..., Any], guide: Callable[..., Any], args: tuple[Tensor, ...]
     ) -> float:
@@ -225,7 +240,9 @@ class TrainStep:
         loss = self.elbo.loss_and_grads(model, guide, *args)
         eager = [p.grad for p in self.params]
         try:
-            with pyro.validation_enabled(False):
+            # The check stands in for the tracer's warnings (shapes read as numbers are safe: they are in the key).
+            with pyro.validation_enabled(False), warnings.catch_warnings():
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 for _ in range(2):  # trace (the tracer runs the model more than once), then run the graph
                     self.optimizer.zero_grad(set_to_none=True)
                     with _rng_at(start, x):
@@ -233,8 +250,7 @@ class TrainStep:
         except Exception as err:  # noqa: BLE001 - any failure to trace or run means: run uncompiled
             for p, g in zip(self.params, eager, strict=True):
                 p.grad = g
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            self._fall_back(f"compiling failed ({type(err).__name__}: {first[:200]})")
+            self._fall_back(f"compiling failed ({_one_line(err)})")
             return loss
         grads = [p.grad for p in self.params]
         difference = _difference(loss, compiled_loss, eager, grads, CHECK_TOLERANCE.get(x.dtype, 1e-2))
@@ -257,13 +273,27 @@ def _rng_state(x: Tensor) -> tuple[Tensor, Tensor | None]:
     return torch.get_rng_state(), torch.cuda.get_rng_state(x.device) if x.device.type == "cuda" else None
 
 
+def _set_rng_state(state: tuple[Tensor, Tensor | None], x: Tensor) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], x.device)
+
+
+def _one_line(err: BaseException) -> str:
+    """``Type: first line of the message`` (at most 200 characters of it); for an error raised inside a TorchScript
+    graph, whose first line only says so, its last line (the operation's own error)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    line = lines[-1] if "TorchScript" in lines[0] and len(lines) > 1 else lines[0]
+    return line[:200] if line.startswith(("RuntimeError:", "ValueError:")) else f"{type(err).__name__}: {line[:200]}"
+
+
 @contextlib.contextmanager
 def _rng_at(state: tuple[Tensor, Tensor | None], x: Tensor) -> Iterator[None]:
     """Run the block from the generator state ``state``, and leave the generators as they were before it."""
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-        torch.set_rng_state(state[0])
-        if state[1] is not None:
-            torch.cuda.set_rng_state(state[1], x.device)
+        _set_rng_state(state, x)
         yield
 
 
