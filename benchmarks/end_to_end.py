@@ -5,8 +5,8 @@ split, with the same fused Adam (``torch.optim.Adam(fused=True)``, what the libr
 learning rate, batch size and epochs, in one process, one thread, interleaved repeats (the order alternates):
 
 - ``train(config, out, data=data, progress=False, figures=False)``: everything the Python API does (run lock,
-  checks, JIT tracing, the steps, the test ELBO after every epoch, checkpoints, metrics.jsonl); figures are left
-  out, since the hand-written loop draws none;
+  checks, the steps, the test ELBO after every epoch, checkpoints, metrics.jsonl; with ``--jit``, also the JIT
+  tracing and its check); figures are left out, since the hand-written loop draws none;
 - the hand-written loop (it lives only here; its network is ``benchmarks/reference.py``'s): per epoch a fresh
   Bernoulli draw of the grey training pixels and a shuffled permutation, the steps (closed-form KL, Odaibo's
   eq. 40, + BCE with logits, each summed over the batch), ``loss.item()`` and a finiteness check per step, the

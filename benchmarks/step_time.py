@@ -9,8 +9,8 @@ Both build the same network, Bernoulli likelihood, sigma = softplus(s) + 1e-5, A
   Linear(256->3136) ReLU, ConvTranspose(64->32, 4, stride 2) ReLU ConvTranspose(32->1, 4, stride 2).
 The hand-written network (``benchmarks/reference.py``, shared by the benchmarks; no Pyro) gets the project's
 initial weights (state dict copied), and before any timing the script checks that the two losses agree
-at the same z (rel 1e-5) and that the fast step's compiled objective agrees with plain
-``TraceMeanField_ELBO`` under the same seed.
+at the same z (rel 1e-5) and that the ``--jit`` step (compiled and checked) gives the plain step's loss under the
+same seed.
 
 Timing runs every variant in one process, interleaved step by step (A B C A B C ..., the order rotated
 each step so none always runs first), on random binarised 784-pixel batches; each variant's time is the
@@ -24,8 +24,11 @@ with ``loss.item()`` (a training loop needs the number: NaN check, progress), th
     python benchmarks/step_time.py --arch conv --batch-sizes 128 --threads 1 --clock cpu
 
 The yardstick (first row, ratio 1.00) is the hand-written step with the same fused Adam as the library's
-``make_optimizer``; the row with torch's default Adam follows. The last line is ``ratio_bs128=<x> ratio_bs32=<y>``:
-the fast step's time over the fused-Adam hand-written step's.
+``make_optimizer``; the row with torch's default Adam follows. The rows of the library: the default step (the model
+and guide as Pyro runs them, validation on the first step only, fused Adam: what ``train()`` runs) and the ``--jit``
+step (compiled, checked at the first step of each batch shape). The line before the last gives the ``--jit`` step's
+ratios; the last line is ``ratio_bs128=<x> ratio_bs32=<y>``: the default step's time over the fused-Adam
+hand-written step's.
 On a machine whose cores are busy with other work, torch's multi-threaded kernels stall badly (OpenMP
 threads wait for each other); ``--threads 1`` then gives much steadier numbers, and ``--clock cpu`` (the
 process's CPU time) leaves out the time the process waits for a core.
