@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import warnings
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Any
@@ -238,6 +239,8 @@ class TrainStep:
         x = args[0]
         start = _rng_state(x)
         loss = self.elbo.loss_and_grads(model, guide, *args)
+        if not math.isfinite(loss):
+            return loss  # nothing to compare: the trainer stops on it, and a caller that goes on checks next time
         eager = [p.grad for p in self.params]
         try:
             # The check stands in for the tracer's warnings (shapes read as numbers are safe: they are in the key).
