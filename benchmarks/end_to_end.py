@@ -5,8 +5,8 @@ split, with the same fused Adam (``torch.optim.Adam(fused=True)``, what the libr
 learning rate, batch size and epochs, in one process, one thread, interleaved repeats (the order alternates):
 
 - ``train(config, out, data=data, progress=False, figures=False)``: everything the Python API does (run lock,
-  checks, JIT tracing, the steps, the test ELBO after every epoch, checkpoints, metrics.jsonl); figures are left
-  out, since the hand-written loop draws none;
+  checks, the steps, the test ELBO after every epoch, checkpoints, metrics.jsonl; with ``--jit``, also the JIT
+  tracing and its check); figures are left out, since the hand-written loop draws none;
 - the hand-written loop (it lives only here; its network is ``benchmarks/reference.py``'s): per epoch a fresh
   Bernoulli draw of the grey training pixels and a shuffled permutation, the steps (closed-form KL, Odaibo's
   eq. 40, + BCE with logits, each summed over the batch), ``loss.item()`` and a finiteness check per step, the
@@ -77,7 +77,7 @@ CASES = {
 }
 
 
-def project_config(case: Case, data: VAEData, out_epochs: int, seed: int) -> TrainConfig:
+def project_config(case: Case, data: VAEData, out_epochs: int, seed: int, jit: bool = False) -> TrainConfig:
     conv = case.arch == "conv"
     model = VAEConfig(
         x_shape=tuple(data.x_shape),
@@ -96,6 +96,7 @@ def project_config(case: Case, data: VAEData, out_epochs: int, seed: int) -> Tra
         seed=seed,
         device="cpu",
         threads=1,
+        jit=jit,
     )
 
 
@@ -182,7 +183,7 @@ def run_case(case: Case, args: argparse.Namespace) -> float:
     data_dir = args.data_dir if case.dataset == "mnist" else None
     data = load_data(case.dataset, data_dir=data_dir, download=False)
     epochs = case.quick_epochs if args.quick else (args.epochs.get(case.name) or case.epochs)
-    config = project_config(case, data, epochs, args.seed)
+    config = project_config(case, data, epochs, args.seed, args.jit)
     # train() decides on binarisation from the likelihood; the hand-written loop reads the same flags.
     build_model, _ = build(config.model)
     data.prepare(build_model.likelihood)
@@ -244,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--score-samples", type=int, default=10, help="z per test image when scoring (default 10)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jit", action="store_true", help="train() with --jit (TrainConfig.jit): the compiled step")
     parser.add_argument("--tmp", default=None, help="where the run directories go (default: the system's temp dir)")
     args = parser.parse_args(argv)
     args.epochs = {k: int(v) for k, v in (item.split("=", 1) for item in args.epochs)}

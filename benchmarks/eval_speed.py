@@ -83,7 +83,7 @@ def timed(fn):
     return time.perf_counter() - w, time.process_time() - c, value
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser.add_argument("--images", type=int, default=200, help="test images (default 200; 10000 = all)")
@@ -96,6 +96,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.quick:
         args.images, args.num_samples, args.repeats = 20, 1000, 1
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     torch.set_num_threads(1)
     if not (Path(args.data_dir) / "MNIST" / "raw").is_dir():
         raise SystemExit(f"no MNIST under {args.data_dir} (--data-dir, torchvision's layout)")

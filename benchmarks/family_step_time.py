@@ -4,9 +4,10 @@ Every variant has the same networks: an MLP encoder x (784) -> 256 (softplus) an
 Bernoulli likelihood, Adam. The families differ in their head and their q(z|x): ``normal`` (the diagonal Normal),
 ``fullcov`` (a Cholesky factor), ``iaf`` (the diagonal Normal then 2 IAF steps with MADE widths 128, conditioned on
 the encoder's 256 features), ``power-spherical`` (with the ``uniform-sphere`` prior); each runs as ``pyro-vae train``
-runs it (``TrainStep.fast_step``: validation on the first step only, compiled meanfield objective, fused Adam). The
-reference is the diagonal VAE written directly in PyTorch (closed-form KL, eq. 40, plus BCE with logits), with the
-project's initial weights; before timing, its loss is checked against the project's at the same z (rel 1e-5).
+runs it (``TrainStep.fast_step``: validation on the first step only, the uncompiled meanfield objective, fused
+Adam). The reference is the diagonal VAE written directly in PyTorch (closed-form KL, eq. 40, plus BCE with
+logits), with the project's initial weights; before timing, its loss is checked against the project's at the same z
+(rel 1e-5).
 
 Timing runs every variant in one process, interleaved step by step (the order rotated each step), on random
 binarised batches; each variant's time is the median over its steps, and the reported number the median over

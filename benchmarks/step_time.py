@@ -9,8 +9,8 @@ Both build the same network, Bernoulli likelihood, sigma = softplus(s) + 1e-5, A
   Linear(256->3136) ReLU, ConvTranspose(64->32, 4, stride 2) ReLU ConvTranspose(32->1, 4, stride 2).
 The hand-written network (``benchmarks/reference.py``, shared by the benchmarks; no Pyro) gets the project's
 initial weights (state dict copied), and before any timing the script checks that the two losses agree
-at the same z (rel 1e-5) and that the fast step's compiled objective agrees with plain
-``TraceMeanField_ELBO`` under the same seed.
+at the same z (rel 1e-5) and that the ``--jit`` step (compiled and checked) gives the plain step's loss under the
+same seed.
 
 Timing runs every variant in one process, interleaved step by step (A B C A B C ..., the order rotated
 each step so none always runs first), on random binarised 784-pixel batches; each variant's time is the
@@ -24,8 +24,11 @@ with ``loss.item()`` (a training loop needs the number: NaN check, progress), th
     python benchmarks/step_time.py --arch conv --batch-sizes 128 --threads 1 --clock cpu
 
 The yardstick (first row, ratio 1.00) is the hand-written step with the same fused Adam as the library's
-``make_optimizer``; the row with torch's default Adam follows. The last line is ``ratio_bs128=<x> ratio_bs32=<y>``:
-the fast step's time over the fused-Adam hand-written step's.
+``make_optimizer``; the row with torch's default Adam follows. The rows of the library: the default step (the model
+and guide as Pyro runs them, validation on the first step only, fused Adam: what ``train()`` runs) and the ``--jit``
+step (compiled, checked at the first step of each batch shape). The line before the last gives the ``--jit`` step's
+ratios; the last line is ``ratio_bs128=<x> ratio_bs32=<y>``: the default step's time over the fused-Adam
+hand-written step's.
 On a machine whose cores are busy with other work, torch's multi-threaded kernels stall badly (OpenMP
 threads wait for each other); ``--threads 1`` then gives much steadier numbers, and ``--clock cpu`` (the
 process's CPU time) leaves out the time the process waits for a core.
@@ -41,6 +44,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import pyro
 import pyro.poutine as poutine
@@ -136,7 +140,9 @@ def pyro_jit_as_shipped(device: torch.device, seed: int) -> Variant:
     return Variant("Pyro JitTraceMeanField_ELBO as shipped", run)
 
 
-def train_step(device: torch.device, seed: int, name: str, *, fast: bool, adam: str = "default") -> Variant:
+def train_step(
+    device: torch.device, seed: int, name: str, *, fast: bool, adam: str = "default", jit: bool = False
+) -> Variant:
     """The library's TrainStep on the "meanfield" ELBO; ``adam`` is "default", "fused" or "foreach"."""
     model, guide = build_project(seed, device)
     params = parameters_of(model, guide)
@@ -144,7 +150,7 @@ def train_step(device: torch.device, seed: int, name: str, *, fast: bool, adam: 
         opt = make_optimizer(params, LR)
     else:
         opt = torch.optim.Adam(params, lr=LR, foreach=adam == "foreach" or None)
-    return Variant(name, TrainStep(model, guide, meanfield(), opt, params, fast=fast))
+    return Variant(name, TrainStep(model, guide, meanfield(), opt, params, fast=fast, jit=jit))
 
 
 class ValidationOff:
@@ -159,25 +165,46 @@ class ValidationOff:
             return self.inner(x)
 
 
+class AsTraced:
+    """Ablation: the --jit step with its graph as traced (``estimators/_graph.py``'s simplification left out)."""
+
+    def __init__(self, step: TrainStep) -> None:
+        self.inner = step
+
+    def __call__(self, x: Tensor) -> float:
+        if self.inner.steps:
+            return self.inner(x)
+        with mock.patch("pyro_vae.estimators._jit.simplified", lambda compiled: compiled):
+            return self.inner(x)  # the first step traces (one batch shape here)
+
+
+#: The row the last line's ratios are of, and the --jit row.
+DEFAULT_ROW, JIT_ROW = (
+    "TrainStep (default: the model and guide as Pyro runs them)",
+    "TrainStep --jit (compiled, checked)",
+)
+
+
 def variants(device: torch.device, seed: int, ablation: bool, compile_reference: bool) -> list[Variant]:
     vs = [
         # The yardstick: the same fused Adam the library's make_optimizer builds, so the ratio is Pyro's own cost.
         hand_written(device, seed, fused=True),
         hand_written(device, seed),
         pyro_svi(device, seed),
-        train_step(device, seed, "TrainStep plain (before)", fast=False),
-        train_step(device, seed, "TrainStep fast (after)", fast=True, adam="fused"),
+        train_step(device, seed, "TrainStep, validation at every step, torch's default Adam", fast=False),
+        train_step(device, seed, DEFAULT_ROW, fast=True, adam="fused"),
+        train_step(device, seed, JIT_ROW, fast=True, adam="fused", jit=True),
     ]
     if ablation:
         vs += [
-            train_step(device, seed, "plain + fused Adam", fast=False, adam="fused"),
-            train_step(device, seed, "plain + foreach Adam", fast=False, adam="foreach"),
-            Variant("plain + validation off", ValidationOff(train_step(device, seed, "", fast=False).step)),
+            train_step(device, seed, "validation at every step + fused Adam", fast=False, adam="fused"),
+            train_step(device, seed, "validation at every step + foreach Adam", fast=False, adam="foreach"),
+            train_step(device, seed, "default step, torch's default Adam", fast=True),
             Variant(
-                "plain + validation off + fused Adam",
-                ValidationOff(train_step(device, seed, "", fast=False, adam="fused").step),
+                "--jit, graph as traced (no _graph.py passes)",
+                AsTraced(train_step(device, seed, "", fast=True, adam="fused", jit=True).step),
             ),
-            train_step(device, seed, "fast, default Adam (JIT + validation off)", fast=True),
+            train_step(device, seed, "--jit, torch's default Adam", fast=True, jit=True),
             pyro_jit_as_shipped(device, seed),
         ]
     if compile_reference:
@@ -199,19 +226,19 @@ def check_agreement(device: torch.device, seed: int) -> None:
             raise SystemExit(f"loss mismatch at the same z: pyro {pyro_loss} vs hand-written {ref_loss}")
         params = parameters_of(model, guide)
         plain = TrainStep(model, guide, meanfield(), torch.optim.SGD(params, lr=0.0), params)
-        fast = TrainStep(model, guide, meanfield(), torch.optim.SGD(params, lr=0.0), params, fast=True)
-        for step in (plain, fast):  # lr = 0: parameters stay put; the fast step's first call is the plain one
+        fast = TrainStep(model, guide, meanfield(), torch.optim.SGD(params, lr=0.0), params, fast=True, jit=True)
+        for step in (plain, fast):  # lr = 0: parameters stay put; the --jit step's first call checks and compiles
             pyro.set_rng_seed(seed + 1)
             step(x)
         losses = []
         for step in (plain, fast):
             pyro.set_rng_seed(seed + 2)
             losses.append(step(x))
-    if abs(losses[0] - losses[1]) > 1e-5 * abs(losses[0]):
-        raise SystemExit(f"fast step loss {losses[1]} differs from the plain step's {losses[0]} under one seed")
+    if fast.compiled is None or abs(losses[0] - losses[1]) > 1e-5 * abs(losses[0]):
+        raise SystemExit(f"--jit step loss {losses[1]} differs from the plain step's {losses[0]} under one seed")
     print(
         f"agreement: hand-written {ref_loss:.4f} vs TraceMeanField_ELBO {pyro_loss:.4f} at the same z; "
-        f"fast {losses[1]:.4f} vs plain {losses[0]:.4f} under one seed"
+        f"--jit {losses[1]:.4f} vs plain {losses[0]:.4f} under one seed"
     )
 
 
@@ -241,7 +268,7 @@ def time_batch_size(
     return [1e3 * statistics.median(r) for r in per_repeat]
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", choices=["mlp", "conv"], default="mlp", help="the network (module docstring)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default: 32 128 512 (conv: 128)")
@@ -263,13 +290,35 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    args.batch_sizes = args.batch_sizes or ([128] if args.arch == "conv" else [32, 128, 512])
+    args.steps = args.steps or (30 if args.arch == "conv" else 200)
+    return args
+
+
+def report(names: list[str], results: dict[int, list[float]], batch_sizes: list[int]) -> None:
+    """The table (ms per step, ratio to the first row), then the ratio lines."""
+    print()
+    print("| variant | " + " | ".join(f"bs {b} ms | ratio" for b in batch_sizes) + " |")
+    print("|---|" + "---:|---:|" * len(batch_sizes))
+    for j, name in enumerate(names):
+        cells = [f"{results[b][j]:.2f} | {results[b][j] / results[b][0]:.2f}" for b in batch_sizes]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    default, jit = names.index(DEFAULT_ROW), names.index(JIT_ROW)
+    ratios = {b: results[b][default] / results[b][0] for b in batch_sizes}
+    print()
+    print(
+        "--jit step / hand-written (fused Adam): "
+        + " ".join(f"bs{b}={results[b][jit] / results[b][0]:.3f}" for b in batch_sizes)
+    )
+    print(" ".join(f"ratio_bs{b}={ratios[b]:.3f}" for b in (128, 32) if b in ratios))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     global ARCH
     ARCH = args.arch
     conv = ARCH == "conv"
-    args.batch_sizes = args.batch_sizes or ([128] if conv else [32, 128, 512])
-    args.steps = args.steps or (30 if conv else 200)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
-
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for but CUDA is not available here")
@@ -297,26 +346,7 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         results[batch] = time_batch_size(vs, data, batch, steps, args.repeats, args.warmup, clock)
         print(f"batch {batch}: {steps} steps x {args.repeats} repeats in {time.perf_counter() - t0:.0f} s")
-
-    header = "| variant | " + " | ".join(f"bs {b} ms | ratio" for b in args.batch_sizes) + " |"
-    print()
-    print(header)
-    print("|---|" + "---:|---:|" * len(args.batch_sizes))
-    for j, name in enumerate(names):
-        cells = []
-        for b in args.batch_sizes:
-            ms, ref = results[b][j], results[b][0]
-            cells.append(f"{ms:.2f} | {ms / ref:.2f}")
-        print(f"| {name} | " + " | ".join(cells) + " |")
-    fast = names.index("TrainStep fast (after)")
-    ratios = {b: results[b][fast] / results[b][0] for b in args.batch_sizes}
-    torch_adam = {b: results[b][fast] / results[b][1] for b in args.batch_sizes}
-    print()
-    print(
-        "fast step / hand-written with torch's default Adam: "
-        + " ".join(f"bs{b}={torch_adam[b]:.3f}" for b in torch_adam)
-    )
-    print(" ".join(f"ratio_bs{b}={ratios[b]:.3f}" for b in (128, 32) if b in ratios))
+    report(names, results, args.batch_sizes)
 
 
 if __name__ == "__main__":

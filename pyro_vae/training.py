@@ -39,7 +39,7 @@ from pyro_vae.data import VAEData, minibatches
 from pyro_vae.distributed import Ranks, ranks_session
 from pyro_vae.elbo_terms import ELBOTerms, elbo_terms
 from pyro_vae.errors import UserError
-from pyro_vae.estimators import make_training_elbo
+from pyro_vae.estimators import make_training_elbo, training_jit
 from pyro_vae.guards import DivergenceGuard, NonFiniteLossError, Position, TrainingInterrupted
 from pyro_vae.interrupts import DeferredInterrupts
 from pyro_vae.kl_check import check_training_kl
@@ -144,8 +144,13 @@ class Trainer:
         else:
             self._restore(self._state)
         self.logger = make_logger(self.logger_name if self.writer.writes else "none", self.out, self.position.epoch)
-        # fast: validation on the first step only, a compiled meanfield objective (same losses; pyro_vae/step.py).
-        step = TrainStep(self.model, self.guide, self.elbo, self.optimizer, self.params, cfg.clip_norm, fast=True)
+        # The model and guide run as Pyro runs them (validation on the first step only); --jit adds the compiled
+        # objective, checked against them at each new batch shape (pyro_vae/step.py). torchrun's step is uncompiled.
+        jit = training_jit(cfg, getattr(self.model, "plate_nesting", 1))
+        if self.dist and jit:
+            self.say("--jit: not used under torchrun; the steps run uncompiled")
+        pair = (self.model, self.guide)
+        step = TrainStep(*pair, self.elbo, self.optimizer, self.params, cfg.clip_norm, fast=True, jit=jit or False)
         self.train_step = self.dist.step(self, cfg) if self.dist else step
 
     def _init_prior_from_data(self) -> None:

@@ -129,6 +129,7 @@ def _run(fast: bool, num_particles: int, steps: int = 9, wrapper: bool = False, 
         params,
         clip_norm=5.0,
         fast=fast,
+        jit=fast,
         trace_key=(lambda: scaled.beta) if watch_beta else None,
     )
     pyro.set_rng_seed(11)
@@ -183,8 +184,8 @@ def test_compiled_objective_is_traced_once_per_batch_shape():
         return model(x)
 
     params = parameters_of(model, guide)
-    step = TrainStep(counted_model, guide, meanfield(), make_optimizer(params, 1e-3), params, fast=True)
-    step(x)  # validates (one run of the model) and compiles (runs it again while tracing)
+    step = TrainStep(counted_model, guide, meanfield(), make_optimizer(params, 1e-3), params, fast=True, jit=True)
+    step(x)  # runs the model uncompiled, then compiles (runs it again while tracing) and checks
     traced = calls[0]
     assert traced >= 2
     for _ in range(5):
@@ -209,6 +210,7 @@ def test_compiled_objective_is_traced_once_per_batch_shape():
         make_optimizer(params, 1e-3),
         params,
         fast=True,
+        jit=True,
         trace_key=lambda: next(counter),
     )
     retracing(x)
@@ -239,7 +241,7 @@ def test_first_fast_step_validates_later_steps_do_not_and_the_setting_is_restore
     assert math.isfinite(step(grey))
     # ... and back on outside it.
     assert is_validation_enabled()
-    compiled = TrainStep(model, guide, meanfield(), make_optimizer(params, 1e-3), params, fast=True)
+    compiled = TrainStep(model, guide, meanfield(), make_optimizer(params, 1e-3), params, fast=True, jit=True)
     compiled(x)
     compiled(x)
     assert is_validation_enabled()
@@ -291,7 +293,7 @@ def test_fast_step_factory_trains_the_model_it_is_given():
     other_before = [p.detach().clone() for p in parameters_of(other_model, other_guide)]
     model, guide, _ = make(n=64, x_dim=12)
     params = parameters_of(model, guide)
-    step = TrainStep.fast_step(model, guide, meanfield(), params, lr=0.02)
+    step = TrainStep.fast_step(model, guide, meanfield(), params, lr=0.02, jit=True)
     losses = [step(x) for _ in range(60)]
     # The loss falls from ~598 towards ~517 nats (64 * 12 * H(0.4), the entropy of such data).
     assert sum(losses[-10:]) / 10 < 0.9 * losses[0]
@@ -313,7 +315,7 @@ def test_a_fast_step_rebuilt_mid_run_continues_exactly():
         losses = []
         for i in range(12):
             if step is None or i == rebuild_at:
-                step = TrainStep(model, guide, meanfield(), opt, params, fast=True)
+                step = TrainStep(model, guide, meanfield(), opt, params, fast=True, jit=True)
             losses.append(step(x[: 16 if i % 2 else 24]))
         return losses, params
 

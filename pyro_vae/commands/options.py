@@ -165,6 +165,13 @@ def registry_help() -> tuple[dict[str, str], dict[str, str]]:
         metavars[kind] = _choices(list(registry))
     texts["elbo"] = ": " + "; ".join(f"{n} = {spec.value}" for n, spec in ESTIMATORS.items())
     texts["elbo"] += "; jit-NAME = NAME with --jit"
+    # What --jit assumes and what its check can catch (pyro_vae/step.py): said where the flag is.
+    texts["jit"] = (
+        "; off, the model and guide run as Pyro runs them. Assumes control flow that depends only on shapes and no "
+        "Python state read at call time: at the first step of each batch shape the compiled loss and gradients are "
+        "checked against the uncompiled ones on the same draws, and any difference or tracing error trains "
+        "uncompiled (one line says why); a value or branch that changes only after that step is not caught"
+    )
     metavars["elbo"] = _choices(list(ESTIMATORS))
     return texts, metavars
 

@@ -185,16 +185,35 @@ def register_estimator(
     return add if factory is None else add(factory)
 
 
+def _training_spec(config: TrainConfig) -> tuple[EstimatorSpec, bool]:
+    """(the plain estimator's spec, whether to compile it): "jit-NAME" is NAME with ``jit``."""
+    name = ESTIMATORS.canonical(config.elbo) or config.elbo
+    spec = ESTIMATORS[name]
+    if name.startswith(JIT_PREFIX) and spec.factory is spec.jit_factory:
+        return ESTIMATORS[name[len(JIT_PREFIX) :]], True
+    return spec, bool(config.jit)
+
+
 def make_training_elbo(config: TrainConfig, plate_nesting: int = 1) -> ELBO:
-    """The estimator a run trains with (``config.elbo``, ``num_particles``, ``jit``), with max_plate_nesting = 1
-    (the model's one "data" plate) unless given.
+    """The estimator a run trains with (``config.elbo``, ``num_particles``), uncompiled, with max_plate_nesting = 1
+    (the model's one "data" plate) unless given. Its compiled form (``config.jit``) is ``training_jit``'s.
 
     Fixing the nesting matters for exact resumption: otherwise Pyro guesses it at the first call by
     running the model once, which draws random numbers at a different point of a resumed run.
     """
-    return ESTIMATORS[config.elbo].make(
-        num_particles=config.num_particles, max_plate_nesting=plate_nesting, jit=config.jit
-    )
+    spec, _ = _training_spec(config)
+    return spec.make(num_particles=config.num_particles, max_plate_nesting=plate_nesting)
+
+
+def training_jit(config: TrainConfig, plate_nesting: int = 1) -> Callable[[], ELBO] | None:
+    """With ``config.jit`` (or a ``jit-NAME`` estimator): a function making the compiled form of
+    ``make_training_elbo(config, plate_nesting)`` (``pyro_vae.step.TrainStep(..., jit=...)`` checks it against the
+    uncompiled one); else None."""
+    spec, jit = _training_spec(config)
+    if not jit:
+        return None
+    options = {"num_particles": config.num_particles, "max_plate_nesting": plate_nesting}
+    return lambda: spec.make(jit=True, **options)
 
 
 def make_elbo(name: str, *, jit: bool = False, **options: Any) -> ELBO:
@@ -218,6 +237,7 @@ __all__ = [
     "STLELBO",
     "make_elbo",
     "make_training_elbo",
+    "training_jit",
     "per_example_log_weights",
     "register_estimator",
 ]
