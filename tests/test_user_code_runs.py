@@ -27,6 +27,7 @@ from torch import nn
 from pyro_vae import TrainConfig, VAEConfig, build
 from pyro_vae.cli import main
 from pyro_vae.errors import UserError
+from pyro_vae.estimators import ESTIMATORS, JIT_PREFIX
 from pyro_vae.registry import GUIDES, PRIORS, check_combination, register_prior
 from pyro_vae.step import TrainStep
 from pyro_vae.training import Trainer
@@ -282,3 +283,35 @@ def test_iaf_guide_with_the_spline_flow_prior_trains_from_the_command_line(seed,
         assert "shape '[]' is invalid for input of size 0" in lines[0]
     else:
         assert lines == []
+
+
+JIT_ESTIMATORS = [name for name, spec in ESTIMATORS.items() if spec.jit_factory is not None]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", JIT_ESTIMATORS)
+def test_jit_means_the_compiled_form_for_every_estimator_that_has_one(name, tmp_path, caplog):
+    """--jit trains with the registry's compiled form of the estimator (checked, no fallback on the built-in model);
+    --no-jit, the default, with the uncompiled one and nothing compiled; "jit-NAME" is NAME with --jit."""
+    multi = ESTIMATORS[name].multi_particle
+    steps = {}
+    for label, elbo, jit in (("jit", name, True), ("plain", name, False), ("spelled", JIT_PREFIX + name, False)):
+        config = TrainConfig(
+            model=VAEConfig(z_dim=2, hidden=(16,)),
+            dataset="digits",
+            elbo=elbo,
+            jit=jit,
+            epochs=1,
+            num_particles=3 if multi else 1,
+        )
+        trainer = Trainer(config, tmp_path / label, progress=False)
+        with caplog.at_level(logging.WARNING, logger="pyro_vae.step"):
+            trainer.fit()
+        steps[label] = trainer.train_step
+    assert not caplog.records
+    assert type(steps["plain"].elbo) is ESTIMATORS[name].factory and steps["plain"].compiled is None
+    for label in ("jit", "spelled"):
+        step = steps[label]
+        assert type(step.elbo) is ESTIMATORS[name].factory  # the uncompiled estimator: the check's reference
+        assert isinstance(step.compiled, ESTIMATORS[name].jit_factory) and step.fallback_reason is None
+        assert step.compiled.num_compilations == 2  # the full batches and the last, smaller one
