@@ -13,7 +13,6 @@ import pytest
 import torch
 from pyro.infer import TraceMeanField_ELBO
 
-from pyro_vae.checkpoint import CHECKPOINT, load_checkpoint
 from pyro_vae.cli import main
 from pyro_vae.closed_form import bernoulli_log_likelihood, standard_normal_kl
 from pyro_vae.commands.options import add_dataclass_options, field_docs
@@ -21,6 +20,7 @@ from pyro_vae.config import VAEConfig
 from pyro_vae.data import load_data
 from pyro_vae.elbo_terms import elbo_terms
 from pyro_vae.errors import UserError
+from pyro_vae.run_dir import CHECKPOINT, load_checkpoint
 from pyro_vae.step import TrainStep
 from pyro_vae.training import NonFiniteLossError, TrainConfig, train
 
