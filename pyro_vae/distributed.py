@@ -14,7 +14,9 @@ guides) is drawn for the whole global batch on every rank and sliced (``global_d
 very steps of one process, whatever N; other draws come from a per-rank stream (equal in distribution only).
 Each step all-reduces the loss with a stop flag (``Ranks.agree_to_stop``); the test set is evaluated in blocks
 shared out among the ranks (``sharded_elbo_sums``); a failed collective is a one-line ``CollectiveError``.
-docs/distributed.md has the details, what was measured, and why the compiled objective is not used.
+``DataParallel`` gathers all this as the ``pyro_vae.strategy.Strategy`` a ``Trainer`` is handed (``join_strategy``
+picks it under torchrun, ``SingleProcess`` otherwise). docs/distributed.md has the details, what was measured, and
+why the compiled objective is not used.
 """
 
 from __future__ import annotations
@@ -267,7 +269,10 @@ class DistributedStep:
             )
         if not (isinstance(model, nn.Module) and isinstance(guide, nn.Module)):
             raise UserError("distributed training needs a model and guide that are torch modules (nn.Module)")
-        self.ranks, self.optimizer, self.params, self.clip_norm = ranks, optimizer, list(params), clip_norm
+        self.ranks = ranks
+        self.optimizer = optimizer
+        self.params = list(params)
+        self.clip_norm = clip_norm
         device_ids = [ranks.device] if ranks.device.type == "cuda" else None
         # No buffer broadcast in forward: the ranks' buffers are equal by construction (same seed, no layer updates a
         # buffer in training), and the forward pass then holds no collective: only the gradients' all-reduce in
@@ -277,10 +282,12 @@ class DistributedStep:
                 elbo(BetaInput(model), BetaInput(guide)), device_ids=device_ids, **_NO_FORWARD_BUFFER_SYNC
             )
         self.steps = 0
-        self.epoch, self.step = 0, 0
+        self.epoch = 0
+        self.step = 0
 
     def begin_epoch(self, epoch: int, first_step: int) -> None:
-        self.epoch, self.step = epoch, first_step
+        self.epoch = epoch
+        self.step = first_step
 
     def _rank_seed(self, state: Tensor) -> int:
         digest = int.from_bytes(hashlib.blake2b(state.cpu().numpy().tobytes(), digest_size=8).digest(), "little")
@@ -290,7 +297,8 @@ class DistributedStep:
     def __call__(self, batch: Tensor, beta: float = 1.0) -> float:
         ranks = self.ranks
         self.step += 1
-        n, part = batch.shape[0], ranks.shard(batch.shape[0])
+        n = batch.shape[0]
+        part = ranks.shard(n)
         x = batch[part]
         beta_t = torch.tensor(float(beta), dtype=batch.dtype, device=batch.device)
         main = _generator(batch.device)

@@ -274,7 +274,8 @@ class Trainer:
 
     def train_epoch(self, epoch: int, stop: StopFlag) -> tuple[float, int]:
         """One epoch (0-based ``epoch``) of steps; (the summed loss, the number of the last step)."""
-        cfg, partial = self.config, self._partial
+        cfg = self.config
+        partial = self._partial
         beta = self.beta_at(epoch)
         self.model.train()
         self.guide.train()
@@ -291,7 +292,8 @@ class Trainer:
             set_rng_state(self._state["rng"])
             total = float(partial["loss_sum"])
             self._partial = None
-        n, i = self.data.train_x.shape[0], first
+        n = self.data.train_x.shape[0]
+        i = first
         for i, batch in enumerate(batches, start=first + 1):
             loss = self.train_step(batch, beta=beta)
             self.steps_run += 1

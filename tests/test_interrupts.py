@@ -129,7 +129,7 @@ def test_cli_exit_codes_and_one_line_messages(tmp_path, monkeypatch, capsys):
     assert "checkpoint is at step 2 of epoch 2; ask for --epochs >= 2" in err and "\n" not in err.strip()
     # A run stopped mid-epoch can be evaluated; the report says where it stopped.
     assert main(["evaluate", str(out), "--num-samples", "2", "--num-examples", "20"]) == 0
-    assert "epoch 1 + 2 steps (stopped mid-epoch)" in capsys.readouterr().out
+    assert "step 2 of epoch 2 (stopped mid-epoch)" in capsys.readouterr().out
     assert load_run(out, with_data=False).step == 2
     # The progress bar's resume message names the step.
     StepCounter(monkeypatch)

@@ -352,7 +352,7 @@ def test_the_first_evaluation_validates_the_later_ones_do_not_and_the_setting_is
     import pyro
     from pyro.infer.util import is_validation_enabled
 
-    import pyro_vae.training as training
+    import pyro_vae.strategy as strategy
 
     seen = []
 
@@ -360,7 +360,7 @@ def test_the_first_evaluation_validates_the_later_ones_do_not_and_the_setting_is
         seen.append(is_validation_enabled())
         return elbo_terms(*args, **kwargs)
 
-    monkeypatch.setattr(training, "elbo_terms", recording)
+    monkeypatch.setattr(strategy, "elbo_terms", recording)
     with pyro.validation_enabled(True):
         result = train(small(epochs=3), tmp_path / "run", progress=False, figures=False)
         assert is_validation_enabled()

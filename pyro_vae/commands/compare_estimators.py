@@ -141,7 +141,7 @@ def _source(args: argparse.Namespace, run_dir: RunDir):
     elif model_opts or set(train_opts) - {"threads"}:
         raise UserError("model and training options need --train (to compare on an existing run, give only DIR)")
     loaded = load_run(args.dir)
-    at = f"epoch {loaded.epoch}{f' + {loaded.step} steps' if loaded.step else ''}"
+    at = str(loaded.position)
     title = f"{args.dir}: {loaded.data.name}, z_dim {loaded.config.model.z_dim}, {at}"
     record = {
         "dataset": loaded.data.name,

@@ -267,7 +267,7 @@ def _run(args: argparse.Namespace, run_dir: RunDir) -> int:
     else:
         loaded = load_run(args.dir)
         model, guide, x = loaded.model, loaded.guide, loaded.data.test_x_eval
-        at = f"epoch {loaded.epoch}" + (f" + {loaded.step} steps (stopped mid-epoch)" if loaded.step else "")
+        at = f"{loaded.position}" + (" (stopped mid-epoch)" if loaded.step else "")
         where, position = f"{args.dir}: {loaded.data.name}, {at}", {"epoch": loaded.epoch, "step": loaded.step}
     if args.num_examples is not None:
         x = x[: args.num_examples]

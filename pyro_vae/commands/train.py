@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
             if state is None:
                 return 0
         else:
-            config, state = TrainConfig.from_options(model_opts, train_opts), None
+            config = TrainConfig.from_options(model_opts, train_opts)
+            state = None
         # Ctrl-C / SIGTERM: TrainingInterrupted, a one-line message and exit 128 + signum from pyro_vae.cli.
         options = dict(resume=args.resume, progress=args.progress, overwrite=args.overwrite, state=state)
         result = train(config, run_dir, **options, logger=args.logger, collective_timeout=args.collective_timeout)
