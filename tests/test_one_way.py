@@ -4,10 +4,13 @@ each config only where one is made (``TrainConfig`` and ``VAEConfig`` validate o
 
 Counted with wrappers around the real functions (``monkeypatch``), for a fresh ``pyro-vae train`` and a
 ``--resume`` of it. The training itself is the smallest that writes a checkpoint (one epoch of the digits).
+Besides: where a run stands is said by ``Position`` alone, and the ``Trainer`` asks the strategy it is handed
+(``pyro_vae.strategy``) for everything that differs between one process and several.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +19,10 @@ import pytest
 import pyro_vae.run_dir as run_dir_module
 from pyro_vae.cli import main
 from pyro_vae.config import TrainConfig, VAEConfig
-from pyro_vae.run_dir import RunDir
+from pyro_vae.data import load_data
+from pyro_vae.run_dir import Position, RunDir
+from pyro_vae.strategy import SingleProcess
+from pyro_vae.training import Trainer, train
 
 ARGS = ("--hidden", "16", "--batch-size", "512", "--no-progress", "--threads", "1")
 
@@ -91,3 +97,63 @@ def test_writes_need_the_lock(tmp_path: Path):
     with pytest.raises(RuntimeError, match="not locked"):
         RunDir(tmp_path).append({"epoch": 1})
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_position_is_said_one_way():
+    """Every message about where a run stands comes from ``Position``: mid-epoch it is the epoch in progress."""
+    assert str(Position(3)) == "epoch 3"
+    assert str(Position(3, 7)) == "step 7 of epoch 4"
+    assert Position.of({"epoch": 1, "partial": {"step": 2}}) == Position(1, 2, saved=True)
+    assert Position.of({"epoch": 2}) == Position(2, 0, saved=True)
+    assert Position(3, 7).kept(Path("d/checkpoint.pt")) == "no checkpoint was written"
+    assert Position(3, 7, saved=True).kept(Path("d/checkpoint.pt")) == (
+        "the checkpoint of step 7 of epoch 4 is kept in d/checkpoint.pt"
+    )
+
+
+class RecordingStrategy(SingleProcess):
+    """``SingleProcess``, counting what the trainer asks of it."""
+
+    def __init__(self) -> None:
+        self.calls: Counter = Counter()
+
+    def make_step(self, *args, **kwargs):
+        self.calls["make_step"] += 1
+        return super().make_step(*args, **kwargs)
+
+    def begin_epoch(self, epoch: int, first_step: int) -> None:
+        self.calls["begin_epoch"] += 1
+
+    def elbo_terms(self, *args, **kwargs):
+        self.calls["elbo_terms"] += 1
+        return super().elbo_terms(*args, **kwargs)
+
+    def checkpoint_due(self, due: bool) -> bool:
+        self.calls["checkpoint_due"] += 1
+        return due
+
+    def before_first_write(self) -> None:
+        self.calls["before_first_write"] += 1
+
+    def after_save(self) -> None:
+        self.calls["after_save"] += 1
+
+
+def test_the_trainer_is_handed_its_strategy_and_asks_it(tmp_path: Path):
+    """A strategy given to the Trainer is the one used, for every operation that differs between processes; with
+    the plain operations it trains exactly as ``train()``'s default (same metrics to the last bit)."""
+    data = load_data("digits")
+    config = TrainConfig.for_data(data, z_dim=2, hidden=(16,), epochs=3, batch_size=512, threads=1)
+    config = dataclasses.replace(config, checkpoint_seconds=1e9)  # one checkpoint, after the last epoch
+    strategy = RecordingStrategy()
+    result = Trainer(config, tmp_path / "given", data=data, progress=False, strategy=strategy).fit()
+    assert strategy.calls == {
+        "make_step": 1,
+        "begin_epoch": 3,
+        "elbo_terms": 3,  # eval_every 1
+        "checkpoint_due": 3,
+        "before_first_write": 1,
+        "after_save": 1,
+    }
+    reference = train(config, tmp_path / "default", data=data, progress=False, figures=False)
+    assert result.metrics == reference.metrics
