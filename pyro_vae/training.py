@@ -128,7 +128,7 @@ class Trainer:
         """Data, model, guide, optimizer and estimator; then a fresh run or the checkpoint's state.
 
         Needs the run directory's lock: ``fit`` takes it, or pass the ``RunDir`` of a held lock as ``out_dir``."""
-        if self.run is None:
+        if self.run is None or not self.run.locked:
             raise RuntimeError("Trainer.setup writes the run directory: call fit(), or pass RunDir.lock(...)'s RunDir")
         if self.strategy is None:
             self.strategy = SingleProcess()
