@@ -28,9 +28,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from pyro_vae import VAEConfig, build  # noqa: E402
-from pyro_vae.checkpoint import FORMAT_VERSION, load_checkpoint, rng_state, save_checkpoint  # noqa: E402
 from pyro_vae.data import VAEData  # noqa: E402
-from pyro_vae.runs import data_digest  # noqa: E402
+from pyro_vae.run_dir import FORMAT_VERSION, data_digest, load_checkpoint, rng_state, save_checkpoint  # noqa: E402
 from pyro_vae.step import make_optimizer, parameters_of  # noqa: E402
 
 #: (name, x_dim, hidden, z_dim): the kl-ablation's model on digits, and an MNIST MLP.

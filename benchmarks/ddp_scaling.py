@@ -29,7 +29,8 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     from pyro_vae import TrainConfig, VAEConfig
-    from pyro_vae.distributed import join, start_ranks
+    from pyro_vae.distributed import DataParallel, join_strategy
+    from pyro_vae.run_dir import RunDir
     from pyro_vae.training import Trainer
 
     model = VAEConfig(z_dim=args.z_dim, hidden=tuple(args.hidden))
@@ -43,20 +44,19 @@ def worker(args: argparse.Namespace) -> None:
         threads=1,
         device=args.device,
     )
-    with tempfile.TemporaryDirectory() as out:
-        trainer = Trainer(cfg, out, progress=False)
-        trainer.dist = join(cfg.resolve_device())
-        start_ranks(trainer)
+    with tempfile.TemporaryDirectory() as out, RunDir.lock(out, "benchmarks/ddp_scaling.py") as run:
+        strategy = join_strategy(cfg.resolve_device())
+        trainer = Trainer(cfg, run, progress=False, strategy=strategy)
         trainer.setup()
         step = trainer.train_step
-        if trainer.dist:
-            step.begin_epoch(0, 0)
+        strategy.begin_epoch(0, 0)
         x = trainer.data.train_epoch()
         n = args.batch_size
         batches = [x[(i * n) % (x.shape[0] - n) :][:n] for i in range(args.warmup + args.steps)]
         for b in batches[: args.warmup]:
             step(b, beta=1.0)
-        sync = trainer.dist.barrier if trainer.dist else (lambda: None)
+        ranks = strategy.ranks if isinstance(strategy, DataParallel) else None
+        sync = ranks.barrier if ranks else (lambda: None)
         cuda = trainer.device.type == "cuda"
         sync()
         if cuda:
@@ -68,10 +68,10 @@ def worker(args: argparse.Namespace) -> None:
             torch.cuda.synchronize()
         sync()
         seconds = time.perf_counter() - start
-        if trainer.dist is None or trainer.dist.writer:
+        if strategy.writes:
             Path(args.result).write_text(json.dumps({"examples_per_s": args.steps * n / seconds}))
-        if trainer.dist:
-            trainer.dist.close()
+        if ranks:
+            ranks.close()
 
 
 def measure(args: argparse.Namespace, ranks: int | None) -> float:

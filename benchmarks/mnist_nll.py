@@ -45,8 +45,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pyro_vae import TrainConfig, VAEConfig, load_run, train  # noqa: E402
-from pyro_vae.checkpoint import CHECKPOINT, atomic_write_text  # noqa: E402
+from pyro_vae.atomic import atomic_write_text  # noqa: E402
 from pyro_vae.evaluation import importance_sample_stats  # noqa: E402
+from pyro_vae.run_dir import CHECKPOINT  # noqa: E402
 
 #: Published test log-likelihoods (nats, binarised MNIST) each row is compared with: (number, source).
 ANCHORS = {

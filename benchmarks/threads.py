@@ -41,6 +41,7 @@ def one(workload: str, threads: int | None, data_dir: str | None) -> float:
 
     from pyro_vae import TrainConfig, Trainer
     from pyro_vae.evaluation import importance_sample_stats
+    from pyro_vae.run_dir import RunDir
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -51,8 +52,8 @@ def one(workload: str, threads: int | None, data_dir: str | None) -> float:
         options = dict(dataset="mnist", data_dir=data_dir, download=False, epochs=1, batch_size=128)
         model = dict(z_dim=10, hidden=(512, 256))
     config = TrainConfig.from_options(model, {**options, "threads": threads, "device": "cpu"})
-    with tempfile.TemporaryDirectory() as out:
-        trainer = Trainer(config, out, progress=False)
+    with tempfile.TemporaryDirectory() as out, RunDir.lock(out, "benchmarks/threads.py") as run:
+        trainer = Trainer(config, run, progress=False)
         if workload == "evaluate":
             trainer.setup()
             x = trainer.data.test_x_eval[:500]

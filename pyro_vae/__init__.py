@@ -31,7 +31,7 @@ from pyro_vae.registry import (
     register_likelihood,
     register_prior,
 )
-from pyro_vae.runs import Run, load_run
+from pyro_vae.run_dir import Run, RunDir, load_run
 from pyro_vae.training import Trainer, TrainResult, train
 
 __version__ = "0.2.0"
@@ -53,6 +53,7 @@ __all__ = [
     "MissingMethod",
     "PairModule",
     "Run",
+    "RunDir",
     "TrainConfig",
     "TrainResult",
     "Trainer",

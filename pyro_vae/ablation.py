@@ -43,7 +43,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from pyro_vae.checkpoint import CHECKPOINT, atomic_write_text
+from pyro_vae.atomic import atomic_write_text
 from pyro_vae.config import TrainConfig, split_options
 from pyro_vae.data import VAEData
 from pyro_vae.elbo_terms import latent_means, reconstruction_error
@@ -58,7 +58,7 @@ from pyro_vae.figures import (
     run_caption,
     save,
 )
-from pyro_vae.lock import run_lock
+from pyro_vae.run_dir import CHECKPOINT, RunDir
 from pyro_vae.training import TrainResult, train
 
 #: Defaults chosen so that on digits the claim shows clearly and both runs finish in seconds on 2 cores
@@ -155,14 +155,14 @@ def kl_ablation(
 
     The rules of ``train``: runs already under ``out_dir`` are an error unless ``resume`` (each goes on up to
     ``base.epochs``, from its own checkpoint; one not started yet starts) or ``overwrite`` (both are replaced).
-    ``out_dir`` is locked for the whole experiment (``pyro_vae.lock.run_lock``)."""
+    ``out_dir`` is locked for the whole experiment (``pyro_vae.run_dir.RunDir.lock``)."""
     base = default_config() if base is None else base
     if base.model.z_dim != 2:
         raise UserError(f"the KL ablation compares 2-D latent spaces; got z_dim = {base.model.z_dim}")
     if resume and overwrite:
         raise UserError("--resume continues the runs in --out and --overwrite replaces them; give one of them")
     out = Path(out_dir)
-    with run_lock(out, "pyro-vae kl-ablation"):
+    with RunDir.lock(out, "pyro-vae kl-ablation"):
         existing = [name for name in RUNS if (out / name / CHECKPOINT).exists()]
         if existing and not (resume or overwrite):
             raise UserError(

@@ -14,7 +14,9 @@ guides) is drawn for the whole global batch on every rank and sliced (``global_d
 very steps of one process, whatever N; other draws come from a per-rank stream (equal in distribution only).
 Each step all-reduces the loss with a stop flag (``Ranks.agree_to_stop``); the test set is evaluated in blocks
 shared out among the ranks (``sharded_elbo_sums``); a failed collective is a one-line ``CollectiveError``.
-docs/distributed.md has the details, what was measured, and why the compiled objective is not used.
+``DataParallel`` gathers all this as the ``pyro_vae.strategy.Strategy`` a ``Trainer`` is handed (``join_strategy``
+picks it under torchrun, ``SingleProcess`` otherwise). docs/distributed.md has the details, what was measured, and
+why the compiled objective is not used.
 """
 
 from __future__ import annotations
@@ -26,9 +28,8 @@ import hashlib
 import inspect
 import os
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,8 +45,9 @@ from pyro_vae.beta import LatentScale
 from pyro_vae.config import TrainConfig
 from pyro_vae.elbo_terms import EVAL_SEED, ELBOSums, ELBOTerms, elbo_sums
 from pyro_vae.errors import UserError
+from pyro_vae.interrupts import DeferredInterrupts
 from pyro_vae.ranks import launched
-from pyro_vae.run_writer import RunWriter
+from pyro_vae.strategy import SingleProcess, StopFlag
 
 #: Seconds a collective may wait for the other ranks before it fails (``--collective-timeout``).
 DEFAULT_TIMEOUT_S = 120.0
@@ -130,13 +132,6 @@ class Ranks:
     def barrier(self) -> None:
         with collective(self):
             dist.barrier()
-
-    def step(self, trainer: Any, config: Any) -> DistributedStep:
-        """The ``DistributedStep`` of ``trainer`` (a ``pyro_vae.Trainer`` after its setup), its batches checked."""
-        check_batches(self, trainer.data.train_x.shape[0], config.batch_size)
-        return DistributedStep(
-            trainer.model, trainer.guide, trainer.elbo, trainer.optimizer, trainer.params, config.clip_norm, self
-        )
 
     def elbo_terms(self, model: nn.Module, guide: nn.Module, x: Tensor, num_samples: int = 1) -> ELBOTerms:
         """``pyro_vae.elbo_terms.elbo_terms`` of the test set ``x``, evaluated by all ranks together."""
@@ -274,7 +269,10 @@ class DistributedStep:
             )
         if not (isinstance(model, nn.Module) and isinstance(guide, nn.Module)):
             raise UserError("distributed training needs a model and guide that are torch modules (nn.Module)")
-        self.ranks, self.optimizer, self.params, self.clip_norm = ranks, optimizer, list(params), clip_norm
+        self.ranks = ranks
+        self.optimizer = optimizer
+        self.params = list(params)
+        self.clip_norm = clip_norm
         device_ids = [ranks.device] if ranks.device.type == "cuda" else None
         # No buffer broadcast in forward: the ranks' buffers are equal by construction (same seed, no layer updates a
         # buffer in training), and the forward pass then holds no collective: only the gradients' all-reduce in
@@ -284,10 +282,12 @@ class DistributedStep:
                 elbo(BetaInput(model), BetaInput(guide)), device_ids=device_ids, **_NO_FORWARD_BUFFER_SYNC
             )
         self.steps = 0
-        self.epoch, self.step = 0, 0
+        self.epoch = 0
+        self.step = 0
 
     def begin_epoch(self, epoch: int, first_step: int) -> None:
-        self.epoch, self.step = epoch, first_step
+        self.epoch = epoch
+        self.step = first_step
 
     def _rank_seed(self, state: Tensor) -> int:
         digest = int.from_bytes(hashlib.blake2b(state.cpu().numpy().tobytes(), digest_size=8).digest(), "little")
@@ -297,7 +297,8 @@ class DistributedStep:
     def __call__(self, batch: Tensor, beta: float = 1.0) -> float:
         ranks = self.ranks
         self.step += 1
-        n, part = batch.shape[0], ranks.shard(batch.shape[0])
+        n = batch.shape[0]
+        part = ranks.shard(n)
         x = batch[part]
         beta_t = torch.tensor(float(beta), dtype=batch.dtype, device=batch.device)
         main = _generator(batch.device)
@@ -336,65 +337,78 @@ def sharded_elbo_sums(
     return ELBOSums(recon, kl, int(round(n)), mc > 0)
 
 
-class RankWriter(RunWriter):
-    """The ``RunWriter`` of one rank: rank 0 writes, the others write nothing; and the ranks wait for each other
-    where it matters: before the first write (every rank has checked and read the run) and after each checkpoint
-    (no rank goes on, or exits after a Ctrl-C, before rank 0 has written it; and all agree whether to stop)."""
+class DataParallel:
+    """The ``pyro_vae.strategy.Strategy`` of one rank of a torchrun launch (``Ranks``): ``DistributedStep``, the test
+    set shared out among the ranks, a stop all ranks agree on, rank 0 alone writing, and the ranks waiting for each
+    other where it matters: before the first write (every rank has checked and read the run) and after each
+    checkpoint (no rank goes on, or exits after a Ctrl-C, before rank 0 has written it; and all agree whether to
+    stop)."""
 
-    def __init__(self, out: Path, resumed: bool, ranks: Ranks) -> None:
-        super().__init__(out, resumed)
+    def __init__(self, ranks: Ranks) -> None:
         self.ranks = ranks
         self.writes = ranks.writer
+        self.compiles = False  # DDP wraps Pyro's ELBOModule, whose loss is uncompiled (docs/distributed.md)
+        self._step: DistributedStep | None = None
 
-    def start(self, config: TrainConfig) -> None:
+    def device(self, config: TrainConfig) -> torch.device:
+        return self.ranks.device
+
+    def make_step(
+        self,
+        model: nn.Module,
+        guide: nn.Module,
+        elbo: ELBO,
+        optimizer: torch.optim.Optimizer,
+        params: Sequence[nn.Parameter],
+        config: TrainConfig,
+        n_train: int,
+        jit: Callable[[], ELBO] | None = None,
+    ) -> DistributedStep:
+        """The ``DistributedStep`` of model and guide, once every global batch is known to reach every rank (``jit``
+        is not used: ``compiles`` is False)."""
+        check_batches(self.ranks, n_train, config.batch_size)
+        self._step = DistributedStep(model, guide, elbo, optimizer, params, config.clip_norm, self.ranks)
+        return self._step
+
+    def begin_epoch(self, epoch: int, first_step: int) -> None:
+        if self._step is not None:
+            self._step.begin_epoch(epoch, first_step)
+
+    def elbo_terms(self, model: nn.Module, guide: nn.Module, x: Tensor, num_samples: int = 1) -> ELBOTerms:
+        return self.ranks.elbo_terms(model, guide, x, num_samples)
+
+    def stop_flag(self, signals: DeferredInterrupts) -> StopFlag:
+        return self.ranks.agreed(signals)
+
+    def checkpoint_due(self, due: bool) -> bool:
+        # The ranks' clocks differ, and rank 0's save is followed by every rank's after_save: all must agree.
+        return self.ranks.all_reduce([float(due)])[0] > 0
+
+    def before_first_write(self) -> None:
         self.ranks.barrier()
-        if self.writes:
-            super().start(config)
 
-    def restore(self, history: list[dict[str, Any]]) -> None:
-        self.ranks.barrier()
-        if self.writes:
-            super().restore(history)
-
-    def save(self, record: dict[str, Any]) -> None:
-        if self.writes:
-            super().save(record)
-
-    def saved(self, config: TrainConfig) -> None:
-        if self.writes:
-            super().saved(config)
+    def after_save(self) -> None:
         # A barrier, and a signal that reached some ranks during the epoch's evaluation stops them all here.
         self.ranks.agree_to_stop()
 
-    def append(self, record: dict[str, Any]) -> None:
-        if self.writes:
-            super().append(record)
-
-    def figures(self, *args: Any, **kwargs: Any) -> list[Path]:
-        return super().figures(*args, **kwargs) if self.writes else []
-
-
-@contextlib.contextmanager
-def ranks_session(trainer: Any) -> Iterator[Ranks | None]:
-    """Around ``Trainer.fit``: join a torchrun launch's ranks (``trainer.dist``), turn a failed collective into one
-    line saying what is kept, and leave the process group at the end."""
-    trainer.dist = join(trainer.config.resolve_device(), trainer.collective_timeout)
-    start_ranks(trainer)
-    try:
-        yield trainer.dist
-        if trainer.dist is not None:  # a clean end: no rank leaves while another still uses the group, and DDP,
-            trainer.dist.barrier()  # which holds it, is freed first (else gloo may abort at exit: SIGABRT)
-            trainer.train_step = None
+    @contextlib.contextmanager
+    def session(self, kept: Callable[[], str]) -> Iterator[None]:
+        """Around a rank's run: a failed collective is one line ending with what is kept (``kept()``); a clean end
+        waits for every rank and frees DDP first; the process group is left at the end."""
+        try:
+            yield
+            # A clean end: no rank leaves while another still uses the group, and DDP, which holds it, is freed
+            # first (else gloo may abort at exit: SIGABRT). The trainer has dropped its own reference to the step.
+            self.ranks.barrier()
+            self._step = None
             gc.collect()
-    except CollectiveError as err:
-        raise UserError(f"{err}; {trainer.position.kept(trainer.checkpoint_path)}") from None
-    finally:
-        if trainer.dist is not None:
-            trainer.dist.close()
+        except CollectiveError as err:
+            raise UserError(f"{err}; {kept()}") from None
+        finally:
+            self.ranks.close()
 
 
-def start_ranks(trainer: Any) -> None:
-    """Give a ``pyro_vae.Trainer`` of a rank its ``RankWriter``; the ranks other than 0 show no progress or messages."""
-    if trainer.dist is not None:
-        trainer.writer = RankWriter(trainer.out, trainer.resume, trainer.dist)
-        trainer.progress = trainer.progress and trainer.dist.writer
+def join_strategy(device: torch.device, timeout_s: float | None = None) -> SingleProcess | DataParallel:
+    """``DataParallel`` over the ranks of a torchrun launch (``join``), else ``SingleProcess``."""
+    ranks = join(device, timeout_s)
+    return SingleProcess() if ranks is None else DataParallel(ranks)

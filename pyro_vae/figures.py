@@ -36,12 +36,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 from torch import Tensor
 
-from pyro_vae.checkpoint import write_bytes_atomic
+from pyro_vae.atomic import write_bytes_atomic
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import VAEData
 from pyro_vae.elbo_terms import latent_means
 from pyro_vae.pairs import as_pair
-from pyro_vae.runs import load_run
+from pyro_vae.run_dir import load_run
 from pyro_vae.sphere_figures import sphere_figures
 
 #: Tiles per side of the decoded manifold grid.
@@ -364,6 +364,6 @@ def _curves_latent_manifold(
 
 
 def plot_run(out_dir: str | Path, device: str = "cpu") -> list[Path]:
-    """Load the run in ``out_dir`` (``pyro_vae.runs.load_run``) and write its figures there."""
+    """Load the run in ``out_dir`` (``pyro_vae.run_dir.load_run``) and write its figures there."""
     run = load_run(out_dir, device=device)
     return write_figures(run.model, run.guide, run.data, run.metrics, run.out_dir, config=run.config)

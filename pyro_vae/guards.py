@@ -1,12 +1,11 @@
-"""Where training stands, and what stops it: ``Position``, ``DivergenceGuard`` and the two ways a run ends early
-(``NonFiniteLossError``, ``TrainingInterrupted``)."""
+"""What stops training: ``DivergenceGuard`` and the two ways a run ends early (``NonFiniteLossError``,
+``TrainingInterrupted``). Where a run stands is ``pyro_vae.run_dir.Position``."""
 
 from __future__ import annotations
 
 import math
 import signal
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -41,23 +40,6 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.epoch = epoch
         self.step = step
         self.signum = int(signum)
-
-
-@dataclass
-class Position:
-    """What the checkpoint on disk holds: ``epoch`` completed epochs and ``step`` steps into the next one;
-    ``saved`` is False until this run has written a checkpoint."""
-
-    epoch: int = 0
-    step: int = 0
-    saved: bool = False
-
-    def kept(self, path: Path) -> str:
-        """What a run stopped now leaves behind, for the error message."""
-        if not self.saved:
-            return "no checkpoint was written"
-        at = f"step {self.step} of epoch {self.epoch + 1}" if self.step else f"epoch {self.epoch}"
-        return f"the checkpoint of {at} is kept in {path}"
 
 
 class DivergenceGuard:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pyro_vae.checkpoint import atomic_write_text
+from pyro_vae.atomic import atomic_write_text
 from pyro_vae.errors import UserError
 from pyro_vae.estimators import ESTIMATORS
 from pyro_vae.named import ENTRY_POINT, Registry, loading

@@ -1,6 +1,6 @@
 """Which process of a ``torchrun`` launch this is, read from the launcher's environment (``RANK``, ``WORLD_SIZE``).
 
-Low in the layers so that the run directory's lock (``pyro_vae.lock``) and the commands can ask whether this
+Low in the layers so that the run directory's lock (``pyro_vae.run_dir``) and the commands can ask whether this
 process is the one that writes (rank 0) before any process group exists; ``pyro_vae.distributed`` sets the group up.
 """
 

@@ -32,25 +32,35 @@ import torch
 from pyro.infer.util import is_validation_enabled
 from tqdm.auto import tqdm
 
+from pyro_vae import figures as run_figures
+from pyro_vae.atomic import WriteError
 from pyro_vae.beta import warmup_beta
-from pyro_vae.checkpoint import CHECKPOINT, FORMAT_VERSION, WriteError, rng_state, set_rng_state, torch_rng_state
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import VAEData, minibatches
-from pyro_vae.distributed import Ranks, ranks_session
-from pyro_vae.elbo_terms import ELBOTerms, elbo_terms
+from pyro_vae.distributed import join_strategy
+from pyro_vae.elbo_terms import ELBOTerms
 from pyro_vae.errors import UserError
 from pyro_vae.estimators import make_training_elbo, training_jit
-from pyro_vae.guards import DivergenceGuard, NonFiniteLossError, Position, TrainingInterrupted
+from pyro_vae.guards import DivergenceGuard, NonFiniteLossError, TrainingInterrupted
 from pyro_vae.interrupts import DeferredInterrupts
 from pyro_vae.kl_check import check_training_kl
-from pyro_vae.lock import run_lock
 from pyro_vae.loggers import check_logger, make_logger
 from pyro_vae.pairs import as_pair, prepare_pair
 from pyro_vae.plugins import with_plugins
 from pyro_vae.registry import build
-from pyro_vae.run_writer import RunWriter
-from pyro_vae.runs import TrainResult, check_data, check_run, data_digest, load_weights, prepare_run_dir
-from pyro_vae.step import TrainStep, make_optimizer, parameters_of
+from pyro_vae.run_dir import (
+    CHECKPOINT,
+    FORMAT_VERSION,
+    Position,
+    RunDir,
+    TrainResult,
+    data_digest,
+    rng_state,
+    set_rng_state,
+    torch_rng_state,
+)
+from pyro_vae.step import make_optimizer, parameters_of
+from pyro_vae.strategy import SingleProcess, StopFlag, Strategy
 
 __all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "Trainer", "TrainingInterrupted", "train"]
 
@@ -63,14 +73,17 @@ class Trainer:
     ``save_checkpoint`` writes the checkpoint. ``fit`` runs them all and handles Ctrl-C / SIGTERM. Figures are
     not the trainer's: ``train`` writes them after ``fit``.
 
-    ``resume`` continues the checkpoint in ``out_dir`` (``state``: that checkpoint, if already loaded);
-    ``overwrite`` replaces it instead. Clears Pyro's global parameter store and seeds the global RNGs.
+    ``out_dir`` is a path (``fit`` then locks it for the run) or the ``RunDir`` of a lock the caller holds
+    (``pyro_vae.run_dir.RunDir.lock``), through which every file is written. ``resume`` continues the checkpoint
+    there (``state``: that checkpoint, if already loaded); ``overwrite`` replaces it instead. ``strategy`` spreads
+    training over processes (``pyro_vae.strategy``; default: the ranks of a torchrun launch, else this process
+    alone). Clears Pyro's global parameter store and seeds the global RNGs.
     """
 
     def __init__(
         self,
         config: TrainConfig,
-        out_dir: str | Path,
+        out_dir: str | Path | RunDir,
         *,
         data: VAEData | None = None,
         resume: bool = False,
@@ -81,26 +94,29 @@ class Trainer:
         guide: Callable[..., Any] | None = None,
         logger: str = "none",
         collective_timeout: float | None = None,
+        strategy: Strategy | None = None,
     ) -> None:
-        config.validate()
-        check_logger(logger)
+        check_logger(logger)  # the config validated itself when it was made
         self.logger_name = logger
         self.pair = None if model is None and guide is None else as_pair(model, guide)
         self.config = config
-        self.out = Path(out_dir)
+        self.run: RunDir | None = out_dir if isinstance(out_dir, RunDir) else None
+        self.out = out_dir.path if isinstance(out_dir, RunDir) else Path(out_dir)
         self.checkpoint_path = self.out / CHECKPOINT
-        self.writer = RunWriter(self.out, resumed=resume)
         self.progress = progress
         self.data = data
         self.history: list[dict[str, Any]] = []
         self.position = Position()
         self.guard = DivergenceGuard(lambda: self.position.kept(self.checkpoint_path))
-        self.resume, self.overwrite, self.collective_timeout = resume, overwrite, collective_timeout
+        self.resume = resume
+        self.overwrite = overwrite
+        self.collective_timeout = collective_timeout
+        self.strategy = strategy
         self._state = state
         self._partial: dict[str, Any] | None = None  # a mid-epoch checkpoint's record of the epoch in progress
         self.steps_run = 0  # training steps this process ran
-        self.dist: Ranks | None = None  # under torchrun: this process's rank (pyro_vae.distributed)
-        self._unwritten, self._last_save = [], time.monotonic()  # metrics records waiting for their checkpoint
+        self._unwritten: list[dict[str, Any]] = []  # metrics records waiting for their checkpoint
+        self._last_save = time.monotonic()
         self.evaluations = 0  # test-ELBO evaluations this process ran
 
     def say(self, message: str) -> None:
@@ -109,9 +125,15 @@ class Trainer:
             tqdm.write(message, file=sys.stderr)
 
     def setup(self) -> None:
-        """Data, model, guide, optimizer and estimator; then a fresh run or the checkpoint's state."""
+        """Data, model, guide, optimizer and estimator; then a fresh run or the checkpoint's state.
+
+        Needs the run directory's lock: ``fit`` takes it, or pass the ``RunDir`` of a held lock as ``out_dir``."""
+        if self.run is None or not self.run.locked:
+            raise RuntimeError("Trainer.setup writes the run directory: call fit(), or pass RunDir.lock(...)'s RunDir")
+        if self.strategy is None:
+            self.strategy = SingleProcess()
         cfg = self.config
-        self.device = self.dist.device if self.dist else cfg.resolve_device()
+        self.device = self.strategy.device(cfg)
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
         self.data = cfg.load_data(self.device) if self.data is None else self.data.to(self.device)
@@ -119,39 +141,46 @@ class Trainer:
             self.say(note)
         # with_plugins: the record of where the run's own components come from, to import them again when loaded.
         self.config = cfg = with_plugins(cfg.with_data_shape(self.data))
-        prepare_run_dir(self.out)
+        self.run.check_writable()
         self.data_digest = data_digest(self.data)
         if self._state is not None:
-            check_data(self.out, self._state, self.data)
+            self.run.check_data(self._state, self.data)
         pyro.clear_param_store()
         pyro.set_rng_seed(cfg.seed)
         if self.pair is None:
-            self.model, self.guide = build(cfg.model)
-            self.model.to(self.device)
-            self.guide.to(self.device)
-            self.data.prepare(self.model.likelihood)
-            if cfg.model.prior_init_from_data:
-                self._init_prior_from_data()
-            self.params = parameters_of(self.model, self.guide)
+            self._build()
         else:  # the user's own model and guide (pyro_vae.pairs)
-            (self.model, self.guide), (self.params, self.config) = self.pair, prepare_pair(*self.pair, self.data, cfg)
+            self.model, self.guide = self.pair
+            self.params, self.config = prepare_pair(self.model, self.guide, self.data, cfg)
             cfg = self.config
         self.optimizer = make_optimizer(self.params, cfg.lr)  # one fused Adam (benchmarks/step_time.py)
         self.elbo = make_training_elbo(cfg, getattr(self.model, "plate_nesting", 1))
         self.kl = self._check_kl()
+        self.strategy.before_first_write()
         if self._state is None:
-            self.writer.start(self.config)
+            self.run.start(self.config)
         else:
             self._restore(self._state)
-        self.logger = make_logger(self.logger_name if self.writer.writes else "none", self.out, self.position.epoch)
+        self.logger = make_logger(self.logger_name if self.run.writes else "none", self.out, self.position.epoch)
         # The model and guide run as Pyro runs them (validation on the first step only); --jit adds the compiled
-        # objective, checked against them at each new batch shape (pyro_vae/step.py). torchrun's step is uncompiled.
+        # objective, checked against them at each new batch shape (pyro_vae/step.py), where the strategy compiles.
         jit = training_jit(cfg, getattr(self.model, "plate_nesting", 1))
-        if self.dist and jit:
+        if jit is not None and not self.strategy.compiles:
             self.say("--jit: not used under torchrun; the steps run uncompiled")
-        pair = (self.model, self.guide)
-        step = TrainStep(*pair, self.elbo, self.optimizer, self.params, cfg.clip_norm, fast=True, jit=jit or False)
-        self.train_step = self.dist.step(self, cfg) if self.dist else step
+        n_train = self.data.train_x.shape[0]
+        self.train_step = self.strategy.make_step(
+            self.model, self.guide, self.elbo, self.optimizer, self.params, cfg, n_train, jit=jit
+        )
+
+    def _build(self) -> None:
+        """The model and guide of ``config.model`` (``pyro_vae.build``), on the device, ready for the data."""
+        self.model, self.guide = build(self.config.model)
+        self.model.to(self.device)
+        self.guide.to(self.device)
+        self.data.prepare(self.model.likelihood)
+        if self.config.model.prior_init_from_data:
+            self._init_prior_from_data()
+        self.params = parameters_of(self.model, self.guide)
 
     def _init_prior_from_data(self) -> None:
         init = getattr(self.model.prior, "init_from_data", None)
@@ -170,24 +199,32 @@ class Trainer:
             return check_training_kl(self.model, self.guide, x, self.elbo, self.config, self.say)
 
     def _restore(self, state: dict[str, Any]) -> None:
-        load_weights(self.model, self.guide, state, self.out)
+        self.run.load_weights(self.model, self.guide, state)
         self.optimizer.load_state_dict(state["optimizer"])
         self.history = json.loads(state["metrics"])
-        self.writer.restore(self.history)
+        self.run.restore(self.history)
         set_rng_state(state["rng"])
         self._partial = state.get("partial")
-        step = int(self._partial["step"]) if self._partial else 0
-        self.position = Position(int(state["epoch"]), step, saved=True)
-        where = f"step {step} of epoch {self.position.epoch + 1}" if step else f"epoch {self.position.epoch}"
-        self.say(f"resuming {self.out} at {where} of {self.config.epochs}")
+        self.position = Position.of(state)
+        self.say(f"resuming {self.out} at {self.position} of {self.config.epochs}")
 
     def fit(self) -> TrainResult:
-        """Lock the run directory, check it (``pyro_vae.runs.check_run``), set up, then train up to
-        ``config.epochs``; return the ``TrainResult``. Raises ``TrainingInterrupted``, and ``UserError`` (one
-        line) for a run that may not be trained here or a file that could not be written (the last good
-        checkpoint and metrics are kept)."""
-        with ranks_session(self), run_lock(self.out, "pyro-vae train"):  # torchrun: rank 0 alone locks and writes
-            self._state = check_run(self.out, self.config, self.resume, self.overwrite, self._state)
+        """Check the run directory (``RunDir.check_run``, unless the caller did), set up, then train up to
+        ``config.epochs``; return the ``TrainResult``. Locks the run directory first unless it was given locked.
+        Raises ``TrainingInterrupted``, and ``UserError`` (one line) for a run that may not be trained here or a
+        file that could not be written (the last good checkpoint and metrics are kept)."""
+        if self.run is not None:
+            return self._fit()
+        with RunDir.lock(self.out, "pyro-vae train") as run:
+            self.run = run
+            return self._fit()
+
+    def _fit(self) -> TrainResult:
+        if self.strategy is None:  # torchrun: rank 0 alone writes (RunDir.writes); every rank trains
+            self.strategy = join_strategy(self.config.resolve_device(), self.collective_timeout)
+        self.progress = self.progress and self.strategy.writes
+        with self.strategy.session(lambda: self.position.kept(self.checkpoint_path)):
+            self._state = self.run.checked_state(self.config, self.resume, self.overwrite, self._state)
             try:
                 self.setup()
                 try:
@@ -195,7 +232,8 @@ class Trainer:
                 finally:
                     self.logger.close()
             except WriteError as err:
-                raise UserError(self.writer.failure_message(err, self.position)) from None
+                raise UserError(self.run.failure_message(err, self.position)) from None
+            self.train_step = None  # the step may hold the process group (DDP): freed before the session ends
         self.model.eval()
         self.guide.eval()
         return TrainResult(self.config, self.history, self.model, self.guide, self.data, self.out)
@@ -217,7 +255,7 @@ class Trainer:
         with self._bar:
             try:
                 with DeferredInterrupts() as signals:
-                    stop = self.dist.agreed(signals) if self.dist else signals  # torchrun: all ranks stop together
+                    stop = self.strategy.stop_flag(signals)  # torchrun: all ranks stop together
                     for epoch in range(self.position.epoch, self.config.epochs):
                         total, steps = self.train_epoch(epoch, stop)
                         self._end_epoch(epoch, total, steps, stop)
@@ -239,9 +277,10 @@ class Trainer:
         """beta of the 0-based ``epoch`` after KL warm-up."""
         return warmup_beta(epoch, self.config.beta, self.config.kl_warmup)
 
-    def train_epoch(self, epoch: int, stop: DeferredInterrupts) -> tuple[float, int]:
+    def train_epoch(self, epoch: int, stop: StopFlag) -> tuple[float, int]:
         """One epoch (0-based ``epoch``) of steps; (the summed loss, the number of the last step)."""
-        cfg, partial = self.config, self._partial
+        cfg = self.config
+        partial = self._partial
         beta = self.beta_at(epoch)
         self.model.train()
         self.guide.train()
@@ -252,14 +291,14 @@ class Trainer:
         x_epoch = self.data.train_epoch()
         first = 0 if partial is None else int(partial["step"])
         batches = minibatches(x_epoch, cfg.batch_size, start=first)
-        if self.dist:
-            self.train_step.begin_epoch(epoch, first)
+        self.strategy.begin_epoch(epoch, first)
         total = 0.0
         if partial is not None:
             set_rng_state(self._state["rng"])
             total = float(partial["loss_sum"])
             self._partial = None
-        n, i = self.data.train_x.shape[0], first
+        n = self.data.train_x.shape[0]
+        i = first
         for i, batch in enumerate(batches, start=first + 1):
             loss = self.train_step(batch, beta=beta)
             self.steps_run += 1
@@ -287,14 +326,14 @@ class Trainer:
         """The test ELBO (beta = 1) and its reconstruction and KL terms, nats per example, in eval mode."""
         self.model.eval()
         self.guide.eval()
-        evaluate = self.dist.elbo_terms if self.dist else elbo_terms  # torchrun: shared out among the ranks
+        evaluate = self.strategy.elbo_terms  # torchrun: shared out among the ranks
         # Validation as set on the first evaluation only, like the steps (~10% of a digits evaluation; performance.md)
         with pyro.validation_enabled(is_validation_enabled() and self.evaluations == 0):
             terms = evaluate(self.model, self.guide, self.data.test_x_eval, num_samples=self.config.eval_samples)
         self.evaluations += 1
         return terms
 
-    def _end_epoch(self, epoch: int, total: float, last_step: int, stop: DeferredInterrupts) -> None:
+    def _end_epoch(self, epoch: int, total: float, last_step: int, stop: StopFlag) -> None:
         n = self.data.train_x.shape[0]
         record = {"epoch": epoch + 1, "beta": self.beta_at(epoch), "train_loss": total / n, "kl": self.kl}
         # The last step's update is checked here, before it can reach the checkpoint.
@@ -326,8 +365,7 @@ class Trainer:
     def _checkpoint_due(self, epochs_done: int) -> bool:
         # ~12 ms (serialise, digest, fsync): as long as a digits epoch, so by the clock (docs/performance.md).
         due = epochs_done >= self.config.epochs or time.monotonic() - self._last_save >= self.config.checkpoint_seconds
-        # torchrun: the ranks' clocks differ, and RankWriter's collectives need every rank in save_checkpoint
-        return self.dist.all_reduce([float(due)])[0] > 0 if self.dist else due
+        return self.strategy.checkpoint_due(due)  # torchrun: the ranks agree
 
     def save_checkpoint(self, epoch: int, partial: dict[str, Any] | None = None) -> None:
         """Write the checkpoint atomically (``epoch`` epochs done, plus ``partial``), then its epochs' metrics lines."""
@@ -344,18 +382,19 @@ class Trainer:
         }
         if partial is not None:
             record["partial"] = partial
-        self.writer.save(record)
+        self.run.save(record)
         self.position = Position(epoch, int(partial["step"]) if partial else 0, saved=True)
-        self.writer.saved(self.config)
+        self.run.saved(self.config)
+        self.strategy.after_save()
         for line in self._unwritten:
-            self.writer.append(line)
+            self.run.append(line)
         self._unwritten.clear()
         self._last_save = time.monotonic()
 
 
 def train(
     config: TrainConfig,
-    out_dir: str | Path,
+    out_dir: str | Path | RunDir,
     resume: bool = False,
     progress: bool = True,
     data: VAEData | None = None,
@@ -371,7 +410,9 @@ def train(
 
     Args:
         config: the run's ``TrainConfig`` (``model.x_shape`` may be None: the data's is used).
-        out_dir: the run directory: ``config.json``, ``metrics.jsonl``, ``checkpoint.pt``, figures.
+        out_dir: the run directory: ``config.json``, ``metrics.jsonl``, ``checkpoint.pt``, figures. A path is
+            locked from the checks to the last figure; a ``RunDir`` is that of a lock the caller already holds
+            (``pyro_vae.run_dir.RunDir.lock``).
         resume: continue the run in ``out_dir`` from its checkpoint up to ``config.epochs``. On CPU the
             metrics equal an uninterrupted run's exactly (model, optimizer and RNG states are restored).
         progress: show a tqdm bar and print one-line status messages (to stderr).
@@ -379,14 +420,14 @@ def train(
         overwrite: start afresh even if ``out_dir`` holds a checkpoint (else that is an error).
         figures: write the figures of ``pyro_vae.figures`` at the end (unless nothing was trained: a resume
             of a run that is already at ``config.epochs`` writes nothing, and says so).
-        state: the checkpoint to resume, if already loaded (``pyro_vae.runs.resume_config`` returns it).
+        state: the checkpoint to resume, if already loaded (``pyro_vae.run_dir.resume_config`` returns it).
         model, guide: your own Pyro model and guide, trained instead of ``config.model`` (``pyro_vae.pairs``).
         logger: "tensorboard" also logs the metrics for TensorBoard in ``out_dir/tensorboard`` (``pyro_vae.loggers``).
         collective_timeout: under torchrun, seconds a collective waits for the other ranks (``pyro_vae.distributed``).
 
     Raises:
         UserError (one line): bad data, an unwritable ``out_dir``, another process writing into it (the
-        run's lock, ``pyro_vae.lock``), an unresumable config or checkpoint, a file that could not be written
+        run's lock, ``pyro_vae.run_dir``), an unresumable config or checkpoint, a file that could not be written
         (a full disk, ...), or a non-finite or diverging loss (``NonFiniteLossError``, naming the epoch and
         step); in each case the last good checkpoint and metrics stay.
         TrainingInterrupted (a KeyboardInterrupt) on Ctrl-C or SIGTERM (in the main thread): the step in
@@ -394,12 +435,45 @@ def train(
         step with the same result as an uninterrupted run. A second Ctrl-C stops at once, keeping the
         last completed epoch's checkpoint.
     """
-    with run_lock(out_dir, "pyro-vae train"):  # held from the checks to the last figure
-        options = dict(data=data, resume=resume, overwrite=overwrite, progress=progress, state=state, logger=logger)
-        trainer = Trainer(config, out_dir, **options, model=model, guide=guide, collective_timeout=collective_timeout)
-        result = trainer.fit()
-        if figures and trainer.steps_run:  # a resume with nothing to do writes nothing
-            result.figures = trainer.writer.figures(
-                result.model, result.guide, result.data, result.metrics, config=result.config
-            )
+    options = dict(data=data, resume=resume, overwrite=overwrite, progress=progress, state=state, logger=logger)
+    if isinstance(out_dir, RunDir):
+        return _train(config, out_dir, options, model, guide, collective_timeout, figures)
+    with RunDir.lock(out_dir, "pyro-vae train") as run:  # held from the checks to the last figure
+        return _train(config, run, options, model, guide, collective_timeout, figures)
+
+
+def _train(
+    config: TrainConfig,
+    run: RunDir,
+    options: dict[str, Any],
+    model: Callable[..., Any] | None,
+    guide: Callable[..., Any] | None,
+    collective_timeout: float | None,
+    figures: bool,
+) -> TrainResult:
+    trainer = Trainer(config, run, **options, model=model, guide=guide, collective_timeout=collective_timeout)
+    result = trainer.fit()
+    if figures and trainer.steps_run and run.writes:  # a resume with nothing to do writes nothing
+        result.figures = write_figures(result, run)
     return result
+
+
+def write_figures(result: TrainResult, run: RunDir) -> list[Path]:
+    """The figures of ``pyro_vae.figures`` at the end of training, captioned with the run's config; one line if
+    interrupted or a write fails (training is complete, and ``pyro-vae plot`` writes them)."""
+    try:
+        return run_figures.write_figures(
+            result.model, result.guide, result.data, result.metrics, run.path, config=result.config
+        )
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(
+            f"interrupted while writing figures; training is complete in {run.checkpoint} "
+            f"(pyro-vae plot {run.path} writes them)",
+            len(result.metrics),
+            out=run.path,
+        ) from None
+    except WriteError as err:
+        raise UserError(
+            f"could not write {err.path} ({err.reason}); training is complete in {run.checkpoint}; "
+            f"{err.advice}, then pyro-vae plot {run.path} writes the figures"
+        ) from None

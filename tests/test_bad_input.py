@@ -27,11 +27,10 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae.checkpoint import CHECKPOINT, load_checkpoint
 from pyro_vae.config import VAEConfig
 from pyro_vae.data import load_data
 from pyro_vae.elbo_terms import elbo_terms
-from pyro_vae.runs import load_run
+from pyro_vae.run_dir import CHECKPOINT, load_checkpoint, load_run
 from pyro_vae.training import TrainConfig, train
 
 pytestmark = pytest.mark.slow  # ~40 CLI processes (torch import each): about a minute on 2 idle cores

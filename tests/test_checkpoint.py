@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-import pyro_vae.checkpoint as checkpoint_module
-import pyro_vae.run_writer as writer_module
-from pyro_vae.checkpoint import CHECKPOINT, load_checkpoint, rng_state, set_rng_state
+import pyro_vae.atomic as atomic_module
+import pyro_vae.run_dir as run_dir_module
 from pyro_vae.data import load_data
 from pyro_vae.elbo_terms import elbo_terms
 from pyro_vae.errors import UserError
-from pyro_vae.runs import load_run
+from pyro_vae.run_dir import CHECKPOINT, load_checkpoint, load_run, rng_state, set_rng_state
 from pyro_vae.step import TrainStep
 from pyro_vae.training import TrainConfig, train
 
@@ -57,19 +56,19 @@ def test_stop_after_k_and_resume_equals_uninterrupted(tmp_path, name):
 def test_kill_between_checkpoint_and_metrics_append_then_resume(tmp_path, monkeypatch):
     # A SIGKILL right after epoch 2's checkpoint but before its metrics line: the checkpoint wins.
     run(config("meanfield", 3), tmp_path / "full")
-    real_append = writer_module.append_jsonl
+    real_append = run_dir_module.append_jsonl
 
     def append_then_die(path, record):
         if record["epoch"] == 2:
             raise SystemExit("killed")
         real_append(path, record)
 
-    monkeypatch.setattr(writer_module, "append_jsonl", append_then_die)
+    monkeypatch.setattr(run_dir_module, "append_jsonl", append_then_die)
     with pytest.raises(SystemExit):
         run(config("meanfield", 3), tmp_path / "cut")
     assert load_checkpoint(tmp_path / "cut" / CHECKPOINT)["epoch"] == 2
     assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 1
-    monkeypatch.setattr(writer_module, "append_jsonl", real_append)
+    monkeypatch.setattr(run_dir_module, "append_jsonl", real_append)
     run(config("meanfield", 3), tmp_path / "cut", resume=True)
     assert (tmp_path / "cut" / "metrics.jsonl").read_text() == (tmp_path / "full" / "metrics.jsonl").read_text()
 
@@ -113,12 +112,12 @@ def test_crash_during_checkpoint_save_keeps_the_previous_one(tmp_path, monkeypat
         def broken(src, dst):
             raise OSError("crash before rename")
 
-        monkeypatch.setattr(checkpoint_module.os, "replace", broken)
+        monkeypatch.setattr(atomic_module.os, "replace", broken)
     # A failing write of ours is a one-line UserError naming the file; torch.save serializes into memory first.
     with pytest.raises(OSError if failure == "torch.save" else UserError, match="disk full|could not write"):
         run(config("meanfield", 2), out, resume=True)
     monkeypatch.setattr(torch, "save", real_save) if failure == "torch.save" else monkeypatch.setattr(
-        checkpoint_module.os, "replace", real_replace
+        atomic_module.os, "replace", real_replace
     )
     assert (out / CHECKPOINT).read_bytes() == before
     assert load_checkpoint(out / CHECKPOINT)["epoch"] == 1
@@ -198,7 +197,7 @@ def test_a_run_written_by_the_previous_release_loads_and_resumes_as_it_would_hav
 def test_the_content_digest_survives_a_round_trip_and_changes_with_any_value():
     import io
 
-    from pyro_vae.checkpoint import content_digest
+    from pyro_vae.run_dir import content_digest
 
     weight = torch.randn(6, 4)
     state = {

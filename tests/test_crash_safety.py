@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_vae.checkpoint import CHECKPOINT, METRICS, load_checkpoint
+from pyro_vae.run_dir import CHECKPOINT, METRICS, load_checkpoint
 from tests.conftest import interactive_signals
 
 pytestmark = pytest.mark.slow  # three training processes and two resumptions

@@ -13,7 +13,7 @@ from pyro_vae.cli import main
 from pyro_vae.data import load_data
 from pyro_vae.estimators import ESTIMATORS
 from pyro_vae.evaluation import evaluate
-from pyro_vae.runs import load_run
+from pyro_vae.run_dir import load_run
 from pyro_vae.training import TrainConfig, train
 
 SMALL = ["--epochs", "2", "--hidden", "32", "--z-dim", "4", "--batch-size", "128", "--lr", "0.01"]

@@ -15,7 +15,7 @@ from pyro_vae.cli import main
 from pyro_vae.data import load_data
 from pyro_vae.evaluation import evaluate
 from pyro_vae.gaps import GapOptions
-from pyro_vae.runs import load_run
+from pyro_vae.run_dir import load_run
 from pyro_vae.training import TrainConfig, train
 from tests.helpers import one_thread  # noqa: F401 - the fixture, used by pytestmark
 from tests.test_comparison_any_model import trained_vae  # noqa: F401 - the user's VAE fixture

@@ -14,7 +14,7 @@ from PIL import Image
 from pyro_vae.cli import main
 from pyro_vae.data import load_data
 from pyro_vae.errors import UserError
-from pyro_vae.runs import load_run
+from pyro_vae.run_dir import load_run
 
 
 def all_examples(data) -> np.ndarray:

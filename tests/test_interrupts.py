@@ -14,13 +14,12 @@ import threading
 import pytest
 import torch
 
-import pyro_vae.training as train_module
-from pyro_vae.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+import pyro_vae.strategy as strategy_module
 from pyro_vae.cli import main
 from pyro_vae.data import load_data
 from pyro_vae.errors import UserError
 from pyro_vae.interrupts import DeferredInterrupts
-from pyro_vae.runs import load_run
+from pyro_vae.run_dir import CHECKPOINT, load_checkpoint, load_run, save_checkpoint
 from pyro_vae.step import TrainStep
 from pyro_vae.training import TrainConfig, TrainingInterrupted, train
 
@@ -130,7 +129,7 @@ def test_cli_exit_codes_and_one_line_messages(tmp_path, monkeypatch, capsys):
     assert "checkpoint is at step 2 of epoch 2; ask for --epochs >= 2" in err and "\n" not in err.strip()
     # A run stopped mid-epoch can be evaluated; the report says where it stopped.
     assert main(["evaluate", str(out), "--num-samples", "2", "--num-examples", "20"]) == 0
-    assert "epoch 1 + 2 steps (stopped mid-epoch)" in capsys.readouterr().out
+    assert "step 2 of epoch 2 (stopped mid-epoch)" in capsys.readouterr().out
     assert load_run(out, with_data=False).step == 2
     # The progress bar's resume message names the step.
     StepCounter(monkeypatch)
@@ -156,7 +155,7 @@ def test_second_ctrl_c_stops_at_once_and_keeps_the_last_epoch(tmp_path, monkeypa
 
 def test_signal_during_evaluation_saves_the_finished_epoch(tmp_path, monkeypatch):
     full = run(config("meanfield"), tmp_path / "full")
-    real = train_module.elbo_terms
+    real = strategy_module.elbo_terms
 
     def signal_during_evaluation(at: int):
         calls = []
@@ -169,7 +168,7 @@ def test_signal_during_evaluation_saves_the_finished_epoch(tmp_path, monkeypatch
 
         return evaluate
 
-    monkeypatch.setattr(train_module, "elbo_terms", signal_during_evaluation(at=1))
+    monkeypatch.setattr(strategy_module, "elbo_terms", signal_during_evaluation(at=1))
     with pytest.raises(TrainingInterrupted, match=r"^interrupted after epoch 1; saved .* \(continue with --resume\)$"):
         run(config("meanfield"), tmp_path / "cut")
     state = load_checkpoint(tmp_path / "cut" / CHECKPOINT)
@@ -177,7 +176,7 @@ def test_signal_during_evaluation_saves_the_finished_epoch(tmp_path, monkeypatch
     assert (tmp_path / "cut" / "metrics.jsonl").read_text().count("\n") == 1
     # During the last epoch's evaluation (the second of the resumed run): the run is complete, only its
     # figures are left.
-    monkeypatch.setattr(train_module, "elbo_terms", signal_during_evaluation(at=2))
+    monkeypatch.setattr(strategy_module, "elbo_terms", signal_during_evaluation(at=2))
     with pytest.raises(TrainingInterrupted) as info:
         run(config("meanfield"), tmp_path / "cut", resume=True)
     assert str(info.value) == (

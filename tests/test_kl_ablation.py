@@ -15,7 +15,7 @@ from pyro_vae.cli import main
 from pyro_vae.data import load_data
 from pyro_vae.errors import UserError
 from pyro_vae.figures import manifold_grid
-from pyro_vae.runs import load_run
+from pyro_vae.run_dir import load_run
 from pyro_vae.training import TrainConfig
 from tests.test_conv import mnist_dir, needs_mnist
 

@@ -10,7 +10,7 @@ import pytest
 
 from pyro_vae import LIKELIHOODS, PRIORS
 from pyro_vae.cli import main
-from pyro_vae.runs import load_run
+from pyro_vae.run_dir import load_run
 
 PRIOR_ARGS = {
     "standard": [],

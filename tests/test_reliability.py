@@ -28,11 +28,10 @@ import numpy as np
 import pytest
 import torch
 
-import pyro_vae.checkpoint as checkpoint_module
-from pyro_vae.checkpoint import CHECKPOINT, METRICS, PREVIOUS, load_checkpoint
+import pyro_vae.atomic as atomic_module
 from pyro_vae.cli import main
 from pyro_vae.commands import compare_estimators, evaluate
-from pyro_vae.runs import DERIVED_FILES, load_run
+from pyro_vae.run_dir import CHECKPOINT, DERIVED_FILES, METRICS, PREVIOUS, load_checkpoint, load_run
 
 # A checkpoint after every epoch (--checkpoint-seconds 0): these tests damage or stop runs between two of them.
 TINY = ["--hidden", "8", "--batch-size", "256", "--threads", "1", "--no-progress", "--checkpoint-seconds", "0"]
@@ -120,7 +119,7 @@ def fill(disk: Path, leave: int) -> Path:
 
 def inject(monkeypatch, name: str, code: int, when=lambda data: True) -> None:
     """Make our writes to files called ``name`` write half their bytes, then fail with ``code``."""
-    real = checkpoint_module._write_all
+    real = atomic_module._write_all
 
     def failing(fd: int, data) -> None:
         if os.readlink(f"/proc/self/fd/{fd}").endswith(name) and when(bytes(data)):
@@ -128,7 +127,7 @@ def inject(monkeypatch, name: str, code: int, when=lambda data: True) -> None:
             raise OSError(code, os.strerror(code))
         real(fd, data)
 
-    monkeypatch.setattr(checkpoint_module, "_write_all", failing)
+    monkeypatch.setattr(atomic_module, "_write_all", failing)
 
 
 def test_full_disk_during_the_checkpoint_is_one_line_and_keeps_the_last_good_one(

@@ -27,8 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_vae.checkpoint import CHECKPOINT, METRICS, load_checkpoint
-from pyro_vae.lock import LOCK
+from pyro_vae.run_dir import CHECKPOINT, LOCK, METRICS, load_checkpoint
 from tests.test_bad_input import drop_permission_override
 
 pytestmark = pytest.mark.slow  # about ten training processes

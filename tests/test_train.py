@@ -13,7 +13,6 @@ import pytest
 import torch
 from pyro.infer import TraceMeanField_ELBO
 
-from pyro_vae.checkpoint import CHECKPOINT, load_checkpoint
 from pyro_vae.cli import main
 from pyro_vae.closed_form import bernoulli_log_likelihood, standard_normal_kl
 from pyro_vae.commands.options import add_dataclass_options, field_docs
@@ -21,6 +20,7 @@ from pyro_vae.config import VAEConfig
 from pyro_vae.data import load_data
 from pyro_vae.elbo_terms import elbo_terms
 from pyro_vae.errors import UserError
+from pyro_vae.run_dir import CHECKPOINT, load_checkpoint
 from pyro_vae.step import TrainStep
 from pyro_vae.training import NonFiniteLossError, TrainConfig, train
 
@@ -352,7 +352,7 @@ def test_the_first_evaluation_validates_the_later_ones_do_not_and_the_setting_is
     import pyro
     from pyro.infer.util import is_validation_enabled
 
-    import pyro_vae.training as training
+    import pyro_vae.strategy as strategy
 
     seen = []
 
@@ -360,7 +360,7 @@ def test_the_first_evaluation_validates_the_later_ones_do_not_and_the_setting_is
         seen.append(is_validation_enabled())
         return elbo_terms(*args, **kwargs)
 
-    monkeypatch.setattr(training, "elbo_terms", recording)
+    monkeypatch.setattr(strategy, "elbo_terms", recording)
     with pyro.validation_enabled(True):
         result = train(small(epochs=3), tmp_path / "run", progress=False, figures=False)
         assert is_validation_enabled()

@@ -33,8 +33,7 @@ from pyro_vae.config import TrainConfig
 from pyro_vae.errors import UserError
 from pyro_vae.estimators import ESTIMATORS
 from pyro_vae.importance import log_likelihood
-from pyro_vae.lock import run_lock
-from pyro_vae.runs import load_run, prepare_run_dir
+from pyro_vae.run_dir import RunDir, load_run
 from pyro_vae.training import train
 
 CSV, JSON, PLOT = "estimators.csv", "estimators.json", "snr_vs_k.png"
@@ -124,7 +123,7 @@ def _estimator(name: str, args: argparse.Namespace):
 _DATA_OPTIONS = {"dataset", "data_dir", "download", "threads"}
 
 
-def _source(args: argparse.Namespace):
+def _source(args: argparse.Namespace, run_dir: RunDir):
     """(model, guide, test x, title, record) from the run in DIR, trained first with --train, or --model-module."""
     model_opts, train_opts = given_options(args)
     if args.model_module:
@@ -134,15 +133,15 @@ def _source(args: argparse.Namespace):
         args.dataset, args.data_dir = train_opts.get("dataset", "digits"), train_opts.get("data_dir")
         args.download = train_opts.get("download", True)
         x, name = module_test_data(args)
-        prepare_run_dir(args.dir)
+        run_dir.check_writable()
         title = f"{args.model_module} on {name}"
         return model, guide, x, title, {"model_module": args.model_module, "dataset": name}
     if args.train:
-        train(TrainConfig.from_options(model_opts, train_opts), args.dir, progress=args.progress)
+        train(TrainConfig.from_options(model_opts, train_opts), run_dir, progress=args.progress)
     elif model_opts or set(train_opts) - {"threads"}:
         raise UserError("model and training options need --train (to compare on an existing run, give only DIR)")
     loaded = load_run(args.dir)
-    at = f"epoch {loaded.epoch}{f' + {loaded.step} steps' if loaded.step else ''}"
+    at = str(loaded.position)
     title = f"{args.dir}: {loaded.data.name}, z_dim {loaded.config.model.z_dim}, {at}"
     record = {
         "dataset": loaded.data.name,
@@ -154,15 +153,15 @@ def _source(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    # The run's lock for as long as this may write into it (one writer per run; pyro_vae.lock).
-    with run_lock(args.dir, "pyro-vae compare-estimators", create=args.train or bool(args.model_module)):
-        return _run(args)
+    # The run's lock for as long as this may write into it (one writer per run; pyro_vae.run_dir).
+    with RunDir.lock(args.dir, "pyro-vae compare-estimators", create=args.train or bool(args.model_module)) as run_dir:
+        return _run(args, run_dir)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, run_dir: RunDir) -> int:
     _check(args)
     threads = given_options(args)[1].get("threads") or 1
-    model, guide, x, where, record = _source(args)
+    model, guide, x, where, record = _source(args, run_dir)
     # One thread by default: small models run fastest on one, and timings on a busy machine stay stable.
     torch.set_num_threads(threads)
     x = x[: args.examples]

@@ -18,16 +18,15 @@ import pyro
 import torch
 
 from pyro_vae.ais import AISOptions
+from pyro_vae.atomic import atomic_write_text
 from pyro_vae.bits import bits_per_dim_of
-from pyro_vae.checkpoint import atomic_write_text
 from pyro_vae.commands.model_module import add_model_module_options, load_model_module, module_test_data
 from pyro_vae.commands.options import field_docs
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation import ACTIVE_UNIT_THRESHOLD, Evaluation, evaluate
 from pyro_vae.gaps import GapOptions
 from pyro_vae.importance import DEFAULT_SWEEP
-from pyro_vae.lock import run_lock
-from pyro_vae.runs import load_run, prepare_run_dir
+from pyro_vae.run_dir import RunDir, load_run
 
 OUTPUT = "evaluation.json"
 
@@ -241,9 +240,9 @@ def _write(out_dir: Path, record: dict[str, Any]) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    # The run's lock for as long as this may write into it (one writer per run; pyro_vae.lock).
-    with run_lock(args.dir, "pyro-vae evaluate", create=bool(args.model_module)):
-        return _run(args)
+    # The run's lock for as long as this may write into it (one writer per run; pyro_vae.run_dir).
+    with RunDir.lock(args.dir, "pyro-vae evaluate", create=bool(args.model_module)) as run_dir:
+        return _run(args, run_dir)
 
 
 def _bits(likelihood: Any, levels: int | None, result: Evaluation, dims: int) -> dict[str, float]:
@@ -256,19 +255,19 @@ def _bits(likelihood: Any, levels: int | None, result: Evaluation, dims: int) ->
     return bits
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, run_dir: RunDir) -> int:
     _check(args)
     ais_options = _options(args, AISOptions, "ais")
     gap_options = _options(args, GapOptions, "gap")
     if args.model_module:
         model, guide = load_model_module(args.model_module)
         x, data_name = module_test_data(args)
-        prepare_run_dir(args.dir)
+        run_dir.check_writable()
         where, position = f"{args.model_module} on {data_name}", {}
     else:
         loaded = load_run(args.dir)
         model, guide, x = loaded.model, loaded.guide, loaded.data.test_x_eval
-        at = f"epoch {loaded.epoch}" + (f" + {loaded.step} steps (stopped mid-epoch)" if loaded.step else "")
+        at = f"{loaded.position}" + (" (stopped mid-epoch)" if loaded.step else "")
         where, position = f"{args.dir}: {loaded.data.name}, {at}", {"epoch": loaded.epoch, "step": loaded.step}
     if args.num_examples is not None:
         x = x[: args.num_examples]

@@ -7,10 +7,9 @@ import time
 from pathlib import Path
 
 from pyro_vae.ablation import ABLATION_DEFAULTS, default_config, kl_ablation
-from pyro_vae.checkpoint import CHECKPOINT
 from pyro_vae.commands.options import add_config_options, given_options
 from pyro_vae.guards import TrainingInterrupted
-from pyro_vae.runs import RESUMABLE_CHANGES, resume_config
+from pyro_vae.run_dir import CHECKPOINT, RESUMABLE_CHANGES, resume_config
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:

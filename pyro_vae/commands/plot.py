@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from pyro_vae.figures import plot_run
-from pyro_vae.lock import run_lock
+from pyro_vae.run_dir import RunDir
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
@@ -23,8 +23,8 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
 
 
 def run(args: argparse.Namespace) -> int:
-    # The run's lock for as long as this may write into it (one writer per run; pyro_vae.lock).
-    with run_lock(args.dir, "pyro-vae plot", create=False):
+    # The run's lock for as long as this may write into it (one writer per run; pyro_vae.run_dir).
+    with RunDir.lock(args.dir, "pyro-vae plot", create=False):
         return _run(args)
 
 

@@ -14,10 +14,9 @@ from pyro_vae.commands.options import add_config_options, given_options
 from pyro_vae.config import TrainConfig
 from pyro_vae.distributed import DEFAULT_TIMEOUT_S
 from pyro_vae.errors import UserError
-from pyro_vae.lock import NEW_RUN_FIX, run_lock
 from pyro_vae.loggers import LOGGERS
 from pyro_vae.ranks import is_writer, launched
-from pyro_vae.runs import RESUMABLE_CHANGES, check_run, nothing_to_do, restore_previous, resume_config
+from pyro_vae.run_dir import NEW_RUN_FIX, RESUMABLE_CHANGES, RunDir, nothing_to_do, resume_config
 from pyro_vae.training import TrainResult, train
 
 
@@ -70,35 +69,46 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise UserError("--resume continues the run in --out and --overwrite replaces it; give one of them")
     fix = "make it writable, or copy the run elsewhere and resume there" if args.resume else NEW_RUN_FIX
-    # The lock is taken before the checkpoint is read: what is resumed is what is on disk while this one writes.
-    with run_lock(args.out, "pyro-vae train", fix=fix):
+    # The lock is taken once, here, before the checkpoint is read: what is resumed is what is on disk while this one
+    # writes. train() and the Trainer write through the RunDir it gives, and check_run's answer is passed down.
+    with RunDir.lock(args.out, "pyro-vae train", fix=fix) as run_dir:
         if args.resume:
-            if args.from_previous:
-                if launched():  # it rewrites the run's files, which the other ranks are reading
-                    raise UserError(
-                        "--from-previous is for one process: run pyro-vae train --resume --from-previous once without "
-                        "torchrun, then resume under torchrun"
-                    )
-                restore_previous(args.out)
-            config, state = resume_config(args.out, model_opts, train_opts)
-            config.validate()
-            check_run(args.out, config, resume=True, overwrite=False, state=state)  # what changed, first
-            if nothing_to_do(state, config):
-                print_once(
-                    f"pyro-vae: nothing to do: {args.out} is already trained to epoch {state['epoch']} "
-                    f"(--epochs {config.epochs}); pass a larger --epochs to train on (pyro-vae plot {args.out} "
-                    "rewrites its figures)",
-                    file=sys.stderr,
-                )
+            config, state = _resume(args, run_dir, model_opts, train_opts)
+            if state is None:
                 return 0
         else:
-            config, state = TrainConfig.from_options(model_opts, train_opts), None
+            config = TrainConfig.from_options(model_opts, train_opts)
+            state = None
         # Ctrl-C / SIGTERM: TrainingInterrupted, a one-line message and exit 128 + signum from pyro_vae.cli.
         options = dict(resume=args.resume, progress=args.progress, overwrite=args.overwrite, state=state)
-        result = train(config, args.out, **options, logger=args.logger, collective_timeout=args.collective_timeout)
+        result = train(config, run_dir, **options, logger=args.logger, collective_timeout=args.collective_timeout)
     if is_writer():  # under torchrun, rank 0 speaks for the run
         print_result(result)
     return 0
+
+
+def _resume(
+    args: argparse.Namespace, run_dir: RunDir, model_opts: dict, train_opts: dict
+) -> tuple[TrainConfig, dict | None]:
+    """(the config to resume with, the checked checkpoint), or (config, None) when there is nothing to do."""
+    if args.from_previous:
+        if launched():  # it rewrites the run's files, which the other ranks are reading
+            raise UserError(
+                "--from-previous is for one process: run pyro-vae train --resume --from-previous once without "
+                "torchrun, then resume under torchrun"
+            )
+        run_dir.restore_previous()
+    config, state = resume_config(args.out, model_opts, train_opts)
+    run_dir.check_run(config, resume=True, overwrite=False, state=state)  # what changed, first
+    if nothing_to_do(state, config):
+        print_once(
+            f"pyro-vae: nothing to do: {args.out} is already trained to epoch {state['epoch']} "
+            f"(--epochs {config.epochs}); pass a larger --epochs to train on (pyro-vae plot {args.out} "
+            "rewrites its figures)",
+            file=sys.stderr,
+        )
+        return config, None
+    return config, state
 
 
 def print_once(message: str, file: object = None) -> None:
