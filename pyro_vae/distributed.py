@@ -348,6 +348,7 @@ class DataParallel:
         self.ranks = ranks
         self.writes = ranks.writer
         self.compiles = False  # DDP wraps Pyro's ELBOModule, whose loss is uncompiled (docs/distributed.md)
+        self.step_holds_group = True
         self._step: DistributedStep | None = None
 
     def device(self, config: TrainConfig) -> torch.device:

@@ -39,6 +39,8 @@ class Strategy(Protocol):
     writes: bool
     #: Whether its step uses a compiled objective when asked (``--jit``); one that does not runs uncompiled.
     compiles: bool
+    #: Whether its step holds the process group (DDP), so that the trainer lets go of it before the session ends.
+    step_holds_group: bool
 
     def device(self, config: TrainConfig) -> torch.device:
         """The device this process trains on."""
@@ -93,6 +95,7 @@ class SingleProcess:
 
     writes = True
     compiles = True
+    step_holds_group = False
 
     def device(self, config: TrainConfig) -> torch.device:
         return config.resolve_device()

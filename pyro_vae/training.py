@@ -233,7 +233,8 @@ class Trainer:
                     self.logger.close()
             except WriteError as err:
                 raise UserError(self.run.failure_message(err, self.position)) from None
-            self.train_step = None  # the step may hold the process group (DDP): freed before the session ends
+            if self.strategy.step_holds_group:  # DDP holds the process group: freed before the session ends
+                self.train_step = None
         self.model.eval()
         self.guide.eval()
         return TrainResult(self.config, self.history, self.model, self.guide, self.data, self.out)
