@@ -39,6 +39,7 @@ from pyro_vae.data import VAEData
 from pyro_vae.errors import UserError
 from pyro_vae.models import VAEModel
 from pyro_vae.pairs import as_pair, check_pair_run, discover_parameters
+from pyro_vae.plugins import require_plugins
 from pyro_vae.registry import build
 
 #: Options that may differ between a checkpoint's config and the config given to ``train(resume=True)``.
@@ -98,6 +99,13 @@ class Run:
     step: int = 0
 
 
+def read_config(text: str) -> TrainConfig:
+    """The ``TrainConfig`` in ``text`` (``config.json`` or a checkpoint's), after importing the plugins it records
+    (``pyro_vae.plugins.require_plugins``, trusted ones only): reading a config never imports code by itself."""
+    require_plugins(TrainConfig.recorded_plugins(text))
+    return TrainConfig.from_json(text)
+
+
 def load_run(
     out_dir: str | Path,
     device: str | torch.device = "cpu",
@@ -121,7 +129,7 @@ def load_run(
     if not out.is_dir():
         raise UserError(f"run directory {out} does not exist")
     state = read_checkpoint(out)
-    config = TrainConfig.from_json(state["config"])
+    config = read_config(state["config"])
     check_config_file(out, config)
     pyro.clear_param_store()
     check_pair_run(config.plugins, model, guide, out)
@@ -224,7 +232,7 @@ def check_config_file(out: Path, saved: TrainConfig) -> None:
     if not path.is_file():
         return
     try:
-        on_disk = TrainConfig.from_json(path.read_text())
+        on_disk = read_config(path.read_text())
     except (ValueError, TypeError, KeyError) as err:
         raise UserError(
             f"{path} is not a run's config ({str(err).splitlines()[0]}); restore it, or {_NEW_RUN}"
@@ -312,7 +320,7 @@ def resume_config(
     The checkpoint is read once; pass it on as ``train(..., state=...)``.
     """
     state = read_checkpoint(Path(out_dir))
-    d = TrainConfig.from_json(state["config"]).to_dict()
+    d = read_config(state["config"]).to_dict()
     d["model"].update(model or {})
     d.update(absolute_paths(train or {}))
     return TrainConfig.from_dict(d), state
@@ -335,7 +343,7 @@ def check_run(
             )
         return None
     state = state if state is not None else read_checkpoint(out)
-    saved = TrainConfig.from_json(state["config"])
+    saved = read_config(state["config"])
     check_config_file(out, saved)
     check_records(out, state)
     if config.model.x_shape is None:  # to be taken from the data: the saved run's, if the data agree

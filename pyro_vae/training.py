@@ -18,6 +18,7 @@ goes on from that very step.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -46,7 +47,7 @@ from pyro_vae.kl_check import check_training_kl
 from pyro_vae.lock import run_lock
 from pyro_vae.loggers import check_logger, make_logger
 from pyro_vae.pairs import as_pair, prepare_pair
-from pyro_vae.plugins import with_plugins
+from pyro_vae.plugins import required_plugins
 from pyro_vae.registry import build
 from pyro_vae.run_writer import RunWriter
 from pyro_vae.runs import TrainResult, check_data, check_run, data_digest, load_weights, prepare_run_dir
@@ -117,8 +118,9 @@ class Trainer:
         self.data = cfg.load_data(self.device) if self.data is None else self.data.to(self.device)
         for note in self.data.notes:
             self.say(note)
-        # with_plugins: the record of where the run's own components come from, to import them again when loaded.
-        self.config = cfg = with_plugins(cfg.with_data_shape(self.data))
+        # plugins: the record of where the run's own components come from, to import them again when loaded.
+        cfg = cfg.with_data_shape(self.data)
+        self.config = cfg = dataclasses.replace(cfg, plugins=required_plugins(cfg.components()))
         prepare_run_dir(self.out)
         self.data_digest = data_digest(self.data)
         if self._state is not None:
@@ -130,14 +132,15 @@ class Trainer:
             self.model.to(self.device)
             self.guide.to(self.device)
             self.data.prepare(self.model.likelihood)
-            if cfg.model.prior_init_from_data:
+            if getattr(cfg.model.component_options("prior"), "init_from_data", False):
                 self._init_prior_from_data()
             self.params = parameters_of(self.model, self.guide)
         else:  # the user's own model and guide (pyro_vae.pairs)
             (self.model, self.guide), (self.params, self.config) = self.pair, prepare_pair(*self.pair, self.data, cfg)
             cfg = self.config
         self.optimizer = make_optimizer(self.params, cfg.lr)  # one fused Adam (benchmarks/step_time.py)
-        self.elbo = make_training_elbo(cfg, getattr(self.model, "plate_nesting", 1))
+        nesting = getattr(self.model, "plate_nesting", 1)
+        self.elbo = make_training_elbo(cfg.elbo, cfg.particles, cfg.elbo_options, jit=cfg.jit, plate_nesting=nesting)
         self.kl = self._check_kl()
         if self._state is None:
             self.writer.start(self.config)
@@ -153,7 +156,7 @@ class Trainer:
         if init is None:
             raise UserError(
                 f"the {self.config.model.prior} prior cannot start from data (it has no init_from_data); "
-                "drop --prior-init-from-data"
+                "drop its init_from_data option"
             )
         init(self.data.train_x)  # on the seeded global generator, so the same seed gives the same start
 
@@ -162,7 +165,17 @@ class Trainer:
         # kl_kinds samples from the guide: keep that off the training random stream.
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             x = self.data.test_x_eval[: self.config.batch_size]
-            return check_training_kl(self.model, self.guide, x, self.elbo, self.config, self.say)
+            cfg = self.config
+            return check_training_kl(
+                self.model,
+                self.guide,
+                x,
+                self.elbo,
+                self.say,
+                name=cfg.elbo,
+                particles=cfg.particles,
+                require_analytic_kl=cfg.require_analytic_kl,
+            )
 
     def _restore(self, state: dict[str, Any]) -> None:
         load_weights(self.model, self.guide, state, self.out)
