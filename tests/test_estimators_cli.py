@@ -106,7 +106,7 @@ def test_compare_estimators_can_train_first(tmp_path, capsys):
         (["compare-estimators", "{run}", "--z-dim", "3"], "model and training options need --train"),
         (["compare-estimators", "{run}", "--draws", "1"], "--draws must be >= 2"),
         (["evaluate", "{missing}"], "does not exist"),
-        (["evaluate", "{run}", "--num-samples", "0"], "--num-samples must be >= 1"),
+        (["evaluate", "{run}", "--num-samples", "0"], "--ll-samples must be >= 1"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args, message, trained_run, tmp_path, capsys):

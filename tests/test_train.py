@@ -148,7 +148,7 @@ def test_config_validation_messages(change, message):
 
 def test_config_json_round_trip_and_unknown_fields():
     config = TrainConfig(
-        model=VAEConfig(x_dim=64, hidden=(32, 16), prior="gaussian", prior_loc=[0.5, -1.0]),
+        model=VAEConfig(x_dim=64, hidden=(32, 16), prior="gaussian", options={"prior": {"loc": [0.5, -1.0]}}),
         beta=0.3,
         kl_warmup=4,
         clip_norm=5.0,
