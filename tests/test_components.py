@@ -122,7 +122,9 @@ def test_a_users_component_options_are_command_line_flags(user_components, tmp_p
     capsys.readouterr()
     bad = ["train", "--out", str(tmp_path / "bad"), "--decoder", "mlp", "--decoder-width", "5", "--no-progress"]
     assert main(bad) == 2
-    assert capsys.readouterr().err == ("pyro-vae: error: decoder 'mlp' has no option(s) width; its options are hidden\n")
+    assert capsys.readouterr().err == (
+        "pyro-vae: error: decoder 'mlp' has no option(s) width; its options are hidden\n"
+    )
     assert not (tmp_path / "bad").exists()
 
 

@@ -56,7 +56,10 @@ def test_config_round_trips_through_json(tmp_path):
         ({"likelihood": "poisson"}, "unknown likelihood 'poisson'"),
         ({"decoder": "deconv"}, "unknown decoder 'deconv'"),
         ({"z_dim": 0}, "z_dim must be a positive integer"),
-        ({"likelihood": "gaussian", "options": {"likelihood": {"sigma": -1.0}}}, "likelihood 'gaussian': sigma must be"),
+        (
+            {"likelihood": "gaussian", "options": {"likelihood": {"sigma": -1.0}}},
+            "likelihood 'gaussian': sigma must be",
+        ),
         ({"options": {"likelihood": {"sigma": 1.0}}}, "likelihood 'bernoulli' has no option.s. sigma; it takes no"),
     ],
 )

@@ -25,8 +25,9 @@ from pyro_vae.errors import UserError
 from pyro_vae.kl_check import kl_kinds
 from pyro_vae.step import TrainStep, make_optimizer, parameters_of
 
-BUILTIN_PRIORS = ["standard", "gaussian", "mixture", "vamp", "flow", "uniform-sphere"]
-BUILTIN_GUIDES = ["normal", "fullcov", "iaf", "power-spherical"]
+#: The built-in names, from the registries (a plugin's come from somewhere: ``source``), so a new one is covered.
+BUILTIN_PRIORS = [name for name in PRIORS if PRIORS.source(name) is None]
+BUILTIN_GUIDES = [name for name in GUIDES if GUIDES.source(name) is None]
 ON_SPHERE = {"uniform-sphere", "power-spherical"}
 ANALYTIC = {
     ("standard", "normal"),
@@ -52,8 +53,9 @@ def few(prior: str) -> dict:
 
 
 def test_the_tables_cover_the_registries():
-    assert set(BUILTIN_PRIORS) <= set(PRIORS) and set(BUILTIN_GUIDES) <= set(GUIDES)
-    assert (len(SENSIBLE), len(REFUSED)) == (17, 7)
+    assert {"standard", "vamp", "uniform-sphere"} <= set(BUILTIN_PRIORS) and "power-spherical" in BUILTIN_GUIDES
+    assert ("vamp", "power-spherical") in SENSIBLE and ("uniform-sphere", "power-spherical") in SENSIBLE
+    assert ("standard", "power-spherical") in REFUSED and ("uniform-sphere", "normal") in REFUSED
 
 
 @pytest.mark.parametrize(("prior", "guide"), SENSIBLE, ids=[f"{p}-{g}" for p, g in SENSIBLE])
