@@ -202,6 +202,18 @@ def test_old_spellings_are_aliases_and_estimator_options_reach_training(tmp_path
     assert (saved.elbo_options, saved.particles) == ({"alpha": 0.25}, 2)
 
 
+def test_compare_estimators_gives_each_estimator_the_options_it_declares():
+    from pyro_vae.commands.compare_estimators import _estimator
+
+    parser = make_parser()
+    args = parser.parse_args(["compare-estimators", "d", "--elbo-alpha", "0.2", "--particles", "3"])
+    renyi = _estimator("renyi", args)
+    assert (renyi.alpha, renyi.num_particles) == (0.2, 3)
+    assert _estimator("iwae", args).num_particles == 3  # it takes no alpha, and is given none
+    assert _estimator("renyi", parser.parse_args(["compare-estimators", "d", "--alpha", "0.7"])).alpha == 0.7
+    assert _estimator("renyi", parser.parse_args(["compare-estimators", "d"])).alpha == 0.5  # RenyiOptions' default
+
+
 def test_the_trained_estimator_is_made_with_its_options(tmp_path):
     from pyro_vae.data import load_data
     from pyro_vae.training import Trainer

@@ -33,7 +33,7 @@ def untrained_test_elbo(tmp_path_factory):
 def test_every_estimator_trains_two_epochs_on_digits_from_the_cli(name, untrained_test_elbo, tmp_path, capsys):
     out = tmp_path / name
     # K = 1 would make iwae, renyi and dreg the one-sample ELBO; give the multi-particle ones 5 particles.
-    particles = ["--num-particles", "5"] if ESTIMATORS[name].multi_particle else []
+    particles = ["--particles", "5"] if ESTIMATORS[name].multi_particle else []
     assert main(["train", "--out", str(out), "--elbo", name, *SMALL, *particles, "--no-progress"]) == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
