@@ -24,13 +24,17 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-OURS = "--z-dim 3 --hidden 64 32 --prior-loc 0 1 0.5 --learn-prior --encoder-hidden --epochs 7 --clip-norm 10"
+OURS = (
+    "--z-dim 3 --hidden 64 32 --prior gaussian --prior-loc 0 1 0.5 --prior-learn --encoder-hidden --epochs 7 "
+    "--clip-norm 10"
+)
 COMMAND_LINES = {
     "ours": OURS + " --no-download",
     "tyro": OURS + " --no-download",
     "simple_parsing": OURS + " --download false",
-    "jsonargparse": "--model.z_dim 3 --model.hidden [64,32] --model.prior_loc [0,1,0.5] --model.learn_prior true "
-    "--model.encoder_hidden [] --epochs 7 --clip_norm 10 --download false",
+    "jsonargparse": "--model.z_dim 3 --model.hidden [64,32] --model.prior gaussian "
+    '--model.options {"prior":{"loc":[0,1,0.5],"learn":true},"encoder":{"hidden":[]}} '
+    "--epochs 7 --clip_norm 10 --download false",
 }
 
 # One program per library: parse argv into a TrainConfig and print it as JSON (exit code 2 on a parse error).

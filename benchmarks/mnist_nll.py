@@ -69,18 +69,18 @@ CONV = {"encoder": "conv", "decoder": "conv", "hidden": (256,)}
 ROWS: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
     "mlp-standard-meanfield": (MLP, {"elbo": "meanfield"}, "vae"),
     "mlp-vamp-meanfield": (
-        {**MLP, "prior": "vamp", "mixture_components": 100, "prior_init_from_data": True},
+        {**MLP, "prior": "vamp", "options": {"prior": {"components": 100, "init_from_data": True}}},
         {"elbo": "meanfield"},
         "vamp",
     ),
-    "mlp-standard-iwae10": (MLP, {"elbo": "iwae", "num_particles": 10}, "iwae"),
+    "mlp-standard-iwae10": (MLP, {"elbo": "iwae", "particles": 10}, "iwae"),
     "conv-standard-meanfield": (CONV, {"elbo": "meanfield"}, "vae"),
     "conv-vamp-meanfield": (
-        {**CONV, "prior": "vamp", "mixture_components": 100, "prior_init_from_data": True},
+        {**CONV, "prior": "vamp", "options": {"prior": {"components": 100, "init_from_data": True}}},
         {"elbo": "meanfield"},
         "vamp",
     ),
-    "conv-standard-iwae10": (CONV, {"elbo": "iwae", "num_particles": 10}, "iwae"),
+    "conv-standard-iwae10": (CONV, {"elbo": "iwae", "particles": 10}, "iwae"),
 }
 PROTOCOL = {"z_dim": 50, "likelihood": "bernoulli", "batch_size": 100, "lr": 1e-3, "seed": 0, "threads": 1}
 

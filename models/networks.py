@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -39,3 +40,44 @@ def event_size(shape: Sequence[int]) -> int:
     for s in shape:
         size *= int(s)
     return size
+
+
+def check_count(value: object, name: str, least: int = 1) -> None:
+    """ValueError (one line) unless ``value`` is an integer >= ``least`` (an options dataclass's check)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+
+
+def check_positive(value: object, name: str) -> None:
+    """ValueError (one line) unless ``value`` is a positive finite number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+
+
+def check_flag(value: object, name: str) -> None:
+    """ValueError (one line) unless ``value`` is True or False."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+def check_widths(value: Sequence[int] | None, name: str) -> tuple[int, ...] | None:
+    """``value`` as a tuple of positive integer widths (None stays None: the config's default widths)."""
+    if value is None:
+        return None
+    widths = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    for w in widths:
+        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+            raise ValueError(f"{name} sizes must be positive integers, got {list(widths)}")
+    return widths
+
+
+@dataclass
+class HiddenOptions:
+    """Fields:
+    hidden: hidden layer widths of this network; none at all makes it affine (None: the VAEConfig's hidden).
+    """
+
+    hidden: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        self.hidden = check_widths(self.hidden, "hidden")

@@ -18,7 +18,6 @@ import torch
 from pyro_vae.data import BUILTIN_DATASETS, check_data_options, load_data
 from pyro_vae.errors import UserError
 from pyro_vae.estimators import ESTIMATORS
-from pyro_vae.plugins import require_plugins
 from pyro_vae.registry import COMPONENTS, check_combination
 
 if TYPE_CHECKING:
@@ -69,9 +68,95 @@ def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
     }
 
 
+#: Where each component setting of config formats 2-4 (a flat VAEConfig field then) went: old field -> (kind,
+#: {component: its option}). ``migrate_config`` moves them; a keyword of that name is refused with this spelling.
+FLAT_FIELDS: dict[str, tuple[str, dict[str, str]]] = {
+    "prior_loc": ("prior", {"gaussian": "loc"}),
+    "prior_scale": ("prior", {"gaussian": "scale"}),
+    "learn_prior": ("prior", {"gaussian": "learn"}),
+    "mixture_components": ("prior", {"mixture": "components", "vamp": "components"}),
+    "vamp_learn_weights": ("prior", {"vamp": "learn_weights"}),
+    "prior_init_from_data": ("prior", {"vamp": "init_from_data"}),
+    "sigma": ("likelihood", {"gaussian": "sigma", "gaussian-learned": "sigma"}),
+    "sigma_per_pixel": ("likelihood", {"gaussian-learned": "per_pixel"}),
+    "min_sigma": ("likelihood", {"gaussian-learned": "min_sigma"}),
+    "encoder_hidden": ("encoder", {"mlp": "hidden", "conv": "hidden"}),
+    "decoder_hidden": ("decoder", {"mlp": "hidden", "conv": "hidden"}),
+}
+#: Renamed TrainConfig fields: old name -> new name.
+RENAMED_FIELDS = {"num_particles": "particles"}
+
+
+def _new_spelling(old: str) -> str:
+    """How the old flat field ``old`` is written now, for error messages."""
+    if old in RENAMED_FIELDS:
+        return RENAMED_FIELDS[old]
+    kind, where = FLAT_FIELDS[old]
+    options = sorted(set(where.values()))
+    return f"options={{{kind!r}: {{{options[0]!r}: ...}}}} (an option of the {' and '.join(where)} {kind})"
+
+
+def _refuse_old_fields(cls: type, given: dict[str, Any]) -> None:
+    for name in given:
+        if name in FLAT_FIELDS or name in RENAMED_FIELDS:
+            raise UserError(f"{cls.__name__} has no field {name} any more; use {_new_spelling(name)}")
+
+
+def migrate_config(d: dict[str, Any]) -> dict[str, Any]:
+    """A config dict of formats 2-4 in today's form (a new one is returned unchanged): ``num_particles`` is
+    ``particles``, and each flat component field of the model (``FLAT_FIELDS``) becomes the option of the component
+    the config chose, when that component takes it (it had no effect otherwise, and is dropped). Options already
+    given in ``model.options`` win. Reads no code and imports nothing."""
+    if not isinstance(d, dict):
+        return d
+    d = dict(d)
+    for old, new in RENAMED_FIELDS.items():
+        if old in d:
+            value = d.pop(old)
+            d.setdefault(new, value)
+    if isinstance(d.get("model"), dict):
+        d["model"] = migrate_model(d["model"])
+    return d
+
+
+def migrate_model(d: dict[str, Any]) -> dict[str, Any]:
+    """The VAEConfig part of ``migrate_config``."""
+    if not isinstance(d, dict) or not set(d) & set(FLAT_FIELDS):
+        return d
+    d = dict(d)
+    given = d.get("options") if isinstance(d.get("options"), dict) else {}
+    moved: dict[str, dict[str, Any]] = {}
+    defaults = {f.name: f.default for f in dataclasses.fields(VAEConfig)}
+    for old, (kind, where) in FLAT_FIELDS.items():
+        if old not in d:
+            continue
+        value = d.pop(old)
+        name = d.get(kind, defaults[kind])
+        option = where.get(name.lower() if isinstance(name, str) else name)
+        if option is not None and value is not None:
+            moved.setdefault(kind, {})[option] = value
+    d["options"] = {kind: {**moved.get(kind, {}), **(given.get(kind) or {})} for kind in {*moved, *given}}
+    return d
+
+
+class _NoOldFields:
+    """Refuses, in one line naming the new spelling, a keyword of a field that moved (``FLAT_FIELDS``)."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        _refuse_old_fields(cls, kwargs)
+        return super().__new__(cls)
+
+
 @dataclass
-class VAEConfig:
-    """What ``build`` needs to construct a model and guide.
+class VAEConfig(_NoOldFields):
+    """What ``build`` needs to construct a model and guide: the components by name, and each one's options.
+
+    Each component's own settings live in its options dataclass, declared with it in the registry
+    (``pyro_vae.registry``; gaussian prior: loc, scale, learn; mixture prior: components; vamp prior:
+    components, learn_weights, init_from_data; gaussian likelihood: sigma; gaussian-learned likelihood: sigma,
+    per_pixel, min_sigma; mlp and conv encoder and decoder: hidden; conv: channels; ...), as in pythae, where a
+    config holds only its own fields: ``VAEConfig(prior="gaussian", options={"prior": {"scale": 2.0}})``. On the
+    command line they are ``--KIND-OPTION``: ``--prior-scale 2``.
 
     Fields:
         x_shape: the shape of one example: (D,) for flat data, (C, H, W) for images; None until the data set
@@ -84,28 +169,11 @@ class VAEConfig:
         decoder: the network z -> the likelihood's parameters, a name in pyro_vae.DECODERS.
         guide: the variational family q(z|x), a name in pyro_vae.GUIDES; a spherical guide needs a prior on the
             sphere.
-        hidden: hidden layer widths of the MLP encoder and decoder, unless their own widths are set.
-        encoder_hidden: hidden widths of the MLP encoder; none at all makes the guide affine (None: those of
-            hidden).
-        decoder_hidden: hidden widths of the MLP decoder (None: those of hidden).
-        prior_loc: the mean mu_p of the gaussian prior N(mu_p, diag sigma_p^2): one number for every latent
-            dimension, or one per dimension.
-        prior_scale: the standard deviation sigma_p of the gaussian prior N(mu_p, diag sigma_p^2), > 0: one number
-            for every latent dimension, or one per dimension.
-        learn_prior: make the gaussian prior's mu_p and sigma_p learnable.
-        sigma: the fixed standard deviation of the gaussian likelihood (1 gives 1/2 the summed squared
-            error; 1/sqrt(2) gives the blog's summed squared error, up to constants); the initial sigma of
-            the gaussian-learned likelihood.
-        mixture_components: K, the number of components of the mixture prior and of pseudo-inputs of the
-            vamp prior.
-        vamp_learn_weights: learn the VampPrior's mixture weights instead of the paper's uniform 1/K.
-        prior_init_from_data: before training, start the prior from the training data by calling its
-            init_from_data(x_train) (vamp: K random training images as pseudo-inputs, Tomczak and Welling's
-            initialisation, instead of uniform noise); a prior without that method refuses it.
-        sigma_per_pixel: the gaussian-learned likelihood learns one sigma per pixel instead of one global sigma.
-        min_sigma: floor of the learned sigma (constant pixels would otherwise drive it to 0 and the ELBO to +inf).
-        options: each component's own settings, by kind: {"decoder": {"channels": [64, 32]}} for a decoder that
-            declares a "channels" option (on the command line: --decoder-channels 64 32).
+        hidden: the hidden layer widths of every network whose own ``hidden`` option is unset (the mlp and conv
+            encoder and decoder).
+        options: each chosen component's own settings, by kind: {"prior": {"scale": 2.0}, "decoder": {"channels":
+            [64, 32]}} (on the command line: --prior-scale 2 --decoder-channels 64 32); what is not given takes
+            the component's default.
     """
 
     x_shape: tuple[int, ...] | None = None
@@ -117,20 +185,23 @@ class VAEConfig:
     decoder: str = "mlp"
     guide: str = "normal"
     hidden: tuple[int, ...] = (256,)
-    encoder_hidden: tuple[int, ...] | None = None
-    decoder_hidden: tuple[int, ...] | None = None
-    prior_loc: float | list[float] = 0.0
-    prior_scale: float | list[float] = 1.0
-    learn_prior: bool = False
-    sigma: float = 1.0
-    mixture_components: int = 10
-    vamp_learn_weights: bool = False
-    prior_init_from_data: bool = False
-    sigma_per_pixel: bool = False
-    min_sigma: float = 1e-3
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self._shape()
+        if isinstance(self.hidden, (tuple, list)):
+            self.hidden = tuple(self.hidden)
+        if isinstance(self.options, dict):
+            self.options = {kind: dict(_tuples(v)) if isinstance(v, dict) else v for kind, v in self.options.items()}
+        for kind, registry in COMPONENTS.items():
+            # Case-insensitive names: "Standard" is stored as the registered "standard".
+            value = getattr(self, kind)
+            if isinstance(value, str):
+                setattr(self, kind, registry.canonical(value) or value)
+        self.validate()
+
+    def _shape(self) -> None:
+        """x_shape as a tuple (from x_dim when only that is given), and x_dim its number of values."""
         if _is_int(self.x_shape):
             self.x_shape = (self.x_shape,)
         if self.x_shape is not None:
@@ -146,64 +217,45 @@ class VAEConfig:
             if self.x_dim is not None and self.x_dim != size:
                 raise UserError(f"x_dim = {self.x_dim} does not match x_shape {self.x_shape} ({size} values)")
             self.x_dim = size
-        for name in ("hidden", "encoder_hidden", "decoder_hidden"):
-            value = getattr(self, name)
-            if value is not None:
-                setattr(self, name, tuple(int(h) for h in value))
-        if isinstance(self.options, dict):
-            self.options = {kind: dict(_tuples(v)) if isinstance(v, dict) else v for kind, v in self.options.items()}
-        for kind, registry in COMPONENTS.items():
-            # Case-insensitive names: "Standard" is stored as the registered "standard".
-            value = getattr(self, kind)
-            if isinstance(value, str):
-                setattr(self, kind, registry.canonical(value) or value)
-        self.validate()
 
     def validate(self) -> None:
-        """Raise ``UserError`` (a ValueError) with a one-line message for any value that cannot build a VAE."""
+        """Raise ``UserError`` (a ValueError) with a one-line message for any value that cannot build a VAE; each
+        component's options are checked by its own options dataclass."""
         if not _is_int(self.z_dim) or self.z_dim < 1:
             raise UserError(f"z_dim must be a positive integer, got {self.z_dim!r}")
+        if not isinstance(self.hidden, tuple) or not all(_is_int(w) and w >= 1 for w in self.hidden):
+            raise UserError(f"hidden sizes must be positive integers, got {self.hidden!r}")
         if not isinstance(self.options, dict) or not all(isinstance(v, dict) for v in self.options.values()):
             raise UserError(f"options must map a kind of component to its options, got {self.options!r}")
         for kind in self.options:
             if kind not in COMPONENTS:
                 raise UserError(f"options for unknown kind {kind!r}; the kinds are {', '.join(COMPONENTS)}")
-        for kind, registry in COMPONENTS.items():
-            registry[getattr(self, kind)].make_options(self.options_of(kind), f"{kind} {getattr(self, kind)!r}")
-        for name in ("hidden", "encoder_hidden", "decoder_hidden"):
-            if any(w < 1 for w in getattr(self, name) or ()):
-                raise UserError(f"{name} sizes must be positive integers, got {list(getattr(self, name))}")
-        if not _is_number(self.sigma) or self.sigma <= 0:
-            raise UserError(f"sigma must be a positive finite number, got {self.sigma!r}")
-        if not _is_int(self.mixture_components) or self.mixture_components < 1:
-            raise UserError(f"mixture_components must be a positive integer, got {self.mixture_components!r}")
-        if not _is_number(self.min_sigma) or self.min_sigma <= 0:
-            raise UserError(f"min_sigma must be a positive finite number, got {self.min_sigma!r}")
-        if self.likelihood == "gaussian-learned" and not self.sigma > self.min_sigma:
-            raise UserError(
-                f"the initial sigma ({self.sigma}) of the gaussian-learned likelihood must exceed "
-                f"min_sigma ({self.min_sigma})"
-            )
+        for kind in COMPONENTS:
+            self.component_options(kind)
         check_combination(self)
-
-    @property
-    def encoder_widths(self) -> tuple[int, ...]:
-        return self.hidden if self.encoder_hidden is None else self.encoder_hidden
-
-    @property
-    def decoder_widths(self) -> tuple[int, ...]:
-        return self.hidden if self.decoder_hidden is None else self.decoder_hidden
 
     def options_of(self, kind: str) -> dict[str, Any]:
         """The options given for the component of ``kind`` ("decoder", ...), empty if none."""
         return dict(self.options.get(kind, {}))
+
+    def component_options(self, kind: str) -> Any:
+        """The options dataclass of the chosen component of ``kind``, filled from ``options`` and checked (one-line
+        ``UserError``); None when that component declares none."""
+        name = getattr(self, kind)
+        return COMPONENTS[kind][name].make_options(self.options_of(kind), f"{kind} {name!r}")
+
+    def resolved_options(self) -> dict[str, dict[str, Any]]:
+        """Every option of the chosen components, given or default: what the built model uses."""
+        found = {kind: self.component_options(kind) for kind in COMPONENTS}
+        return {kind: _tuples(dataclasses.asdict(o)) for kind, o in found.items() if o is not None}
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VAEConfig:
-        return cls(**_from_dict(cls, d))
+        """A config from its dict; one of formats 2-4, with flat component fields, is migrated (``migrate_model``)."""
+        return cls(**_from_dict(cls, migrate_model(d)))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -221,7 +273,7 @@ class VAEConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_NoOldFields):
     """Everything a training run needs; ``to_json`` / ``from_json`` round-trip it (``DIR/config.json``).
 
     Fields:
@@ -232,8 +284,10 @@ class TrainConfig:
         data_dir: where mnist and fashion-mnist are read from and downloaded to (None: a per-user cache directory).
         labels: a .npy or .pt file of integer labels for your own data set (used to colour plots).
         elbo: the ELBO estimator, a name in pyro_vae.ESTIMATORS.
+        elbo_options: the estimator's own options (its ``EstimatorSpec.options`` dataclass): {"alpha": 0.5} for
+            renyi (on the command line: --elbo-alpha 0.5); what is not given takes the estimator's default.
         jit: compile the estimator with the PyTorch JIT (an option of every estimator that has a compiled form).
-        num_particles: samples of z per example in each ELBO estimate (K of the iwae, renyi and dreg bounds).
+        particles: samples of z per example in each ELBO estimate (K of the iwae, renyi and dreg bounds).
         beta: weight of the KL term (1 = the ELBO; 0 = no KL, a plain autoencoder with noise).
         kl_warmup: epochs over which beta rises linearly from 0 to beta (0 = no warm-up).
         epochs: number of passes over the training set.
@@ -261,8 +315,9 @@ class TrainConfig:
     data_dir: str | None = None
     labels: str | None = None
     elbo: str = "meanfield"
+    elbo_options: dict[str, Any] = field(default_factory=dict)
     jit: bool = False
-    num_particles: int = 1
+    particles: int = 1
     beta: float = 1.0
     kl_warmup: int = 0
     epochs: int = 100
@@ -285,6 +340,8 @@ class TrainConfig:
             self.model = VAEConfig.from_dict(self.model)
         if isinstance(self.elbo, str):
             self.elbo = ESTIMATORS.canonical(self.elbo) or self.elbo
+        if isinstance(self.elbo_options, dict):
+            self.elbo_options = dict(_tuples(self.elbo_options))
         if isinstance(self.dataset, str) and self.dataset.lower() in BUILTIN_DATASETS:
             self.dataset = self.dataset.lower()
         self.validate()
@@ -295,9 +352,27 @@ class TrainConfig:
             raise UserError(f"model must be a VAEConfig, got {type(self.model).__name__}")
         self.model.validate()
         check_data_options(self.dataset, self.data_dir, self.labels, self.image_size)
+        self._check_estimator()
+        self._check_numbers()
+        cuda_n = isinstance(self.device, str) and self.device.startswith("cuda:") and self.device[5:].isdigit()
+        if not (isinstance(self.device, str) and self.device in ("auto", "cpu", "cuda") or cuda_n):
+            raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        for name in ("require_analytic_kl", "download", "jit"):
+            if not isinstance(getattr(self, name), bool):
+                raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        ESTIMATORS[self.elbo].check(jit=self.jit)
+        if not isinstance(self.plugins, dict) or not all(isinstance(v, str) for v in self.plugins.values()):
+            raise UserError(f"plugins must map components to their modules or files, got {self.plugins!r}")
+
+    def _check_estimator(self) -> None:
         if self.elbo not in ESTIMATORS:
             raise ESTIMATORS.unknown(self.elbo, what="elbo")
-        for name in ("num_particles", "epochs", "batch_size", "eval_samples", "eval_every"):
+        if not isinstance(self.elbo_options, dict):
+            raise UserError(f"elbo_options must map option names to values, got {self.elbo_options!r}")
+        ESTIMATORS[self.elbo].make_options(self.elbo_options)  # checked by the estimator's options dataclass
+
+    def _check_numbers(self) -> None:
+        for name in ("particles", "epochs", "batch_size", "eval_samples", "eval_every"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise UserError(f"{name} must be an integer >= 1, got {value!r}")
@@ -311,30 +386,41 @@ class TrainConfig:
             raise UserError(f"clip_norm must be a finite number > 0 (or None for no clipping), got {self.clip_norm!r}")
         if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
             raise UserError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
-        cuda_n = isinstance(self.device, str) and self.device.startswith("cuda:") and self.device[5:].isdigit()
-        if not (isinstance(self.device, str) and self.device in ("auto", "cpu", "cuda") or cuda_n):
-            raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        for name in ("require_analytic_kl", "download", "jit"):
-            if not isinstance(getattr(self, name), bool):
-                raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
             raise UserError(f"threads must be an integer >= 1 (or None for torch's default), got {self.threads!r}")
-        ESTIMATORS[self.elbo].check(jit=self.jit)
-        if not isinstance(self.plugins, dict) or not all(isinstance(v, str) for v in self.plugins.values()):
-            raise UserError(f"plugins must map components to their modules or files, got {self.plugins!r}")
+
+    def components(self) -> dict[str, str]:
+        """The names of the run's components and estimator by kind: ``{"prior": "standard", ..., "estimator":
+        "meanfield"}`` (what ``pyro_vae.plugins.required_plugins`` records)."""
+        return {**{kind: getattr(self.model, kind) for kind in COMPONENTS}, "estimator": self.elbo}
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["model"] = self.model.to_dict()
+        d["elbo_options"] = json.loads(json.dumps(self.elbo_options))
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        d = _from_dict(cls, d)
+        """A config from its dict (formats 2-4 are migrated, ``migrate_config``). Reading a config never imports
+        code: the components of a run's plugins must be registered first (``recorded_plugins``, then
+        ``pyro_vae.plugins.require_plugins``, as ``pyro_vae.run_dir.read_config`` and the commands do)."""
+        d = _from_dict(cls, migrate_config(d))
         if "model" not in d:
             raise UserError("a TrainConfig needs a model (a VAEConfig)")
-        require_plugins(d.get("plugins") or {})  # before the names they register are looked up
         return cls(**{**d, "model": VAEConfig.from_dict(d["model"])})
+
+    @staticmethod
+    def recorded_plugins(text: str | dict[str, Any]) -> dict[str, str]:
+        """The ``plugins`` record of a config (its JSON text or dict), read without checking anything else."""
+        try:
+            d = json.loads(text) if isinstance(text, str) else text
+        except ValueError:
+            return {}
+        plugins = d.get("plugins") if isinstance(d, dict) else None
+        if not isinstance(plugins, dict):
+            return {}
+        return {k: v for k, v in plugins.items() if isinstance(k, str) and isinstance(v, str)}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -395,5 +481,13 @@ class TrainConfig:
         """Names of the fields (``model.<field>`` for the VAEConfig) whose values differ; ``plugins`` is a record of
         where the components came from, not a setting, and is not compared."""
         a, b = self.to_dict(), other.to_dict()
+        # Options compared as the model uses them: a default given explicitly is the same run.
+        a["model"]["options"], b["model"]["options"] = self.model.resolved_options(), other.model.resolved_options()
+        a["elbo_options"], b["elbo_options"] = self.resolved_elbo_options(), other.resolved_elbo_options()
         diffs = [f"model.{k}" for k in a["model"] if a["model"][k] != b["model"].get(k)]
         return diffs + [k for k in a if k not in ("model", "plugins") and a[k] != b[k]]
+
+    def resolved_elbo_options(self) -> dict[str, Any]:
+        """Every option of the estimator, given or default."""
+        options = ESTIMATORS[self.elbo].make_options(self.elbo_options)
+        return _tuples(dataclasses.asdict(options)) if options is not None else {}

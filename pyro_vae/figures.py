@@ -76,7 +76,7 @@ def run_caption(config: TrainConfig, epoch: int | None = None, beta: str | None 
     m = config.model
     data = Path(config.dataset).name or config.dataset
     shape = "x".join(str(s) for s in m.x_shape) if m.x_shape else "?"
-    estimator = config.elbo + (f" (K = {config.num_particles})" if config.num_particles > 1 else "")
+    estimator = config.elbo + (f" (K = {config.particles})" if config.particles > 1 else "")
     if beta is None:
         beta = f"beta {config.beta:g}" + (f" (warm-up {config.kl_warmup} epochs)" if config.kl_warmup else "")
     parts = [

@@ -8,7 +8,7 @@ These functions ask the same question the ELBO asks, on one trace of the model a
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyro.poutine as poutine
 from pyro.infer import TraceMeanField_ELBO
@@ -17,9 +17,6 @@ from torch.distributions import kl_divergence
 
 from pyro_vae.errors import UserError
 from pyro_vae.estimators import ESTIMATORS
-
-if TYPE_CHECKING:
-    from pyro_vae.config import TrainConfig
 
 ANALYTIC = "analytic"
 MONTE_CARLO = "monte-carlo"
@@ -51,23 +48,25 @@ def check_training_kl(
     guide: Callable[..., Any],
     x: Any,
     elbo: Any,
-    config: TrainConfig,
     say: Callable[[str], None],
+    *,
+    name: str,
+    particles: int,
+    require_analytic_kl: bool = False,
 ) -> dict[str, str]:
     """What training reports and checks of the KL: the kind of each latent site (``say``-ed for a meanfield
-    ``elbo``), a note when a K-particle bound trains with K = 1, and ``config.require_analytic_kl`` (a one-line
-    ``UserError`` if a meanfield ELBO would estimate a KL by Monte Carlo). Returns the kinds."""
+    ``elbo``), a note when the K-particle bound ``name`` trains with K = ``particles`` = 1, and
+    ``require_analytic_kl`` (a one-line ``UserError`` if a meanfield ELBO would estimate a KL by Monte Carlo).
+    Returns the kinds."""
     kinds = kl_kinds(model, guide, x)
     meanfield = isinstance(elbo, TraceMeanField_ELBO)
     if meanfield:
         say(describe(kinds))
-    if ESTIMATORS[config.elbo].multi_particle and config.num_particles == 1:
-        say(f"note: --elbo {config.elbo} with --num-particles 1 is the standard ELBO; its bound tightens with K > 1")
-    if config.require_analytic_kl:
+    if ESTIMATORS[name].multi_particle and particles == 1:
+        say(f"note: --elbo {name} with --particles 1 is the standard ELBO; its bound tightens with K > 1")
+    if require_analytic_kl:
         if not meanfield:
-            raise UserError(
-                f"--require-analytic-kl needs a meanfield-type --elbo; {config.elbo!r} always estimates the KL"
-            )
+            raise UserError(f"--require-analytic-kl needs a meanfield-type --elbo; {name!r} always estimates the KL")
         mc = [name for name, kind in kinds.items() if kind == MONTE_CARLO]
         if mc:
             raise UserError(

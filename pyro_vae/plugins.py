@@ -15,7 +15,6 @@ that you did not run yourself. Anything missing is a one-line ``UserError`` nami
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import importlib.util
 import json
@@ -24,16 +23,12 @@ import re
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pyro_vae.atomic import atomic_write_text
 from pyro_vae.errors import UserError
 from pyro_vae.estimators import ESTIMATORS
 from pyro_vae.named import ENTRY_POINT, Registry, loading
 from pyro_vae.registry import COMPONENTS
-
-if TYPE_CHECKING:
-    from pyro_vae.config import TrainConfig
 
 #: Every registry a plugin can add to, by kind.
 REGISTRIES: dict[str, Registry] = {**COMPONENTS, "estimator": ESTIMATORS}
@@ -151,12 +146,6 @@ def required_plugins(components: Mapping[str, str]) -> dict[str, str]:
             if origin is not None:
                 _trust(origin)
     return needed
-
-
-def with_plugins(config: TrainConfig) -> TrainConfig:
-    """``config`` with ``plugins`` recording where its components and estimator come from (``required_plugins``)."""
-    components = {kind: getattr(config.model, kind) for kind in COMPONENTS}
-    return dataclasses.replace(config, plugins=required_plugins({**components, "estimator": config.elbo}))
 
 
 def require_plugins(recorded: Mapping[str, str]) -> None:

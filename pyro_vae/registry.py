@@ -1,12 +1,15 @@
 """The component registries (priors, likelihoods, encoders, decoders, guide families) and ``build``.
 
-A component is a factory that reads what it needs from the ``VAEConfig`` (``z_dim``, ``x_shape``, its widths)
-and returns an ``nn.Module``. It may declare two needs, which ``build`` then passes as keywords:
+A component is a factory that reads what it needs from the config (``z_dim``, ``x_shape``, ``hidden``: a
+``ModelSpec``, which ``pyro_vae.config.VAEConfig`` is) and returns an ``nn.Module``. It may declare two needs,
+which ``build`` then passes as keywords:
 
 - ``needs_posterior=True`` (priors): ``factory(config, posterior=guide.posterior)``, the guide's q(z|x)
   whatever the guide family, for priors built from it (the VampPrior);
-- ``options=SomeDataclass``: ``factory(config, options=SomeDataclass(**config.<kind>_options))``, the
-  component's own settings, so that each component's options hold only its own fields (as in pythae).
+- ``options=SomeDataclass``: ``factory(config, options=SomeDataclass(**config.options["<kind>"]))``, the
+  component's own settings, so that each component's options hold only its own fields (as in pythae). The
+  dataclass checks its values in ``__post_init__`` (a ValueError becomes a one-line ``UserError``); its fields
+  are the command line's ``--KIND-FIELD`` (``--prior-scale``), its "Fields:" docstring their help.
 
 Priors and guides may also declare where z lives, ``latent="real"`` (R^J) or ``"sphere"`` (the unit sphere in
 R^J), or ``"guide"`` (a prior made from q(z|x): wherever the guide's z lives), and ``min_z_dim``. A prior and a
@@ -22,36 +25,61 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from torch import nn
 
 from pyro_vae.errors import UserError
 from pyro_vae.guides import FullCovarianceGuide, IAFGuide, IAFOptions, MLPEncoder, NormalGuide, PowerSphericalGuide
-from pyro_vae.guides.encoders import ConvEncoder, ConvEncoderOptions
+from pyro_vae.guides.encoders import ConvEncoder, ConvEncoderOptions, MLPEncoderOptions
 from pyro_vae.models import VAEModel
-from pyro_vae.models.decoders import ConvDecoder, ConvDecoderOptions, LinearDecoder, MLPDecoder
+from pyro_vae.models.decoders import ConvDecoder, ConvDecoderOptions, LinearDecoder, MLPDecoder, MLPDecoderOptions
 from pyro_vae.models.likelihoods import (
     BernoulliLikelihood,
     ContinuousBernoulliLikelihood,
     DiscretizedLogisticLikelihood,
     DiscretizedLogisticOptions,
     GaussianLikelihood,
+    GaussianLikelihoodOptions,
     LearnedGaussianLikelihood,
+    LearnedGaussianOptions,
 )
 from pyro_vae.models.priors import (
     FlowPrior,
     FlowPriorOptions,
     GaussianPrior,
+    GaussianPriorOptions,
     MixturePrior,
+    MixturePriorOptions,
     StandardNormalPrior,
     UniformSpherePrior,
     VampPrior,
+    VampPriorOptions,
 )
 from pyro_vae.named import Registry
 
-if TYPE_CHECKING:
-    from pyro_vae.config import VAEConfig
+
+class ModelSpec(Protocol):
+    """What a component factory and ``build`` read of a config; ``pyro_vae.config.VAEConfig`` is one."""
+
+    x_shape: tuple[int, ...] | None
+    z_dim: int
+    hidden: tuple[int, ...]
+    prior: str
+    likelihood: str
+    encoder: str
+    decoder: str
+    guide: str
+
+    def validate(self) -> None: ...
+
+    def options_of(self, kind: str) -> dict[str, Any]: ...
+
+
+def widths(config: ModelSpec, options: Any) -> tuple[int, ...]:
+    """The hidden widths of a network: its options' ``hidden`` when set, else the config's ``hidden``."""
+    own = getattr(options, "hidden", None)
+    return tuple(config.hidden if own is None else own)
 
 
 #: Where z may live, as a component declares it (``Component(latent=...)``), and how messages name it.
@@ -95,7 +123,7 @@ class Component:
         except (TypeError, ValueError) as err:  # an unexpected keyword, or the dataclass's own checks
             raise UserError(f"{what}: {err}") from None
 
-    def make(self, config: VAEConfig, *args: Any, kind: str, name: str, posterior: Any = None) -> nn.Module:
+    def make(self, config: ModelSpec, *args: Any, kind: str, name: str, posterior: Any = None) -> nn.Module:
         """Call the factory with ``config``, ``args`` and what it declared."""
         extra: dict[str, Any] = {}
         if self.needs_posterior:
@@ -130,19 +158,24 @@ PRIORS = _registry(
     {
         "standard": Component(lambda c: StandardNormalPrior(c.z_dim), "N(0, I)", latent="real"),
         "gaussian": Component(
-            lambda c: GaussianPrior(c.z_dim, c.prior_loc, c.prior_scale, learnable=c.learn_prior),
-            "N(mu_p, diag sigma_p^2), --prior-loc, --prior-scale, --learn-prior",
+            lambda c, options: GaussianPrior(c.z_dim, options.loc, options.scale, learnable=options.learn),
+            "N(mu_p, diag sigma_p^2), --prior-loc, --prior-scale, --prior-learn",
+            options=GaussianPriorOptions,
             latent="real",
         ),
         "mixture": Component(
-            lambda c: MixturePrior(c.z_dim, c.mixture_components), "K learned Gaussians", latent="real"
+            lambda c, options: MixturePrior(c.z_dim, options.components),
+            "K learned Gaussians",
+            options=MixturePriorOptions,
+            latent="real",
         ),
         "vamp": Component(
-            lambda c, posterior: VampPrior(
-                posterior, c.x_shape, c.mixture_components, learn_weights=c.vamp_learn_weights
+            lambda c, posterior, options: VampPrior(
+                posterior, c.x_shape, options.components, learn_weights=options.learn_weights
             ),
             "VampPrior, a mixture of q(z|u_k) at K pseudo-inputs",
             needs_posterior=True,
+            options=VampPriorOptions,
             latent="guide",
         ),
         "flow": Component(
@@ -162,10 +195,17 @@ LIKELIHOODS = _registry(
     "likelihood",
     {
         "bernoulli": Component(lambda c: BernoulliLikelihood(len(c.x_shape)), "binary pixels, from logits"),
-        "gaussian": Component(lambda c: GaussianLikelihood(c.sigma, len(c.x_shape)), "N(f(z), sigma^2 I)"),
+        "gaussian": Component(
+            lambda c, options: GaussianLikelihood(options.sigma, len(c.x_shape)),
+            "N(f(z), sigma^2 I)",
+            options=GaussianLikelihoodOptions,
+        ),
         "gaussian-learned": Component(
-            lambda c: LearnedGaussianLikelihood(c.x_shape, c.sigma, per_pixel=c.sigma_per_pixel, min_sigma=c.min_sigma),
+            lambda c, options: LearnedGaussianLikelihood(
+                c.x_shape, options.sigma, per_pixel=options.per_pixel, min_sigma=options.min_sigma
+            ),
             "N(f(z), diag sigma^2), sigma learned",
+            options=LearnedGaussianOptions,
         ),
         "continuous-bernoulli": Component(
             lambda c: ContinuousBernoulliLikelihood(len(c.x_shape)), "grey pixels in [0, 1]"
@@ -181,9 +221,13 @@ LIKELIHOODS = _registry(
 ENCODERS = _registry(
     "encoder",
     {
-        "mlp": Component(lambda c: MLPEncoder(c.x_shape, c.encoder_widths), "MLP, widths --encoder-hidden"),
+        "mlp": Component(
+            lambda c, options: MLPEncoder(c.x_shape, widths(c, options)),
+            "MLP, widths --encoder-hidden",
+            options=MLPEncoderOptions,
+        ),
         "conv": Component(
-            lambda c, options: ConvEncoder(c.x_shape, options.channels, c.encoder_widths),
+            lambda c, options: ConvEncoder(c.x_shape, options.channels, widths(c, options)),
             "stride-2 convolutions (--encoder-channels), then an MLP (--encoder-hidden)",
             options=ConvEncoderOptions,
         ),
@@ -193,10 +237,14 @@ ENCODERS = _registry(
 DECODERS = _registry(
     "decoder",
     {
-        "mlp": Component(lambda c: MLPDecoder(c.z_dim, c.x_shape, c.decoder_widths), "MLP, widths --decoder-hidden"),
+        "mlp": Component(
+            lambda c, options: MLPDecoder(c.z_dim, c.x_shape, widths(c, options)),
+            "MLP, widths --decoder-hidden",
+            options=MLPDecoderOptions,
+        ),
         "linear": Component(lambda c: LinearDecoder(c.z_dim, c.x_shape), "f(z) = W z + b (probabilistic PCA)"),
         "conv": Component(
-            lambda c, options: ConvDecoder(c.z_dim, c.x_shape, options.channels, c.decoder_widths),
+            lambda c, options: ConvDecoder(c.z_dim, c.x_shape, options.channels, widths(c, options)),
             "an MLP (--decoder-hidden), then transposed stride-2 convolutions (--decoder-channels)",
             options=ConvDecoderOptions,
         ),
@@ -255,7 +303,7 @@ def check_latents(prior: Component, prior_name: str, guide: Component, guide_nam
     )
 
 
-def check_combination(config: VAEConfig) -> None:
+def check_combination(config: ModelSpec) -> None:
     """Refuse, in one line, a ``VAEConfig`` whose components cannot go together: a z_dim below one's
     ``min_z_dim``, or a prior and guide on different latent spaces (``check_latents``)."""
     for kind, registry in COMPONENTS.items():
@@ -311,7 +359,7 @@ def register_guide(name: str, factory: Callable[..., nn.Module] | None = None, *
 
 
 def build(
-    config: VAEConfig, prior: nn.Module | Component | Callable[..., nn.Module] | None = None
+    config: ModelSpec, prior: nn.Module | Component | Callable[..., nn.Module] | None = None
 ) -> tuple[VAEModel, nn.Module]:
     """Construct the Pyro model and guide described by ``config``.
 

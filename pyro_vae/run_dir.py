@@ -58,9 +58,18 @@ from pyro_vae.data import VAEData
 from pyro_vae.errors import UserError
 from pyro_vae.models import VAEModel
 from pyro_vae.pairs import as_pair, check_pair_run, discover_parameters
+from pyro_vae.plugins import require_plugins
 from pyro_vae.ranks import is_writer
 from pyro_vae.registry import build
 from pyro_vae.safe_load import safe_torch_load
+
+
+def read_config(text: str) -> TrainConfig:
+    """The ``TrainConfig`` in ``text`` (``config.json`` or a checkpoint's), after importing the plugins it records
+    (``pyro_vae.plugins.require_plugins``, trusted ones only): reading a config never imports code by itself, the
+    run directory's readers do it here, once, before the names are looked up."""
+    require_plugins(TrainConfig.recorded_plugins(text))
+    return TrainConfig.from_json(text)
 
 CHECKPOINT = "checkpoint.pt"
 #: The checkpoint saved before the last one (a hard link to it), offered when ``checkpoint.pt`` is damaged.
@@ -540,7 +549,7 @@ class RunDir:
             self._checked = (config, resume, overwrite, None)
             return None
         state = state if state is not None else self.read_checkpoint()
-        saved = TrainConfig.from_json(state["config"])
+        saved = read_config(state["config"])
         self.check_config_file(saved)
         self.check_records(state)
         if config.model.x_shape is None:  # to be taken from the data: the saved run's, if the data agree
@@ -570,7 +579,7 @@ class RunDir:
         if not path.is_file():
             return
         try:
-            on_disk = TrainConfig.from_json(path.read_text())
+            on_disk = read_config(path.read_text())
         except (ValueError, TypeError, KeyError) as err:
             raise UserError(
                 f"{path} is not a run's config ({str(err).splitlines()[0]}); restore it, or {_NEW_RUN}"
@@ -763,7 +772,7 @@ def resume_config(
     The checkpoint is read once; pass it on as ``train(..., state=...)``.
     """
     state = RunDir(out_dir).read_checkpoint()
-    d = TrainConfig.from_json(state["config"]).to_dict()
+    d = read_config(state["config"]).to_dict()
     d["model"].update(model or {})
     d.update(absolute_paths(train or {}))
     return TrainConfig.from_dict(d), state
@@ -839,7 +848,7 @@ def load_run(
     if not out.is_dir():
         raise UserError(f"run directory {out} does not exist")
     state = run_dir.read_checkpoint()
-    config = TrainConfig.from_json(state["config"])
+    config = read_config(state["config"])
     run_dir.check_config_file(config)
     pyro.clear_param_store()
     check_pair_run(config.plugins, model, guide, out)

@@ -18,6 +18,7 @@ goes on from that very step.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -46,7 +47,7 @@ from pyro_vae.interrupts import DeferredInterrupts
 from pyro_vae.kl_check import check_training_kl
 from pyro_vae.loggers import check_logger, make_logger
 from pyro_vae.pairs import as_pair, prepare_pair
-from pyro_vae.plugins import with_plugins
+from pyro_vae.plugins import required_plugins
 from pyro_vae.registry import build
 from pyro_vae.run_dir import (
     CHECKPOINT,
@@ -139,8 +140,9 @@ class Trainer:
         self.data = cfg.load_data(self.device) if self.data is None else self.data.to(self.device)
         for note in self.data.notes:
             self.say(note)
-        # with_plugins: the record of where the run's own components come from, to import them again when loaded.
-        self.config = cfg = with_plugins(cfg.with_data_shape(self.data))
+        # plugins: the record of where the run's own components come from, to import them again when loaded.
+        cfg = cfg.with_data_shape(self.data)
+        self.config = cfg = dataclasses.replace(cfg, plugins=required_plugins(cfg.components()))
         self.run.check_writable()
         self.data_digest = data_digest(self.data)
         if self._state is not None:
@@ -154,7 +156,8 @@ class Trainer:
             self.params, self.config = prepare_pair(self.model, self.guide, self.data, cfg)
             cfg = self.config
         self.optimizer = make_optimizer(self.params, cfg.lr)  # one fused Adam (benchmarks/step_time.py)
-        self.elbo = make_training_elbo(cfg, getattr(self.model, "plate_nesting", 1))
+        nesting = getattr(self.model, "plate_nesting", 1)
+        self.elbo = make_training_elbo(cfg.elbo, cfg.particles, cfg.elbo_options, plate_nesting=nesting)
         self.kl = self._check_kl()
         self.strategy.before_first_write()
         if self._state is None:
@@ -164,7 +167,7 @@ class Trainer:
         self.logger = make_logger(self.logger_name if self.run.writes else "none", self.out, self.position.epoch)
         # The model and guide run as Pyro runs them (validation on the first step only); --jit adds the compiled
         # objective, checked against them at each new batch shape (pyro_vae/step.py), where the strategy compiles.
-        jit = training_jit(cfg, getattr(self.model, "plate_nesting", 1))
+        jit = training_jit(cfg.elbo, cfg.particles, cfg.elbo_options, jit=cfg.jit, plate_nesting=nesting)
         if jit is not None and not self.strategy.compiles:
             self.say("--jit: not used under torchrun; the steps run uncompiled")
         n_train = self.data.train_x.shape[0]
@@ -178,7 +181,7 @@ class Trainer:
         self.model.to(self.device)
         self.guide.to(self.device)
         self.data.prepare(self.model.likelihood)
-        if self.config.model.prior_init_from_data:
+        if getattr(self.config.model.component_options("prior"), "init_from_data", False):
             self._init_prior_from_data()
         self.params = parameters_of(self.model, self.guide)
 
@@ -187,7 +190,7 @@ class Trainer:
         if init is None:
             raise UserError(
                 f"the {self.config.model.prior} prior cannot start from data (it has no init_from_data); "
-                "drop --prior-init-from-data"
+                "drop its init_from_data option"
             )
         init(self.data.train_x)  # on the seeded global generator, so the same seed gives the same start
 
@@ -196,7 +199,17 @@ class Trainer:
         # kl_kinds samples from the guide: keep that off the training random stream.
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             x = self.data.test_x_eval[: self.config.batch_size]
-            return check_training_kl(self.model, self.guide, x, self.elbo, self.config, self.say)
+            cfg = self.config
+            return check_training_kl(
+                self.model,
+                self.guide,
+                x,
+                self.elbo,
+                self.say,
+                name=cfg.elbo,
+                particles=cfg.particles,
+                require_analytic_kl=cfg.require_analytic_kl,
+            )
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.run.load_weights(self.model, self.guide, state)

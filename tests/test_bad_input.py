@@ -80,8 +80,8 @@ CASES = [
     Case("beta-neg", ("train", "--out", "{run}", "--beta", "-1"), ("beta must be a finite number >= 0, got -1.0",)),
     Case(
         "particles-0",
-        ("train", "--out", "{run}", "--num-particles", "0"),
-        ("num_particles must be an integer >= 1, got 0",),
+        ("train", "--out", "{run}", "--particles", "0"),
+        ("particles must be an integer >= 1, got 0",),
     ),
     Case("prior", ("train", "--out", "{run}", "--prior", "nope"), ("unknown prior 'nope'; choose one of:", "standard")),
     Case(

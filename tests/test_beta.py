@@ -17,7 +17,7 @@ BETA = 0.25
 
 def setup():
     torch.manual_seed(0)
-    cfg = VAEConfig(x_dim=6, z_dim=3, prior="gaussian", prior_loc=0.3, prior_scale=1.5, hidden=(7,))
+    cfg = VAEConfig(x_dim=6, z_dim=3, prior="gaussian", options={"prior": {"loc": 0.3, "scale": 1.5}}, hidden=(7,))
     model, guide = build(cfg)
     x = torch.bernoulli(torch.full((5, 6), 0.4), generator=torch.Generator().manual_seed(1))
     return model, guide, x

@@ -27,9 +27,7 @@ CONFIGS = {
     # the default estimator with dynamic binarisation
     "meanfield": dict(z_dim=2, hidden=(16,), batch_size=256),
     # Monte Carlo KL, two vectorised particles, KL warm-up and clipping: more random draws per step
-    "trace-warmup": dict(
-        z_dim=3, hidden=(16,), batch_size=300, elbo="trace", num_particles=2, kl_warmup=2, clip_norm=5.0
-    ),
+    "trace-warmup": dict(z_dim=3, hidden=(16,), batch_size=300, elbo="trace", particles=2, kl_warmup=2, clip_norm=5.0),
 }
 
 

@@ -17,11 +17,15 @@ import pytest
 from pyro_vae import ESTIMATORS, PRIORS, TrainConfig, VAEConfig
 from pyro_vae.cli import main, make_parser
 from pyro_vae.commands import COMMANDS
+from pyro_vae.registry import COMPONENTS
 
 
 def help_of(command: str | None, capsys) -> str:
     assert main([command, "--help"] if command else ["--help"]) == 0
     return capsys.readouterr().out
+
+
+TRAIN_SKIP = {"model", "plugins", "elbo_options"}
 
 
 def test_version_is_the_installed_packages(capsys):
@@ -49,7 +53,10 @@ def test_every_shown_default_is_the_dataclasses_default():
     train_parser = make_parser()._subparsers._group_actions[0].choices["train"]
     helps = {a.dest: a.help for a in train_parser._actions}
     checked = 0
-    for cls, skip in ((VAEConfig, {"x_shape", "x_dim", "options"}), (TrainConfig, {"model", "plugins"})):
+    for cls, skip in (
+        (VAEConfig, {"x_shape", "x_dim", "options"}),
+        (TrainConfig, {"model", "plugins", "elbo_options"}),
+    ):
         for f in dataclasses.fields(cls):
             if f.name in skip:
                 continue
@@ -58,7 +65,15 @@ def test_every_shown_default_is_the_dataclasses_default():
             else:
                 assert helps[f.name].endswith(f"(default: {shown(f.default)})"), (f.name, helps[f.name])
                 checked += 1
-    assert checked >= 25
+    # Each component's and estimator's options: every declaration's default is in its flag's help.
+    for kind, registry in {**COMPONENTS, "elbo": ESTIMATORS}.items():
+        for name, entry in registry.items():
+            for f in dataclasses.fields(entry.options) if entry.options is not None else ():
+                if f.default is not None and f.default is not dataclasses.MISSING:
+                    text = " ".join(helps[f"component:{kind}:{f.name}"].split())
+                    assert f"(default: {shown(f.default)})" in text, (kind, name, f.name, text)
+                    checked += 1
+    assert checked >= 40
 
 
 def test_two_options_never_share_a_help_text():

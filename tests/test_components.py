@@ -122,7 +122,9 @@ def test_a_users_component_options_are_command_line_flags(user_components, tmp_p
     capsys.readouterr()
     bad = ["train", "--out", str(tmp_path / "bad"), "--decoder", "mlp", "--decoder-width", "5", "--no-progress"]
     assert main(bad) == 2
-    assert capsys.readouterr().err == ("pyro-vae: error: decoder 'mlp' has no option(s) width; it takes no options\n")
+    assert capsys.readouterr().err == (
+        "pyro-vae: error: decoder 'mlp' has no option(s) width; its options are hidden\n"
+    )
     assert not (tmp_path / "bad").exists()
 
 
@@ -137,7 +139,9 @@ def test_option_names_are_checked_against_the_components_own_fields(user_compone
 
 def test_the_vamp_prior_uses_whatever_guide_family_is_in_use(user_components, float64):
     """With a Laplace guide the VampPrior is a mixture of Laplace posteriors at its pseudo-inputs, by hand."""
-    model, guide = build(VAEConfig(x_dim=5, z_dim=2, hidden=(6,), prior="vamp", mixture_components=3, guide="laplace"))
+    model, guide = build(
+        VAEConfig(x_dim=5, z_dim=2, hidden=(6,), prior="vamp", options={"prior": {"components": 3}}, guide="laplace")
+    )
     prior = model.prior()
     z = torch.randn(7, 2, dtype=torch.float64)
     loc, scale = guide.loc_scale(model.prior.pseudo_inputs)

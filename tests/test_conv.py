@@ -95,7 +95,9 @@ DATA = {
 def test_meanfield_loss_and_gradients_equal_the_closed_form_for_the_conv_model(float64, likelihood, shape):
     torch.manual_seed(0)
     options = {"encoder": {"channels": [4, 6]}, "decoder": {"channels": [4, 6]}}
-    model, guide = build(conv_config(shape, likelihood, hidden=(16,), sigma=0.7, options=options))
+    if likelihood == "gaussian":
+        options["likelihood"] = {"sigma": 0.7}
+    model, guide = build(conv_config(shape, likelihood, hidden=(16,), options=options))
     if likelihood == "discretized-logistic":
         with torch.no_grad():  # not the initial scale, and a different one per channel
             model.likelihood.raw_scale.copy_(torch.linspace(-3.0, -1.0, shape[0]).reshape(-1, 1, 1))

@@ -14,15 +14,23 @@ from tests.helpers import closed_form_loss, closed_form_terms, guide_trace
 
 PRIORS = [
     dict(prior="standard"),
-    dict(prior="gaussian", prior_loc=[0.7, -1.2, 0.1], prior_scale=[2.3, 0.4, 1.1]),
-    dict(prior="gaussian", prior_loc=0.5, prior_scale=1.7, learn_prior=True),
+    dict(
+        prior="gaussian",
+        options={"prior": {"loc": [0.7, -1.2, 0.1], "scale": [2.3, 0.4, 1.1]}},
+    ),
+    dict(
+        prior="gaussian",
+        options={"prior": {"loc": 0.5, "scale": 1.7, "learn": True}},
+    ),
 ]
 LIKELIHOODS = ["bernoulli", "gaussian"]
 
 
 def make(prior_kw, likelihood, x_dim=6, z_dim=3, n=5, sigma=1.0):
     torch.manual_seed(0)
-    cfg = VAEConfig(x_dim=x_dim, z_dim=z_dim, likelihood=likelihood, hidden=(7,), sigma=sigma, **prior_kw)
+    prior_kw = dict(prior_kw)
+    options = {**prior_kw.pop("options", {}), **({"likelihood": {"sigma": sigma}} if likelihood == "gaussian" else {})}
+    cfg = VAEConfig(x_dim=x_dim, z_dim=z_dim, likelihood=likelihood, hidden=(7,), options=options, **prior_kw)
     model, guide = build(cfg)
     g = torch.Generator().manual_seed(1)
     if likelihood == "bernoulli":

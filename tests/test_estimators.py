@@ -130,7 +130,13 @@ def test_renyi_at_alpha_one_is_the_k_sample_elbo(float64):
 def linear_gaussian(x_dim=6, z_dim=3, sigma=0.5, orthogonal=False, seed=0):
     torch.manual_seed(seed)
     model, guide = build(
-        VAEConfig(x_dim=x_dim, z_dim=z_dim, decoder="linear", likelihood="gaussian", encoder_hidden=(), sigma=sigma)
+        VAEConfig(
+            x_dim=x_dim,
+            z_dim=z_dim,
+            decoder="linear",
+            likelihood="gaussian",
+            options={"encoder": {"hidden": ()}, "likelihood": {"sigma": sigma}},
+        )
     )
     if orthogonal:
         with torch.no_grad():

@@ -33,7 +33,7 @@ def untrained_test_elbo(tmp_path_factory):
 def test_every_estimator_trains_two_epochs_on_digits_from_the_cli(name, untrained_test_elbo, tmp_path, capsys):
     out = tmp_path / name
     # K = 1 would make iwae, renyi and dreg the one-sample ELBO; give the multi-particle ones 5 particles.
-    particles = ["--num-particles", "5"] if ESTIMATORS[name].multi_particle else []
+    particles = ["--particles", "5"] if ESTIMATORS[name].multi_particle else []
     assert main(["train", "--out", str(out), "--elbo", name, *SMALL, *particles, "--no-progress"]) == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
@@ -106,7 +106,7 @@ def test_compare_estimators_can_train_first(tmp_path, capsys):
         (["compare-estimators", "{run}", "--z-dim", "3"], "model and training options need --train"),
         (["compare-estimators", "{run}", "--draws", "1"], "--draws must be >= 2"),
         (["evaluate", "{missing}"], "does not exist"),
-        (["evaluate", "{run}", "--num-samples", "0"], "--num-samples must be >= 1"),
+        (["evaluate", "{run}", "--num-samples", "0"], "--ll-samples must be >= 1"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args, message, trained_run, tmp_path, capsys):

@@ -25,7 +25,13 @@ from pyro_vae.linear_gaussian import LinearGaussian, exact_elbo, orthogonal_weig
 def linear_gaussian(x_dim=5, z_dim=2, sigma=0.5, seed=0, prior=None):
     torch.manual_seed(seed)
     model, guide = build(
-        VAEConfig(x_dim=x_dim, z_dim=z_dim, decoder="linear", likelihood="gaussian", encoder_hidden=(), sigma=sigma),
+        VAEConfig(
+            x_dim=x_dim,
+            z_dim=z_dim,
+            decoder="linear",
+            likelihood="gaussian",
+            options={"encoder": {"hidden": ()}, "likelihood": {"sigma": sigma}},
+        ),
         prior=prior,
     )
     with torch.no_grad():

@@ -135,7 +135,7 @@ def test_run_caption_names_the_particles_and_image_shape(tmp_path):
         model=VAEConfig(x_shape=(3, 32, 32), encoder="conv", decoder="conv", prior="vamp"),
         dataset=str(tmp_path / "pets"),
         elbo="iwae",
-        num_particles=10,
+        particles=10,
     )
     caption = run_caption(config, 7)
     assert caption.startswith("pets (3x32x32) · prior vamp") and "iwae (K = 10)" in caption and "epoch 7" in caption

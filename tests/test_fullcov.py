@@ -97,7 +97,12 @@ def test_posterior_shapes_and_a_positive_cholesky_diagonal():
 def linear_gaussian(x_dim: int = 6, z_dim: int = 3, guide: str = "fullcov"):
     """A linear-Gaussian VAE whose W has correlated columns, so the exact posterior covariance is not diagonal."""
     config = VAEConfig(
-        x_dim=x_dim, z_dim=z_dim, decoder="linear", likelihood="gaussian", encoder_hidden=(), sigma=0.5, guide=guide
+        x_dim=x_dim,
+        z_dim=z_dim,
+        decoder="linear",
+        likelihood="gaussian",
+        options={"encoder": {"hidden": ()}, "likelihood": {"sigma": 0.5}},
+        guide=guide,
     )
     model, q = build(config)
     g = torch.Generator().manual_seed(1)  # the same model whichever guide was built

@@ -113,7 +113,13 @@ def test_a_full_covariance_guide_reaches_a_correlated_posterior(float64):
     off-diagonal of the Cholesky factor included, so the approximation gap is 0 and the whole inference gap of an
     encoder 1.4x too wide, log p(x) - ELBO(q_enc) in closed form, is amortisation gap."""
     pyro.clear_param_store()
-    config = VAEConfig(x_dim=4, z_dim=2, decoder="linear", likelihood="gaussian", encoder_hidden=(), sigma=0.5)
+    config = VAEConfig(
+        x_dim=4,
+        z_dim=2,
+        decoder="linear",
+        likelihood="gaussian",
+        options={"encoder": {"hidden": ()}, "likelihood": {"sigma": 0.5}},
+    )
     model, guide = build(replace(config, guide="fullcov"))
     with torch.no_grad():
         model.decoder.linear.weight.copy_(torch.tensor([[1.0, 0.8], [0.5, 1.0], [0.2, -0.4], [0.9, 0.6]]))

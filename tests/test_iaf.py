@@ -102,7 +102,9 @@ def test_the_estimated_mean_agrees_with_a_large_sample_average_within_4_se(float
 
 
 def test_the_vamp_prior_is_a_mixture_of_flow_posteriors(float64):
-    model, guide = build(VAEConfig(x_dim=5, z_dim=3, hidden=(6,), prior="vamp", mixture_components=4, guide="iaf"))
+    model, guide = build(
+        VAEConfig(x_dim=5, z_dim=3, hidden=(6,), prior="vamp", options={"prior": {"components": 4}}, guide="iaf")
+    )
     z = torch.randn(7, 3)
     u = model.prior.pseudo_inputs
     per_component = torch.stack([guide.posterior(u[k : k + 1]).log_prob(z) for k in range(4)], -1)  # (7, K)

@@ -83,9 +83,7 @@ def test_meanfield_loss_with_continuous_bernoulli_equals_closed_form(float64, le
         z_dim=3,
         hidden=(7,),
         prior="gaussian",
-        prior_loc=[0.7, -1.2, 0.1],
-        prior_scale=[2.3, 0.4, 1.1],
-        learn_prior=learn_prior,
+        options={"prior": {"loc": [0.7, -1.2, 0.1], "scale": [2.3, 0.4, 1.1], "learn": learn_prior}},
         likelihood="continuous-bernoulli",
     )
     model, guide = build(cfg)
@@ -148,9 +146,13 @@ def test_learned_sigma_has_a_floor():
         lik.raw_sigma.fill_(-100.0)
     assert torch.all(lik.sigma >= 0.01) and torch.allclose(lik.sigma, torch.full((3,), 0.01))
     with pytest.raises(ValueError, match="must exceed min_sigma"):
-        VAEConfig(x_dim=3, likelihood="gaussian-learned", sigma=0.001, min_sigma=0.01)
+        VAEConfig(
+            x_dim=3,
+            likelihood="gaussian-learned",
+            options={"likelihood": {"sigma": 0.001, "min_sigma": 0.01}},
+        )
     with pytest.raises(ValueError, match="min_sigma must be a positive"):
-        VAEConfig(x_dim=3, likelihood="gaussian-learned", min_sigma=0.0)
+        VAEConfig(x_dim=3, likelihood="gaussian-learned", options={"likelihood": {"min_sigma": 0.0}})
 
 
 def test_meanfield_loss_with_learned_sigma_equals_closed_form_and_sigma_gets_a_gradient(float64):
@@ -160,11 +162,8 @@ def test_meanfield_loss_with_learned_sigma_equals_closed_form_and_sigma_gets_a_g
         z_dim=3,
         hidden=(7,),
         prior="gaussian",
-        prior_loc=0.3,
-        prior_scale=1.4,
+        options={"prior": {"loc": 0.3, "scale": 1.4}, "likelihood": {"sigma": 0.7, "per_pixel": True}},
         likelihood="gaussian-learned",
-        sigma=0.7,
-        sigma_per_pixel=True,
     )
     model, guide = build(cfg)
     assert "likelihood.raw_sigma" in dict(model.named_parameters())

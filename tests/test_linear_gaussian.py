@@ -26,7 +26,7 @@ from pyro_vae.linear_gaussian import (
 )
 
 
-def linear_gaussian(x_dim=5, z_dim=2, sigma=0.5, orthogonal=True, prior="standard", seed=0, **config):
+def linear_gaussian(x_dim=5, z_dim=2, sigma=0.5, orthogonal=True, prior="standard", seed=0, prior_options=None):
     torch.manual_seed(seed)
     model, guide = build(
         VAEConfig(
@@ -34,10 +34,8 @@ def linear_gaussian(x_dim=5, z_dim=2, sigma=0.5, orthogonal=True, prior="standar
             z_dim=z_dim,
             decoder="linear",
             likelihood="gaussian",
-            encoder_hidden=(),
-            sigma=sigma,
+            options={"encoder": {"hidden": ()}, "likelihood": {"sigma": sigma}, "prior": prior_options or {}},
             prior=prior,
-            **config,
         )
     )
     with torch.no_grad():
@@ -50,7 +48,9 @@ def linear_gaussian(x_dim=5, z_dim=2, sigma=0.5, orthogonal=True, prior="standar
 
 
 def test_exact_log_marginal_matches_scipy_and_bayes_rule(float64):
-    model, _ = linear_gaussian(orthogonal=False, prior="gaussian", prior_loc=[0.3, -1.0], prior_scale=[0.7, 1.6])
+    model, _ = linear_gaussian(
+        orthogonal=False, prior="gaussian", prior_options={"loc": [0.3, -1.0], "scale": [0.7, 1.6]}
+    )
     lg = LinearGaussian.of(model)
     x = torch.randn(6, 5)
     w, b, s = lg.weight.numpy(), lg.bias.numpy(), float(lg.sigma)
@@ -73,8 +73,8 @@ def test_set_guide_to_posterior_needs_orthogonal_columns(float64):
 
 @pytest.mark.parametrize("prior", ["standard", "gaussian"])
 def test_elbo_equals_exact_log_px_when_the_guide_is_the_exact_posterior(prior, float64):
-    extra = {"prior_loc": [0.5, -0.2], "prior_scale": [1.3, 0.6]} if prior == "gaussian" else {}
-    model, guide = linear_gaussian(prior=prior, **extra)
+    extra = {"loc": [0.5, -0.2], "scale": [1.3, 0.6]} if prior == "gaussian" else {}
+    model, guide = linear_gaussian(prior=prior, prior_options=extra)
     lg = LinearGaussian.of(model)
     x = lg.marginal().sample((10,))
     set_guide_to_posterior(guide, model)

@@ -56,7 +56,10 @@ def test_mixture_log_prob_is_logsumexp_of_weighted_components(float64):
 
 @pytest.mark.parametrize("learn_weights", [False, True])
 def test_vamp_log_prob_is_mean_of_guide_posteriors_at_pseudo_inputs(float64, learn_weights):
-    model, guide, _ = make(prior="vamp", mixture_components=5, vamp_learn_weights=learn_weights)
+    model, guide, _ = make(
+        prior="vamp",
+        options={"prior": {"components": 5, "learn_weights": learn_weights}},
+    )
     prior = model.prior
     if learn_weights:
         with torch.no_grad():
@@ -85,16 +88,19 @@ def test_vamp_log_prob_is_mean_of_guide_posteriors_at_pseudo_inputs(float64, lea
 # --- analytic or Monte Carlo ----------------------------------------------------------------------
 
 FALLBACK_PRIORS = [
-    dict(prior="mixture", mixture_components=3),
-    dict(prior="vamp", mixture_components=4),
-    dict(prior="vamp", mixture_components=4, vamp_learn_weights=True),
+    dict(prior="mixture", options={"prior": {"components": 3}}),
+    dict(prior="vamp", options={"prior": {"components": 4}}),
+    dict(
+        prior="vamp",
+        options={"prior": {"components": 4, "learn_weights": True}},
+    ),
 ]
 
 
 @pytest.mark.parametrize("prior_kw", FALLBACK_PRIORS, ids=["mixture", "vamp", "vamp-learned-weights"])
 def test_meanfield_falls_back_to_the_trace_elbo_on_the_same_z_and_says_so(float64, prior_kw):
     model, guide, x = make(**prior_kw)
-    if prior_kw.get("vamp_learn_weights") or prior_kw["prior"] == "mixture":
+    if prior_kw["options"]["prior"].get("learn_weights") or prior_kw["prior"] == "mixture":
         with torch.no_grad():
             model.prior.logits.normal_()
     trace = guide_trace(guide, x)
@@ -123,7 +129,10 @@ def test_meanfield_falls_back_to_the_trace_elbo_on_the_same_z_and_says_so(float6
 
 def test_analytic_prior_does_not_equal_the_one_sample_estimate(float64):
     """The contrast that makes the previous test meaningful: with an analytic KL the two ELBOs differ at one z."""
-    model, guide, x = make(prior="gaussian", prior_loc=0.4, prior_scale=1.6)
+    model, guide, x = make(
+        prior="gaussian",
+        options={"prior": {"loc": 0.4, "scale": 1.6}},
+    )
     replayed = poutine.replay(guide, trace=guide_trace(guide, x))
     gap = TraceMeanField_ELBO().loss(model, replayed, x) - Trace_ELBO().loss(model, replayed, x)
     assert abs(gap) > 1e-2
@@ -133,10 +142,22 @@ def test_analytic_prior_does_not_equal_the_one_sample_estimate(float64):
 # --- learnable prior parameters -------------------------------------------------------------------
 
 LEARNABLE = [
-    (dict(prior="gaussian", prior_loc=0.5, prior_scale=1.7, learn_prior=True), {"loc", "raw_scale"}),
-    (dict(prior="mixture", mixture_components=3), {"logits", "locs", "raw_scales"}),
-    (dict(prior="vamp", mixture_components=3), {"pseudo_inputs"}),
-    (dict(prior="vamp", mixture_components=3, vamp_learn_weights=True), {"pseudo_inputs", "logits"}),
+    (
+        dict(
+            prior="gaussian",
+            options={"prior": {"loc": 0.5, "scale": 1.7, "learn": True}},
+        ),
+        {"loc", "raw_scale"},
+    ),
+    (dict(prior="mixture", options={"prior": {"components": 3}}), {"logits", "locs", "raw_scales"}),
+    (dict(prior="vamp", options={"prior": {"components": 3}}), {"pseudo_inputs"}),
+    (
+        dict(
+            prior="vamp",
+            options={"prior": {"components": 3, "learn_weights": True}},
+        ),
+        {"pseudo_inputs", "logits"},
+    ),
 ]
 
 
@@ -168,7 +189,7 @@ def test_learnable_gaussian_prior_converges_to_the_optimum_of_the_analytic_kl(fl
     sigma_p^2 = mean_i (sigma_i^2 + (mu_i - mu_p)^2); training only the prior under TraceMeanField_ELBO
     must land there (the KL gradient is exact, so up to optimiser tolerance), and the loss there still equals
     the closed form at the learned mu_p, sigma_p."""
-    model, guide, x = make(prior="gaussian", prior_loc=0.5, prior_scale=1.7, learn_prior=True, n=40)
+    model, guide, x = make(prior="gaussian", options={"prior": {"loc": 0.5, "scale": 1.7, "learn": True}}, n=40)
     loc, scale = (t.detach() for t in guide.loc_scale(x))
     mu_opt = loc.mean(0)
     sigma_opt = (scale**2 + (loc - mu_opt) ** 2).mean(0).sqrt()
@@ -187,7 +208,7 @@ def test_one_component_mixture_gets_the_analytic_gradient_in_expectation_through
     """K = 1 is a Gaussian prior whose KL is Monte Carlo. The Trace_ELBO gradient with respect to its mean and
     scale parameters must be unbiased for the gradient of the closed-form KL (the likelihood does not depend on
     them): mean over 40 x 100 draws within 4 standard errors, per coordinate."""
-    model, guide, x = make(prior="mixture", mixture_components=1, n=8)
+    model, guide, x = make(prior="mixture", options={"prior": {"components": 1}}, n=8)
     prior = model.prior
     with torch.no_grad():
         prior.locs.copy_(torch.tensor([[0.5, -0.3, 1.0]]))
@@ -214,7 +235,7 @@ def test_one_component_mixture_gets_the_analytic_gradient_in_expectation_through
 
 
 def test_vamp_encoder_belongs_to_the_guide_only_and_is_updated_once_per_step():
-    model, guide, x = make(prior="vamp", mixture_components=3)
+    model, guide, x = make(prior="vamp", options={"prior": {"components": 3}})
     encoder_ids = {id(p) for p in guide.parameters()}
     assert not encoder_ids & {id(p) for p in model.parameters()}
     guide_storage = {p.data_ptr() for p in guide.parameters()}
@@ -243,7 +264,7 @@ def test_vamp_encoder_belongs_to_the_guide_only_and_is_updated_once_per_step():
 
 
 def test_vamp_pseudo_inputs_can_start_from_training_data():
-    model, guide, _ = make(prior="vamp", mixture_components=4, x_dim=6)
+    model, guide, _ = make(prior="vamp", options={"prior": {"components": 4}}, x_dim=6)
     data = torch.arange(60.0).reshape(10, 6) / 60
     model.prior.init_from_data(data, generator=torch.Generator().manual_seed(0))
     rows = {tuple(r.tolist()) for r in data}
@@ -262,7 +283,7 @@ def test_vamp_pseudo_inputs_can_start_from_training_data():
 
 @pytest.mark.parametrize("prior", ["mixture", "vamp"])
 def test_model_samples_from_the_new_priors(prior):
-    model, _, _ = make(prior=prior, mixture_components=3)
+    model, _, _ = make(prior=prior, options={"prior": {"components": 3}})
     tr = poutine.trace(model).get_trace(None, num_samples=7)
     assert tr.nodes["z"]["value"].shape == (7, 3)
     assert tr.nodes["x"]["value"].shape == (7, 6)
@@ -270,14 +291,21 @@ def test_model_samples_from_the_new_priors(prior):
 
 
 def test_config_fields_round_trip_and_bad_component_counts_are_rejected():
-    cfg = VAEConfig(x_dim=4, prior="vamp", mixture_components=7, vamp_learn_weights=True)
+    cfg = VAEConfig(
+        x_dim=4,
+        prior="vamp",
+        options={"prior": {"components": 7, "learn_weights": True}},
+    )
     assert VAEConfig.from_json(cfg.to_json()) == cfg
     model, _ = build(cfg)
     assert model.prior.num_components == 7 and model.prior.pseudo_inputs.shape == (7, 4)
-    assert build(VAEConfig(x_dim=4, prior="mixture", mixture_components=5))[0].prior.locs.shape == (5, 2)
+    assert build(VAEConfig(x_dim=4, prior="mixture", options={"prior": {"components": 5}}))[0].prior.locs.shape == (
+        5,
+        2,
+    )
     for bad in (0, -2, 1.5, True):
-        with pytest.raises(ValueError, match="mixture_components must be a positive integer"):
-            VAEConfig(x_dim=4, prior="mixture", mixture_components=bad)
+        with pytest.raises(ValueError, match=r"prior 'mixture': components must be an integer >= 1"):
+            VAEConfig(x_dim=4, prior="mixture", options={"prior": {"components": bad}})
 
 
 def test_training_starts_the_vamp_pseudo_inputs_at_training_images_when_asked(tmp_path):
@@ -290,12 +318,18 @@ def test_training_starts_the_vamp_pseudo_inputs_at_training_images_when_asked(tm
     def nearest_row_distance(run_dir, **options) -> torch.Tensor:
         # lr 1e-12: Adam moves each value by at most 1e-12 per step, so the pseudo-inputs stay where they began.
         config = TrainConfig.for_data(
-            data, prior="vamp", mixture_components=5, hidden=(16,), epochs=1, batch_size=500, lr=1e-12, **options
+            data,
+            prior="vamp",
+            options={"prior": {"components": 5, **options}},
+            hidden=(16,),
+            epochs=1,
+            batch_size=500,
+            lr=1e-12,
         )
         result = train(config, tmp_path / run_dir, progress=False, figures=False, data=data)
         return torch.cdist(result.model.prior.pseudo_inputs.detach(), x).min(dim=1).values
 
-    from_data = nearest_row_distance("data", prior_init_from_data=True)
+    from_data = nearest_row_distance("data", init_from_data=True)
     assert from_data.max() < 1e-9  # each pseudo-input is a training image
     assert nearest_row_distance("uniform").min() > 1.0  # uniform noise is far from every digit
 
@@ -306,8 +340,6 @@ def test_prior_init_from_data_is_refused_by_a_prior_without_init_from_data(tmp_p
     args = ["train", "--out", str(tmp_path / "run"), "--prior", "standard", "--prior-init-from-data", "--epochs", "1"]
     assert main([*args, "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert err == (
-        "pyro-vae: error: the standard prior cannot start from data (it has no init_from_data); "
-        "drop --prior-init-from-data\n"
-    )
+    # init_from_data is an option of the vamp prior only: the standard prior's options refuse it before training.
+    assert err == "pyro-vae: error: prior 'standard' has no option(s) init_from_data; it takes no options\n"
     assert not (tmp_path / "run" / "config.json").exists()

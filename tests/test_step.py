@@ -24,7 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 MODELS = [
     dict(prior="standard", likelihood="bernoulli"),
-    dict(prior="gaussian", prior_loc=0.5, prior_scale=1.7, learn_prior=True, likelihood="gaussian", sigma=0.6),
+    dict(
+        prior="gaussian",
+        options={"prior": {"loc": 0.5, "scale": 1.7, "learn": True}, "likelihood": {"sigma": 0.6}},
+        likelihood="gaussian",
+    ),
 ]
 
 
@@ -85,7 +89,7 @@ def test_compiled_objective_gives_the_plain_loss_and_gradients_at_the_same_z(flo
     [
         dict(prior="mixture"),
         dict(prior="vamp"),
-        dict(prior="gaussian", learn_prior=True, likelihood="gaussian-learned"),
+        dict(prior="gaussian", options={"prior": {"learn": True}}, likelihood="gaussian-learned"),
     ],
     ids=["mixture", "vamp", "learned-sigma"],
 )

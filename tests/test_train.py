@@ -20,6 +20,8 @@ from pyro_vae.config import VAEConfig
 from pyro_vae.data import load_data
 from pyro_vae.elbo_terms import elbo_terms
 from pyro_vae.errors import UserError
+from pyro_vae.estimators import ESTIMATORS
+from pyro_vae.registry import COMPONENTS
 from pyro_vae.run_dir import CHECKPOINT, load_checkpoint
 from pyro_vae.step import TrainStep
 from pyro_vae.training import NonFiniteLossError, TrainConfig, train
@@ -28,6 +30,9 @@ from pyro_vae.training import NonFiniteLossError, TrainConfig, train
 def small(**options) -> TrainConfig:
     base = dict(z_dim=2, hidden=(16,), epochs=3, batch_size=256, lr=5e-3, threads=1)
     return TrainConfig.for_data(load_data("digits"), **{**base, **options})
+
+
+TRAIN_SKIP = {"model", "plugins", "elbo_options"}
 
 
 def test_loss_decreases_and_test_elbo_rises_on_digits(tmp_path):
@@ -125,7 +130,7 @@ BAD_CONFIGS = [
     ({"lr": math.inf}, "lr must be a finite number > 0"),
     ({"beta": -1.0}, "beta must be a finite number >= 0"),
     ({"beta": math.nan}, "beta must be a finite number >= 0"),
-    ({"num_particles": 0}, "num_particles must be an integer >= 1"),
+    ({"particles": 0}, "particles must be an integer >= 1"),
     ({"kl_warmup": -1}, "kl_warmup must be an integer"),
     ({"clip_norm": 0.0}, "clip_norm must be a finite number > 0"),
     ({"seed": -1}, "seed must be an integer in"),
@@ -148,12 +153,12 @@ def test_config_validation_messages(change, message):
 
 def test_config_json_round_trip_and_unknown_fields():
     config = TrainConfig(
-        model=VAEConfig(x_dim=64, hidden=(32, 16), prior="gaussian", prior_loc=[0.5, -1.0]),
+        model=VAEConfig(x_dim=64, hidden=(32, 16), prior="gaussian", options={"prior": {"loc": [0.5, -1.0]}}),
         beta=0.3,
         kl_warmup=4,
         clip_norm=5.0,
         elbo="trace",
-        num_particles=3,
+        particles=3,
         threads=1,
     )
     again = TrainConfig.from_json(config.to_json())
@@ -191,11 +196,19 @@ def test_every_config_field_is_a_cli_option():
     parser = make_parser()
     train_parser = parser._subparsers._group_actions[0].choices["train"]
     options = {s for a in train_parser._actions for s in a.option_strings}
-    # plugins is a record train() writes (where the run's own components come from), not a setting.
-    for cls, skip in ((VAEConfig, {"x_dim", "x_shape", "options"}), (TrainConfig, {"model", "plugins"})):
+    # plugins is a record train() writes (where the run's own components come from), not a setting; options and
+    # elbo_options hold the components' and the estimator's options, each of which is a --KIND-OPTION flag.
+    for cls, skip in (
+        (VAEConfig, {"x_dim", "x_shape", "options"}),
+        (TrainConfig, {"model", "plugins", "elbo_options"}),
+    ):
         for f in dataclasses.fields(cls):
             if f.name not in skip:
                 assert "--" + f.name.replace("_", "-") in options, f.name
+    for kind, registry in {**COMPONENTS, "elbo": ESTIMATORS}.items():
+        for name, entry in registry.items():
+            for f in dataclasses.fields(entry.options) if entry.options is not None else ():
+                assert f"--{kind}-{f.name}".replace("_", "-") in options, (kind, name, f.name)
     assert "--x-dim" not in options and "--x-shape" not in options  # the data give the shape
     assert isinstance(parser, argparse.ArgumentParser)
 
@@ -265,8 +278,8 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
 
 @pytest.mark.parametrize(("elbo", "particles", "noted"), [("iwae", 1, True), ("iwae", 2, False), ("trace", 1, False)])
 def test_a_multi_particle_bound_at_one_particle_is_pointed_out(tmp_path, capsys, elbo, particles, noted):
-    train(small(epochs=1, elbo=elbo, num_particles=particles), tmp_path / "run", figures=False)
-    note = f"note: --elbo {elbo} with --num-particles 1 is the standard ELBO; its bound tightens with K > 1"
+    train(small(epochs=1, elbo=elbo, particles=particles), tmp_path / "run", figures=False)
+    note = f"note: --elbo {elbo} with --particles 1 is the standard ELBO; its bound tightens with K > 1"
     assert (note in capsys.readouterr().err) == noted
 
 

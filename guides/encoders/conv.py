@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pyro_vae.models.conv import check_image_shape, conv_stack
-from pyro_vae.models.networks import mlp
+from pyro_vae.models.networks import check_widths, mlp
 from torch import Tensor, nn
 
 
@@ -14,9 +14,15 @@ from torch import Tensor, nn
 class ConvEncoderOptions:
     """Fields:
     channels: output channels of each stride-2 convolution of the encoder (each halves H and W).
+    hidden: widths of the fully connected layers after the convolutions (None: the VAEConfig's hidden).
     """
 
     channels: tuple[int, ...] = (32, 64)
+    hidden: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        self.channels = check_widths(self.channels, "channels")  # type: ignore[assignment]
+        self.hidden = check_widths(self.hidden, "hidden")
 
 
 class ConvEncoder(nn.Module):

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pyro_vae.models.networks import as_shape, event_size, mlp
+from pyro_vae.models.networks import HiddenOptions, as_shape, event_size, mlp
 from torch import Tensor, nn
+
+
+class MLPEncoderOptions(HiddenOptions):
+    """Fields:
+    hidden: hidden widths of the MLP encoder; none at all makes the guide affine (None: the VAEConfig's hidden).
+    """
 
 
 class MLPEncoder(nn.Module):

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pyro_vae.models.conv import check_image_shape, transposed_stack
-from pyro_vae.models.networks import mlp
+from pyro_vae.models.networks import check_widths, mlp
 from torch import Tensor, nn
 
 
@@ -15,9 +15,16 @@ class ConvDecoderOptions:
     """Fields:
     channels: output channels of the encoder-side stride-2 convolutions the decoder mirrors, first to last
         (the decoder runs them in reverse; each transposed convolution doubles H and W).
+    hidden: widths of the fully connected layers before the transposed convolutions (None: the VAEConfig's
+        hidden).
     """
 
     channels: tuple[int, ...] = (32, 64)
+    hidden: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        self.channels = check_widths(self.channels, "channels")  # type: ignore[assignment]
+        self.hidden = check_widths(self.hidden, "hidden")
 
 
 class ConvDecoder(nn.Module):

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pyro_vae.models.networks import as_shape, event_size, mlp
+from pyro_vae.models.networks import HiddenOptions, as_shape, event_size, mlp
 from torch import Tensor, nn
+
+
+class MLPDecoderOptions(HiddenOptions):
+    """Fields:
+    hidden: hidden widths of the MLP decoder; none at all makes it affine (None: the VAEConfig's hidden).
+    """
 
 
 class MLPDecoder(nn.Module):

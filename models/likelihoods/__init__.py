@@ -13,8 +13,8 @@ from pyro_vae.models.likelihoods.discretized_logistic import (
     DiscretizedLogisticLikelihood,
     DiscretizedLogisticOptions,
 )
-from pyro_vae.models.likelihoods.gaussian import GaussianLikelihood
-from pyro_vae.models.likelihoods.gaussian_learned import LearnedGaussianLikelihood
+from pyro_vae.models.likelihoods.gaussian import GaussianLikelihood, GaussianLikelihoodOptions
+from pyro_vae.models.likelihoods.gaussian_learned import LearnedGaussianLikelihood, LearnedGaussianOptions
 
 __all__ = [
     "BernoulliLikelihood",
@@ -23,5 +23,7 @@ __all__ = [
     "DiscretizedLogisticLikelihood",
     "DiscretizedLogisticOptions",
     "GaussianLikelihood",
+    "GaussianLikelihoodOptions",
     "LearnedGaussianLikelihood",
+    "LearnedGaussianOptions",
 ]

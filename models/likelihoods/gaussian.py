@@ -7,9 +7,25 @@ blog's sum of squared errors ||x - x_hat||^2 plus a constant, which weighs recon
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pyro.distributions as dist
 import torch
+from pyro_vae.models.networks import check_positive
 from torch import Tensor, nn
+
+
+@dataclass
+class GaussianLikelihoodOptions:
+    """Fields:
+    sigma: the fixed standard deviation of the gaussian likelihood (1 gives 1/2 the summed squared error;
+        1/sqrt(2) gives the blog's summed squared error, up to constants).
+    """
+
+    sigma: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_positive(self.sigma, "sigma")
 
 
 class NormalLikelihood(nn.Module):

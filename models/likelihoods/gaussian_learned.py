@@ -8,13 +8,34 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from pyro_vae.models.likelihoods.gaussian import NormalLikelihood
-from pyro_vae.models.networks import as_shape
+from pyro_vae.models.networks import as_shape, check_flag, check_positive
 from torch import Tensor, nn
 from torch.distributions.transforms import SoftplusTransform
+
+
+@dataclass
+class LearnedGaussianOptions:
+    """Fields:
+    sigma: the initial sigma of the gaussian-learned likelihood (must exceed min_sigma).
+    per_pixel: learn one sigma per pixel instead of one global sigma.
+    min_sigma: floor of the learned sigma (constant pixels would otherwise drive it to 0 and the ELBO to +inf).
+    """
+
+    sigma: float = 1.0
+    per_pixel: bool = False
+    min_sigma: float = 1e-3
+
+    def __post_init__(self) -> None:
+        check_positive(self.sigma, "sigma")
+        check_flag(self.per_pixel, "per_pixel")
+        check_positive(self.min_sigma, "min_sigma")
+        if not self.sigma > self.min_sigma:
+            raise ValueError(f"the initial sigma ({self.sigma}) must exceed min_sigma ({self.min_sigma})")
 
 
 class LearnedGaussianLikelihood(NormalLikelihood):

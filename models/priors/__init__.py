@@ -8,19 +8,22 @@ makes ``TraceMeanField_ELBO`` use it analytically.
 """
 
 from pyro_vae.models.priors.flow import FlowPrior, FlowPriorOptions
-from pyro_vae.models.priors.gaussian import GaussianPrior
-from pyro_vae.models.priors.mixture import MixturePrior
+from pyro_vae.models.priors.gaussian import GaussianPrior, GaussianPriorOptions
+from pyro_vae.models.priors.mixture import MixturePrior, MixturePriorOptions
 from pyro_vae.models.priors.standard import StandardNormalPrior
 from pyro_vae.models.priors.uniform_sphere import UniformSphere, UniformSpherePrior
-from pyro_vae.models.priors.vamp import VampPrior
+from pyro_vae.models.priors.vamp import VampPrior, VampPriorOptions
 
 __all__ = [
     "FlowPrior",
     "FlowPriorOptions",
     "GaussianPrior",
+    "GaussianPriorOptions",
     "MixturePrior",
+    "MixturePriorOptions",
     "StandardNormalPrior",
     "UniformSphere",
     "UniformSpherePrior",
     "VampPrior",
+    "VampPriorOptions",
 ]

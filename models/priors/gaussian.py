@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
+from pyro_vae.models.networks import check_flag
 from torch import nn
 from torch.distributions.transforms import SoftplusTransform
 
@@ -20,6 +22,36 @@ def _as_vector(value: float | Sequence[float] | torch.Tensor, z_dim: int, name: 
     if not torch.isfinite(t).all():
         raise ValueError(f"{name} must be finite, got {t.tolist()}")
     return t.clone()
+
+
+def _check_numbers(value: float | Sequence[float], name: str, positive: bool) -> float | tuple[float, ...]:
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    for v in values:
+        ok = not isinstance(v, bool) and isinstance(v, (int, float)) and abs(v) < float("inf")
+        if not ok or (positive and not v > 0):
+            what = "positive finite numbers" if positive else "finite numbers"
+            raise ValueError(f"{name} must be one number or one per latent dimension, {what}, got {value!r}")
+    return tuple(values) if isinstance(value, (tuple, list)) else value
+
+
+@dataclass
+class GaussianPriorOptions:
+    """Fields:
+    loc: the mean mu_p of the gaussian prior N(mu_p, diag sigma_p^2): one number for every latent dimension, or
+        one per dimension.
+    scale: the standard deviation sigma_p of the gaussian prior, > 0: one number for every latent dimension, or
+        one per dimension.
+    learn: make the gaussian prior's mu_p and sigma_p learnable.
+    """
+
+    loc: float | tuple[float, ...] = 0.0
+    scale: float | tuple[float, ...] = 1.0
+    learn: bool = False
+
+    def __post_init__(self) -> None:
+        self.loc = _check_numbers(self.loc, "loc", positive=False)
+        self.scale = _check_numbers(self.scale, "scale", positive=True)
+        check_flag(self.learn, "learn")
 
 
 class GaussianPrior(nn.Module):

@@ -6,11 +6,26 @@ Monte Carlo estimate log q(z) - log p(z) for it (``pyro_vae.kl_check.kl_kinds`` 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
+from pyro_vae.models.networks import check_count
 from torch import nn
 from torch.distributions.transforms import SoftplusTransform
+
+
+@dataclass
+class MixturePriorOptions:
+    """Fields:
+    components: K, the number of Gaussians of the mixture prior.
+    """
+
+    components: int = 10
+
+    def __post_init__(self) -> None:
+        check_count(self.components, "components")
 
 
 class MixturePrior(nn.Module):

@@ -11,14 +11,34 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import pyro.distributions as dist
 import torch
-from pyro_vae.models.networks import as_shape
+from pyro_vae.models.networks import as_shape, check_count, check_flag
 from torch import Tensor, nn
 
 #: q(z|x) for a batch x of shape (K, *x_shape): a distribution of batch shape (K,) and event shape (z_dim,).
 Posterior = Callable[[Tensor], dist.Distribution]
+
+
+@dataclass
+class VampPriorOptions:
+    """Fields:
+    components: K, the number of pseudo-inputs of the VampPrior.
+    learn_weights: learn the VampPrior's mixture weights instead of the paper's uniform 1/K.
+    init_from_data: before training, start the pseudo-inputs at K random training examples (Tomczak and
+        Welling's initialisation) instead of uniform noise.
+    """
+
+    components: int = 10
+    learn_weights: bool = False
+    init_from_data: bool = False
+
+    def __post_init__(self) -> None:
+        check_count(self.components, "components")
+        check_flag(self.learn_weights, "learn_weights")
+        check_flag(self.init_from_data, "init_from_data")
 
 
 class VampPrior(nn.Module):

@@ -64,7 +64,6 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
     parser.add_argument(
         "--particles", type=int, default=10, metavar="K", help=f"K for {bounds} in the table (default: 10)"
     )
-    parser.add_argument("--alpha", type=float, default=0.5, help="alpha of renyi (default: 0.5)")
     parser.add_argument("--draws", type=int, default=100, metavar="R", help="draws per estimator (default: 100)")
     parser.add_argument(
         "--examples", type=int, default=64, metavar="N", help="test examples in the batch (default: 64)"
@@ -92,7 +91,8 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
     )
     add_model_module_options(parser, data_flags=False)  # --dataset, --data-dir, --download come from TrainConfig
     # --train's model is trained with one particle: --particles is the comparison's K, and one K option is enough.
-    converters = add_config_options(parser, skip=("num_particles",))
+    # The estimators' own options (--elbo-alpha) apply to every compared estimator that declares them.
+    converters = add_config_options(parser, skip=("particles",))
     parser.set_defaults(run=run, _converters=converters)
     return parser
 
@@ -113,9 +113,11 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def _estimator(name: str, args: argparse.Namespace):
-    """The estimator ``name`` with the comparison's K (``--particles``) and alpha where it takes them."""
+    """The estimator ``name`` with the comparison's K (``--particles``) and the options given (``--elbo-alpha``)
+    that it declares."""
     spec = ESTIMATORS[name]
-    options = {"alpha": args.alpha} if "alpha" in spec.options else {}
+    given = given_options(args, {"elbo": name})[1].get("elbo_options", {})
+    options = {k: v for k, v in given.items() if k in spec.option_names}
     return spec.make(num_particles=args.particles if spec.multi_particle else 1, **options)
 
 
@@ -137,8 +139,11 @@ def _source(args: argparse.Namespace, run_dir: RunDir):
         title = f"{args.model_module} on {name}"
         return model, guide, x, title, {"model_module": args.model_module, "dataset": name}
     if args.train:
+        # The trained estimator takes the given options it declares; the others are the comparison's.
+        declared = ESTIMATORS[train_opts.get("elbo", "meanfield")].option_names
+        train_opts["elbo_options"] = {k: v for k, v in train_opts.get("elbo_options", {}).items() if k in declared}
         train(TrainConfig.from_options(model_opts, train_opts), run_dir, progress=args.progress)
-    elif model_opts or set(train_opts) - {"threads"}:
+    elif model_opts or set(train_opts) - {"threads", "elbo_options"}:
         raise UserError("model and training options need --train (to compare on an existing run, give only DIR)")
     loaded = load_run(args.dir)
     at = str(loaded.position)

@@ -70,11 +70,24 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
         f"Johnson 2016). Writes DIR/{OUTPUT}.",
     )
     parser.add_argument("dir", type=Path, metavar="DIR", help="run directory (from pyro-vae train --out DIR)")
+    # The spellings of compare-estimators (--ll-samples, --examples); the older ones stay as aliases.
     parser.add_argument(
-        "--num-samples", type=int, default=5000, metavar="K", help="importance samples per example (default: 5000)"
+        "--ll-samples",
+        "--num-samples",
+        dest="num_samples",
+        type=int,
+        default=5000,
+        metavar="K",
+        help="importance samples per example for log p(x) (default: 5000)",
     )
     parser.add_argument(
-        "--num-examples", type=int, default=None, metavar="N", help="evaluate the first N test examples (default: all)"
+        "--examples",
+        "--num-examples",
+        dest="num_examples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="evaluate the first N test examples (default: all)",
     )
     parser.add_argument(
         "--sweep",
@@ -215,7 +228,7 @@ def format_evaluation(result: Evaluation, title: str) -> str:
 
 def _check(args: argparse.Namespace) -> None:
     counts = {
-        "--num-samples": args.num_samples,
+        "--ll-samples": args.num_samples,
         "--ais-examples": args.ais_examples,
         "--gap-examples": args.gap_examples,
     }
@@ -223,7 +236,7 @@ def _check(args: argparse.Namespace) -> None:
         if value < 1:
             raise UserError(f"{flag} must be >= 1, got {value}")
     if args.num_examples is not None and args.num_examples < 1:
-        raise UserError(f"--num-examples must be >= 1, got {args.num_examples}")
+        raise UserError(f"--examples must be >= 1, got {args.num_examples}")
     if args.threads < 1:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
     if args.bdmc < 0:

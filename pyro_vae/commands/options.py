@@ -2,8 +2,11 @@
 of every registered component, so that a new field, component or estimator appears on the command line with no
 edit here.
 
-``z_dim`` -> ``--z-dim``, ``learn_prior`` -> ``--learn-prior/--no-learn-prior``, ``hidden`` -> ``--hidden 256 128``;
-a component's option ``channels`` of kind ``decoder`` -> ``--decoder-channels`` (into ``VAEConfig.options``).
+``z_dim`` -> ``--z-dim``, ``jit`` -> ``--jit/--no-jit``, ``hidden`` -> ``--hidden 256 128``; a component's option
+``channels`` of kind ``decoder`` -> ``--decoder-channels`` (into ``VAEConfig.options``), an estimator's option
+``alpha`` -> ``--elbo-alpha`` (into ``TrainConfig.elbo_options``). Each kind's options have their own namespace
+(``--prior-*``, ``--likelihood-*``, ``--encoder-*``, ``--decoder-*``, ``--guide-*``, ``--elbo-*``) that no other
+flag uses, and are read with the type of the component chosen, so no component's option can clash with a flag.
 Help texts come from the classes' "Fields:" docstrings, choices from the registries. Options default to
 ``argparse.SUPPRESS``, so the parsed namespace holds only what the user gave.
 """
@@ -21,6 +24,7 @@ from typing import Any
 
 from pyro_vae.config import TrainConfig, VAEConfig
 from pyro_vae.data import default_data_dir
+from pyro_vae.errors import UserError
 from pyro_vae.estimators import ESTIMATORS
 from pyro_vae.registry import COMPONENTS
 
@@ -115,6 +119,7 @@ def add_dataclass_options(
     defaults: dict[str, Any] | None = None,
     extra_help: dict[str, str] | None = None,
     metavars: dict[str, str] | None = None,
+    aliases: dict[str, list[str]] | None = None,
 ) -> dict[str, Callable[[Any], Any]]:
     """Add one ``--option`` per dataclass field of ``cls`` (except ``skip``); return name -> converter.
 
@@ -144,9 +149,8 @@ def add_dataclass_options(
         if f.name in extra_help:
             text += f"{extra_help[f.name]}"
         help_text = plain(f"{text} (default: {_default_text(default)})")
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"), dest=f.name, default=argparse.SUPPRESS, help=help_text, **kwargs
-        )
+        flags = ["--" + f.name.replace("_", "-"), *(aliases or {}).get(f.name, [])]
+        parser.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS, help=help_text, **kwargs)
         converters[f.name] = convert
     return converters
 
@@ -178,8 +182,6 @@ def registry_help() -> tuple[dict[str, str], dict[str, str]]:
 
 #: What a None default means, shown as the default in the help instead of "None".
 UNSET = {
-    "encoder_hidden": "those of --hidden",
-    "decoder_hidden": "those of --hidden",
     "labels": "none",
     "clip_norm": "no clipping",
     "image_size": "keep their size, the same for all",
@@ -195,79 +197,197 @@ METAVARS = {
 
 #: VAEConfig fields that are not options: the data give x_shape; components' options have their own flags.
 _NOT_OPTIONS = ("x_shape", "x_dim", "options")
-#: The namespace key of a component option: "component:decoder:channels".
+#: TrainConfig fields that are not flags of their own: the estimator's options are --elbo-FIELD.
+_NOT_TRAIN_OPTIONS = ("model", "plugins", "elbo_options")
+#: The namespace key of a component option: "component:decoder:channels" (kind "elbo": the estimator's).
 _COMPONENT = "component"
+#: The kinds whose options are flags, and the field of the config that names the chosen one.
+OPTION_KINDS = (*COMPONENTS, "elbo")
+#: Old spellings of component options, kept as aliases: alias -> (kind, option).
+ALIASES = {
+    "--learn-prior": ("prior", "learn"),
+    "--mixture-components": ("prior", "components"),
+    "--vamp-learn-weights": ("prior", "learn_weights"),
+    "--sigma": ("likelihood", "sigma"),
+    "--sigma-per-pixel": ("likelihood", "per_pixel"),
+    "--min-sigma": ("likelihood", "min_sigma"),
+    "--alpha": ("elbo", "alpha"),
+}
+#: Old spellings of TrainConfig flags: alias -> field.
+TRAIN_ALIASES = {"--num-particles": "particles"}
 
 
-def add_component_options(parser: argparse.ArgumentParser, taken: set[str]) -> dict[str, Callable[[Any], Any]]:
-    """``--KIND-FIELD`` for every field of every registered component's options dataclass (one flag per name even
-    when two components of a kind declare it; they must agree on its type)."""
-    converters: dict[str, Callable[[Any], Any]] = {}
-    seen: dict[str, tuple[str, Any]] = {}
-    for kind, registry in COMPONENTS.items():
-        for name, component in registry.items():
-            if component.options is None:
-                continue
-            hints = typing.get_type_hints(component.options)
-            docs = field_docs(component.options)
-            group = parser.add_argument_group(f"{kind} {name!r} options")
-            for f in component.option_fields():
-                flag = f"--{kind}-{f.name}".replace("_", "-")
-                if flag in taken:
-                    raise ValueError(f"{kind} {name!r} option {f.name!r} clashes with the existing option {flag}")
-                if flag in seen:
-                    if seen[flag][1] != hints[f.name]:
-                        raise ValueError(f"{flag} has two types: {seen[flag][1]} ({seen[flag][0]}) and {hints[f.name]}")
-                    continue
-                seen[flag] = (name, hints[f.name])
-                kwargs, convert = _argument(hints[f.name])
-                default = "" if f.default is dataclasses.MISSING else f" (default: {_default_text(f.default)})"
-                text = docs.get(f.name, f"the {name} {kind}'s option {f.name}").rstrip(".") + default
-                dest = f"{_COMPONENT}:{kind}:{f.name}"
-                group.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=plain(text), **kwargs)
-                converters[dest] = convert
+def option_registry(kind: str) -> Any:
+    """The registry of ``kind``: a component kind's, or the estimators' for "elbo"."""
+    return ESTIMATORS if kind == "elbo" else COMPONENTS[kind]
+
+
+@dataclasses.dataclass
+class ComponentOption:
+    """The one flag ``--KIND-NAME`` of every component of ``kind`` that declares an option ``name``, and each one's
+    type: the value is read with the type of the component chosen (``convert``), so two components may declare
+    one name with different types without clashing."""
+
+    kind: str
+    name: str
+    types: dict[str, Any]  # component name -> field type
+    flag: str = ""
+
+    @property
+    def typed(self) -> bool:
+        """argparse reads the value itself (every declaration has one type); else strings, read by ``convert``."""
+        return len({repr(t) for t in self.types.values()}) == 1
+
+    def argparse_kwargs(self) -> dict[str, Any]:
+        if self.typed:
+            return _argument(next(iter(self.types.values())))[0]
+        if all(t is bool for t in self.types.values()):
+            return {"action": argparse.BooleanOptionalAction}
+        return {"nargs": "*", "metavar": "VALUE"}
+
+    def convert(self, value: Any, component: str) -> Any:
+        """The value for ``component`` (its declared type); one-line ``UserError`` if it is not one."""
+        if self.typed:
+            return _argument(next(iter(self.types.values())))[1](value)
+        tp = self.types.get(component)
+        if tp is None:  # not an option of the chosen component: its options dataclass says so, in one line
+            return value
+        return _read_as(tp, value if isinstance(value, list) else [value], self.flag)
+
+
+def _read_as(tp: Any, texts: list[Any], flag: str) -> Any:
+    """``texts`` (the strings after ``flag``) read as a value of type ``tp``."""
+    kwargs, convert = _argument(tp)
+    if kwargs.get("action") is argparse.BooleanOptionalAction:
+        if len(texts) == 1 and str(texts[0]).lower() in ("true", "false", "on", "off", "1", "0"):
+            return str(texts[0]).lower() in ("true", "on", "1")
+        raise UserError(f"{flag} takes true or false here, got {' '.join(map(str, texts)) or 'nothing'}")
+    parse = kwargs.get("type", str)
+    try:
+        values = [parse(t) for t in texts]
+    except (ValueError, TypeError, argparse.ArgumentTypeError):
+        raise UserError(f"{flag}: invalid {kwargs.get('metavar', 'value')} value(s) {' '.join(texts)}") from None
+    if "choices" in kwargs and any(v not in kwargs["choices"] for v in values):
+        raise UserError(f"{flag} takes one of {', '.join(map(str, kwargs['choices']))}, got {' '.join(texts)}")
+    if kwargs.get("nargs") is None:
+        if len(values) != 1:
+            raise UserError(f"{flag} takes one value here, got {len(values)}")
+        return convert(values[0])
+    if kwargs["nargs"] == "+" and not values:
+        raise UserError(f"{flag} needs at least one value")
+    return convert(values)
+
+
+def _declarations(kind: str) -> dict[str, list[tuple[str, dataclasses.Field, Any, str]]]:
+    """Option name -> [(component, field, type, help text)] of every registered component of ``kind``."""
+    found: dict[str, list[tuple[str, dataclasses.Field, Any, str]]] = {}
+    for name, component in option_registry(kind).items():
+        if component.options is None:
+            continue
+        hints = typing.get_type_hints(component.options)
+        docs = field_docs(component.options)
+        for f in dataclasses.fields(component.options):
+            found.setdefault(f.name, []).append((name, f, hints[f.name], docs.get(f.name, "")))
+    return found
+
+
+def _option_help(entries: list[tuple[str, dataclasses.Field, Any, str]], kind: str) -> str:
+    parts = []
+    for component, f, _, doc in entries:
+        text = doc.rstrip(".") or f"the {component} {kind}'s option {f.name}"
+        unset = re.search(r"\((?:None|none)\s*[:=]\s*([^()]*)\)", doc)
+        if f.default is not dataclasses.MISSING:
+            default = unset.group(1) if f.default is None and unset else _default_text(f.default)
+            text += f" (default: {default})"
+        parts.append(text if len(entries) == 1 else f"{component}: {text}")
+    return plain("; ".join(parts))
+
+
+def add_component_options(parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """One ``--KIND-FIELD`` per option name of the components of each kind (``--prior-scale``) and of the estimators
+    (``--elbo-alpha``), in help groups by component; old spellings as aliases (``ALIASES``). Every such flag
+    begins with its kind, and no other flag does, so no component can clash with a built-in flag."""
+    converters: dict[str, Any] = {}
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for kind in OPTION_KINDS:
+        for name, entries in _declarations(kind).items():
+            flag = f"--{kind}-{name}".replace("_", "-")
+            option = ComponentOption(kind, name, {c: tp for c, _, tp, _ in entries}, flag)
+            owner = entries[0][0]
+            title = f"{kind} {owner!r} options" + (f" (with --{kind} {owner})" if kind != "elbo" else "")
+            group = groups.get(title) or groups.setdefault(title, parser.add_argument_group(title))
+            aliases = [a for a, target in ALIASES.items() if target == (kind, name)]
+            dest = f"{_COMPONENT}:{kind}:{name}"
+            group.add_argument(
+                flag,
+                *aliases,
+                dest=dest,
+                default=argparse.SUPPRESS,
+                help=_option_help(entries, kind),
+                **option.argparse_kwargs(),
+            )
+            converters[dest] = option
     return converters
 
 
 def add_config_options(
     parser: argparse.ArgumentParser, skip: tuple[str, ...] = (), defaults: dict[str, Any] | None = None
-) -> dict[str, Callable[[Any], Any]]:
-    """The VAEConfig (model), component and TrainConfig (training) options, in help groups."""
+) -> dict[str, Any]:
+    """The VAEConfig (model), component, estimator and TrainConfig (training) options, in help groups."""
     extra, metavars = registry_help()
     metavars.update(METAVARS)
     shown = {**UNSET, "data_dir": str(default_data_dir()), **(defaults or {})}
-    converters = add_dataclass_options(
+    converters: dict[str, Any] = add_dataclass_options(
         parser.add_argument_group("model (VAEConfig)"), VAEConfig, (*_NOT_OPTIONS, *skip), shown, extra, metavars
     )
     converters.update(
         add_dataclass_options(
             parser.add_argument_group("training (TrainConfig)"),
             TrainConfig,
-            ("model", "plugins", *skip),
+            (*_NOT_TRAIN_OPTIONS, *skip),
             shown,
             extra,
             metavars,
+            aliases={field: [a for a, f in TRAIN_ALIASES.items() if f == field] for field in TRAIN_ALIASES.values()},
         )
     )
-    taken = {option for action in parser._actions for option in action.option_strings}
-    converters.update(add_component_options(parser, taken))
+    converters.update(add_component_options(parser))
     return converters
 
 
-def given_options(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+def chosen(args: argparse.Namespace, kind: str, default: str | None = None) -> str:
+    """The name of the component of ``kind`` (or estimator, "elbo") the command line chose, else ``default``, else
+    the config's default."""
+    value = getattr(args, kind, None)
+    if value is None:
+        value = default
+    if value is None:
+        cls = TrainConfig if kind == "elbo" else VAEConfig
+        value = next(f.default for f in dataclasses.fields(cls) if f.name == kind)
+    return option_registry(kind).canonical(value) or value
+
+
+def given_options(
+    args: argparse.Namespace, components: dict[str, str] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """(VAEConfig options, TrainConfig options) the user gave explicitly, converted to field values; components'
-    options go into the VAEConfig's ``options``."""
-    converters: dict[str, Callable[[Any], Any]] = args._converters
+    options go into the VAEConfig's ``options``, the estimator's into ``elbo_options``. Each is read with the type
+    of the component chosen on the command line (else ``components[kind]``, e.g. a resumed run's; else the
+    default)."""
+    converters: dict[str, Any] = args._converters
     model_fields = {f.name for f in dataclasses.fields(VAEConfig)}
     model: dict[str, Any] = {}
     train: dict[str, Any] = {}
     for name, value in vars(args).items():
         if name not in converters:
             continue
-        value = converters[name](value)
-        if name.startswith(f"{_COMPONENT}:"):
-            _, kind, option = name.split(":")
-            model.setdefault("options", {}).setdefault(kind, {})[option] = value
+        convert = converters[name]
+        if isinstance(convert, ComponentOption):
+            value = convert.convert(value, chosen(args, convert.kind, (components or {}).get(convert.kind)))
+            if convert.kind == "elbo":
+                train.setdefault("elbo_options", {})[convert.name] = value
+            else:
+                model.setdefault("options", {}).setdefault(convert.kind, {})[convert.name] = value
         else:
-            (model if name in model_fields else train)[name] = value
+            (model if name in model_fields else train)[name] = convert(value)
     return model, train

@@ -1,7 +1,8 @@
 """ELBO estimators by name: ``ESTIMATORS[name]`` is an ``EstimatorSpec``; ``make_elbo(name, **options)`` (or
 ``ESTIMATORS[name](**options)``) returns a Pyro ELBO usable by SVI.
 
-Every estimator takes ``num_particles`` and ``max_plate_nesting``; "renyi" also takes ``alpha``. ``jit=True``
+Every estimator takes ``num_particles`` and ``max_plate_nesting``; "renyi" also takes ``alpha`` (its options
+dataclass, ``RenyiOptions``). ``jit=True``
 compiles it where it has a compiled form (all but dreg). The names ``jit-trace``, ``jit-meanfield``, ... stand
 for ``make_elbo(name, jit=True)``. Unknown names and options raise a one-line ``UserError``.
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
@@ -21,13 +22,10 @@ from pyro_vae.estimators.iwae import IWAEBound, JitIWAEBound
 from pyro_vae.estimators.jit_meanfield import JitTraceMeanFieldELBO
 from pyro_vae.estimators.jit_trace import JitTraceELBO
 from pyro_vae.estimators.log_weights import per_example_log_weights
-from pyro_vae.estimators.renyi import JitRenyiBound, RenyiBound
+from pyro_vae.estimators.renyi import JitRenyiBound, RenyiBound, RenyiOptions
 from pyro_vae.estimators.spec import EstimatorSpec
 from pyro_vae.estimators.stl import STLELBO, JitSTLELBO
 from pyro_vae.named import Registry
-
-if TYPE_CHECKING:
-    from pyro_vae.config import TrainConfig
 
 #: The prefix of the names that mean "compiled": "jit-trace" is make_elbo("trace", jit=True).
 JIT_PREFIX = "jit-"
@@ -70,7 +68,7 @@ _SPECS = [
         "Renyi bound L_alpha, K particles (Li & Turner 2016)",
         "sum_k softmax((1-alpha) log w)_k grad log w_k",
         multi_particle=True,
-        options=("alpha",),
+        options=RenyiOptions,
         jit_factory=JitRenyiBound,
     ),
     EstimatorSpec(
@@ -185,35 +183,48 @@ def register_estimator(
     return add if factory is None else add(factory)
 
 
-def _training_spec(config: TrainConfig) -> tuple[EstimatorSpec, bool]:
+def _training_spec(name: str, jit: bool) -> tuple[EstimatorSpec, bool]:
     """(the plain estimator's spec, whether to compile it): "jit-NAME" is NAME with ``jit``."""
-    name = ESTIMATORS.canonical(config.elbo) or config.elbo
-    spec = ESTIMATORS[name]
-    if name.startswith(JIT_PREFIX) and spec.factory is spec.jit_factory:
-        return ESTIMATORS[name[len(JIT_PREFIX) :]], True
-    return spec, bool(config.jit)
+    canonical = ESTIMATORS.canonical(name) or name
+    spec = ESTIMATORS[canonical]
+    if canonical.startswith(JIT_PREFIX) and spec.factory is spec.jit_factory:
+        return ESTIMATORS[canonical[len(JIT_PREFIX) :]], True
+    return spec, bool(jit)
 
 
-def make_training_elbo(config: TrainConfig, plate_nesting: int = 1) -> ELBO:
-    """The estimator a run trains with (``config.elbo``, ``num_particles``), uncompiled, with max_plate_nesting = 1
-    (the model's one "data" plate) unless given. Its compiled form (``config.jit``) is ``training_jit``'s.
+def make_training_elbo(
+    name: str,
+    particles: int = 1,
+    options: dict[str, Any] | None = None,
+    *,
+    plate_nesting: int = 1,
+) -> ELBO:
+    """The estimator a run trains with (``TrainConfig.elbo``, ``particles``, ``elbo_options``), uncompiled, with
+    max_plate_nesting = 1 (the model's one "data" plate) unless given. Its compiled form (``TrainConfig.jit`` or a
+    ``jit-NAME``) is ``training_jit``'s.
 
     Fixing the nesting matters for exact resumption: otherwise Pyro guesses it at the first call by
     running the model once, which draws random numbers at a different point of a resumed run.
     """
-    spec, _ = _training_spec(config)
-    return spec.make(num_particles=config.num_particles, max_plate_nesting=plate_nesting)
+    spec, _ = _training_spec(name, False)
+    return spec.make(num_particles=particles, max_plate_nesting=plate_nesting, **(options or {}))
 
 
-def training_jit(config: TrainConfig, plate_nesting: int = 1) -> Callable[[], ELBO] | None:
-    """With ``config.jit`` (or a ``jit-NAME`` estimator): a function making the compiled form of
-    ``make_training_elbo(config, plate_nesting)`` (``pyro_vae.step.TrainStep(..., jit=...)`` checks it against the
-    uncompiled one); else None."""
-    spec, jit = _training_spec(config)
-    if not jit:
+def training_jit(
+    name: str,
+    particles: int = 1,
+    options: dict[str, Any] | None = None,
+    *,
+    jit: bool = False,
+    plate_nesting: int = 1,
+) -> Callable[[], ELBO] | None:
+    """With ``jit`` (or a ``jit-NAME`` estimator): a function making the compiled form of ``make_training_elbo``'s
+    estimator (``pyro_vae.step.TrainStep(..., jit=...)`` checks it against the uncompiled one); else None."""
+    spec, compiled = _training_spec(name, jit)
+    if not compiled:
         return None
-    options = {"num_particles": config.num_particles, "max_plate_nesting": plate_nesting}
-    return lambda: spec.make(jit=True, **options)
+    kwargs = {"num_particles": particles, "max_plate_nesting": plate_nesting, **(options or {})}
+    return lambda: spec.make(jit=True, **kwargs)
 
 
 def make_elbo(name: str, *, jit: bool = False, **options: Any) -> ELBO:
@@ -234,6 +245,7 @@ __all__ = [
     "JitTraceELBO",
     "JitTraceMeanFieldELBO",
     "RenyiBound",
+    "RenyiOptions",
     "STLELBO",
     "make_elbo",
     "make_training_elbo",

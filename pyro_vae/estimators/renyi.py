@@ -12,6 +12,7 @@ limit, and shares its per-example log weights with DReG.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from pyro.poutine.trace_struct import Trace
@@ -19,6 +20,19 @@ from pyro.poutine.trace_struct import Trace
 from pyro_vae.estimators._jit import JitLossMixin
 from pyro_vae.estimators.log_weights import log_weights_from_traces
 from pyro_vae.estimators.particle_elbo import ParticleELBO, log_mean_exp, normalized_weights
+
+
+@dataclass
+class RenyiOptions:
+    """Fields:
+    alpha: the order of the Renyi bound (0 = the IWAE bound, 1 = the K-sample ELBO; >= 0 for a lower bound).
+    """
+
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha):
+            raise ValueError(f"alpha must be a finite number, got {self.alpha!r}")
 
 
 class RenyiBound(ParticleELBO):

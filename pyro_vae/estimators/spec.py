@@ -7,6 +7,7 @@ whether it has a compiled (JIT) form. The command line, the estimator comparison
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,7 +33,9 @@ class EstimatorSpec:
         value: what the value is, in a sentence.
         gradient: what the gradient is, in a sentence.
         multi_particle: the value is a K-particle bound that tightens with K and equals the ELBO at K = 1.
-        options: the options beyond ``num_particles`` and ``max_plate_nesting`` (e.g. ``("alpha",)``).
+        options: a dataclass of the options beyond ``num_particles`` and ``max_plate_nesting`` (renyi's
+            ``RenyiOptions``, one field ``alpha``); its fields are the factory's keywords and the command line's
+            ``--elbo-FIELD``; None when it takes none. Its ``__post_init__`` checks the values.
         jit_factory: the compiled variant, or None where there is none.
         no_jit_reason: why there is no compiled variant (said in the error).
         defaults: keyword arguments the factory always gets unless overridden (e.g. vectorised particles).
@@ -44,22 +47,43 @@ class EstimatorSpec:
     value: str
     gradient: str
     multi_particle: bool = False
-    options: tuple[str, ...] = ()
+    options: type | None = None
     jit_factory: Callable[..., ELBO] | None = None
     no_jit_reason: str = ""
     defaults: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.options is not None and not (isinstance(self.options, type) and dataclasses.is_dataclass(self.options)):
+            raise ValueError(f"estimator {self.name!r}: options must be a dataclass, got {self.options!r}")
         # The declared options must be what the factories accept: a spec never promises an option it lacks.
         for fn in filter(None, (self.factory, self.jit_factory)):
             accepted = set(inspect.signature(fn).parameters)
-            missing = (set(COMMON_OPTIONS) | set(self.options) | set(self.defaults)) - accepted
+            missing = (set(COMMON_OPTIONS) | set(self.option_names) | set(self.defaults)) - accepted
             if missing:
                 raise ValueError(f"estimator {self.name!r}: {fn.__name__} does not take {', '.join(sorted(missing))}")
 
+    @property
+    def option_names(self) -> tuple[str, ...]:
+        """The fields of ``options`` (none when it is None)."""
+        return tuple(f.name for f in dataclasses.fields(self.options)) if self.options is not None else ()
+
+    def make_options(self, values: Mapping[str, Any]) -> Any:
+        """The ``options`` dataclass filled from ``values`` (checked by it); one-line ``UserError`` for a name it
+        does not have or a value it refuses. None when the estimator takes no options."""
+        unknown = sorted(set(values) - set(self.option_names))
+        if unknown:
+            has = f"its options are {', '.join(self.option_names)}" if self.option_names else "it takes no options"
+            raise UserError(f"estimator {self.name!r} has no option(s) {', '.join(unknown)}; {has}")
+        if self.options is None:
+            return None
+        try:
+            return self.options(**values)
+        except (TypeError, ValueError) as err:
+            raise UserError(f"estimator {self.name!r}: {err}") from None
+
     def check(self, jit: bool = False, **options: Any) -> None:
         """One-line ``UserError`` for an option this estimator does not take, or a JIT it does not have."""
-        unknown = sorted(set(options) - set(COMMON_OPTIONS) - set(self.options) - set(self.defaults))
+        unknown = sorted(set(options) - set(COMMON_OPTIONS) - set(self.option_names) - set(self.defaults))
         if unknown:
             raise UserError(f"estimator {self.name!r} does not take option(s) {', '.join(unknown)}")
         if jit and self.jit_factory is None:
@@ -68,6 +92,9 @@ class EstimatorSpec:
     def make(self, *, jit: bool = False, **options: Any) -> ELBO:
         """The Pyro ELBO, compiled once per model, guide and batch shape when ``jit``."""
         self.check(jit=jit, **options)
+        own = {k: v for k, v in options.items() if k in self.option_names}
+        if self.options is not None:  # checked by the dataclass, with its defaults for what is not given
+            options = {**options, **dataclasses.asdict(self.make_options(own))}
         factory = self.jit_factory if jit else self.factory
         return factory(**{**self.defaults, **options})  # type: ignore[misc]
 
