@@ -216,12 +216,15 @@ def test_compare_estimators_gives_each_estimator_the_options_it_declares():
 
 def test_the_trained_estimator_is_made_with_its_options(tmp_path):
     from pyro_vae.data import load_data
+    from pyro_vae.run_dir import RunDir
+    from pyro_vae.strategy import SingleProcess
     from pyro_vae.training import Trainer
 
     data = load_data("digits")
     config = TrainConfig.for_data(data, elbo="renyi", elbo_options={"alpha": 0.25}, particles=2, epochs=1)
-    trainer = Trainer(config, tmp_path / "run", data=data, progress=False)
-    trainer.setup()
+    with RunDir.lock(tmp_path / "run", "test") as run:
+        trainer = Trainer(config, run, data=data, progress=False, strategy=SingleProcess())
+        trainer.setup()
     assert (trainer.elbo.alpha, trainer.elbo.num_particles) == (0.25, 2)
     with pytest.raises(UserError, match="estimator 'renyi': alpha must be a finite number"):
         TrainConfig(elbo="renyi", elbo_options={"alpha": float("nan")})
