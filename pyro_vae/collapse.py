@@ -30,7 +30,7 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -178,3 +178,39 @@ def collapse_diagnostics(
         mutual_information_example_std=_example_std(information.mean(0)),
         marginal_kl_example_std=_example_std(marginal_per_example),
     )
+
+
+#: KL(q(z_j|x) || p(z_j)) averaged over examples below which a latent dimension carries nothing (nats).
+COLLAPSED_KL = 0.01
+
+#: What to try against posterior collapse.
+COLLAPSE_REMEDIES = (
+    "try KL warm-up (--kl-warmup EPOCHS), free bits (a floor on each dimension's KL; Kingma et al. 2016) "
+    "or a smaller decoder"
+)
+
+
+def collapse_message(
+    active_units: int, num_dimensions: int, kl_total: float, kl_per_dimension: Sequence[float] | None = None
+) -> str | None:
+    """One line when the latent code shows posterior collapse, else None.
+
+    Collapse: no active unit (Var_x E_q[z_j|x] above the threshold of ``pyro_vae.evaluation.active_units``) or a
+    total KL below ``COLLAPSED_KL`` per dimension: q(z|x) is the prior for every x and the code carries no
+    information about x. Partial collapse: some dimensions active and others with KL_j < ``COLLAPSED_KL``, said
+    as a count (common and often harmless, so without remedies).
+    """
+    if num_dimensions < 1:
+        return None
+    collapsed = None if kl_per_dimension is None else sum(kl < COLLAPSED_KL for kl in kl_per_dimension)
+    if active_units == 0 or kl_total < COLLAPSED_KL * num_dimensions:
+        return (
+            f"posterior collapse: {active_units} of {num_dimensions} latent dimensions active, KL {kl_total:.3f} "
+            f"nats per example: the code carries (almost) no information about x; {COLLAPSE_REMEDIES}"
+        )
+    if collapsed:
+        return (
+            f"partial collapse: {collapsed} of {num_dimensions} latent dimensions have KL < {COLLAPSED_KL} nats "
+            f"(unused by the decoder); {active_units} active"
+        )
+    return None

@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.distributions import Independent, kl_divergence
 
 from pyro_vae.ais import AISOptions, AISResult, ais, bdmc, simulate
-from pyro_vae.collapse import collapse_diagnostics
+from pyro_vae.collapse import collapse_diagnostics, collapse_message
 from pyro_vae.gaps import GapOptions, local_optimisation_gaps
 from pyro_vae.importance import (
     DEFAULT_SWEEP,
@@ -43,6 +43,7 @@ __all__ = [
     "MAX_ROWS",
     "Evaluation",
     "active_units",
+    "check_collapse",
     "evaluate",
     "importance_sample_stats",
     "kl_per_dimension",
@@ -109,6 +110,24 @@ def active_units(
     """(number of active units, Var_x(E_q[z_j | x]) per dimension); active means variance > ``threshold``."""
     variances = posterior_means(model, guide, x).var(dim=0, unbiased=False)
     return int((variances > threshold).sum()), variances
+
+
+#: Examples ``check_collapse`` looks at, at most (the KL and active units settle well before).
+COLLAPSE_CHECK_EXAMPLES = 2000
+
+
+@torch.no_grad()
+def check_collapse(
+    model: Callable[..., Any], guide: Callable[..., Any], x: Tensor, max_examples: int = COLLAPSE_CHECK_EXAMPLES
+) -> str | None:
+    """``pyro_vae.collapse.collapse_message`` from the active units and KL per dimension on (the first
+    ``max_examples`` of) ``x``: one line when the code shows posterior collapse, else None."""
+    x = x[:max_examples]
+    if x.shape[0] < 2:
+        return None
+    kl_dims, kl_total = kl_per_dimension(model, guide, x)
+    count, variances = active_units(model, guide, x)
+    return collapse_message(count, variances.numel(), kl_total, None if kl_dims is None else kl_dims.tolist())
 
 
 @dataclass

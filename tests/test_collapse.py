@@ -133,3 +133,38 @@ def test_one_draw_per_example_has_no_monte_carlo_error_estimate(float64):
     result = collapse_diagnostics(model, guide, x, num_samples=1)
     assert math.isnan(result.mutual_information_stderr) and math.isnan(result.marginal_kl_stderr)
     assert math.isfinite(result.mutual_information_example_std)
+
+
+def test_the_collapse_line_names_the_evidence_and_what_to_try():
+    from pyro_vae.collapse import collapse_message
+
+    full = collapse_message(0, 3, 0.0)
+    assert full is not None and "posterior collapse: 0 of 3" in full and "warm-up" in full and "free bits" in full
+    assert "posterior collapse" in collapse_message(2, 3, 0.02, [0.01, 0.005, 0.005])  # KL below 0.01 per dimension
+    partial = collapse_message(2, 3, 5.0, [2.5, 2.5, 0.001])
+    assert partial is not None and partial.startswith("partial collapse: 1 of 3")
+    assert collapse_message(3, 3, 5.0, [2.0, 2.0, 1.0]) is None
+    assert collapse_message(3, 3, 5.0, None) is None  # a prior with no per-dimension KL: the total only
+
+
+def test_check_collapse_sees_a_guide_that_is_the_prior_and_not_one_that_is_the_posterior(float64):
+    from pyro_vae.evaluation import check_collapse
+
+    model, guide, _ = one_dimensional()
+    x = torch.randn(50, 2)
+    assert check_collapse(model, guide, x) is None  # codes 0.8 x_0 - 0.6 x_1: variance 1 over x
+    guide.set_affine(torch.zeros(1, 2), torch.zeros(1), torch.ones(1))  # q(z|x) = p(z) for every x
+    message = check_collapse(model, guide, x)
+    assert message is not None and message.startswith("posterior collapse: 0 of 1 latent dimensions active")
+
+
+@pytest.mark.slow
+def test_train_says_when_the_run_ended_in_collapse(tmp_path, capsys):
+    """beta = 30 on the 8x8 digits: the KL is priced out (KL 0.009 nats, no active unit, measured)."""
+    from pyro_vae.cli import main
+
+    common = ["train", "--dataset", "digits", "--no-progress", "--z-dim", "3", "--hidden", "32", "--epochs", "2"]
+    assert main([*common, "--beta", "30", "--out", str(tmp_path / "collapsed")]) == 0
+    err = capsys.readouterr().err
+    assert "pyro-vae: warning: posterior collapse: 0 of 3 latent dimensions active" in err
+    assert err.count("posterior collapse") == 1

@@ -20,6 +20,7 @@ import torch
 from pyro_vae.ais import AISOptions
 from pyro_vae.bits import bits_per_dim_of
 from pyro_vae.checkpoint import atomic_write_text
+from pyro_vae.collapse import collapse_message
 from pyro_vae.commands.model_module import add_model_module_options, load_model_module, module_test_data
 from pyro_vae.commands.options import field_docs
 from pyro_vae.errors import UserError
@@ -126,6 +127,11 @@ def _row(label: str, value: float, stderr: float | None = None, note: str = "") 
     return f"  {label:<42s} {value:11.3f}{se}  {note}".rstrip()
 
 
+def _spread(std: float | None) -> str:
+    """The between-example spread of a per-example quantity, where there is one (not an error of the average)."""
+    return f"; spread over examples {std:.2f}" if std is not None and math.isfinite(std) else ""
+
+
 def _agreement(difference: float, stderr: float) -> str:
     """How AIS and IS compare, at two standard errors."""
     if difference > 2 * stderr:
@@ -178,7 +184,9 @@ def _bound_rows(result: Evaluation) -> list[str]:
 
 
 def format_evaluation(result: Evaluation, title: str) -> str:
-    ll_note = f"K = {result.num_samples}; spread over examples {result.log_likelihood_std:.2f}"
+    ll_note = f"K = {result.num_samples}"
+    if math.isfinite(result.log_likelihood_std):
+        ll_note += f"; spread over examples {result.log_likelihood_std:.2f}"
     lines = [
         title,
         f"  {'':<42s} nats/example  ± SE",
@@ -199,11 +207,20 @@ def format_evaluation(result: Evaluation, title: str) -> str:
                 "  = I(x; z)",
                 c["mutual_information"],
                 c["mutual_information_stderr"],
-                f"<= log N = {c['max_mutual_information']:.2f}",
+                f"<= log N = {c['max_mutual_information']:.2f}{_spread(c.get('mutual_information_example_std'))}",
             ),
-            _row("  + KL(q(z) || p(z)), marginal", c["marginal_kl"], c["marginal_kl_stderr"]),
+            _row(
+                "  + KL(q(z) || p(z)), marginal",
+                c["marginal_kl"],
+                c["marginal_kl_stderr"],
+                _spread(c.get("marginal_kl_example_std")).removeprefix("; "),
+            ),
         ]
-    lines += [f"  active units       {result.active_units:>5d} of {len(result.posterior_mean_variance)}", ""]
+    lines.append(f"  active units       {result.active_units:>5d} of {len(result.posterior_mean_variance)}")
+    message = collapse_message(
+        result.active_units, len(result.posterior_mean_variance), result.kl_total, result.kl_per_dimension
+    )
+    lines += [f"  {message}", ""] if message else [""]
     lines.append("  dim   KL (nats)   Var_x E[z_j|x]   active")
     kl = result.kl_per_dimension
     for j, var in enumerate(result.posterior_mean_variance):
