@@ -364,3 +364,40 @@ def test_a_single_module_pair_gets_one_warning_and_no_nan_column(float64, recwar
         vae.model, vae.guide, x, {"trace": make_elbo("trace")}, 10, log_px=0.0, encoder_params=enc, decoder_params=dec
     )
     assert math.isfinite(rows[0].snr_decoder)
+
+
+def test_a_module_written_for_other_data_is_one_line_naming_both_shapes(tmp_path, capsys):
+    source = tmp_path / "mnist_vae.py"
+    source.write_text(
+        textwrap.dedent("""
+        import pyro, pyro.distributions as dist, torch
+        from torch import nn
+
+        class VAE(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.enc, self.dec = nn.Linear(784, 4), nn.Linear(2, 784)
+
+            def model(self, x):
+                pyro.module("decoder", self.dec)
+                x = x.reshape(-1, 784)
+                with pyro.plate("data", x.shape[0]):
+                    z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+                    pyro.sample("x", dist.Bernoulli(logits=self.dec(z)).to_event(1), obs=x)
+
+            def guide(self, x):
+                pyro.module("encoder", self.enc)
+                x = x.reshape(-1, 784)
+                with pyro.plate("data", x.shape[0]):
+                    loc, s = self.enc(x).split(2, -1)
+                    pyro.sample("z", dist.Normal(loc, s.exp()).to_event(1))
+
+        def make_vae():
+            return VAE()
+        """)
+    )
+    for command in ("evaluate", "compare-estimators"):
+        assert main([command, str(tmp_path / command), "--model-module", f"{source}:make_vae", "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert "shape (N, 64)" in err and "[-1, 784]" in err, err

@@ -17,7 +17,12 @@ from pathlib import Path
 import pyro
 import torch
 
-from pyro_vae.commands.model_module import add_model_module_options, load_model_module, module_test_data
+from pyro_vae.commands.model_module import (
+    add_model_module_options,
+    check_module_fits,
+    load_model_module,
+    module_test_data,
+)
 from pyro_vae.commands.options import add_config_options, given_options
 from pyro_vae.comparison import (
     COLUMN_HELP,
@@ -138,6 +143,7 @@ def _source(args: argparse.Namespace):
         args.dataset, args.data_dir = train_opts.get("dataset", "digits"), train_opts.get("data_dir")
         args.download = train_opts.get("download", True)
         x, name = module_test_data(args)
+        check_module_fits(model, guide, x, name)
         prepare_run_dir(args.dir)
         title = f"{args.model_module} on {name}"
         return model, guide, x, title, {"model_module": args.model_module, "dataset": name}

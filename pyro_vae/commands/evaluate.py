@@ -21,7 +21,12 @@ from pyro_vae.ais import AISOptions
 from pyro_vae.bits import bits_per_dim_of
 from pyro_vae.checkpoint import atomic_write_text
 from pyro_vae.collapse import collapse_message
-from pyro_vae.commands.model_module import add_model_module_options, load_model_module, module_test_data
+from pyro_vae.commands.model_module import (
+    add_model_module_options,
+    check_module_fits,
+    load_model_module,
+    module_test_data,
+)
 from pyro_vae.commands.options import field_docs
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation import ACTIVE_UNIT_THRESHOLD, Evaluation, evaluate
@@ -280,6 +285,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.model_module:
         model, guide = load_model_module(args.model_module)
         x, data_name = module_test_data(args)
+        check_module_fits(model, guide, x, data_name)
         prepare_run_dir(args.dir)
         where, position = f"{args.model_module} on {data_name}", {}
     else:
