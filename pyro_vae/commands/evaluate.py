@@ -10,6 +10,8 @@ import argparse
 import dataclasses
 import json
 import math
+import signal
+import sys
 import typing
 from pathlib import Path
 from typing import Any
@@ -29,9 +31,9 @@ from pyro_vae.commands.model_module import (
 )
 from pyro_vae.commands.options import field_docs
 from pyro_vae.errors import UserError
-from pyro_vae.evaluation import ACTIVE_UNIT_THRESHOLD, Evaluation, evaluate
+from pyro_vae.evaluation import ACTIVE_UNIT_THRESHOLD, PER_EXAMPLE, Evaluation, evaluate, per_example_record
 from pyro_vae.gaps import GapOptions
-from pyro_vae.importance import DEFAULT_SWEEP
+from pyro_vae.importance import DEFAULT_SWEEP, ImportanceEstimate
 from pyro_vae.lock import run_lock
 from pyro_vae.runs import load_run, prepare_run_dir
 
@@ -278,6 +280,36 @@ def _bits(likelihood: Any, levels: int | None, result: Evaluation, dims: int) ->
     return bits
 
 
+def _settings(args: argparse.Namespace, position: dict[str, Any], num_examples: int) -> dict[str, Any]:
+    """What makes two evaluations the same one: a partial record is reused only when these are equal."""
+    names = ("num_samples", "sweep", "seed", "ais", "ais_examples", "gaps", "gap_examples", "bdmc", "collapse")
+    options = {k: v for k, v in vars(args).items() if k.startswith(("ais_", "gap_"))}
+    return {
+        **{k: getattr(args, k) for k in names},
+        **options,
+        **position,
+        "num_examples": num_examples,
+        "model_module": args.model_module,
+    }
+
+
+def _reusable(out_dir: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The partial record in DIR/evaluation.json of an interrupted evaluation with these ``settings``, or None."""
+    try:
+        record = json.loads((out_dir / OUTPUT).read_text())
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(record, dict) and record.get("partial") is True and PER_EXAMPLE in record):
+        return None
+    if json.loads(json.dumps(settings)) != record.get("settings"):  # compared as JSON stores them
+        print(
+            f"not reusing the partial evaluation in {out_dir / OUTPUT}: it was made with other options",
+            file=sys.stderr,
+        )
+        return None
+    return record
+
+
 def _run(args: argparse.Namespace) -> int:
     _check(args)
     ais_options = _options(args, AISOptions, "ais")
@@ -297,20 +329,48 @@ def _run(args: argparse.Namespace) -> int:
         x = x[: args.num_examples]
     torch.set_num_threads(args.threads)
     pyro.set_rng_seed(args.seed)
-    result = evaluate(
-        model,
-        guide,
-        x,
-        num_samples=args.num_samples,
-        sweep=args.sweep,
-        ais_options=ais_options if args.ais or args.bdmc else None,
-        ais_examples=args.ais_examples if args.ais else 0,
-        gap_options=gap_options if args.gaps else None,
-        gap_examples=args.gap_examples,
-        collapse=args.collapse,
-        bdmc_examples=args.bdmc,
-        progress=args.progress,
-    )
+    settings = _settings(args, position, int(x.shape[0]))
+    resume = _reusable(args.dir, settings)
+    if resume:
+        print(
+            f"reusing the finished sections ({', '.join(resume['sections_done'])}) of the interrupted evaluation in "
+            f"{args.dir / OUTPUT}",
+            file=sys.stderr,
+        )
+
+    def keep(partial: Evaluation, done: list[str], estimate: ImportanceEstimate) -> None:
+        """Write what is finished, marked partial, with what a resumed evaluation needs."""
+        record = {**position, **partial.to_dict(), "partial": True, "sections_done": done, "settings": settings}
+        _write(args.dir, {**record, PER_EXAMPLE: per_example_record(estimate)})
+        finished[:] = done
+
+    finished: list[str] = list(resume["sections_done"]) if resume else []
+    try:
+        result = evaluate(
+            model,
+            guide,
+            x,
+            num_samples=args.num_samples,
+            sweep=args.sweep,
+            ais_options=ais_options if args.ais or args.bdmc else None,
+            ais_examples=args.ais_examples if args.ais else 0,
+            gap_options=gap_options if args.gaps else None,
+            gap_examples=args.gap_examples,
+            collapse=args.collapse,
+            bdmc_examples=args.bdmc,
+            progress=args.progress,
+            on_section=keep,
+            resume=resume,
+        )
+    except KeyboardInterrupt as err:
+        if not finished:
+            raise
+        stopped = KeyboardInterrupt(
+            f"interrupted; the finished sections ({', '.join(finished)}) are in {args.dir / OUTPUT}, marked "
+            "partial: run the same pyro-vae evaluate again to finish the rest"
+        )
+        stopped.signum = getattr(err, "signum", signal.SIGINT)  # type: ignore[attr-defined]
+        raise stopped from None
     print(format_evaluation(result, f"{where}, {result.num_examples} test examples"))
     bits = (
         {}
@@ -319,6 +379,6 @@ def _run(args: argparse.Namespace) -> int:
     )
     if bits:
         print(f"  bits per dimension: test ELBO {bits['elbo']:.4f}, IS log p(x) {bits['log_likelihood']:.4f}")
-    out = _write(args.dir, {**position, **result.to_dict(), "bits_per_dim": bits or None})
+    out = _write(args.dir, {**position, **result.to_dict(), "bits_per_dim": bits or None, "partial": False})
     print(f"wrote {out}")
     return 0
