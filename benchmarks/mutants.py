@@ -1,12 +1,10 @@
 """Mutation check of the statistical code: re-introduce realistic bugs one at a time and see which tests catch them.
 
-Each mutant replaces one exact snippet of a source file (the snippet must occur exactly once), runs the tests that
-should catch it (``pytest -x -q -n 0``, slow tests included) and restores the file, whatever happens. A mutant is
-*killed* when the tests fail; the first failing test and its assertion line are printed, so the margin can be
-read off (the tests' messages carry the measured values).
-
-The source files are edited in place in this checkout, so the script refuses to run when any file it mutates has
-uncommitted changes (``git diff`` would be lost on restore otherwise); it always restores the original text.
+Everything happens in a scratch copy of the committed tree (``git archive HEAD``), never in this checkout: there
+each mutant replaces one exact snippet of a source file (the snippet must occur exactly once), runs the tests that
+should catch it (``pytest -x -q -n 0``, slow tests included, with the copy first on ``PYTHONPATH``) and restores
+the file. A mutant is *killed* when the tests fail; the first failing test and its assertion line are printed, so
+the margin can be read off (the tests' messages carry the measured values).
 
     python benchmarks/mutants.py                  # all mutants (about 10 minutes on an idle machine)
     python benchmarks/mutants.py --only bdmc-upper ddp-scale
@@ -22,6 +20,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,19 +193,19 @@ def _first_failure(output: str) -> str:
     return " | ".join(p for p in parts if p)
 
 
-def run(mutant: Mutant, timeout: float) -> tuple[bool, str, float]:
-    """(killed, first failure, seconds) of one mutant; the file is restored whatever happens."""
-    path = ROOT / mutant.path
+def run(mutant: Mutant, root: Path, timeout: float) -> tuple[bool, str, float]:
+    """(killed, first failure, seconds) of one mutant in the copy at ``root``; the file is restored afterwards."""
+    path = root / mutant.path
     original = path.read_text()
     if original.count(mutant.old) != 1:
         raise SystemExit(f"{mutant.name}: the snippet occurs {original.count(mutant.old)} times in {mutant.path}")
     start = time.perf_counter()
     try:
         path.write_text(original.replace(mutant.old, mutant.new))
-        env = dict(os.environ, OMP_NUM_THREADS="1")
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root))
         cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-n", "0", "-p", "no:cacheprovider", *mutant.tests]
         try:
-            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+            proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
             return False, f"timed out after {timeout:.0f} s", time.perf_counter() - start
         killed = proc.returncode != 0
@@ -219,6 +218,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run these mutants only")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--check", action="store_true", help="first run each mutant's tests without the mutant")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per mutant's tests (default: 900)")
     args = parser.parse_args()
     chosen = [m for m in MUTANTS if not args.only or m.name in args.only]
@@ -226,15 +226,21 @@ def main() -> int:
         for m in MUTANTS:
             print(f"{m.name:16s} {m.path:28s} {m.what}")
         return 0
-    dirty = _dirty({m.path for m in chosen})
-    if dirty:
-        print(f"refusing to mutate files with uncommitted changes: {', '.join(dirty)}", file=sys.stderr)
-        return 2
     killed = 0
-    for m in chosen:
-        dead, failure, seconds = run(m, args.timeout)
-        killed += dead
-        print(f"{m.name:16s} {'KILLED  ' if dead else 'SURVIVED'} {seconds:6.1f} s  {failure or m.what}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="pyro-vae-mutants-") as scratch:
+        root = scratch_copy(Path(scratch))
+        if args.check:  # the unmutated copy must pass the tests, or a kill means nothing
+            for m in chosen:
+                dead, failure, seconds = run(Mutant(m.name, m.path, m.old, m.old, m.tests, ""), root, args.timeout)
+                if dead:
+                    print(f"{m.name}: the tests fail without the mutant: {failure}", file=sys.stderr)
+                    return 1
+        for m in chosen:
+            dead, failure, seconds = run(m, root, args.timeout)
+            killed += dead
+            print(
+                f"{m.name:16s} {'KILLED  ' if dead else 'SURVIVED'} {seconds:6.1f} s  {failure or m.what}", flush=True
+            )
     print(f"killed={killed}/{len(chosen)}")
     return 0
 
