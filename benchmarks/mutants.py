@@ -178,11 +178,14 @@ MUTANTS = (
 )
 
 
-def _dirty(paths: set[str]) -> list[str]:
-    out = subprocess.run(
-        ["git", "status", "--porcelain", "--", *sorted(paths)], cwd=ROOT, capture_output=True, text=True
-    )
-    return [line for line in out.stdout.splitlines() if line.strip()]
+def scratch_copy(into: Path) -> Path:
+    """The committed tree under ``into``, importable as installed: ``pyro_vae.guides`` and ``pyro_vae.models`` are
+    the top-level ``guides/`` and ``models/`` (pyproject's package-dir), linked into the package."""
+    archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    for name in ("guides", "models"):
+        (into / "pyro_vae" / name).symlink_to(into / name, target_is_directory=True)
+    return into
 
 
 def _first_failure(output: str) -> str:
