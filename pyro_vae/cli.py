@@ -16,14 +16,15 @@ import logging
 import re
 import signal
 import sys
+import warnings
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import torch
 
 from pyro_vae import __version__
 from pyro_vae.commands import COMMANDS
-from pyro_vae.errors import UserError
+from pyro_vae.errors import DataWarning, UserError
 from pyro_vae.named import did_you_mean
 from pyro_vae.plugins import load_plugin
 
@@ -99,9 +100,25 @@ def plugin_arguments(argv: Sequence[str]) -> list[str]:
     return found
 
 
+_show_python_warning = warnings.showwarning
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """A ``DataWarning`` as one line, as errors are; any other warning as Python shows it."""
+    if issubclass(category, DataWarning):
+        print(f"pyro-vae: warning: {message}", file=sys.stderr)
+    else:
+        _show_python_warning(message, category, *args, **kwargs)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``pyro-vae ARGS``; return the exit code (0 success, 2 bad input, 130 Ctrl-C, 143 SIGTERM)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+    with warnings.catch_warnings():  # the one-line warnings for this command only
+        warnings.showwarning = _show_warning
+        return _main(sys.argv[1:] if argv is None else list(argv))
+
+
+def _main(argv: list[str]) -> int:
     # Pyro logs INFO lines such as "Guessed max_plate_nesting = 1" to stderr; the commands say what matters.
     logging.getLogger("pyro").setLevel(logging.WARNING)
     try:

@@ -15,6 +15,13 @@ chunks). The marginal KL is the average KL minus I when the KL is analytic (``kl
 every site, so the identity holds exactly and the marginal KL's error is I's); otherwise both come from the
 same draws.
 
+Standard errors are Monte Carlo errors over the draws for these N examples, from the spread of each example's
+``num_samples`` draws: SE^2 = (1/N^2) sum_i Var_i / M, with Var_i the sample variance (denominator M - 1) of the
+M terms of example i (draws for different examples are independent, and log q(z) is computed exactly from all N
+posteriors, so the terms are independent too); it needs M >= 2 (NaN at M = 1). The spread of the per-example
+terms over the examples (how much x_i contributes, not an error of the estimate) is reported apart, as a
+standard deviation over the examples.
+
 References:
     [1] M. D. Hoffman, M. J. Johnson. ELBO surgery: yet another way to carve up the variational evidence lower
         bound. NIPS 2016 Workshop on Advances in Approximate Bayesian Inference.
@@ -23,7 +30,7 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -46,7 +53,9 @@ class CollapseDiagnostics:
     Attributes:
         kl: the average KL(q(z|x_i) || p(z)); ``kl_analytic`` says whether it is exact or Monte Carlo.
         mutual_information: I_q(x; z), with its Monte Carlo standard error; at most log N.
-        marginal_kl: KL(q(z) || p(z)), with its standard error.
+        marginal_kl: KL(q(z) || p(z)), with its Monte Carlo standard error.
+        mutual_information_example_std, marginal_kl_example_std: the standard deviation over the examples of
+            the per-example terms (each averaged over its draws): the between-example spread, not an error.
     """
 
     kl: float
@@ -57,6 +66,8 @@ class CollapseDiagnostics:
     marginal_kl_stderr: float
     num_examples: int
     num_samples: int
+    mutual_information_example_std: float = math.nan
+    marginal_kl_example_std: float = math.nan
 
     @property
     def max_mutual_information(self) -> float:
@@ -115,12 +126,25 @@ def aggregate_log_density(densities: Densities, values: Values, rerun: bool | No
     return torch.cat(out).reshape(m, n)
 
 
+def monte_carlo_stderr(terms: Tensor) -> float:
+    """SE of the mean of ``terms`` (M draws, N examples) over the draws only: sqrt(sum_i Var_i / M) / N, Var_i
+    the sample variance of column i; NaN for M < 2."""
+    m, n = terms.shape
+    if m < 2:
+        return math.nan
+    return float(terms.var(0).sum().div(m).sqrt() / n)
+
+
+def _example_std(per_example: Tensor) -> float:
+    return float(per_example.std()) if per_example.numel() > 1 else math.nan
+
+
 @torch.no_grad()
 def collapse_diagnostics(
-    model: Callable[..., Any], guide: Callable[..., Any], x: Tensor, num_samples: int = 1
+    model: Callable[..., Any], guide: Callable[..., Any], x: Tensor, num_samples: int = 2
 ) -> CollapseDiagnostics:
     """I_q(x; z) and KL(q(z) || p(z)) over the examples ``x``, and the average KL they add up to (see the module
-    doc). ``num_samples`` draws of z per example."""
+    doc). ``num_samples`` draws of z per example (at least 2 for a standard error)."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
     if x.shape[0] < 2:
@@ -129,16 +153,19 @@ def collapse_diagnostics(
     values, log_q = densities.sample_guide(num_samples)
     log_prior, _ = densities.log_joint(values)
     log_q_aggregate = aggregate_log_density(densities, values)
-    information = (log_q - log_q_aggregate).reshape(-1)
-    count = information.numel()
-    mi, mi_se = float(information.mean()), float(information.std() / math.sqrt(count))
+    n = int(x.shape[0])
+    information = (log_q - log_q_aggregate).reshape(num_samples, n)
+    mi, mi_se = float(information.mean()), monte_carlo_stderr(information)
     analytic = _analytic_kl(guide, model, x)
     if analytic is not None:
+        # The KL is exact, so the marginal KL's Monte Carlo error is I's.
         kl, marginal, marginal_se = float(analytic.mean()), float(analytic.mean()) - mi, mi_se
+        marginal_per_example = analytic.reshape(n) - information.mean(0)
     else:
-        marginal_terms = (log_q_aggregate - log_prior).reshape(-1)
+        marginal_terms = (log_q_aggregate - log_prior).reshape(num_samples, n)
         kl = float((log_q - log_prior).mean())
-        marginal, marginal_se = float(marginal_terms.mean()), float(marginal_terms.std() / math.sqrt(count))
+        marginal, marginal_se = float(marginal_terms.mean()), monte_carlo_stderr(marginal_terms)
+        marginal_per_example = marginal_terms.mean(0)
     return CollapseDiagnostics(
         kl=kl,
         kl_analytic=analytic is not None,
@@ -146,6 +173,44 @@ def collapse_diagnostics(
         mutual_information_stderr=mi_se,
         marginal_kl=marginal,
         marginal_kl_stderr=marginal_se,
-        num_examples=int(x.shape[0]),
+        num_examples=n,
         num_samples=num_samples,
+        mutual_information_example_std=_example_std(information.mean(0)),
+        marginal_kl_example_std=_example_std(marginal_per_example),
     )
+
+
+#: KL(q(z_j|x) || p(z_j)) averaged over examples below which a latent dimension carries nothing (nats).
+COLLAPSED_KL = 0.01
+
+#: What to try against posterior collapse.
+COLLAPSE_REMEDIES = (
+    "try KL warm-up (--kl-warmup EPOCHS), free bits (a floor on each dimension's KL; Kingma et al. 2016) "
+    "or a smaller decoder"
+)
+
+
+def collapse_message(
+    active_units: int, num_dimensions: int, kl_total: float, kl_per_dimension: Sequence[float] | None = None
+) -> str | None:
+    """One line when the latent code shows posterior collapse, else None.
+
+    Collapse: no active unit (Var_x E_q[z_j|x] above the threshold of ``pyro_vae.evaluation.active_units``) or a
+    total KL below ``COLLAPSED_KL`` per dimension: q(z|x) is the prior for every x and the code carries no
+    information about x. Partial collapse: some dimensions active and others with KL_j < ``COLLAPSED_KL``, said
+    as a count (common and often harmless, so without remedies).
+    """
+    if num_dimensions < 1:
+        return None
+    collapsed = None if kl_per_dimension is None else sum(kl < COLLAPSED_KL for kl in kl_per_dimension)
+    if active_units == 0 or kl_total < COLLAPSED_KL * num_dimensions:
+        return (
+            f"posterior collapse: {active_units} of {num_dimensions} latent dimensions active, KL {kl_total:.3f} "
+            f"nats per example: the code carries (almost) no information about x; {COLLAPSE_REMEDIES}"
+        )
+    if collapsed:
+        return (
+            f"partial collapse: {collapsed} of {num_dimensions} latent dimensions have KL < {COLLAPSED_KL} nats "
+            f"(unused by the decoder); {active_units} active"
+        )
+    return None

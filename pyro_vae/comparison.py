@@ -5,14 +5,18 @@ examples/vae/vae.py) or modules. For each estimator, R independent draws of (val
 x give:
 
 - the value per example, mean and std over the draws (what it estimates: ``ESTIMATORS[name].value``);
-- its bias against the importance-sampled log p(x) per example (``pyro_vae.importance.log_likelihood``);
+- its bias against the importance-sampled log p(x) per example (``pyro_vae.importance.importance_sample``, whose
+  K and standard error the table states);
 - for every parameter element, the variance of its gradient and the signal-to-noise ratio |E g| / std(g)
   (Rainforth et al. 2018), averaged separately over two groups: by default the guide's ("encoder") and the
   model's other ("decoder") parameters as Pyro's param store sees them when the pair runs on x (plus those of
   the modules behind the callables); gradients are of the loss per example (Pyro's batch-sum loss divided by N);
-- a 95% (basic) bootstrap interval for each averaged SNR (the R draws resampled), and the noise floor: with R draws a
-  gradient element of mean zero still shows |mean| / std ~ sqrt(2 / (pi R)) on average (the mean of a
-  half-normal), 0.08 at R = 100, so an SNR near the floor cannot be told from no signal at all;
+- the bias-corrected SNR with its 95% basic bootstrap interval (the R draws resampled; ``pyro_vae.snr``), which
+  contains it, and the noise floor: with R draws a gradient element of mean zero still shows |mean| / std ~
+  sqrt(2 / (pi R)) on average (the mean of a half-normal), 0.08 at R = 100, so an SNR near the floor cannot be
+  told from no signal at all;
+- the bias's standard error, sqrt(std^2 / R + SE(log p(x))^2), from the spread of the R values and the
+  importance-sampling error of the reference log p(x);
 - milliseconds per step (one ``loss_and_grads``): the median over the draws (robust to a busy machine), after
   one untimed warm-up call (the JIT compiles there).
 
@@ -27,6 +31,7 @@ import csv
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -40,19 +45,24 @@ from torch import Tensor
 
 from pyro_vae.estimators import ESTIMATORS, make_elbo
 from pyro_vae.estimators.detached_q import modules_of
-from pyro_vae.importance import log_likelihood
+from pyro_vae.importance import importance_sample
 from pyro_vae.progress import progress_bar
-from pyro_vae.snr import gradient_variance_and_snr, snr_bootstrap_interval, snr_floor
+from pyro_vae.snr import gradient_variance_and_snr, snr_bootstrap, snr_bootstrap_interval, snr_floor
 
 __all__ = [
+    "COLUMN_HELP",
     "EstimatorStats",
     "GradientDraws",
+    "ParameterSplitWarning",
     "compare_estimators",
     "draw_gradients",
     "estimator_stats",
     "format_table",
     "gradient_variance_and_snr",
+    "parameter_split_problem",
     "plot_snr_versus_particles",
+    "resolve_parameter_groups",
+    "snr_bootstrap",
     "snr_bootstrap_interval",
     "snr_floor",
     "snr_versus_particles",
@@ -64,9 +74,15 @@ __all__ = [
 
 @dataclass
 class EstimatorStats:
-    """One row of the comparison (values in nats per example); ``snr_*_low/high``: the 95% basic bootstrap
-    interval (it corrects the SNR estimate's upward bias, so it may lie below the estimate);
-    ``snr_floor``: sqrt(2 / (pi R)), the SNR that zero-mean gradients show with R draws."""
+    """One row of the comparison (values in nats per example).
+
+    ``value_mean``, ``value_std``: mean and std over the R draws of the estimator's value per example;
+    ``bias``: value_mean minus the reference IS log p(x), with ``bias_stderr``; ``grad_var_*``: Var(g) over the
+    draws, averaged over the group's parameter elements (g the gradient of the loss per example); ``snr_*``: the
+    plug-in |E g| / std(g) averaged over the group's elements (biased upwards), ``snr_*_corrected`` its
+    bootstrap bias-corrected value and ``snr_*_low/high`` the 95% basic bootstrap interval, which contains the
+    corrected value; ``snr_floor``: sqrt(2 / (pi R)), the SNR that zero-mean gradients show with R draws. A group
+    with no parameters (``split_parameters`` could not tell encoder from decoder) has NaN statistics."""
 
     name: str
     num_particles: int
@@ -85,6 +101,9 @@ class EstimatorStats:
     snr_decoder_low: float = math.nan
     snr_decoder_high: float = math.nan
     snr_floor: float = math.nan
+    snr_encoder_corrected: float = math.nan
+    snr_decoder_corrected: float = math.nan
+    bias_stderr: float = math.nan
 
 
 @dataclass
@@ -191,8 +210,10 @@ def estimator_stats(
     seed: int = 0,
     params: tuple[Sequence[Tensor], Sequence[Tensor]] | None = None,
     progress: bool = False,
+    log_px_stderr: float = 0.0,
 ) -> EstimatorStats:
-    """One row: ``elbo`` drawn ``num_draws`` times on batch x; ``log_px`` is the IS log p(x) per example.
+    """One row: ``elbo`` drawn ``num_draws`` times on batch x; ``log_px`` is the IS log p(x) per example, with
+    its standard error ``log_px_stderr`` (0: taken as exact).
 
     ``params`` = (encoder, decoder) parameter groups (default: ``split_parameters(model, guide, x)``).
     """
@@ -200,10 +221,10 @@ def estimator_stats(
     pyro.set_rng_seed(seed)
     k = int(elbo.num_particles)
     draws = draw_gradients(elbo, model, guide, x, encoder, decoder, num_draws, progress, f"{name}, K={k}")
-    var_e, snr_e = gradient_variance_and_snr(draws.encoder)
-    var_d, snr_d = gradient_variance_and_snr(draws.decoder)
-    enc_low, enc_high = snr_bootstrap_interval(draws.encoder, seed=seed)
-    dec_low, dec_high = snr_bootstrap_interval(draws.decoder, seed=seed)
+    var_e, snr_e = _group_stats(draws.encoder)
+    var_d, snr_d = _group_stats(draws.decoder)
+    enc_corrected, enc_low, enc_high = snr_bootstrap(draws.encoder, seed=seed)
+    dec_corrected, dec_low, dec_high = snr_bootstrap(draws.decoder, seed=seed)
     estimates = ESTIMATORS[name].value if name in ESTIMATORS else ""
     return EstimatorStats(
         name=name,
@@ -223,7 +244,17 @@ def estimator_stats(
         snr_decoder_low=dec_low,
         snr_decoder_high=dec_high,
         snr_floor=snr_floor(num_draws),
+        snr_encoder_corrected=enc_corrected,
+        snr_decoder_corrected=dec_corrected,
+        bias_stderr=math.sqrt(float(draws.values.var()) / num_draws + log_px_stderr**2),
     )
+
+
+def _group_stats(grads: Tensor) -> tuple[float, float]:
+    """``gradient_variance_and_snr`` of a group's draws; NaN for a group without parameters (no torch warning)."""
+    if grads.shape[-1] == 0:
+        return math.nan, math.nan
+    return gradient_variance_and_snr(grads)
 
 
 def compare_estimators(
@@ -238,27 +269,67 @@ def compare_estimators(
     encoder_params: Sequence[Tensor] | None = None,
     decoder_params: Sequence[Tensor] | None = None,
     progress: bool = False,
+    log_px_stderr: float = 0.0,
 ) -> list[EstimatorStats]:
     """The comparison table for a fixed model, guide and batch x: one ``EstimatorStats`` per estimator.
 
     ``model`` and ``guide`` are any Pyro callables. ``log_px`` (IS log p(x) per example, averaged over x) is
-    computed with ``log_likelihood_samples`` importance samples unless given. ``encoder_params`` and
-    ``decoder_params`` are the two parameter groups the gradient statistics average over (default: the guide's
-    and the model's, see ``split_parameters``).
+    computed with ``log_likelihood_samples`` importance samples unless given (given: ``log_px_stderr`` is its
+    standard error, 0 if exact). ``encoder_params`` and ``decoder_params`` are the two parameter groups the
+    gradient statistics average over (default: the guide's and the model's, see ``split_parameters``); where
+    that split cannot be made (one ``pyro.module`` holding both networks), a ``ParameterSplitWarning`` says so
+    and the statistics are over all parameters together, in the encoder columns.
     """
-    encoder, decoder = split_parameters(model, guide, x)
-    params = (
-        encoder if encoder_params is None else list(encoder_params),
-        decoder if decoder_params is None else list(decoder_params),
-    )
+    params = resolve_parameter_groups(model, guide, x, encoder_params, decoder_params, warn=True)[:2]
     if log_px is None:
         pyro.set_rng_seed(seed)
-        estimate = log_likelihood(model, guide, x, num_samples=log_likelihood_samples, progress=progress)
-        log_px = float(estimate.mean())  # type: ignore[union-attr]
+        estimate = importance_sample(model, guide, x, num_samples=log_likelihood_samples, progress=progress)
+        log_px, log_px_stderr = estimate.mean_and_stderr()
     return [
-        estimator_stats(name, elbo, model, guide, x, log_px, num_draws, seed, params, progress)
+        estimator_stats(name, elbo, model, guide, x, log_px, num_draws, seed, params, progress, log_px_stderr)
         for name, elbo in estimators.items()
     ]
+
+
+class ParameterSplitWarning(UserWarning):
+    """The encoder/decoder split of the parameters could not be made; the statistics are over all of them."""
+
+
+def parameter_split_problem(encoder: Sequence[Tensor], decoder: Sequence[Tensor]) -> str | None:
+    """One line when the groups of ``split_parameters`` are not an encoder/decoder split (one is empty)."""
+    if encoder and decoder:
+        return None
+    side = "the model uses no parameters the guide does not" if encoder else "the guide uses no parameters"
+    return (
+        f"the encoder/decoder split cannot be made ({side}: one pyro.module holding both networks?); the gradient "
+        f"variance and SNR are over all {sum(p.numel() for p in [*encoder, *decoder])} parameter elements "
+        "together; to split them, pass encoder_params= and decoder_params= (lists of parameters) to "
+        "pyro_vae.compare_estimators"
+    )
+
+
+def resolve_parameter_groups(
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
+    x: Tensor,
+    encoder_params: Sequence[Tensor] | None = None,
+    decoder_params: Sequence[Tensor] | None = None,
+    warn: bool = False,
+) -> tuple[list[Tensor], list[Tensor], str | None]:
+    """(encoder, decoder, problem): the groups given, else ``split_parameters``; where the split cannot be made,
+    all parameters in the first group, none in the second, and ``problem`` the line that says so (also issued as
+    a ``ParameterSplitWarning`` with ``warn``)."""
+    if encoder_params is not None and decoder_params is not None:
+        return list(encoder_params), list(decoder_params), None
+    encoder, decoder = split_parameters(model, guide, x)
+    encoder = encoder if encoder_params is None else list(encoder_params)
+    decoder = decoder if decoder_params is None else list(decoder_params)
+    problem = parameter_split_problem(encoder, decoder)
+    if problem is None:
+        return encoder, decoder, None
+    if warn:
+        warnings.warn(problem, ParameterSplitWarning, stacklevel=3)
+    return [*encoder, *decoder], [], problem
 
 
 def snr_versus_particles(
@@ -272,12 +343,23 @@ def snr_versus_particles(
     seed: int = 0,
     params: tuple[Sequence[Tensor], Sequence[Tensor]] | None = None,
     progress: bool = False,
+    log_px_stderr: float = 0.0,
 ) -> list[EstimatorStats]:
     """Rows for each estimator in ``names`` at each K in ``particles`` (Rainforth et al. 2018, fig. 1)."""
-    params = params if params is not None else split_parameters(model, guide, x)
+    params = params if params is not None else resolve_parameter_groups(model, guide, x, warn=True)[:2]
     return [
         estimator_stats(
-            name, make_elbo(name, num_particles=k), model, guide, x, log_px, num_draws, seed, params, progress
+            name,
+            make_elbo(name, num_particles=k),
+            model,
+            guide,
+            x,
+            log_px,
+            num_draws,
+            seed,
+            params,
+            progress,
+            log_px_stderr,
         )
         for name in names
         for k in particles
@@ -287,42 +369,70 @@ def snr_versus_particles(
 COLUMNS = [f.name for f in fields(EstimatorStats)]
 
 
-def format_table(rows: Sequence[EstimatorStats], log_px: float | None = None) -> str:
-    """A plain-text table (also valid Markdown)."""
-    header = ["estimator", "K", "value", "std", "bias", "var enc", "var dec", "SNR enc", "SNR dec", "ms/step"]
+#: What each column of ``format_table`` is (also in ``compare-estimators --help`` and docs/estimators.md).
+COLUMN_HELP = (
+    "value: the estimator's value per example, mean over the R draws; std: its standard deviation over the draws; "
+    "bias: value minus the reference IS log p(x), ± its standard error sqrt(std^2/R + SE(log p(x))^2); "
+    "var enc / var dec: the variance over the draws of each parameter element's gradient (of the loss per "
+    "example), averaged over the encoder's (the guide's) or the decoder's (the model's other) parameter "
+    "elements; SNR enc / SNR dec: the gradient signal-to-noise ratio |E g| / std(g) averaged over the same "
+    "elements, bias-corrected by the bootstrap, with its 95% basic bootstrap interval [low, high]; ms/step: "
+    "median milliseconds per gradient step"
+)
+
+
+def format_table(
+    rows: Sequence[EstimatorStats],
+    log_px: float | None = None,
+    log_px_stderr: float | None = None,
+    log_px_samples: int | None = None,
+    groups: tuple[str, str] = ("enc", "dec"),
+) -> str:
+    """A plain-text table (also valid Markdown); see ``COLUMN_HELP``. A parameter group whose statistics are NaN
+    in every row (no parameters) has no columns; ``groups`` names the two groups in the header."""
+    shown = [
+        (label, part)
+        for label, part in zip(groups, ("encoder", "decoder"), strict=True)
+        if any(math.isfinite(getattr(r, f"grad_var_{part}")) for r in rows)
+    ]
+    header = ["estimator", "K", "value", "std", "bias ± SE"]
+    header += [f"var {label}" for label, _ in shown] + [f"SNR {label}" for label, _ in shown] + ["ms/step"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        cells = [
-            r.name,
-            str(r.num_particles),
-            f"{r.value_mean:.3f}",
-            f"{r.value_std:.3f}",
-            f"{r.bias:+.3f}",
-            f"{r.grad_var_encoder:.3g}",
-            f"{r.grad_var_decoder:.3g}",
-            _snr_cell(r.snr_encoder, r.snr_encoder_low, r.snr_encoder_high, r.snr_floor),
-            _snr_cell(r.snr_decoder, r.snr_decoder_low, r.snr_decoder_high, r.snr_floor),
-            f"{r.ms_per_step:.2f}",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+        cells = [r.name, str(r.num_particles), f"{r.value_mean:.3f}", f"{r.value_std:.3f}", _bias_cell(r)]
+        cells += [_number(getattr(r, f"grad_var_{part}")) for _, part in shown]
+        cells += [_snr_cell(r, part) for _, part in shown]
+        lines.append("| " + " | ".join([*cells, f"{r.ms_per_step:.2f}"]) + " |")
     if log_px is not None:
-        lines.append(f"\nIS log p(x) per example: {log_px:.3f} nats (bias = value - IS log p(x))")
+        how = f"importance sampling, K = {log_px_samples}" if log_px_samples else "reference"
+        se = f" ± {log_px_stderr:.3f}" if log_px_stderr is not None and math.isfinite(log_px_stderr) else ""
+        lines.append(f"\nIS log p(x) per example: {log_px:.3f}{se} nats ({how}; bias = value - IS log p(x))")
     floors = sorted({r.snr_floor for r in rows if math.isfinite(r.snr_floor)})
-    if floors:
+    if floors and shown:
         draws = sorted({r.num_draws for r in rows})
         lines.append(
-            f"SNR [95% bootstrap interval]; noise floor sqrt(2/(pi R)) = {', '.join(f'{f:.3f}' for f in floors)} "
-            f"for R = {', '.join(map(str, draws))} draws: zero-mean gradients show this SNR, so values marked * "
-            "(interval reaching below twice the floor) cannot be told from no signal"
+            f"SNR: bias-corrected [95% basic bootstrap interval]; noise floor sqrt(2/(pi R)) = "
+            f"{', '.join(f'{f:.3f}' for f in floors)} for R = {', '.join(map(str, draws))} draws: zero-mean "
+            "gradients show this SNR, so values marked * (interval reaching below twice the floor) cannot be told "
+            "from no signal"
         )
     return "\n".join(lines)
 
 
-def _snr_cell(snr: float, low: float, high: float, floor: float) -> str:
-    if not math.isfinite(low):
-        return f"{snr:.3f}"
-    mark = "*" if math.isfinite(floor) and low < 2 * floor else ""
-    return f"{snr:.3f}{mark} [{low:.3f}, {high:.3f}]"
+def _number(value: float) -> str:
+    return f"{value:.3g}" if math.isfinite(value) else "n/a"
+
+
+def _bias_cell(r: EstimatorStats) -> str:
+    return f"{r.bias:+.3f} ± {r.bias_stderr:.3f}" if math.isfinite(r.bias_stderr) else f"{r.bias:+.3f}"
+
+
+def _snr_cell(r: EstimatorStats, part: str) -> str:
+    corrected, low, high = (getattr(r, f"snr_{part}{end}") for end in ("_corrected", "_low", "_high"))
+    if not (math.isfinite(corrected) and math.isfinite(low)):
+        return _number(getattr(r, f"snr_{part}"))
+    mark = "*" if math.isfinite(r.snr_floor) and low < 2 * r.snr_floor else ""
+    return f"{corrected:.3f}{mark} [{low:.3f}, {high:.3f}]"
 
 
 def write_csv(rows: Sequence[EstimatorStats], path: str | Path) -> None:
@@ -353,15 +463,17 @@ def plot_snr_versus_particles(rows: Sequence[EstimatorStats], path: str | Path) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharex=True)
-    for ax, part in zip(axes, ("encoder", "decoder"), strict=True):
+    parts = [p for p in ("encoder", "decoder") if any(math.isfinite(getattr(r, f"snr_{p}")) for r in rows)]
+    parts = parts or ["encoder"]
+    fig, axes = plt.subplots(1, len(parts), figsize=(4.5 * len(parts), 3.6), sharex=True, squeeze=False)
+    for ax, part in zip(axes[0], parts, strict=True):
         # Dashed lines with open markers so that coinciding curves (dreg's decoder gradient is iwae's) stay visible.
         for i, name in enumerate(dict.fromkeys(r.name for r in rows)):
             sel = sorted((r for r in rows if r.name == name), key=lambda r: r.num_particles)
-            snr = [getattr(r, f"snr_{part}") for r in sel]
-            # The bias-corrected interval need not contain the (upward-biased) estimate: clip the bars at it.
-            low = [max(0.0, s - getattr(r, f"snr_{part}_low")) for s, r in zip(snr, sel, strict=True)]
-            high = [max(0.0, getattr(r, f"snr_{part}_high") - s) for s, r in zip(snr, sel, strict=True)]
+            # The bias-corrected SNR, inside its basic bootstrap interval by construction.
+            snr = [getattr(r, f"snr_{part}_corrected") for r in sel]
+            low = [s - getattr(r, f"snr_{part}_low") for s, r in zip(snr, sel, strict=True)]
+            high = [getattr(r, f"snr_{part}_high") - s for s, r in zip(snr, sel, strict=True)]
             ax.errorbar(
                 [r.num_particles for r in sel],
                 snr,
@@ -378,7 +490,7 @@ def plot_snr_versus_particles(rows: Sequence[EstimatorStats], path: str | Path) 
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("K (particles)")
-        ax.set_title(f"{part} gradient SNR |E g| / std g (95% bootstrap)")
+        ax.set_title(f"{part} gradient SNR |E g| / std g\n(bias-corrected, 95% basic bootstrap)", fontsize=10)
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

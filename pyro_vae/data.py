@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pyro_vae.errors import UserError
+from pyro_vae.errors import DataWarning, UserError
 from pyro_vae.images import as_examples, layout_of, read_image_folder
 from pyro_vae.named import did_you_mean
 from pyro_vae.safe_load import safe_torch_load
@@ -43,6 +44,9 @@ SPLIT_SEED = 0
 DIGITS_TEST_SIZE = 297
 #: Fraction of a user's array held out as the test set.
 USER_TEST_FRACTION = 1 / 6
+#: Fewer examples than this in a user's data set get a warning: 1/6 of them are too few test examples for
+#: the spread of an evaluation (its standard errors and the spread over examples) to mean much.
+FEW_EXAMPLES = 100
 #: Seed of the one fixed binarisation of the test set.
 TEST_BINARIZE_SEED = 1234
 
@@ -329,6 +333,7 @@ def _load_user(name: str, labels: str | Path | None) -> VAEData:
     layout_of(tuple(arr.shape), f"dataset {path}")
     if arr.shape[0] < 2 or math.prod(arr.shape[1:]) == 0:
         raise UserError(f"dataset {path} has shape {tuple(arr.shape)}; it needs at least 2 non-empty examples")
+    _warn_about_layout(tuple(arr.shape), path)
     x, notes = as_examples(arr, f"dataset {path}")
     if not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
@@ -341,6 +346,20 @@ def _load_user(name: str, labels: str | Path | None) -> VAEData:
         shape = (side, side) if side * side == d else (1, d)
     y = None if labels is None else _read_labels(Path(labels), x.shape[0])
     return _split(str(path), x, y, shape, 256 if arr.dtype == np.uint8 else None, notes)
+
+
+def _warn_about_layout(shape: tuple[int, ...], path: Path) -> None:
+    """A ``DataWarning`` when the leading axis, read as the examples, is shorter than an axis of one example:
+    the examples are then more likely along another axis (a (28, 28, 1797) array is 1797 images of 28 x 28)."""
+    longest = max(range(1, len(shape)), key=lambda axis: shape[axis])
+    if shape[0] < shape[longest]:
+        warnings.warn(
+            f"dataset {path} has shape {shape}: its first axis ({shape[0]}) is read as the examples but is shorter "
+            f"than axis {longest} ({shape[longest]}); if the examples lie along axis {longest}, move it first "
+            f"(numpy.moveaxis(array, {longest}, 0)) and save again",
+            DataWarning,
+            stacklevel=4,
+        )
 
 
 def _load_folder(folder: Path, labels: str | Path | None, image_size: int | None) -> VAEData:
@@ -372,6 +391,13 @@ def _split(
 
     n = x.shape[0]
     test_size = max(1, round(n * USER_TEST_FRACTION))
+    if n < FEW_EXAMPLES:
+        warnings.warn(
+            f"{name} has only {n} examples, split {n - test_size} for training and {test_size} for testing: "
+            f"too few for the test ELBO, log p(x) and their spread to be trusted; give at least {FEW_EXAMPLES}",
+            DataWarning,
+            stacklevel=3,
+        )
     train_idx, test_idx = train_test_split(np.arange(n), test_size=test_size, random_state=SPLIT_SEED)
     train_idx, test_idx = torch.as_tensor(train_idx), torch.as_tensor(test_idx)
     ys = (None, None) if y is None else (y[train_idx], y[test_idx])

@@ -13,6 +13,7 @@ dimension, active units and the collapse diagnostics, in one ``Evaluation``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,7 +26,7 @@ from torch import Tensor
 from torch.distributions import Independent, kl_divergence
 
 from pyro_vae.ais import AISOptions, AISResult, ais, bdmc, simulate
-from pyro_vae.collapse import collapse_diagnostics
+from pyro_vae.collapse import collapse_diagnostics, collapse_message
 from pyro_vae.gaps import GapOptions, local_optimisation_gaps
 from pyro_vae.importance import (
     DEFAULT_SWEEP,
@@ -43,6 +44,7 @@ __all__ = [
     "MAX_ROWS",
     "Evaluation",
     "active_units",
+    "check_collapse",
     "evaluate",
     "importance_sample_stats",
     "kl_per_dimension",
@@ -109,6 +111,24 @@ def active_units(
     """(number of active units, Var_x(E_q[z_j | x]) per dimension); active means variance > ``threshold``."""
     variances = posterior_means(model, guide, x).var(dim=0, unbiased=False)
     return int((variances > threshold).sum()), variances
+
+
+#: Examples ``check_collapse`` looks at, at most (the KL and active units settle well before).
+COLLAPSE_CHECK_EXAMPLES = 2000
+
+
+@torch.no_grad()
+def check_collapse(
+    model: Callable[..., Any], guide: Callable[..., Any], x: Tensor, max_examples: int = COLLAPSE_CHECK_EXAMPLES
+) -> str | None:
+    """``pyro_vae.collapse.collapse_message`` from the active units and KL per dimension on (the first
+    ``max_examples`` of) ``x``: one line when the code shows posterior collapse, else None."""
+    x = x[:max_examples]
+    if x.shape[0] < 2:
+        return None
+    kl_dims, kl_total = kl_per_dimension(model, guide, x)
+    count, variances = active_units(model, guide, x)
+    return collapse_message(count, variances.numel(), kl_total, None if kl_dims is None else kl_dims.tolist())
 
 
 @dataclass
@@ -182,31 +202,28 @@ def ais_summary(
         "acceptance": float(result.acceptance.mean()),
         "options": options.to_dict(),
         "per_example": [float(v) for v in result.log_likelihood],
+        "per_example_stderr": [float(v) for v in result.stderr],
     }
     return summary, result
 
 
-def evaluate(
+#: The sections of ``evaluate`` in the order they run; each is kept as soon as it is finished (``on_section``).
+SECTIONS = ("importance", "collapse", "ais", "gaps", "bdmc")
+
+#: Per-example values of the importance-sampling section that a resumed evaluation needs (AIS and the gaps
+#: compare with them), kept in a partial record under this key.
+PER_EXAMPLE = "per_example"
+
+
+def _importance_section(
     model: Callable[..., Any],
     guide: Callable[..., Any],
     x: Tensor,
-    num_samples: int = 5000,
-    max_rows: int = MAX_ROWS,
-    sweep: Sequence[int] = DEFAULT_SWEEP,
-    ais_options: AISOptions | None = None,
-    ais_examples: int = 100,
-    gap_options: GapOptions | None = None,
-    gap_examples: int = 100,
-    collapse: bool = True,
-    bdmc_examples: int = 0,
-    progress: bool = False,
-) -> Evaluation:
-    """ELBO and IS log-likelihood per example (with standard errors, ESS and the K-sweep), KL per latent dimension,
-    active units and collapse diagnostics; AIS (given ``ais_options``) and the inference gaps (given
-    ``gap_options``) on the first ``ais_examples`` / ``gap_examples`` examples (the gaps take log p(x) from AIS
-    when it covers their examples, else from IS), and BDMC bounds (with
-    ``ais_options``) on ``bdmc_examples`` data sets simulated from the model. ``progress`` shows bars with the
-    time left on a terminal."""
+    num_samples: int,
+    max_rows: int,
+    sweep: Sequence[int],
+    progress: bool,
+) -> tuple[Evaluation, ImportanceEstimate]:
     estimate = importance_sample(model, guide, x, num_samples, max_rows, sweep=sweep, progress=progress)
     kl_dims, kl_total = kl_per_dimension(model, guide, x)
     count, variances = active_units(model, guide, x)
@@ -227,20 +244,102 @@ def evaluate(
         ess_min=float(estimate.ess.min()),
         sweep=_sweep_rows(estimate),
     )
-    if collapse and x.shape[0] > 1:
+    return result, estimate
+
+
+def per_example_record(estimate: ImportanceEstimate) -> dict[str, list[float]]:
+    """The per-example IS values a resumed evaluation needs, as plain lists (for a JSON record)."""
+    return {
+        "log_likelihood": estimate.log_likelihood.tolist(),
+        "stderr": estimate.stderr.tolist(),
+        "ess": estimate.ess.tolist(),
+        "elbo": estimate.elbo.tolist(),
+    }
+
+
+def _resumed(record: dict[str, Any], x: Tensor) -> tuple[Evaluation, ImportanceEstimate]:
+    """The ``Evaluation`` and per-example estimate of a partial record's finished sections."""
+    names = {f.name for f in dataclasses.fields(Evaluation)}
+    result = Evaluation(**{k: v for k, v in record.items() if k in names})
+    per = {k: torch.tensor(v, dtype=x.dtype, device=x.device) for k, v in record[PER_EXAMPLE].items()}
+    estimate = ImportanceEstimate(per["log_likelihood"], per["stderr"], per["ess"], per["elbo"], result.num_samples)
+    return result, estimate
+
+
+def evaluate(
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
+    x: Tensor,
+    num_samples: int = 5000,
+    max_rows: int = MAX_ROWS,
+    sweep: Sequence[int] = DEFAULT_SWEEP,
+    ais_options: AISOptions | None = None,
+    ais_examples: int = 100,
+    gap_options: GapOptions | None = None,
+    gap_examples: int = 100,
+    collapse: bool = True,
+    bdmc_examples: int = 0,
+    progress: bool = False,
+    on_section: Callable[[Evaluation, list[str], ImportanceEstimate], None] | None = None,
+    resume: dict[str, Any] | None = None,
+) -> Evaluation:
+    """ELBO and IS log-likelihood per example (with standard errors, ESS and the K-sweep), KL per latent dimension,
+    active units and collapse diagnostics; AIS (given ``ais_options``) and the inference gaps (given
+    ``gap_options``) on the first ``ais_examples`` / ``gap_examples`` examples (the gaps take log p(x) from AIS
+    when it covers their examples, else from IS), and BDMC bounds (with
+    ``ais_options``) on ``bdmc_examples`` data sets simulated from the model. ``progress`` shows bars with the
+    time left on a terminal.
+
+    Sections (``SECTIONS``) run one after the other; after each, ``on_section(result so far, finished section
+    names, the IS estimate)`` is called (``pyro-vae evaluate`` writes a partial record there, so that an
+    interruption keeps what was finished). ``resume``: such a record (``Evaluation.to_dict()`` with
+    ``sections_done`` and the ``PER_EXAMPLE`` values of ``per_example_record``) of the same evaluation; its
+    finished sections are taken as they are and only the others run (on the random stream as it is then, so
+    their draws differ from an uninterrupted run's)."""
+    done: list[str] = list(resume.get("sections_done", [])) if resume else []
+
+    def finished(name: str) -> None:
+        done.append(name)
+        if on_section is not None:
+            on_section(result, list(done), estimate)
+
+    if "importance" in done:
+        result, estimate = _resumed(resume or {}, x)
+    else:
+        result, estimate = _importance_section(model, guide, x, num_samples, max_rows, sweep, progress)
+        finished("importance")
+    if collapse and x.shape[0] > 1 and "collapse" not in done:
         result.collapse = collapse_diagnostics(model, guide, x).to_dict()
+        finished("collapse")
     log_px, log_px_se, source = estimate.log_likelihood, estimate.stderr, f"IS, K = {num_samples}"
-    if ais_options is not None and ais_examples > 0:
+    if ais_options is not None and ais_examples > 0 and gap_examples <= ais_examples:
+        log_px, log_px_se, source = _ais_log_px(result, estimate, log_px_se, source)
+    if ais_options is not None and ais_examples > 0 and "ais" not in done:
         result.ais, ais_result = ais_summary(model, guide, x[:ais_examples], estimate, ais_options, progress)
         if gap_examples <= ais_examples:  # AIS is the better log p(x) for the gaps (Cremer et al. use it too)
             log_px, log_px_se, source = ais_result.log_likelihood, ais_result.stderr, "AIS"
-    if gap_options is not None:
+        finished("ais")
+    if gap_options is not None and "gaps" not in done:
         n = min(gap_examples, x.shape[0])
         gaps = local_optimisation_gaps(model, guide, x[:n], gap_options, log_px[:n], progress, log_px_se[:n])
         result.gaps = {**gaps.summary(), "log_likelihood_source": source, **gap_options.to_dict()}
-    if bdmc_examples and ais_options is not None:
+        finished("gaps")
+    if bdmc_examples and ais_options is not None and "bdmc" not in done:
         result.bdmc = bdmc_summary(model, guide, x[:bdmc_examples], ais_options, progress)
+        finished("bdmc")
     return result
+
+
+def _ais_log_px(
+    result: Evaluation, estimate: ImportanceEstimate, log_px_se: Tensor, source: str
+) -> tuple[Tensor, Tensor, str]:
+    """log p(x) for the gaps from a finished AIS section of a resumed evaluation (its per-example values and
+    standard errors), else the IS values as they are."""
+    if result.ais is None or "per_example_stderr" not in result.ais:
+        return estimate.log_likelihood, log_px_se, source
+    values = torch.tensor(result.ais["per_example"], dtype=log_px_se.dtype, device=log_px_se.device)
+    errors = torch.tensor(result.ais["per_example_stderr"], dtype=log_px_se.dtype, device=log_px_se.device)
+    return values, errors, "AIS"
 
 
 def bdmc_summary(

@@ -139,7 +139,7 @@ CASES = [
     Case(
         "labels-length",
         ("train", "--out", "{run}", "--overwrite", "--dataset", "{rows_npy}", "--labels", "{short_labels_npy}"),
-        ("have shape (59,); expected (60,), one per example",),
+        ("have shape (119,); expected (120,), one per example",),
     ),
     Case(
         "mnist-offline",
@@ -271,13 +271,13 @@ def build_workspace(root: Path) -> Workspace:
         np.save(d / f"{name}.npy", arr, **kwargs)
         paths[f"{name}_npy"] = str(d / f"{name}.npy")
 
-    npy("rows", rng.random((60, 16)).astype(np.float32))
-    npy("short_labels", np.arange(59))
+    npy("rows", rng.random((120, 16)).astype(np.float32))
+    npy("short_labels", np.arange(119))
     npy("vector", rng.random(10))
-    nan = rng.random((60, 16))
+    nan = rng.random((120, 16))
     nan[7, 3] = np.nan
     npy("nan", nan)
-    npy("big", rng.random((60, 16)) * 255)  # pixel values as bytes, not scaled to [0, 1]
+    npy("big", rng.random((120, 16)) * 255)  # pixel values as bytes, not scaled to [0, 1]
     npy("objects", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
     (d / "empty.npy").write_bytes(b"")
     paths["empty_npy"] = str(d / "empty.npy")

@@ -212,6 +212,8 @@ def test_the_content_digest_survives_a_round_trip_and_changes_with_any_value():
     changes = [
         lambda s: s["model"]["w"].view(-1)[13].add_(2**-20),  # one element, by less than float32's resolution at 1
         lambda s: s["model"].__setitem__("b", s["model"]["b"].float()),  # the same zeros in another dtype
+        lambda s: s["model"].__setitem__("w", s["model"]["w"].reshape(4, 6)),  # the same bytes in another shape
+        lambda s: s["model"].__setitem__("w", s["model"]["w"].reshape(24)),  # ... and another number of axes
         lambda s: s["optimizer"]["param_groups"][0].__setitem__("lr", 1e-3 + 1e-18),
         lambda s: s["optimizer"]["state"].__setitem__(1, s["optimizer"]["state"].pop(0)),  # a key
         lambda s: s.__setitem__("metrics", "[ ]"),

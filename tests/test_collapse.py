@@ -107,3 +107,64 @@ def test_a_two_level_guide_goes_through_the_rerun_and_identical_examples_carry_n
     result = collapse_diagnostics(two_level_model, two_level_guide, x, num_samples=50)
     assert result.kl_analytic is False  # KL(q(z2|z1) || p(z2)) at a sampled z1 is a draw, not the KL
     assert abs(result.mutual_information) < 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "prior", [None, StudentTPrior(1)], ids=["standard-normal (analytic KL)", "student-t (Monte Carlo KL)"]
+)
+def test_the_standard_errors_are_the_spread_of_repeated_estimates_on_the_same_examples(prior, float64):
+    """The stated SEs are Monte Carlo errors for these examples: over 200 repetitions on the same 4 examples (whose
+    per-example terms differ a lot, so a SE that pooled them would be far too large), the spread of the estimates
+    equals the root-mean-square stated SE. The std of 200 repetitions has a relative standard error of
+    1/sqrt(398) = 5%: the ratio is within 3 of them (measured 0.96-1.04); a SE twice too large gives 0.5."""
+    model, guide, x = one_dimensional(prior)
+    pyro.set_rng_seed(5)
+    runs = [collapse_diagnostics(model, guide, x, num_samples=8) for _ in range(200)]
+    for key in ("mutual_information", "marginal_kl"):
+        spread = float(torch.tensor([getattr(r, key) for r in runs]).std())
+        stated = math.sqrt(float(torch.tensor([getattr(r, f"{key}_stderr") ** 2 for r in runs]).mean()))
+        assert spread / stated == pytest.approx(1.0, abs=0.15), (key, spread, stated)
+        assert all(math.isfinite(getattr(r, f"{key}_example_std")) for r in runs)
+
+
+def test_one_draw_per_example_has_no_monte_carlo_error_estimate(float64):
+    model, guide, x = one_dimensional()
+    result = collapse_diagnostics(model, guide, x, num_samples=1)
+    assert math.isnan(result.mutual_information_stderr) and math.isnan(result.marginal_kl_stderr)
+    assert math.isfinite(result.mutual_information_example_std)
+
+
+def test_the_collapse_line_names_the_evidence_and_what_to_try():
+    from pyro_vae.collapse import collapse_message
+
+    full = collapse_message(0, 3, 0.0)
+    assert full is not None and "posterior collapse: 0 of 3" in full and "warm-up" in full and "free bits" in full
+    assert "posterior collapse" in collapse_message(2, 3, 0.02, [0.01, 0.005, 0.005])  # KL below 0.01 per dimension
+    partial = collapse_message(2, 3, 5.0, [2.5, 2.5, 0.001])
+    assert partial is not None and partial.startswith("partial collapse: 1 of 3")
+    assert collapse_message(3, 3, 5.0, [2.0, 2.0, 1.0]) is None
+    assert collapse_message(3, 3, 5.0, None) is None  # a prior with no per-dimension KL: the total only
+
+
+def test_check_collapse_sees_a_guide_that_is_the_prior_and_not_one_that_is_the_posterior(float64):
+    from pyro_vae.evaluation import check_collapse
+
+    model, guide, _ = one_dimensional()
+    x = torch.randn(50, 2)
+    assert check_collapse(model, guide, x) is None  # codes 0.8 x_0 - 0.6 x_1: variance 1 over x
+    guide.set_affine(torch.zeros(1, 2), torch.zeros(1), torch.ones(1))  # q(z|x) = p(z) for every x
+    message = check_collapse(model, guide, x)
+    assert message is not None and message.startswith("posterior collapse: 0 of 1 latent dimensions active")
+
+
+@pytest.mark.slow
+def test_train_says_when_the_run_ended_in_collapse(tmp_path, capsys):
+    """beta = 30 on the 8x8 digits: the KL is priced out (KL 0.009 nats, no active unit, measured)."""
+    from pyro_vae.cli import main
+
+    common = ["train", "--dataset", "digits", "--no-progress", "--z-dim", "3", "--hidden", "32", "--epochs", "2"]
+    assert main([*common, "--beta", "30", "--out", str(tmp_path / "collapsed")]) == 0
+    err = capsys.readouterr().err
+    assert "pyro-vae: warning: posterior collapse: 0 of 3 latent dimensions active" in err
+    assert err.count("posterior collapse") == 1

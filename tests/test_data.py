@@ -253,3 +253,32 @@ def test_binary_user_data_is_not_rebinarised(tmp_path):
     data = load_data(str(tmp_path / "x.npy"))
     data.prepare(BernoulliLikelihood())
     assert not data.binarize and torch.equal(data.train_epoch(), data.train_x)
+
+
+def test_a_transposed_array_and_a_tiny_data_set_are_warned_about_in_one_line_each(tmp_path, capsys):
+    """A (28, 28, 1797) array reads as 28 grey images of 28 x 1797 (it loads: it could be meant), with a warning
+    that names the longer axis and the fix; 5 rows split 4 / 1 with a warning that says so."""
+    from pyro_vae.cli import main
+    from pyro_vae.errors import DataWarning
+
+    transposed = tmp_path / "transposed.npy"
+    np.save(transposed, np.zeros((28, 28, 1797), dtype=np.float32))
+    with pytest.warns(DataWarning, match=r"first axis \(28\) .* shorter than axis 2 \(1797\).*moveaxis\(array, 2, 0\)"):
+        assert load_data(str(transposed)).train_x.shape[1:] == (1, 28, 1797)
+    tiny = tmp_path / "tiny.npy"
+    np.save(tiny, np.random.default_rng(0).random((5, 3)).astype(np.float32))
+    with pytest.warns(DataWarning, match="only 5 examples, split 4 for training and 1 for testing"):
+        load_data(str(tiny))
+    rows = tmp_path / "rows.npy"
+    np.save(rows, np.zeros((120, 64), dtype=np.float32))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        load_data(str(rows))  # 120 examples of 64 values: nothing to say
+    # On the command line each is one line, and the run goes on.
+    args = ["train", "--dataset", str(tiny), "--epochs", "1", "--batch-size", "2", "--no-progress", "--z-dim", "2"]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert "pyro-vae: warning: " in err and "only 5 examples" in err and "Traceback" not in err
+    assert "warnings.warn" not in err

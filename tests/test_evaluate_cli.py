@@ -142,3 +142,46 @@ def test_compare_estimators_refuses_training_options_with_a_module(trained_vae, 
     argv = ["compare-estimators", str(tmp_path / "x"), "--model-module", f"{source}:make_vae", "--z-dim", "3"]
     assert main(argv) == 2
     assert "--model-module takes only --dataset" in capsys.readouterr().err
+
+
+def test_an_interrupted_evaluation_keeps_its_finished_sections_and_the_next_one_reuses_them(
+    run_dir, tmp_path, monkeypatch, capsys
+):
+    import shutil
+
+    import pyro_vae.evaluation as evaluation
+
+    out = tmp_path / "run"
+    shutil.copytree(run_dir, out)
+    real_gaps = evaluation.local_optimisation_gaps
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "local_optimisation_gaps", interrupted)  # Ctrl-C during the gaps
+    assert main(["evaluate", str(out), *FAST, *AIS, *GAPS, "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert "finished sections (importance, collapse, ais)" in err and "marked partial" in err
+    partial = json.loads((out / "evaluation.json").read_text())
+    assert partial["partial"] is True and partial["sections_done"] == ["importance", "collapse", "ais"]
+    assert partial["gaps"] is None and partial["ais"] is not None
+
+    calls = []
+    monkeypatch.setattr(evaluation, "local_optimisation_gaps", lambda *a, **k: calls.append(a) or real_gaps(*a, **k))
+    monkeypatch.setattr(evaluation, "importance_sample", interrupted)  # finished: must not run again
+    monkeypatch.setattr(evaluation, "ais", interrupted)
+    assert main(["evaluate", str(out), *FAST, *AIS, *GAPS, "--no-progress"]) == 0
+    assert "reusing the finished sections (importance, collapse, ais)" in capsys.readouterr().err
+    final = json.loads((out / "evaluation.json").read_text())
+    assert final["partial"] is False and "per_example" not in final and final["gaps"] is not None
+    for key in ("log_likelihood", "log_likelihood_stderr", "elbo", "collapse", "ais"):
+        assert final[key] == partial[key], key
+    # The gaps used the AIS log p(x) of the first run's examples (they are covered by AIS).
+    assert final["gaps"]["log_likelihood_source"] == "AIS" and len(calls) == 1
+    assert calls[0][4].tolist() == pytest.approx(partial["ais"]["per_example"][:6])
+
+    # With other options the partial record is not reused (and an interruption before any section ends keeps it).
+    (out / "evaluation.json").write_text(json.dumps(partial))
+    assert main(["evaluate", str(out), *FAST, *AIS, *GAPS, "--seed", "1", "--no-progress"]) == 130
+    assert "not reusing the partial evaluation" in capsys.readouterr().err
+    assert json.loads((out / "evaluation.json").read_text()) == partial

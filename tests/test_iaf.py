@@ -101,6 +101,21 @@ def test_the_estimated_mean_agrees_with_a_large_sample_average_within_4_se(float
     assert torch.equal(torch.get_rng_state(), before)  # ... drawn off the caller's random stream
 
 
+@pytest.mark.parametrize("stable", [True, False], ids=["stable", "affine"])
+def test_the_estimated_mean_is_exact_when_the_flow_is_affine(stable, float64):
+    """With the first layer of every step's network zeroed, each step is z -> s z + t with constants s, t (its
+    biases): the flow is affine, E_q[z] = f(mu) exactly, and the antithetic pairs (mu +- sigma eps) average to it
+    to rounding; the mean of independent draws would miss by about sigma / sqrt(128)."""
+    guide = make_guide(stable)
+    with torch.no_grad():
+        for flow in guide.flows:
+            flow.nn.layers[0].weight.zero_()
+    q = guide.posterior(torch.rand(4, 5))
+    exact = push_forward(q, q.base_dist.base_dist.loc)
+    torch.testing.assert_close(q.mean, exact, atol=1e-10, rtol=0)
+    assert float((q.sample((10,)).std(0) / 128**0.5).min()) > 1e-3  # what an error of one draw's mean would be
+
+
 def test_the_vamp_prior_is_a_mixture_of_flow_posteriors(float64):
     model, guide = build(
         VAEConfig(x_dim=5, z_dim=3, hidden=(6,), prior="vamp", options={"prior": {"components": 4}}, guide="iaf")

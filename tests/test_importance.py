@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 
@@ -94,3 +95,45 @@ def test_one_sample_has_no_standard_error(wide_guide):
     model, guide, x, _ = wide_guide
     _, stderr = log_likelihood(model, guide, x[:3], num_samples=1, return_stderr=True)
     assert torch.isnan(stderr).all()
+
+
+def test_hand_made_weights_give_the_textbook_standard_error_and_ess():
+    """w = (1, 3): mean 2, sample std sqrt(2), so SE = std / (sqrt(K) mean) = 0.5; ESS = (sum w)^2 / sum w^2 = 1.6.
+    w = (1, 1, 1, 5): mean 2, std 2, SE = 2 / (2 * 2) = 0.5; ESS = 64 / 28."""
+    from pyro_vae.importance import delta_method_stderr, effective_sample_size
+
+    for weights, se, ess in (((1.0, 3.0), 0.5, 1.6), ((1.0, 1.0, 1.0, 5.0), 0.5, 64 / 28)):
+        log_w = torch.tensor(weights, dtype=torch.float64).log().unsqueeze(-1)  # (K, 1 example)
+        log_sum, log_sum_sq = torch.logsumexp(log_w, 0), torch.logsumexp(2 * log_w, 0)
+        assert float(delta_method_stderr(log_sum, log_sum_sq, len(weights))) == pytest.approx(se, rel=1e-12)
+        assert float(effective_sample_size(log_sum, log_sum_sq)) == pytest.approx(ess, rel=1e-12)
+
+
+def scaled_model(x):
+    """z ~ N(0, 1), x_0 ~ N(z, 1): the posterior is N(x_0 / 2, 1/2), p(x_0) = N(0, 2); x_1 is the guide's widening."""
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(torch.zeros_like(x[:, 0]), 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x[:, 0])
+
+
+def scaled_guide(x):
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", dist.Normal(x[:, 0] / 2, math.sqrt(0.5) * x[:, 1]))
+
+
+@pytest.mark.slow
+def test_the_aggregated_standard_error_is_the_spread_of_repeated_averages_when_the_errors_differ(float64):
+    """Eight examples with the exact posterior as proposal (error 0) and two with a wider one: the average over the
+    10 examples has the error sqrt(sum SE_i^2) / N, which mean(SE) / sqrt(N) would understate 2.4-fold here. The
+    std of 300 repetitions has a relative standard error of 1/sqrt(598) = 4%; the ratio is within 3 of them."""
+    x = torch.tensor([[0.3 * i - 1.0, 1.0] for i in range(8)] + [[0.5, 1.4], [-0.5, 1.8]])
+    exact = dist.Normal(0.0, math.sqrt(2.0)).log_prob(x[:, 0])
+    pyro.set_rng_seed(6)
+    runs = [importance_sample(scaled_model, scaled_guide, x, num_samples=50) for _ in range(300)]
+    means = torch.tensor([r.mean_and_stderr()[0] for r in runs])
+    stated = torch.tensor([r.mean_and_stderr()[1] for r in runs])
+    assert float(runs[0].stderr[:8].abs().max()) < 1e-6 and float(runs[0].stderr[8:].min()) > 0.01
+    ratio = float(means.std() / stated.pow(2).mean().sqrt())
+    assert ratio == pytest.approx(1.0, abs=0.12), ratio
+    # and the averages are centred on the truth (within 4 standard errors of the mean of 300)
+    assert abs(float(means.mean() - exact.mean())) < 4 * float(means.std()) / math.sqrt(300)

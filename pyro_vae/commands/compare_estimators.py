@@ -17,22 +17,28 @@ from pathlib import Path
 import pyro
 import torch
 
-from pyro_vae.commands.model_module import add_model_module_options, load_model_module, module_test_data
+from pyro_vae.commands.model_module import (
+    add_model_module_options,
+    check_module_fits,
+    load_model_module,
+    module_test_data,
+)
 from pyro_vae.commands.options import add_config_options, given_options
 from pyro_vae.comparison import (
+    COLUMN_HELP,
     compare_estimators,
     format_table,
     plot_snr_versus_particles,
+    resolve_parameter_groups,
     snr_floor,
     snr_versus_particles,
-    split_parameters,
     write_csv,
     write_json,
 )
 from pyro_vae.config import TrainConfig
 from pyro_vae.errors import UserError
 from pyro_vae.estimators import ESTIMATORS
-from pyro_vae.importance import log_likelihood
+from pyro_vae.importance import importance_sample
 from pyro_vae.run_dir import RunDir, load_run
 from pyro_vae.training import train
 
@@ -49,7 +55,10 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
         help="compare ELBO estimators (value, bias, gradient variance and SNR, cost) on a trained run",
         description="Compare ELBO estimators on the run in DIR (or train one there first with --train and the "
         f"training options below). Writes DIR/{CSV}, DIR/{JSON} and DIR/{PLOT}. Timings use --threads "
-        "torch threads (default here: 1).",
+        f"torch threads (default here: 1). Columns (nats per example): {COLUMN_HELP}. The reference log p(x) is "
+        "importance-sampled with --ll-samples particles; its standard error is printed with it and enters the "
+        "bias's. When the guide and the model share one pyro.module, the parameters cannot be split into encoder "
+        "and decoder: a warning says so and the gradient columns are over all parameters ('all').",
     )
     parser.add_argument("dir", type=Path, metavar="DIR", help="run directory (from pyro-vae train --out DIR)")
     parser.add_argument("--train", action="store_true", help="train a model in DIR first (training options below)")
@@ -135,6 +144,7 @@ def _source(args: argparse.Namespace, run_dir: RunDir):
         args.dataset, args.data_dir = train_opts.get("dataset", "digits"), train_opts.get("data_dir")
         args.download = train_opts.get("download", True)
         x, name = module_test_data(args)
+        check_module_fits(model, guide, x, name)
         run_dir.check_writable()
         title = f"{args.model_module} on {name}"
         return model, guide, x, title, {"model_module": args.model_module, "dataset": name}
@@ -171,12 +181,19 @@ def _run(args: argparse.Namespace, run_dir: RunDir) -> int:
     torch.set_num_threads(threads)
     x = x[: args.examples]
     seed = record.pop("seed", 0)
-    params = split_parameters(model, guide, x)
+    encoder, decoder, problem = resolve_parameter_groups(model, guide, x)
+    params = (encoder, decoder)
+    groups = ("enc", "dec")
+    if problem:
+        print(
+            f"pyro-vae: warning: {problem.replace('pass encoder_params=', 'in Python, pass encoder_params=')}",
+            file=sys.stderr,
+        )
+        groups = ("all", "dec")
 
     pyro.set_rng_seed(seed)
-    log_px = float(
-        log_likelihood(model, guide, x, num_samples=args.ll_samples, progress=args.progress).mean()  # type: ignore[union-attr]
-    )
+    reference = importance_sample(model, guide, x, num_samples=args.ll_samples, progress=args.progress)
+    log_px, log_px_se = reference.mean_and_stderr()
     estimators = {name: _estimator(name, args) for name in args.estimators}
     print(f"comparing {len(estimators)} estimators, {args.draws} draws each ...", file=sys.stderr)
     rows = compare_estimators(
@@ -190,16 +207,17 @@ def _run(args: argparse.Namespace, run_dir: RunDir) -> int:
         encoder_params=params[0],
         decoder_params=params[1],
         progress=args.progress,
+        log_px_stderr=log_px_se,
     )
     print(f"SNR against K for {', '.join(args.snr_estimators)} ...", file=sys.stderr)
     sweep = snr_versus_particles(
-        model, guide, x, log_px, args.snr_estimators, args.snr_ks, args.draws, seed, params, args.progress
+        model, guide, x, log_px, args.snr_estimators, args.snr_ks, args.draws, seed, params, args.progress, log_px_se
     )
 
     print(f"{where}; {x.shape[0]} test examples, {args.draws} draws; values in nats per example")
-    print(format_table(rows, log_px))
+    print(format_table(rows, log_px, log_px_se, args.ll_samples, groups))
     print("\nSNR against K")
-    print(format_table(sweep))
+    print(format_table(sweep, groups=groups))
     print("\nwhat each value estimates:")
     for name in estimators:
         print(f"  {name}: {ESTIMATORS[name].description}")
@@ -213,7 +231,9 @@ def _run(args: argparse.Namespace, run_dir: RunDir) -> int:
             "num_draws": args.draws,
             "snr_floor": snr_floor(args.draws),
             "log_likelihood": log_px,
+            "log_likelihood_stderr": log_px_se,
             "log_likelihood_samples": args.ll_samples,
+            "parameter_groups": "all parameters together" if problem else "encoder and decoder",
             "estimators": [dataclasses.asdict(r) for r in rows],
             "snr_vs_k": [dataclasses.asdict(r) for r in sweep],
         },

@@ -10,6 +10,8 @@ import argparse
 import dataclasses
 import json
 import math
+import signal
+import sys
 import typing
 from pathlib import Path
 from typing import Any
@@ -20,12 +22,18 @@ import torch
 from pyro_vae.ais import AISOptions
 from pyro_vae.atomic import atomic_write_text
 from pyro_vae.bits import bits_per_dim_of
-from pyro_vae.commands.model_module import add_model_module_options, load_model_module, module_test_data
+from pyro_vae.collapse import collapse_message
+from pyro_vae.commands.model_module import (
+    add_model_module_options,
+    check_module_fits,
+    load_model_module,
+    module_test_data,
+)
 from pyro_vae.commands.options import field_docs
 from pyro_vae.errors import UserError
-from pyro_vae.evaluation import ACTIVE_UNIT_THRESHOLD, Evaluation, evaluate
+from pyro_vae.evaluation import ACTIVE_UNIT_THRESHOLD, PER_EXAMPLE, Evaluation, evaluate, per_example_record
 from pyro_vae.gaps import GapOptions
-from pyro_vae.importance import DEFAULT_SWEEP
+from pyro_vae.importance import DEFAULT_SWEEP, ImportanceEstimate
 from pyro_vae.run_dir import RunDir, load_run
 
 OUTPUT = "evaluation.json"
@@ -138,6 +146,11 @@ def _row(label: str, value: float, stderr: float | None = None, note: str = "") 
     return f"  {label:<42s} {value:11.3f}{se}  {note}".rstrip()
 
 
+def _spread(std: float | None) -> str:
+    """The between-example spread of a per-example quantity, where there is one (not an error of the average)."""
+    return f"; spread over examples {std:.2f}" if std is not None and math.isfinite(std) else ""
+
+
 def _agreement(difference: float, stderr: float) -> str:
     """How AIS and IS compare, at two standard errors."""
     if difference > 2 * stderr:
@@ -190,7 +203,9 @@ def _bound_rows(result: Evaluation) -> list[str]:
 
 
 def format_evaluation(result: Evaluation, title: str) -> str:
-    ll_note = f"K = {result.num_samples}; spread over examples {result.log_likelihood_std:.2f}"
+    ll_note = f"K = {result.num_samples}"
+    if math.isfinite(result.log_likelihood_std):
+        ll_note += f"; spread over examples {result.log_likelihood_std:.2f}"
     lines = [
         title,
         f"  {'':<42s} nats/example  ± SE",
@@ -211,11 +226,20 @@ def format_evaluation(result: Evaluation, title: str) -> str:
                 "  = I(x; z)",
                 c["mutual_information"],
                 c["mutual_information_stderr"],
-                f"<= log N = {c['max_mutual_information']:.2f}",
+                f"<= log N = {c['max_mutual_information']:.2f}{_spread(c.get('mutual_information_example_std'))}",
             ),
-            _row("  + KL(q(z) || p(z)), marginal", c["marginal_kl"], c["marginal_kl_stderr"]),
+            _row(
+                "  + KL(q(z) || p(z)), marginal",
+                c["marginal_kl"],
+                c["marginal_kl_stderr"],
+                _spread(c.get("marginal_kl_example_std")).removeprefix("; "),
+            ),
         ]
-    lines += [f"  active units       {result.active_units:>5d} of {len(result.posterior_mean_variance)}", ""]
+    lines.append(f"  active units       {result.active_units:>5d} of {len(result.posterior_mean_variance)}")
+    message = collapse_message(
+        result.active_units, len(result.posterior_mean_variance), result.kl_total, result.kl_per_dimension
+    )
+    lines += [f"  {message}", ""] if message else [""]
     lines.append("  dim   KL (nats)   Var_x E[z_j|x]   active")
     kl = result.kl_per_dimension
     for j, var in enumerate(result.posterior_mean_variance):
@@ -268,6 +292,36 @@ def _bits(likelihood: Any, levels: int | None, result: Evaluation, dims: int) ->
     return bits
 
 
+def _settings(args: argparse.Namespace, position: dict[str, Any], num_examples: int) -> dict[str, Any]:
+    """What makes two evaluations the same one: a partial record is reused only when these are equal."""
+    names = ("num_samples", "sweep", "seed", "ais", "ais_examples", "gaps", "gap_examples", "bdmc", "collapse")
+    options = {k: v for k, v in vars(args).items() if k.startswith(("ais_", "gap_"))}
+    return {
+        **{k: getattr(args, k) for k in names},
+        **options,
+        **position,
+        "num_examples": num_examples,
+        "model_module": args.model_module,
+    }
+
+
+def _reusable(out_dir: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The partial record in DIR/evaluation.json of an interrupted evaluation with these ``settings``, or None."""
+    try:
+        record = json.loads((out_dir / OUTPUT).read_text())
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(record, dict) and record.get("partial") is True and PER_EXAMPLE in record):
+        return None
+    if json.loads(json.dumps(settings)) != record.get("settings"):  # compared as JSON stores them
+        print(
+            f"not reusing the partial evaluation in {out_dir / OUTPUT}: it was made with other options",
+            file=sys.stderr,
+        )
+        return None
+    return record
+
+
 def _run(args: argparse.Namespace, run_dir: RunDir) -> int:
     _check(args)
     ais_options = _options(args, AISOptions, "ais")
@@ -275,6 +329,7 @@ def _run(args: argparse.Namespace, run_dir: RunDir) -> int:
     if args.model_module:
         model, guide = load_model_module(args.model_module)
         x, data_name = module_test_data(args)
+        check_module_fits(model, guide, x, data_name)
         run_dir.check_writable()
         where, position = f"{args.model_module} on {data_name}", {}
     else:
@@ -286,20 +341,48 @@ def _run(args: argparse.Namespace, run_dir: RunDir) -> int:
         x = x[: args.num_examples]
     torch.set_num_threads(args.threads)
     pyro.set_rng_seed(args.seed)
-    result = evaluate(
-        model,
-        guide,
-        x,
-        num_samples=args.num_samples,
-        sweep=args.sweep,
-        ais_options=ais_options if args.ais or args.bdmc else None,
-        ais_examples=args.ais_examples if args.ais else 0,
-        gap_options=gap_options if args.gaps else None,
-        gap_examples=args.gap_examples,
-        collapse=args.collapse,
-        bdmc_examples=args.bdmc,
-        progress=args.progress,
-    )
+    settings = _settings(args, position, int(x.shape[0]))
+    resume = _reusable(args.dir, settings)
+    if resume:
+        print(
+            f"reusing the finished sections ({', '.join(resume['sections_done'])}) of the interrupted evaluation in "
+            f"{args.dir / OUTPUT}",
+            file=sys.stderr,
+        )
+
+    def keep(partial: Evaluation, done: list[str], estimate: ImportanceEstimate) -> None:
+        """Write what is finished, marked partial, with what a resumed evaluation needs."""
+        record = {**position, **partial.to_dict(), "partial": True, "sections_done": done, "settings": settings}
+        _write(args.dir, {**record, PER_EXAMPLE: per_example_record(estimate)})
+        finished[:] = done
+
+    finished: list[str] = list(resume["sections_done"]) if resume else []
+    try:
+        result = evaluate(
+            model,
+            guide,
+            x,
+            num_samples=args.num_samples,
+            sweep=args.sweep,
+            ais_options=ais_options if args.ais or args.bdmc else None,
+            ais_examples=args.ais_examples if args.ais else 0,
+            gap_options=gap_options if args.gaps else None,
+            gap_examples=args.gap_examples,
+            collapse=args.collapse,
+            bdmc_examples=args.bdmc,
+            progress=args.progress,
+            on_section=keep,
+            resume=resume,
+        )
+    except KeyboardInterrupt as err:
+        if not finished:
+            raise
+        stopped = KeyboardInterrupt(
+            f"interrupted; the finished sections ({', '.join(finished)}) are in {args.dir / OUTPUT}, marked "
+            "partial: run the same pyro-vae evaluate again to finish the rest"
+        )
+        stopped.signum = getattr(err, "signum", signal.SIGINT)  # type: ignore[attr-defined]
+        raise stopped from None
     print(format_evaluation(result, f"{where}, {result.num_examples} test examples"))
     bits = (
         {}
@@ -308,6 +391,6 @@ def _run(args: argparse.Namespace, run_dir: RunDir) -> int:
     )
     if bits:
         print(f"  bits per dimension: test ELBO {bits['elbo']:.4f}, IS log p(x) {bits['log_likelihood']:.4f}")
-    out = _write(args.dir, {**position, **result.to_dict(), "bits_per_dim": bits or None})
+    out = _write(args.dir, {**position, **result.to_dict(), "bits_per_dim": bits or None, "partial": False})
     print(f"wrote {out}")
     return 0

@@ -17,6 +17,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pyro.poutine as poutine
+import torch
 from torch import Tensor
 
 from pyro_vae.data import load_data
@@ -89,6 +91,25 @@ def load_model_module(spec: str) -> tuple[Callable[..., Any], Callable[..., Any]
             f"got {type(made).__name__}"
         )
     return model, guide
+
+
+def check_module_fits(model: Callable[..., Any], guide: Callable[..., Any], x: Tensor, data_name: str) -> None:
+    """Run the guide, then the model on the guide's latents, once on two examples of ``x``: a failure (a model
+    written for other data, e.g. ``x.reshape(-1, 784)`` on the 8x8 digits) is one ``UserError`` line naming the
+    data's shape and the user's error, which names the shape the code expected."""
+    batch = x[:2]
+    try:
+        with poutine.block(), torch.no_grad():
+            guide_trace = poutine.trace(guide).get_trace(batch)
+            poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(batch)
+    except Exception as err:  # the user's code: any failure becomes one line
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise UserError(
+            f"--model-module: the model and guide do not fit the data: {data_name} gives batches of shape "
+            f"(N, {', '.join(map(str, x.shape[1:]))}) (x_shape {tuple(x.shape[1:])}, {x[0].numel()} values per "
+            f"example), and running them on 2 examples failed with {type(err).__name__}: {first}; choose the "
+            "data set the module was written for (--dataset) or adapt its shapes"
+        ) from None
 
 
 def module_test_data(args: argparse.Namespace) -> tuple[Tensor, str]:

@@ -14,6 +14,7 @@ from pyro_vae.commands.options import add_config_options, given_options
 from pyro_vae.config import TrainConfig
 from pyro_vae.distributed import DEFAULT_TIMEOUT_S
 from pyro_vae.errors import UserError
+from pyro_vae.evaluation import check_collapse
 from pyro_vae.loggers import LOGGERS
 from pyro_vae.ranks import is_writer, launched
 from pyro_vae.run_dir import NEW_RUN_FIX, RESUMABLE_CHANGES, RunDir, nothing_to_do, resume_config
@@ -84,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         result = train(config, run_dir, **options, logger=args.logger, collective_timeout=args.collective_timeout)
     if is_writer():  # under torchrun, rank 0 speaks for the run
         print_result(result)
+        warn_collapse(result)
     return 0
 
 
@@ -115,6 +117,17 @@ def print_once(message: str, file: object = None) -> None:
     """Print ``message`` in one process only (rank 0 under torchrun)."""
     if is_writer():
         print(message, file=file)
+
+
+def warn_collapse(result: TrainResult) -> None:
+    """A one-line warning on stderr when the trained code shows posterior collapse (``check_collapse`` on the test
+    set); nothing when it cannot be checked (a diagnostic never fails a finished run)."""
+    try:
+        message = check_collapse(result.model, result.guide, result.data.test_x_eval)
+    except (RuntimeError, ValueError, NotImplementedError, AttributeError, TypeError):
+        return
+    if message:
+        print(f"pyro-vae: warning: {message}", file=sys.stderr)
 
 
 def print_result(result: TrainResult) -> None:
