@@ -98,7 +98,7 @@ def test_require_analytic_kl_accepts_the_gaussian_prior(tmp_path):
     ],
 )
 def test_data_outside_the_likelihoods_support_is_one_line(tmp_path, capsys, likelihood, values, message):
-    data = np.tile(np.array(values, dtype=np.float32), (60, 1))
+    data = np.tile(np.array(values, dtype=np.float32), (120, 1))
     np.save(tmp_path / "data.npy", data)
     args = ["train", "--out", str(tmp_path / "run"), "--dataset", str(tmp_path / "data.npy")]
     assert main([*args, "--likelihood", likelihood, "--no-progress", *TINY]) == 2
