@@ -302,7 +302,7 @@ def test_jit_means_the_compiled_form_for_every_estimator_that_has_one(name, tmp_
             elbo=elbo,
             jit=jit,
             epochs=1,
-            num_particles=3 if multi else 1,
+            particles=3 if multi else 1,
         )
         trainer = Trainer(config, tmp_path / label, progress=False)
         with caplog.at_level(logging.WARNING, logger="pyro_vae.step"):
