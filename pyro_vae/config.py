@@ -350,7 +350,7 @@ class TrainConfig(_NoOldFields):
         """Raise ``UserError`` (a ValueError) with a one-line message for any value a run cannot use."""
         if not isinstance(self.model, VAEConfig):
             raise UserError(f"model must be a VAEConfig, got {type(self.model).__name__}")
-        self.model.validate()
+        # self.model validated itself when it was made (VAEConfig.__post_init__): not again here.
         check_data_options(self.dataset, self.data_dir, self.labels, self.image_size)
         self._check_estimator()
         self._check_numbers()
