@@ -752,6 +752,11 @@ def check_resume(saved: TrainConfig, given: TrainConfig, position: Position, out
             f"--resume: {', '.join(diffs)} differ(s) from the run in {out}; only "
             f"{', '.join(RESUMABLE_CHANGES)} may change when resuming; to train with the new options, {_NEW_RUN}"
         )
+    if given.kl_schedule == "cyclical" and given.epochs != saved.epochs:
+        raise UserError(
+            f"--resume: the cyclical KL schedule spreads its cycles over the run's {saved.epochs} epochs; "
+            f"--epochs {given.epochs} would change the beta of epochs already trained; to train longer, {_NEW_RUN}"
+        )
     # mid-epoch, the epoch in progress must be trained to its end
     needed = position.epoch + 1 if position.step else position.epoch
     if given.epochs < needed:

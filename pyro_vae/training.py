@@ -8,7 +8,8 @@
 
 Each epoch minimises the beta-weighted negative ELBO, E_q[-log p(x|z)] + beta_t KL(q || p) (eq. 28 with
 a weighted KL; the latent sites of model and guide are scaled by beta_t), where beta_t rises linearly
-from 0 to ``beta`` over ``kl_warmup`` epochs (Bowman et al. 2016), with one torch Adam over all
+from 0 to ``beta`` over ``kl_warmup`` epochs (Bowman et al. 2016) or follows ``kl_schedule="cyclical"`` (Fu et al.
+2019; ``pyro_vae.beta.cyclical_beta``), with one torch Adam over all
 parameters (``TrainStep``, which takes beta_t as an input). After each epoch (every ``eval_every``) the test ELBO
 (beta = 1) and its terms are evaluated (``pyro_vae.elbo_terms``); every ``checkpoint_seconds`` (and after the last
 epoch) the checkpoint is saved atomically, then its epochs' records go to ``metrics.jsonl``. Ctrl-C or SIGTERM
@@ -35,7 +36,6 @@ from tqdm.auto import tqdm
 
 from pyro_vae import figures as run_figures
 from pyro_vae.atomic import WriteError
-from pyro_vae.beta import warmup_beta
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import VAEData, minibatches
 from pyro_vae.distributed import join_strategy
@@ -157,7 +157,9 @@ class Trainer:
             cfg = self.config
         self.optimizer = make_optimizer(self.params, cfg.lr)  # one fused Adam (benchmarks/step_time.py)
         nesting = getattr(self.model, "plate_nesting", 1)
-        self.elbo = make_training_elbo(cfg.elbo, cfg.particles, cfg.elbo_options, plate_nesting=nesting)
+        self.elbo = make_training_elbo(
+            cfg.elbo, cfg.particles, cfg.elbo_options, plate_nesting=nesting, free_bits=cfg.free_bits
+        )
         self.kl = self._check_kl()
         self.strategy.before_first_write()
         if self._state is None:
@@ -288,8 +290,8 @@ class Trainer:
                 ) from None
 
     def beta_at(self, epoch: int) -> float:
-        """beta of the 0-based ``epoch`` after KL warm-up."""
-        return warmup_beta(epoch, self.config.beta, self.config.kl_warmup)
+        """beta of the 0-based ``epoch`` under the KL schedule (linear warm-up or cyclical)."""
+        return self.config.kl_beta(epoch)
 
     def train_epoch(self, epoch: int, stop: StopFlag) -> tuple[float, int]:
         """One epoch (0-based ``epoch``) of steps; (the summed loss, the number of the last step)."""
