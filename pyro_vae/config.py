@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from pyro_vae.data import VAEData
 
 
+#: The learning-rate schedules of ``TrainConfig.lr_schedule`` (``pyro_vae.step.make_scheduler``).
+LR_SCHEDULES = ("constant", "step", "cosine", "plateau")
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -301,7 +305,13 @@ class TrainConfig(_NoOldFields):
             elbo meanfield (an analytic KL), without jit; the reported test ELBO stays the true ELBO.
         epochs: number of passes over the training set.
         batch_size: examples per gradient step.
-        lr: Adam's learning rate.
+        lr: Adam's learning rate (at the start, under lr_schedule).
+        lr_schedule: the learning rate per epoch (torch.optim.lr_scheduler): constant, step (times lr_gamma every
+            lr_step_epochs epochs), cosine (cosine annealing from lr to 0 over the run's epochs) or plateau (times
+            lr_gamma when the test ELBO has not risen for more than lr_patience epochs; needs eval_every 1).
+        lr_step_epochs: epochs between two reductions of the step schedule.
+        lr_gamma: the factor in (0, 1) of each reduction of the step and plateau schedules.
+        lr_patience: epochs without a rise of the test ELBO that the plateau schedule waits before reducing.
         clip_norm: clip the gradient's global 2-norm to this value (none = no clipping).
         seed: seeds torch, numpy and Python's random (model init, shuffling, binarisation, sampling).
         device: auto (cuda when available), cpu, cuda or cuda:N.
@@ -336,6 +346,10 @@ class TrainConfig(_NoOldFields):
     epochs: int = 100
     batch_size: int = 128
     lr: float = 5e-3
+    lr_schedule: Literal["constant", "step", "cosine", "plateau"] = "constant"
+    lr_step_epochs: int = 10
+    lr_gamma: float = 0.1
+    lr_patience: int = 2
     clip_norm: float | None = None
     seed: int = 0
     device: str = "auto"
@@ -393,6 +407,7 @@ class TrainConfig(_NoOldFields):
             raise UserError(f"kl_warmup must be an integer number of epochs >= 0, got {self.kl_warmup!r}")
         self._check_kl_schedule()
         self._check_free_bits()
+        self._check_lr_schedule()
         for name, zero_ok in (("beta", True), ("lr", False), ("checkpoint_seconds", True)):
             value = getattr(self, name)
             if not _is_number(value) or value < 0 or (value == 0 and not zero_ok):
@@ -427,6 +442,20 @@ class TrainConfig(_NoOldFields):
             raise UserError(
                 f"free_bits needs --elbo meanfield (its analytic KL per latent dimension) without --jit; got --elbo "
                 f"{self.elbo}{' --jit' if self.jit else ''}"
+            )
+
+    def _check_lr_schedule(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UserError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if not _is_int(self.lr_step_epochs) or self.lr_step_epochs < 1:
+            raise UserError(f"lr_step_epochs must be an integer >= 1, got {self.lr_step_epochs!r}")
+        if not _is_int(self.lr_patience) or self.lr_patience < 0:
+            raise UserError(f"lr_patience must be an integer >= 0, got {self.lr_patience!r}")
+        if not _is_number(self.lr_gamma) or not 0 < self.lr_gamma < 1:
+            raise UserError(f"lr_gamma must be a number in (0, 1), got {self.lr_gamma!r}")
+        if self.lr_schedule == "plateau" and self.eval_every != 1:
+            raise UserError(
+                f"lr_schedule plateau follows the test ELBO of every epoch: needs eval_every 1, got {self.eval_every!r}"
             )
 
     def kl_beta(self, epoch: int) -> float:

@@ -60,7 +60,7 @@ from pyro_vae.run_dir import (
     set_rng_state,
     torch_rng_state,
 )
-from pyro_vae.step import make_optimizer, parameters_of
+from pyro_vae.step import make_optimizer, make_scheduler, parameters_of
 from pyro_vae.strategy import SingleProcess, StopFlag, Strategy
 
 __all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "Trainer", "TrainingInterrupted", "train"]
@@ -156,6 +156,14 @@ class Trainer:
             self.params, self.config = prepare_pair(self.model, self.guide, self.data, cfg)
             cfg = self.config
         self.optimizer = make_optimizer(self.params, cfg.lr)  # one fused Adam (benchmarks/step_time.py)
+        self.scheduler = make_scheduler(
+            self.optimizer,
+            cfg.lr_schedule,
+            epochs=cfg.epochs,
+            step_epochs=cfg.lr_step_epochs,
+            gamma=cfg.lr_gamma,
+            patience=cfg.lr_patience,
+        )
         nesting = getattr(self.model, "plate_nesting", 1)
         self.elbo = make_training_elbo(
             cfg.elbo, cfg.particles, cfg.elbo_options, plate_nesting=nesting, free_bits=cfg.free_bits
@@ -216,6 +224,8 @@ class Trainer:
     def _restore(self, state: dict[str, Any]) -> None:
         self.run.load_weights(self.model, self.guide, state)
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
         self.history = json.loads(state["metrics"])
         self.run.restore(self.history)
         set_rng_state(state["rng"])
@@ -352,6 +362,8 @@ class Trainer:
     def _end_epoch(self, epoch: int, total: float, last_step: int, stop: StopFlag) -> None:
         n = self.data.train_x.shape[0]
         record = {"epoch": epoch + 1, "beta": self.beta_at(epoch), "train_loss": total / n, "kl": self.kl}
+        if self.scheduler is not None:
+            record["lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
         # The last step's update is checked here, before it can reach the checkpoint.
         if (epoch + 1) % self.config.eval_every == 0 or epoch + 1 == self.config.epochs:
             terms = self.evaluate()
@@ -359,6 +371,7 @@ class Trainer:
             record.update(test_elbo=terms.elbo, test_recon=terms.recon, test_kl=terms.kl)
         else:
             self.guard.check_weights(self.params, epoch + 1, last_step)
+        self._step_scheduler(record)
         self.history.append(record)
         self._unwritten.append(record)
         if self._checkpoint_due(epoch + 1) or stop.requested:
@@ -378,6 +391,15 @@ class Trainer:
                 self.out,
             )
 
+    def _step_scheduler(self, record: dict[str, Any]) -> None:
+        """The learning rate of the next epoch: the scheduler's step (plateau: on this epoch's test ELBO)."""
+        if self.scheduler is None:
+            return
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(record["test_elbo"])  # eval_every is 1 (TrainConfig checks it)
+        else:
+            self.scheduler.step()
+
     def _checkpoint_due(self, epochs_done: int) -> bool:
         # ~12 ms (serialise, digest, fsync): as long as a digits epoch, so by the clock (docs/performance.md).
         due = epochs_done >= self.config.epochs or time.monotonic() - self._last_save >= self.config.checkpoint_seconds
@@ -392,6 +414,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "guide": self.guide.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "rng": rng_state(),
             "metrics": json.dumps(self.history),
             "data_digest": self.data_digest,
