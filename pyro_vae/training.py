@@ -8,13 +8,15 @@
 
 Each epoch minimises the beta-weighted negative ELBO, E_q[-log p(x|z)] + beta_t KL(q || p) (eq. 28 with
 a weighted KL; the latent sites of model and guide are scaled by beta_t), where beta_t rises linearly
-from 0 to ``beta`` over ``kl_warmup`` epochs (Bowman et al. 2016) or follows ``kl_schedule="cyclical"`` (Fu et al.
-2019; ``pyro_vae.beta.cyclical_beta``), with one torch Adam over all
-parameters (``TrainStep``, which takes beta_t as an input). After each epoch (every ``eval_every``) the test ELBO
-(beta = 1) and its terms are evaluated (``pyro_vae.elbo_terms``); every ``checkpoint_seconds`` (and after the last
-epoch) the checkpoint is saved atomically, then its epochs' records go to ``metrics.jsonl``. Ctrl-C or SIGTERM
-lets the step in progress finish, saves a mid-epoch checkpoint and stops (``TrainingInterrupted``); ``resume=True``
-goes on from that very step.
+from 0 to ``beta`` over ``kl_warmup`` epochs (Bowman et al. 2016) or follows ``kl_schedule="cyclical"`` (Fu et
+al. 2019; ``pyro_vae.beta.cyclical_beta``), with one torch Adam over all parameters (``TrainStep``, which takes
+beta_t as an input). ``free_bits`` > 0 floors each latent dimension's minibatch-averaged KL
+(``pyro_vae.estimators.FreeBitsELBO``; Kingma et al. 2016), and ``lr_schedule`` steps a
+``torch.optim.lr_scheduler`` after each epoch (its state is in the checkpoint). After each epoch (every
+``eval_every``) the test ELBO (beta = 1) and its terms are evaluated (``pyro_vae.elbo_terms``); every
+``checkpoint_seconds`` (and after the last epoch) the checkpoint is saved atomically, then its epochs' records go
+to ``metrics.jsonl``. Ctrl-C or SIGTERM lets the step in progress finish, saves a mid-epoch checkpoint and stops
+(``TrainingInterrupted``); ``resume=True`` goes on from that very step.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from pyro_vae.distributed import join_strategy
 from pyro_vae.elbo_terms import ELBOTerms
 from pyro_vae.errors import UserError
 from pyro_vae.estimators import make_training_elbo, training_jit
+from pyro_vae.estimators.free_bits import NO_ANALYTIC_KL
 from pyro_vae.guards import DivergenceGuard, NonFiniteLossError, TrainingInterrupted
 from pyro_vae.interrupts import DeferredInterrupts
 from pyro_vae.kl_check import check_training_kl
@@ -210,7 +213,7 @@ class Trainer:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             x = self.data.test_x_eval[: self.config.batch_size]
             cfg = self.config
-            return check_training_kl(
+            kinds = check_training_kl(
                 self.model,
                 self.guide,
                 x,
@@ -220,6 +223,9 @@ class Trainer:
                 particles=cfg.particles,
                 require_analytic_kl=cfg.require_analytic_kl,
             )
+        if cfg.free_bits and (estimated := [site for site, kind in kinds.items() if kind != "analytic"]):
+            raise UserError(f"{NO_ANALYTIC_KL}; none is registered at site(s) {', '.join(estimated)}")
+        return kinds
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.run.load_weights(self.model, self.guide, state)

@@ -118,7 +118,30 @@ def test_a_pair_without_analytic_kl_is_refused_in_one_line(tmp_path):
     with pytest.raises(UserError) as err:
         train(cfg, tmp_path / "run", progress=False, figures=False)
     assert "free bits need the analytic KL" in str(err.value) and "--elbo meanfield" in str(err.value)
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and "site(s) z" in str(err.value)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()  # refused before the first step
+
+
+def test_particles_average_into_the_minibatch_mean(float64):
+    # Two vectorised particles: the KL is analytic (the same for both), so the loss's KL term is unchanged.
+    model, guide, x = _pair_and_batch()
+    with torch.no_grad():
+        loc, scale = guide.loc_scale(x)
+        kl_j = (0.5 * (loc**2 + scale**2 - 1.0) - torch.log(scale)).mean(0)
+        lam = kl_j.max().item() + 1.0  # every dimension under the floor: the KL term is N * J * lambda
+        one, two = (FreeBitsELBO(lam, num_particles=k, vectorize_particles=True, max_plate_nesting=1) for k in (1, 2))
+        pyro.set_rng_seed(0)
+        recon_free = one.loss(model, guide, x) - x.shape[0] * 4 * lam
+        pyro.set_rng_seed(0)
+        plain = TraceMeanField_ELBO(max_plate_nesting=1).loss(model, guide, x) - x.shape[0] * kl_j.sum().item()
+        pyro.set_rng_seed(0)
+        recon_two = two.loss(model, guide, x) - x.shape[0] * 4 * lam
+        pyro.set_rng_seed(0)
+        plain_two = TraceMeanField_ELBO(num_particles=2, vectorize_particles=True, max_plate_nesting=1).loss(
+            model, guide, x
+        )
+    assert recon_two == pytest.approx(plain_two - x.shape[0] * kl_j.sum().item(), rel=1e-10)
+    assert recon_free == pytest.approx(plain, rel=1e-10)
 
 
 def test_a_free_bits_run_reports_the_true_test_elbo(tmp_path):
