@@ -5,6 +5,7 @@ refusals, and a run whose reported test ELBO stays the true ELBO."""
 from __future__ import annotations
 
 import pyro
+import pyro.distributions as dist
 import pyro.poutine as poutine
 import pytest
 import torch
@@ -155,3 +156,25 @@ def test_a_free_bits_run_reports_the_true_test_elbo(tmp_path):
     assert all(r["train_loss"] > 6.0 for r in result.metrics)
     saved = TrainConfig.from_json((tmp_path / "fb" / "config.json").read_text())
     assert saved.free_bits == 2.0
+
+
+def test_lambda_zero_with_a_mask_and_a_hand_made_pair(float64):
+    # A pair written here (no project code): masked-out examples give no KL, as in Pyro's TraceMeanField_ELBO.
+    loc, scale = torch.randn(5, 3), torch.rand(5, 3) + 0.5
+    mask = torch.tensor([True, True, False, True, True])
+
+    def model():
+        with pyro.plate("data", 5), poutine.mask(mask=mask):
+            pyro.sample("z", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+
+    def guide():
+        with pyro.plate("data", 5), poutine.mask(mask=mask):
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    plain = TraceMeanField_ELBO(max_plate_nesting=1).loss(model, guide)
+    assert FreeBitsELBO(0.0, max_plate_nesting=1).loss(model, guide) == pytest.approx(plain, rel=1e-12)
+    kl = (0.5 * (loc**2 + scale**2 - 1.0) - torch.log(scale)) * mask[:, None]
+    assert plain == pytest.approx(kl.sum().item(), rel=1e-12)
+    lam = 0.7  # N * sum_j max(lambda, mean over the 5 examples, the masked one counting 0)
+    by_hand = 5 * torch.clamp(kl.mean(0), min=lam).sum().item()
+    assert FreeBitsELBO(lam, max_plate_nesting=1).loss(model, guide) == pytest.approx(by_hand, rel=1e-12)

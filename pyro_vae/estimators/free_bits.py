@@ -68,8 +68,9 @@ class FreeBitsELBO(TraceMeanField_ELBO):
         kl = per_group_kl(q, model_site["fn"])
         groups = kl.dim() - len(q.batch_shape)  # trailing dimensions: one KL per latent dimension
         batch = kl.shape[: kl.dim() - groups]
-        if guide_site["mask"] is not None:
-            kl = kl * guide_site["mask"].reshape(guide_site["mask"].shape + (1,) * groups)
+        if guide_site["mask"] is not None:  # a masked-out example contributes no KL (as in TraceMeanField_ELBO)
+            mask = torch.as_tensor(guide_site["mask"], device=kl.device)
+            kl = kl * mask.reshape(mask.shape + (1,) * groups)
         mean = kl.reshape(batch.numel(), -1).mean(0)  # E_M[KL_j], averaged over examples (and particles)
         floored = torch.clamp(mean, min=self.free_bits).sum() * batch.numel()
         return scale_and_mask(floored, scale=guide_site["scale"])
