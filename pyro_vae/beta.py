@@ -1,4 +1,4 @@
-"""Beta-VAE weighting (Higgins et al. 2017) and KL annealing (Bowman et al. 2016) in one place.
+"""Beta-VAE weighting (Higgins et al. 2017) and KL annealing (Bowman et al. 2016; Fu et al. 2019) in one place.
 
 The objective recon + beta * KL needs the latent sites of BOTH the model and the guide scaled by beta:
 - ``TraceMeanField_ELBO`` computes the analytic KL from the *guide* site's scale, so scaling only the
@@ -18,6 +18,7 @@ freezing an old value into the graph (``step(x, beta=...)`` of ``pyro_vae.step.T
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -82,3 +83,33 @@ def warmup_beta(epoch: int, beta: float, warmup_epochs: int) -> float:
     if warmup_epochs <= 0:
         return beta
     return beta * min(1.0, epoch / warmup_epochs)
+
+
+#: The KL schedules of ``TrainConfig.kl_schedule``.
+KL_SCHEDULES = ("linear", "cyclical")
+
+
+def cyclical_beta(epoch: int, beta: float, epochs: int, cycles: int, ratio: float) -> float:
+    """Cyclical KL annealing (Fu, Li, Liu, Gao, Celikyilmaz and Carin 2019, "Cyclical Annealing Schedule: A Simple
+    Approach to Mitigating KL Vanishing", eq. 6), per epoch: with T = ``epochs`` and M = ``cycles``,
+    tau = ((t - 1) mod ceil(T / M)) / (T / M) for the 1-based epoch t = ``epoch`` + 1, and
+    beta_t = beta * min(1, tau / R), R = ``ratio``: M cycles, each rising linearly from 0 to beta over the first
+    fraction R of its epochs, then flat at beta."""
+    tau = (epoch % math.ceil(epochs / cycles)) * cycles / epochs  # = (epoch mod ceil(T/M)) / (T/M)
+    return beta * min(1.0, tau / ratio)
+
+
+def kl_beta(
+    epoch: int,
+    beta: float,
+    schedule: str = "linear",
+    warmup_epochs: int = 0,
+    epochs: int = 1,
+    cycles: int = 4,
+    ratio: float = 0.5,
+) -> float:
+    """beta of the 0-based ``epoch`` under the KL ``schedule``: "linear" (``warmup_beta``) or "cyclical"
+    (``cyclical_beta`` over ``epochs``)."""
+    if schedule == "cyclical":
+        return cyclical_beta(epoch, beta, epochs, cycles, ratio)
+    return warmup_beta(epoch, beta, warmup_epochs)

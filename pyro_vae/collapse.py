@@ -185,8 +185,8 @@ COLLAPSED_KL = 0.01
 
 #: What to try against posterior collapse.
 COLLAPSE_REMEDIES = (
-    "try KL warm-up (--kl-warmup EPOCHS), free bits (a floor on each dimension's KL; Kingma et al. 2016) "
-    "or a smaller decoder"
+    "try KL warm-up (--kl-warmup EPOCHS or --kl-schedule cyclical), free bits (--free-bits NATS, a floor on each "
+    "dimension's KL; Kingma et al. 2016) or a smaller decoder"
 )
 
 

@@ -11,10 +11,11 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from pyro_vae.beta import KL_SCHEDULES, kl_beta
 from pyro_vae.data import BUILTIN_DATASETS, check_data_options, load_data
 from pyro_vae.errors import UserError
 from pyro_vae.estimators import ESTIMATORS
@@ -22,6 +23,10 @@ from pyro_vae.registry import COMPONENTS, check_combination
 
 if TYPE_CHECKING:
     from pyro_vae.data import VAEData
+
+
+#: The learning-rate schedules of ``TrainConfig.lr_schedule`` (``pyro_vae.step.make_scheduler``).
+LR_SCHEDULES = ("constant", "step", "cosine", "plateau")
 
 
 def _is_int(value: Any) -> bool:
@@ -289,10 +294,24 @@ class TrainConfig(_NoOldFields):
         jit: compile the estimator with the PyTorch JIT (an option of every estimator that has a compiled form).
         particles: samples of z per example in each ELBO estimate (K of the iwae, renyi and dreg bounds).
         beta: weight of the KL term (1 = the ELBO; 0 = no KL, a plain autoencoder with noise).
-        kl_warmup: epochs over which beta rises linearly from 0 to beta (0 = no warm-up).
+        kl_warmup: epochs over which beta rises linearly from 0 to beta (0 = no warm-up; the linear schedule).
+        kl_schedule: how beta changes per epoch: linear (from 0 to beta over kl_warmup epochs, then flat) or
+            cyclical (Fu et al. 2019: kl_cycles cycles over the run's epochs, each rising linearly from 0 to beta
+            over its first kl_ratio, then flat at beta).
+        kl_cycles: the number M of cyclical annealing cycles over the run's epochs (at most epochs).
+        kl_ratio: the fraction R of each cyclical annealing cycle over which beta rises from 0, in (0, 1].
+        free_bits: lambda, the free-bits floor in nats on each latent dimension's KL averaged over the minibatch
+            (Kingma et al. 2016): the training KL term is sum_j max(lambda, KL_j); 0 = the plain ELBO. Needs
+            elbo meanfield (an analytic KL), without jit; the reported test ELBO stays the true ELBO.
         epochs: number of passes over the training set.
         batch_size: examples per gradient step.
-        lr: Adam's learning rate.
+        lr: Adam's learning rate (at the start, under lr_schedule).
+        lr_schedule: the learning rate per epoch (torch.optim.lr_scheduler): constant, step (times lr_gamma every
+            lr_step_epochs epochs), cosine (cosine annealing from lr to 0 over the run's epochs) or plateau (times
+            lr_gamma when the test ELBO has not risen for more than lr_patience epochs; needs eval_every 1).
+        lr_step_epochs: epochs between two reductions of the step schedule.
+        lr_gamma: the factor in (0, 1) of each reduction of the step and plateau schedules.
+        lr_patience: epochs without a rise of the test ELBO that the plateau schedule waits before reducing.
         clip_norm: clip the gradient's global 2-norm to this value (none = no clipping).
         seed: seeds torch, numpy and Python's random (model init, shuffling, binarisation, sampling).
         device: auto (cuda when available), cpu, cuda or cuda:N.
@@ -320,9 +339,17 @@ class TrainConfig(_NoOldFields):
     particles: int = 1
     beta: float = 1.0
     kl_warmup: int = 0
+    kl_schedule: Literal["linear", "cyclical"] = "linear"
+    kl_cycles: int = 4
+    kl_ratio: float = 0.5
+    free_bits: float = 0.0
     epochs: int = 100
     batch_size: int = 128
     lr: float = 5e-3
+    lr_schedule: Literal["constant", "step", "cosine", "plateau"] = "constant"
+    lr_step_epochs: int = 10
+    lr_gamma: float = 0.1
+    lr_patience: int = 2
     clip_norm: float | None = None
     seed: int = 0
     device: str = "auto"
@@ -378,6 +405,9 @@ class TrainConfig(_NoOldFields):
                 raise UserError(f"{name} must be an integer >= 1, got {value!r}")
         if not _is_int(self.kl_warmup) or self.kl_warmup < 0:
             raise UserError(f"kl_warmup must be an integer number of epochs >= 0, got {self.kl_warmup!r}")
+        self._check_kl_schedule()
+        self._check_free_bits()
+        self._check_lr_schedule()
         for name, zero_ok in (("beta", True), ("lr", False), ("checkpoint_seconds", True)):
             value = getattr(self, name)
             if not _is_number(value) or value < 0 or (value == 0 and not zero_ok):
@@ -388,6 +418,49 @@ class TrainConfig(_NoOldFields):
             raise UserError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
         if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
             raise UserError(f"threads must be an integer >= 1 (or None for torch's default), got {self.threads!r}")
+
+    def _check_kl_schedule(self) -> None:
+        if self.kl_schedule not in KL_SCHEDULES:
+            raise UserError(f"kl_schedule must be one of {', '.join(KL_SCHEDULES)}, got {self.kl_schedule!r}")
+        if not _is_int(self.kl_cycles) or self.kl_cycles < 1:
+            raise UserError(f"kl_cycles must be an integer >= 1, got {self.kl_cycles!r}")
+        if not _is_number(self.kl_ratio) or not 0 < self.kl_ratio <= 1:
+            raise UserError(f"kl_ratio must be a number in (0, 1], got {self.kl_ratio!r}")
+        if self.kl_schedule != "cyclical":
+            return
+        if self.kl_warmup:
+            raise UserError("kl_warmup is the linear schedule's; a cyclical schedule rises within each cycle: drop it")
+        if _is_int(self.epochs) and self.kl_cycles > self.epochs:
+            raise UserError(f"kl_cycles ({self.kl_cycles}) must be at most epochs ({self.epochs})")
+
+    def _check_free_bits(self) -> None:
+        if not _is_number(self.free_bits) or self.free_bits < 0:
+            raise UserError(
+                f"free_bits must be a finite number >= 0 (nats per latent dimension), got {self.free_bits!r}"
+            )
+        if self.free_bits and (self.elbo != "meanfield" or self.jit):
+            raise UserError(
+                f"free_bits needs --elbo meanfield (its analytic KL per latent dimension) without --jit; got --elbo "
+                f"{self.elbo}{' --jit' if self.jit else ''}"
+            )
+
+    def _check_lr_schedule(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UserError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if not _is_int(self.lr_step_epochs) or self.lr_step_epochs < 1:
+            raise UserError(f"lr_step_epochs must be an integer >= 1, got {self.lr_step_epochs!r}")
+        if not _is_int(self.lr_patience) or self.lr_patience < 0:
+            raise UserError(f"lr_patience must be an integer >= 0, got {self.lr_patience!r}")
+        if not _is_number(self.lr_gamma) or not 0 < self.lr_gamma < 1:
+            raise UserError(f"lr_gamma must be a number in (0, 1), got {self.lr_gamma!r}")
+        if self.lr_schedule == "plateau" and self.eval_every != 1:
+            raise UserError(
+                f"lr_schedule plateau follows the test ELBO of every epoch: needs eval_every 1, got {self.eval_every!r}"
+            )
+
+    def kl_beta(self, epoch: int) -> float:
+        """beta of the 0-based ``epoch`` under ``kl_schedule`` (``pyro_vae.beta.kl_beta``)."""
+        return kl_beta(epoch, self.beta, self.kl_schedule, self.kl_warmup, self.epochs, self.kl_cycles, self.kl_ratio)
 
     def components(self) -> dict[str, str]:
         """The names of the run's components and estimator by kind: ``{"prior": "standard", ..., "estimator":

@@ -79,6 +79,8 @@ def run_caption(config: TrainConfig, epoch: int | None = None, beta: str | None 
     estimator = config.elbo + (f" (K = {config.particles})" if config.particles > 1 else "")
     if beta is None:
         beta = f"beta {config.beta:g}" + (f" (warm-up {config.kl_warmup} epochs)" if config.kl_warmup else "")
+        if config.kl_schedule == "cyclical":
+            beta = f"beta {config.beta:g} (cyclical, {config.kl_cycles} cycles, ratio {config.kl_ratio:g})"
     parts = [
         f"{data} ({shape})",
         f"prior {m.prior}",

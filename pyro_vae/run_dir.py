@@ -71,6 +71,7 @@ def read_config(text: str) -> TrainConfig:
     require_plugins(TrainConfig.recorded_plugins(text))
     return TrainConfig.from_json(text)
 
+
 CHECKPOINT = "checkpoint.pt"
 #: The checkpoint saved before the last one (a hard link to it), offered when ``checkpoint.pt`` is damaged.
 PREVIOUS = "checkpoint.previous.pt"
@@ -82,14 +83,18 @@ LOCK = ".lock"
 #: older reader must refuse such a file rather than resume it from the wrong place. Version 3 split the guide
 #: into an encoder (features) and a head (q's parameters): the last layer of a version-2 guide's MLP encoder is
 #: the version-3 guide's ``head``, and ``load_checkpoint`` renames it. Version 4 added ``"digest"`` (the SHA-256
-#: of the contents, checked on load) and ``"data_digest"`` (of the data set trained on).
-FORMAT_VERSION = 4
+#: of the contents, checked on load) and ``"data_digest"`` (of the data set trained on). Version 5 added
+#: ``"scheduler"``: the learning-rate scheduler's state (None for a constant rate); an older checkpoint is read with
+#: ``"scheduler": None`` (its run had a constant rate).
+FORMAT_VERSION = 5
 #: Versions ``load_checkpoint`` reads and upgrades (version 1 has no mid-epoch checkpoints; before version 4
 #: there is no digest to check).
-READABLE_FORMATS = (1, 2, 3, 4)
+READABLE_FORMATS = (1, 2, 3, 4, 5)
 #: The keys every checkpoint holds (``train`` writes them all); version 4 adds ``DIGEST_KEYS``.
 CHECKPOINT_KEYS = ("epoch", "config", "model", "guide", "optimizer", "rng", "metrics")
 DIGEST_KEYS = ("digest", "data_digest")
+#: The keys version 5 adds.
+SCHEDULER_KEYS = ("scheduler",)
 #: The keys of a mid-epoch checkpoint's ``"partial"`` record.
 PARTIAL_KEYS = ("step", "epoch_rng", "loss_sum")
 
@@ -244,7 +249,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         _check_digest(path, state)
     if state["format"] < 3:
         state["guide"] = _guide_head_from_encoder(state["guide"])
-        state["format"] = FORMAT_VERSION
+    if state["format"] < 5:
+        state["scheduler"] = None  # runs before version 5 had a constant learning rate
+    state["format"] = FORMAT_VERSION
     return state
 
 
@@ -253,6 +260,8 @@ def _missing_keys(state: dict[str, Any]) -> list[str]:
     missing = [key for key in CHECKPOINT_KEYS if key not in state]
     if state["format"] >= 4:
         missing += [key for key in DIGEST_KEYS if key not in state]
+    if state["format"] >= 5:
+        missing += [key for key in SCHEDULER_KEYS if key not in state]
     partial = state.get("partial")
     if partial is None:
         return missing
@@ -751,6 +760,16 @@ def check_resume(saved: TrainConfig, given: TrainConfig, position: Position, out
         raise UserError(
             f"--resume: {', '.join(diffs)} differ(s) from the run in {out}; only "
             f"{', '.join(RESUMABLE_CHANGES)} may change when resuming; to train with the new options, {_NEW_RUN}"
+        )
+    if given.lr_schedule == "cosine" and given.epochs != saved.epochs:
+        raise UserError(
+            f"--resume: the cosine learning-rate schedule anneals over the run's {saved.epochs} epochs; "
+            f"--epochs {given.epochs} would change it; to train longer, {_NEW_RUN}"
+        )
+    if given.kl_schedule == "cyclical" and given.epochs != saved.epochs:
+        raise UserError(
+            f"--resume: the cyclical KL schedule spreads its cycles over the run's {saved.epochs} epochs; "
+            f"--epochs {given.epochs} would change the beta of epochs already trained; to train longer, {_NEW_RUN}"
         )
     # mid-epoch, the epoch in progress must be trained to its end
     needed = position.epoch + 1 if position.step else position.epoch

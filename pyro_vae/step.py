@@ -58,6 +58,34 @@ def parameters_of(*modules: nn.Module) -> list[nn.Parameter]:
     return list(seen.values())
 
 
+def make_scheduler(
+    optimizer: torch.optim.Optimizer,
+    schedule: str,
+    *,
+    epochs: int,
+    step_epochs: int = 10,
+    gamma: float = 0.1,
+    patience: int = 2,
+) -> Any:
+    """The ``torch.optim.lr_scheduler`` of ``schedule``, stepped once per epoch; None for "constant".
+
+    "step": ``StepLR`` (lr * gamma every ``step_epochs`` epochs); "cosine": ``CosineAnnealingLR`` over ``epochs``
+    (lr_t = lr (1 + cos(pi t / T)) / 2, Loshchilov & Hutter 2017, "SGDR: Stochastic Gradient Descent with Warm
+    Restarts", without restarts); "plateau": ``ReduceLROnPlateau`` on the test ELBO (mode "max"; lr * gamma after
+    more than ``patience`` epochs without a rise, any rise counting: threshold 0, absolute).
+    """
+    sched = torch.optim.lr_scheduler
+    if schedule == "step":
+        return sched.StepLR(optimizer, step_size=step_epochs, gamma=gamma)
+    if schedule == "cosine":
+        return sched.CosineAnnealingLR(optimizer, T_max=epochs)
+    if schedule == "plateau":
+        return sched.ReduceLROnPlateau(
+            optimizer, mode="max", factor=gamma, patience=patience, threshold=0.0, threshold_mode="abs"
+        )
+    return None
+
+
 def make_optimizer(params: Iterable[nn.Parameter], lr: float, fused: bool | None = None) -> torch.optim.Adam:
     """One Adam (Kingma & Ba 2015) over all ``params``, as a single fused kernel where torch has one.
 

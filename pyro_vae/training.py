@@ -8,12 +8,15 @@
 
 Each epoch minimises the beta-weighted negative ELBO, E_q[-log p(x|z)] + beta_t KL(q || p) (eq. 28 with
 a weighted KL; the latent sites of model and guide are scaled by beta_t), where beta_t rises linearly
-from 0 to ``beta`` over ``kl_warmup`` epochs (Bowman et al. 2016), with one torch Adam over all
-parameters (``TrainStep``, which takes beta_t as an input). After each epoch (every ``eval_every``) the test ELBO
-(beta = 1) and its terms are evaluated (``pyro_vae.elbo_terms``); every ``checkpoint_seconds`` (and after the last
-epoch) the checkpoint is saved atomically, then its epochs' records go to ``metrics.jsonl``. Ctrl-C or SIGTERM
-lets the step in progress finish, saves a mid-epoch checkpoint and stops (``TrainingInterrupted``); ``resume=True``
-goes on from that very step.
+from 0 to ``beta`` over ``kl_warmup`` epochs (Bowman et al. 2016) or follows ``kl_schedule="cyclical"`` (Fu et
+al. 2019; ``pyro_vae.beta.cyclical_beta``), with one torch Adam over all parameters (``TrainStep``, which takes
+beta_t as an input). ``free_bits`` > 0 floors each latent dimension's minibatch-averaged KL
+(``pyro_vae.estimators.FreeBitsELBO``; Kingma et al. 2016), and ``lr_schedule`` steps a
+``torch.optim.lr_scheduler`` after each epoch (its state is in the checkpoint). After each epoch (every
+``eval_every``) the test ELBO (beta = 1) and its terms are evaluated (``pyro_vae.elbo_terms``); every
+``checkpoint_seconds`` (and after the last epoch) the checkpoint is saved atomically, then its epochs' records go
+to ``metrics.jsonl``. Ctrl-C or SIGTERM lets the step in progress finish, saves a mid-epoch checkpoint and stops
+(``TrainingInterrupted``); ``resume=True`` goes on from that very step.
 """
 
 from __future__ import annotations
@@ -35,13 +38,13 @@ from tqdm.auto import tqdm
 
 from pyro_vae import figures as run_figures
 from pyro_vae.atomic import WriteError
-from pyro_vae.beta import warmup_beta
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import VAEData, minibatches
 from pyro_vae.distributed import join_strategy
 from pyro_vae.elbo_terms import ELBOTerms
 from pyro_vae.errors import UserError
 from pyro_vae.estimators import make_training_elbo, training_jit
+from pyro_vae.estimators.free_bits import NO_ANALYTIC_KL
 from pyro_vae.guards import DivergenceGuard, NonFiniteLossError, TrainingInterrupted
 from pyro_vae.interrupts import DeferredInterrupts
 from pyro_vae.kl_check import check_training_kl
@@ -60,7 +63,7 @@ from pyro_vae.run_dir import (
     set_rng_state,
     torch_rng_state,
 )
-from pyro_vae.step import make_optimizer, parameters_of
+from pyro_vae.step import make_optimizer, make_scheduler, parameters_of
 from pyro_vae.strategy import SingleProcess, StopFlag, Strategy
 
 __all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "Trainer", "TrainingInterrupted", "train"]
@@ -156,8 +159,18 @@ class Trainer:
             self.params, self.config = prepare_pair(self.model, self.guide, self.data, cfg)
             cfg = self.config
         self.optimizer = make_optimizer(self.params, cfg.lr)  # one fused Adam (benchmarks/step_time.py)
+        self.scheduler = make_scheduler(
+            self.optimizer,
+            cfg.lr_schedule,
+            epochs=cfg.epochs,
+            step_epochs=cfg.lr_step_epochs,
+            gamma=cfg.lr_gamma,
+            patience=cfg.lr_patience,
+        )
         nesting = getattr(self.model, "plate_nesting", 1)
-        self.elbo = make_training_elbo(cfg.elbo, cfg.particles, cfg.elbo_options, plate_nesting=nesting)
+        self.elbo = make_training_elbo(
+            cfg.elbo, cfg.particles, cfg.elbo_options, plate_nesting=nesting, free_bits=cfg.free_bits
+        )
         self.kl = self._check_kl()
         self.strategy.before_first_write()
         if self._state is None:
@@ -200,7 +213,7 @@ class Trainer:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             x = self.data.test_x_eval[: self.config.batch_size]
             cfg = self.config
-            return check_training_kl(
+            kinds = check_training_kl(
                 self.model,
                 self.guide,
                 x,
@@ -210,10 +223,15 @@ class Trainer:
                 particles=cfg.particles,
                 require_analytic_kl=cfg.require_analytic_kl,
             )
+        if cfg.free_bits and (estimated := [site for site, kind in kinds.items() if kind != "analytic"]):
+            raise UserError(f"{NO_ANALYTIC_KL}; none is registered at site(s) {', '.join(estimated)}")
+        return kinds
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.run.load_weights(self.model, self.guide, state)
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
         self.history = json.loads(state["metrics"])
         self.run.restore(self.history)
         set_rng_state(state["rng"])
@@ -288,8 +306,8 @@ class Trainer:
                 ) from None
 
     def beta_at(self, epoch: int) -> float:
-        """beta of the 0-based ``epoch`` after KL warm-up."""
-        return warmup_beta(epoch, self.config.beta, self.config.kl_warmup)
+        """beta of the 0-based ``epoch`` under the KL schedule (linear warm-up or cyclical)."""
+        return self.config.kl_beta(epoch)
 
     def train_epoch(self, epoch: int, stop: StopFlag) -> tuple[float, int]:
         """One epoch (0-based ``epoch``) of steps; (the summed loss, the number of the last step)."""
@@ -350,6 +368,8 @@ class Trainer:
     def _end_epoch(self, epoch: int, total: float, last_step: int, stop: StopFlag) -> None:
         n = self.data.train_x.shape[0]
         record = {"epoch": epoch + 1, "beta": self.beta_at(epoch), "train_loss": total / n, "kl": self.kl}
+        if self.scheduler is not None:
+            record["lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
         # The last step's update is checked here, before it can reach the checkpoint.
         if (epoch + 1) % self.config.eval_every == 0 or epoch + 1 == self.config.epochs:
             terms = self.evaluate()
@@ -357,6 +377,7 @@ class Trainer:
             record.update(test_elbo=terms.elbo, test_recon=terms.recon, test_kl=terms.kl)
         else:
             self.guard.check_weights(self.params, epoch + 1, last_step)
+        self._step_scheduler(record)
         self.history.append(record)
         self._unwritten.append(record)
         if self._checkpoint_due(epoch + 1) or stop.requested:
@@ -376,6 +397,15 @@ class Trainer:
                 self.out,
             )
 
+    def _step_scheduler(self, record: dict[str, Any]) -> None:
+        """The learning rate of the next epoch: the scheduler's step (plateau: on this epoch's test ELBO)."""
+        if self.scheduler is None:
+            return
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(record["test_elbo"])  # eval_every is 1 (TrainConfig checks it)
+        else:
+            self.scheduler.step()
+
     def _checkpoint_due(self, epochs_done: int) -> bool:
         # ~12 ms (serialise, digest, fsync): as long as a digits epoch, so by the clock (docs/performance.md).
         due = epochs_done >= self.config.epochs or time.monotonic() - self._last_save >= self.config.checkpoint_seconds
@@ -390,6 +420,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "guide": self.guide.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "rng": rng_state(),
             "metrics": json.dumps(self.history),
             "data_digest": self.data_digest,

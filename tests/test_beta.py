@@ -9,7 +9,7 @@ import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import BetaScaled, LatentScale, VAEConfig, build
-from pyro_vae.beta import warmup_beta
+from pyro_vae.beta import cyclical_beta, kl_beta, warmup_beta
 from tests.helpers import closed_form_terms, guide_trace
 
 BETA = 0.25
@@ -112,3 +112,17 @@ def test_negative_beta_is_rejected():
     model, guide, _ = setup()
     with pytest.raises(ValueError, match="beta must be"):
         BetaScaled(model, guide, beta=-1)
+
+
+def test_cyclical_schedule_matches_the_papers_formula_by_hand():
+    # Fu et al. 2019, eq. 6, per epoch: T = 10 epochs, M = 3 cycles, R = 0.5. A cycle is ceil(10 / 3) = 4 epochs;
+    # tau = (e mod 4) / (10 / 3) = 0, 0.3, 0.6, 0.9 within a cycle, beta_t = beta * min(1, tau / 0.5).
+    by_hand = [0.0, 0.6, 1.0, 1.0, 0.0, 0.6, 1.0, 1.0, 0.0, 0.6]
+    assert [cyclical_beta(e, 2.0, 10, 3, 0.5) for e in range(10)] == pytest.approx([2.0 * b for b in by_hand])
+    # T = 8, M = 2, R = 0.25: cycles of 4 epochs, tau = 0, 0.25, 0.5, 0.75 -> 0, 1, 1, 1.
+    assert [cyclical_beta(e, 1.0, 8, 2, 0.25) for e in range(8)] == [0.0, 1.0, 1.0, 1.0] * 2
+    # One cycle with R = 1 is the linear warm-up over the whole run.
+    assert [cyclical_beta(e, 0.8, 4, 1, 1.0) for e in range(4)] == pytest.approx([0.0, 0.2, 0.4, 0.6])
+    # kl_beta picks the schedule; linear is warmup_beta unchanged.
+    assert kl_beta(3, 0.8, "linear", warmup_epochs=4, epochs=10) == warmup_beta(3, 0.8, 4)
+    assert kl_beta(5, 2.0, "cyclical", epochs=10, cycles=3, ratio=0.5) == cyclical_beta(5, 2.0, 10, 3, 0.5)

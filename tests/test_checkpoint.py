@@ -90,6 +90,33 @@ def test_crash_mid_epoch_then_resume(tmp_path, monkeypatch):
     assert (tmp_path / "cut" / "metrics.jsonl").read_text() == (tmp_path / "full" / "metrics.jsonl").read_text()
 
 
+def test_cyclical_kl_schedule_crash_then_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    # The schedule spans the run's 4 epochs (2 cycles of 2): a crash in epoch 3, then --resume, gives the same run.
+    cyclical = dict(kl_schedule="cyclical", kl_cycles=2, kl_ratio=0.5, epochs=4)
+    full = run(dataclasses.replace(config("meanfield", 4), **cyclical), tmp_path / "full")
+    assert [r["beta"] for r in full.metrics] == [0.0, 1.0, 0.0, 1.0]
+    calls = {"n": 0}
+    real_call = TrainStep.__call__
+
+    def crash(self, x, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 15:  # 6 steps per epoch: epoch 3, step 3
+            raise RuntimeError("power cut")
+        return real_call(self, x, **kwargs)
+
+    monkeypatch.setattr(TrainStep, "__call__", crash)
+    with pytest.raises(RuntimeError, match="power cut"):
+        run(dataclasses.replace(config("meanfield", 4), **cyclical), tmp_path / "cut")
+    monkeypatch.setattr(TrainStep, "__call__", real_call)
+    resumed = run(dataclasses.replace(config("meanfield", 4), **cyclical), tmp_path / "cut", resume=True)
+    assert (tmp_path / "cut" / "metrics.jsonl").read_text() == (tmp_path / "full" / "metrics.jsonl").read_text()
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    # Its cycles are spread over the run's epochs: a resume with other --epochs would change them, and is refused.
+    with pytest.raises(UserError, match="cyclical KL schedule spreads its cycles over the run's 4 epochs"):
+        run(dataclasses.replace(config("meanfield", 6), **{**cyclical, "epochs": 6}), tmp_path / "cut", resume=True)
+
+
 @pytest.mark.parametrize("failure", ["torch.save", "os.replace"])
 def test_crash_during_checkpoint_save_keeps_the_previous_one(tmp_path, monkeypatch, failure):
     out = tmp_path / "run"

@@ -88,6 +88,15 @@ def test_kl_warmup_is_linear_from_zero_to_beta(tmp_path):
     assert [r["beta"] for r in result.metrics] == [0.0, 0.25, 0.5, 0.5]
 
 
+def test_cyclical_kl_schedule_gives_each_epochs_beta(tmp_path):
+    # T = 6, M = 2, R = 0.5: cycles of 3 epochs, tau = 0, 1/3, 2/3 -> beta * (0, 2/3, 1) (Fu et al. 2019, eq. 6).
+    cfg = small(beta=0.5, kl_schedule="cyclical", kl_cycles=2, kl_ratio=0.5, epochs=6)
+    result = train(cfg, tmp_path / "run", progress=False, figures=False)
+    assert [r["beta"] for r in result.metrics] == pytest.approx([0.0, 1 / 3, 0.5] * 2, rel=1e-15)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (saved["kl_schedule"], saved["kl_cycles"], saved["kl_ratio"]) == ("cyclical", 2, 0.5)
+
+
 def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_checkpoint(tmp_path, monkeypatch):
     calls = {"n": 0}
     real_call = TrainStep.__call__
@@ -132,6 +141,12 @@ BAD_CONFIGS = [
     ({"beta": math.nan}, "beta must be a finite number >= 0"),
     ({"particles": 0}, "particles must be an integer >= 1"),
     ({"kl_warmup": -1}, "kl_warmup must be an integer"),
+    ({"kl_schedule": "cosine"}, "kl_schedule must be one of linear, cyclical"),
+    ({"kl_cycles": 0}, "kl_cycles must be an integer >= 1"),
+    ({"kl_ratio": 0.0}, "kl_ratio must be a number in"),
+    ({"kl_ratio": 1.5}, "kl_ratio must be a number in"),
+    ({"kl_schedule": "cyclical", "kl_warmup": 2}, "kl_warmup is the linear schedule's"),
+    ({"kl_schedule": "cyclical", "kl_cycles": 5, "epochs": 4}, "kl_cycles (5) must be at most epochs (4)"),
     ({"clip_norm": 0.0}, "clip_norm must be a finite number > 0"),
     ({"seed": -1}, "seed must be an integer in"),
     ({"seed": True}, "seed must be an integer in"),

@@ -17,7 +17,9 @@ from typing import Any
 
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
+from pyro_vae.errors import UserError
 from pyro_vae.estimators.dreg import DReGBound
+from pyro_vae.estimators.free_bits import FreeBitsELBO
 from pyro_vae.estimators.iwae import IWAEBound, JitIWAEBound
 from pyro_vae.estimators.jit_meanfield import JitTraceMeanFieldELBO
 from pyro_vae.estimators.jit_trace import JitTraceELBO
@@ -198,15 +200,20 @@ def make_training_elbo(
     options: dict[str, Any] | None = None,
     *,
     plate_nesting: int = 1,
+    free_bits: float = 0.0,
 ) -> ELBO:
     """The estimator a run trains with (``TrainConfig.elbo``, ``particles``, ``elbo_options``), uncompiled, with
     max_plate_nesting = 1 (the model's one "data" plate) unless given. Its compiled form (``TrainConfig.jit`` or a
-    ``jit-NAME``) is ``training_jit``'s.
+    ``jit-NAME``) is ``training_jit``'s. ``free_bits`` > 0 (meanfield only): ``FreeBitsELBO`` with that floor.
 
     Fixing the nesting matters for exact resumption: otherwise Pyro guesses it at the first call by
     running the model once, which draws random numbers at a different point of a resumed run.
     """
     spec, _ = _training_spec(name, False)
+    if free_bits > 0:
+        if spec.name != "meanfield":
+            raise UserError(f"free bits need --elbo meanfield (its analytic KL), got {name}")
+        return FreeBitsELBO(free_bits, num_particles=particles, max_plate_nesting=plate_nesting, **_VECTORIZED)
     return spec.make(num_particles=particles, max_plate_nesting=plate_nesting, **(options or {}))
 
 
@@ -236,6 +243,7 @@ __all__ = [
     "ESTIMATORS",
     "JIT_PREFIX",
     "DReGBound",
+    "FreeBitsELBO",
     "EstimatorRegistry",
     "EstimatorSpec",
     "IWAEBound",
