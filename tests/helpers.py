@@ -1,6 +1,9 @@
-"""Shared test helpers: the closed-form batch loss computed from a guide trace (eq. 43)."""
+"""Shared test helpers: the closed-form batch loss computed from a guide trace (eq. 43), and a crash mid-run."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import pyro.poutine as poutine
 import pytest
@@ -63,3 +66,26 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def power_cut_at_step(monkeypatch: pytest.MonkeyPatch, n: int) -> Iterator[None]:
+    """Inside the block, the n-th training step raises ``RuntimeError("power cut")`` (a crash between two
+    checkpoints), which the block expects; afterwards the steps are real again."""
+    from pyro_vae.step import TrainStep
+
+    real_call = TrainStep.__call__
+    calls = {"n": 0}
+
+    def crash(self: TrainStep, x: Tensor, **kwargs: object) -> float:
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise RuntimeError("power cut")
+        return real_call(self, x, **kwargs)
+
+    monkeypatch.setattr(TrainStep, "__call__", crash)
+    try:
+        with pytest.raises(RuntimeError, match="power cut"):
+            yield
+    finally:
+        monkeypatch.setattr(TrainStep, "__call__", real_call)

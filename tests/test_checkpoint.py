@@ -22,6 +22,7 @@ from pyro_vae.errors import UserError
 from pyro_vae.run_dir import CHECKPOINT, load_checkpoint, load_run, rng_state, set_rng_state
 from pyro_vae.step import TrainStep
 from pyro_vae.training import TrainConfig, train
+from tests.helpers import power_cut_at_step
 
 CONFIGS = {
     # the default estimator with dynamic binarisation
@@ -95,19 +96,8 @@ def test_cyclical_kl_schedule_crash_then_resume_equals_uninterrupted(tmp_path, m
     cyclical = dict(kl_schedule="cyclical", kl_cycles=2, kl_ratio=0.5, epochs=4)
     full = run(dataclasses.replace(config("meanfield", 4), **cyclical), tmp_path / "full")
     assert [r["beta"] for r in full.metrics] == [0.0, 1.0, 0.0, 1.0]
-    calls = {"n": 0}
-    real_call = TrainStep.__call__
-
-    def crash(self, x, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 15:  # 6 steps per epoch: epoch 3, step 3
-            raise RuntimeError("power cut")
-        return real_call(self, x, **kwargs)
-
-    monkeypatch.setattr(TrainStep, "__call__", crash)
-    with pytest.raises(RuntimeError, match="power cut"):
+    with power_cut_at_step(monkeypatch, 15):  # 6 steps per epoch: epoch 3, step 3
         run(dataclasses.replace(config("meanfield", 4), **cyclical), tmp_path / "cut")
-    monkeypatch.setattr(TrainStep, "__call__", real_call)
     resumed = run(dataclasses.replace(config("meanfield", 4), **cyclical), tmp_path / "cut", resume=True)
     assert (tmp_path / "cut" / "metrics.jsonl").read_text() == (tmp_path / "full" / "metrics.jsonl").read_text()
     for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):

@@ -14,8 +14,8 @@ from pyro_vae.config import TrainConfig, VAEConfig
 from pyro_vae.data import load_data
 from pyro_vae.errors import UserError
 from pyro_vae.run_dir import CHECKPOINT, FORMAT_VERSION, load_checkpoint, save_checkpoint
-from pyro_vae.step import TrainStep
 from pyro_vae.training import Trainer, train
+from tests.helpers import power_cut_at_step
 
 LR = 0.01
 
@@ -72,20 +72,9 @@ SCHEDULES = {
 @pytest.mark.parametrize("name", list(SCHEDULES))
 def test_crash_then_resume_equals_uninterrupted(tmp_path, monkeypatch, name):
     full = run(config(4, **SCHEDULES[name]), tmp_path / "full")
-    calls = {"n": 0}
-    real_call = TrainStep.__call__
-
-    def crash(self, x, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 15:  # 6 steps per epoch: epoch 3, step 3
-            raise RuntimeError("power cut")
-        return real_call(self, x, **kwargs)
-
-    monkeypatch.setattr(TrainStep, "__call__", crash)
-    with pytest.raises(RuntimeError, match="power cut"):
+    with power_cut_at_step(monkeypatch, 15):  # 6 steps per epoch: epoch 3, step 3
         run(config(4, **SCHEDULES[name]), tmp_path / "cut")
     assert load_checkpoint(tmp_path / "cut" / CHECKPOINT)["scheduler"]["last_epoch"] == 2
-    monkeypatch.setattr(TrainStep, "__call__", real_call)
     resumed = run(config(4, **SCHEDULES[name]), tmp_path / "cut", resume=True)
     assert (tmp_path / "cut" / "metrics.jsonl").read_text() == (tmp_path / "full" / "metrics.jsonl").read_text()
     assert len({r["lr"] for r in full.metrics}) > 1 or name == "plateau"
