@@ -35,7 +35,6 @@ from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
 from pyro_vae.errors import UserError
-
 from pyro_vae.estimators.log_weights import guess_plate_nesting, per_example_log_weights
 from pyro_vae.progress import progress_bar
 
