@@ -29,6 +29,7 @@ from pyro_vae.estimators import ESTIMATORS
 from pyro_vae.evaluation import active_units, kl_per_dimension
 from pyro_vae.gaps import GapOptions, local_optimisation_gaps
 from pyro_vae.importance import log_likelihood
+from pyro_vae.kl_check import kl_kinds
 from pyro_vae.registry import build
 from pyro_vae.training import TrainConfig, train
 from tests.helpers import one_thread  # noqa: F401 - the fixture, used by pytestmark
@@ -173,6 +174,25 @@ def test_mismatched_families_are_refused_in_one_line(options, message):
     with pytest.raises(UserError, match=message) as err:
         VAEConfig(**{"z_dim": 4, **options})
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("prior", "guide"),
+    [("bernoulli", "bernoulli"), ("vamp", "bernoulli"), ("categorical", "categorical"), ("vamp", "categorical")],
+)
+def test_the_discrete_pairs_keep_the_posterior_contract_and_take_score_function_steps(prior, guide):
+    options = {"prior": {"components": 3}} if prior == "vamp" else {}
+    model, q = build(VAEConfig(x_dim=6, z_dim=4, hidden=(8,), prior=prior, guide=guide, options=options))
+    x = torch.bernoulli(torch.full((12, 6), 0.4), generator=torch.Generator().manual_seed(9))
+    assert kl_kinds(model, q, x) == {"z": "monte-carlo" if prior == "vamp" else "analytic"}
+    posterior = q.posterior(x)
+    assert (posterior.batch_shape, posterior.event_shape, posterior.mean.shape) == ((12,), (4,), (12, 4))
+    assert not posterior.has_rsample and bool(posterior.support.check(posterior.sample()).all())
+    pyro.clear_param_store()
+    svi = pyro.infer.SVI(model, q, pyro.optim.Adam({"lr": 0.05}), TraceGraph_ELBO())
+    before = [p.detach().clone() for p in q.head.parameters()]
+    assert all(math.isfinite(svi.step(x)) for _ in range(3))
+    assert any(not torch.equal(a, b) for a, b in zip(before, q.head.parameters(), strict=True))  # the encoder learns
 
 
 # ---------------------------------------------------------------- evaluation
