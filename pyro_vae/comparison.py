@@ -206,7 +206,8 @@ def draw_gradients(
 def discrete_guide_sites(guide: Callable[..., Any], x: Tensor) -> list[str]:
     """The guide's latent sites without a reparameterised sampler (discrete, or marked for enumeration), as
     "'name' (distribution)"."""
-    with poutine.block(), torch.no_grad():
+    devices = [x.device] if x.device.type == "cuda" else []
+    with poutine.block(), torch.no_grad(), torch.random.fork_rng(devices=devices):  # the caller's draws unchanged
         trace = poutine.trace(guide).get_trace(x)
     return [
         f"{name!r} ({type(site['fn']).__name__}{', marked for enumeration' if site['infer'].get('enumerate') else ''})"

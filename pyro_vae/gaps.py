@@ -274,7 +274,9 @@ def local_optimisation_gaps(
     """Per-example log p(x), ELBO(q*) and ELBO(q_enc) (see the module doc); ``log_px`` (with its standard errors
     ``log_px_stderr``, default 0) replaces the IS estimate."""
     options = options or GapOptions()
-    Densities.of(model, guide, x[:1]).refuse_discrete(
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):  # the draws stay as they were
+        densities = Densities.of(model, guide, x[: options.batch_size])
+    densities.refuse_discrete(
         "the inference gaps' local optimisation (a reparameterised ELBO per example)", "drop --gaps"
     )
     parts: dict[str, list[Tensor]] = {f: [] for f in InferenceGaps.__dataclass_fields__}

@@ -110,7 +110,9 @@ def check_weighable(model: Callable[..., Any], guide: Callable[..., Any], x: Ten
     guide leaves it out): the replayed model would draw it from its prior and the weight would count p(y) without
     q(y|x), a wrong log p(x). Discrete sites that the guide samples, enumerated or not, are weighed like any other:
     z ~ q, w = p(x, z) / q(z|x) is an unbiased estimate of p(x) whatever z's space (Burda et al. 2015)."""
-    with poutine.block(), torch.no_grad():
+    # On a forked random stream: checking must not change the draws of the estimate that follows.
+    devices = [x.device] if x.device.type == "cuda" else []
+    with poutine.block(), torch.no_grad(), torch.random.fork_rng(devices=devices):
         guide_trace = poutine.trace(guide).get_trace(x)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
     for name, site in model_trace.nodes.items():

@@ -90,14 +90,10 @@ def test_a_pair_on_different_spaces_is_refused_in_one_line_naming_what_fits(prio
         VAEConfig(x_dim=10, z_dim=3, prior=prior, guide=guide)
     message = str(info.value)
     assert "\n" not in message and f"the {guide} guide puts z on" in message and f"the {prior} prior" in message
-    if guide in ON_SPHERE:
-        assert "use --prior vamp or uniform-sphere with it, or --guide normal, fullcov or iaf" in message
-    elif guide in DISCRETE:
-        assert f"use --prior vamp or {guide} with it" in message
-    elif prior in DISCRETE:
-        assert f"use --prior standard, gaussian, mixture, vamp or flow with it, or --guide {prior}" in message
-    else:
-        assert "use --prior standard, gaussian, mixture, vamp or flow with it, or --guide power-spherical" in message
+    priors = {"sphere": "vamp or uniform-sphere", "real": "standard, gaussian, mixture, vamp or flow"}
+    guides = {"sphere": "power-spherical", "real": "normal, fullcov or iaf"}
+    fitting_priors = priors.get(space(guide), f"vamp or {guide}")
+    assert f"use --prior {fitting_priors} with it, or --guide {guides.get(space(prior), prior)}" in message
 
 
 def test_a_prior_given_to_build_is_checked_too():
