@@ -148,6 +148,42 @@ def test_with_validation_on_pyros_meanfield_refuses_the_discrete_guide_and_so_do
         assert "\n" not in str(err.value) and "register an estimator with score-function gradients" in str(err.value)
 
 
+def test_what_pyro_does_with_a_bernoulli_guide_meanfield_biased_trace_unbiased_by_enumeration():
+    """Why meanfield is refused rather than allowed: against the exact gradient of -ELBO wrt the guide's logits (the
+    4 codes enumerated), Pyro's TraceMeanField_ELBO (validation off) returns a gradient with no noise and the wrong
+    value, because the reconstruction's score-function term is dropped; Trace_ELBO's plain score function is
+    unbiased (within 4 standard errors), only noisy."""
+    torch.manual_seed(0)
+    w, x = torch.randn(2, 3), torch.tensor([[1.0, 0.0, 1.0]])
+    logit = torch.tensor([0.3, -0.5], requires_grad=True)
+    prior = dist.Bernoulli(torch.full((2,), 0.5)).to_event(1)
+
+    def model(x):
+        with pyro.plate("data", 1):
+            z = pyro.sample("z", prior)
+            pyro.sample("x", dist.Bernoulli(logits=z @ w).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", 1):
+            pyro.sample("z", dist.Bernoulli(logits=logit.expand(1, 2)).to_event(1))
+
+    codes = binary_codes(2)
+    log_q = dist.Bernoulli(logits=logit).to_event(1).log_prob(codes)
+    log_joint = prior.log_prob(codes) + dist.Bernoulli(logits=codes @ w).to_event(1).log_prob(x)
+    exact = torch.autograd.grad(-(log_q.exp() * (log_joint - log_q)).sum(), logit)[0]
+    draws = {}
+    for name, elbo in (("trace", pyro.infer.Trace_ELBO()), ("meanfield", TraceMeanField_ELBO())):
+        pyro.set_rng_seed(1)
+        with pyro.validation_enabled(False):
+            grads = [torch.autograd.grad(elbo.differentiable_loss(model, guide, x), logit)[0] for _ in range(400)]
+        draws[name] = torch.stack(grads)
+    trace = draws["trace"]
+    assert torch.all((trace.mean(0) - exact).abs() < 4 * trace.std(0) / math.sqrt(400))
+    meanfield = draws["meanfield"]
+    assert torch.all(meanfield.std(0) < 1e-6)  # the same value every draw: no score-function term
+    assert (meanfield[0] - exact).abs().max() > 0.1  # and off by far more than noise (0.29 measured)
+
+
 def test_the_refusal_names_the_registered_estimators_that_can_train_it(tracegraph):
     with pytest.raises(UserError, match="use --elbo tracegraph$"):
         TrainConfig(model=VAEConfig(z_dim=4, prior="bernoulli", guide="bernoulli"), elbo="meanfield")
@@ -231,6 +267,18 @@ def test_ais_and_the_gaps_refuse_discrete_latents_in_one_line():
 # ---------------------------------------------------------------- training, the CLI, figures, resume
 
 
+@pytest.mark.parametrize(("guide", "z_dim", "classes", "count"), [("bernoulli", 3, None, 8), ("categorical", 6, 3, 9)])
+def test_codes_png_decodes_each_code_of_the_latent_space_once(guide, z_dim, classes, count):
+    from pyro_vae.figures import _all_codes
+
+    model, q = pair(guide, guide, z_dim, classes)
+    codes = _all_codes(q, torch.zeros(1, 6))
+    assert codes.shape == (count, z_dim) and len({tuple(c.tolist()) for c in codes}) == count
+    assert bool(q.posterior(torch.zeros(count, 6)).support.check(codes).all())  # every one a valid z
+    big, q_big = pair("bernoulli", "bernoulli", 9)
+    assert _all_codes(q_big, torch.zeros(1, 6)) is None  # 512 > MAX_CODES: none drawn
+
+
 def test_a_bernoulli_vae_trains_with_a_score_function_estimator_and_resumes_exactly(tmp_path, tracegraph):
     def config(epochs: int) -> TrainConfig:
         model = dict(z_dim=4, prior="bernoulli", guide="bernoulli", hidden=(16,), options={"prior": {"learn": True}})
@@ -262,6 +310,9 @@ def test_the_cli_trains_evaluates_and_draws_a_categorical_vae_and_refuses_trace(
         assert main(["evaluate", str(out), "--num-samples", "20", "--examples", "30"]) == 0
         assert main(["evaluate", str(out), "--num-samples", "20", "--examples", "30", "--ais"]) != 0
         assert "needs continuous latents" in capsys.readouterr().err
+        assert main(["compare-estimators", str(out), "--draws", "2", "--examples", "8", "--no-progress"]) != 0
+        err = capsys.readouterr().err.strip()
+        assert "need a reparameterised guide, but guide site 'z' (FlatOneHotCategorical)" in err and "\n" not in err
     finally:
         if "tracegraph" in ESTIMATORS:
             del ESTIMATORS["tracegraph"]
