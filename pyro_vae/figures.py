@@ -28,6 +28,7 @@ from __future__ import annotations
 import io
 import math
 import textwrap
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -368,6 +369,12 @@ def _curves_latent_manifold(
     written += spherical
     if discrete:
         codes = _all_codes(guide, data.test_x_eval[:1]) if decodes else None
+        if codes is None and decodes:  # said, so that a missing figure is not a surprise
+            warnings.warn(
+                f"codes.png not drawn: the discrete latent space has more than {MAX_CODES} codes; samples.png shows "
+                "decoded samples of the prior",
+                stacklevel=2,
+            )
         if codes is not None:
             fig = Figure(figsize=(6, 6))
             plot_codes(fig.add_subplot(), model, codes, data.display_shape)

@@ -279,6 +279,16 @@ def test_codes_png_decodes_each_code_of_the_latent_space_once(guide, z_dim, clas
     assert _all_codes(q_big, torch.zeros(1, 6)) is None  # 512 > MAX_CODES: none drawn
 
 
+def test_a_binary_latent_space_too_large_to_draw_says_so_in_one_line(tmp_path):
+    from pyro_vae.figures import write_figures
+
+    data = load_data("digits")
+    model, q = build(VAEConfig(x_shape=data.x_shape, z_dim=9, prior="bernoulli", guide="bernoulli", hidden=(8,)))
+    with pytest.warns(UserWarning, match="codes.png not drawn: the discrete latent space has more than 256 codes"):
+        written = write_figures(model, q, data, [], tmp_path)
+    assert {p.name for p in written} == {"reconstructions.png", "samples.png", "latent.png"}
+
+
 def test_a_bernoulli_vae_trains_with_a_score_function_estimator_and_resumes_exactly(tmp_path, tracegraph):
     def config(epochs: int) -> TrainConfig:
         model = dict(z_dim=4, prior="bernoulli", guide="bernoulli", hidden=(16,), options={"prior": {"learn": True}})
