@@ -2,8 +2,9 @@
 dimension, active units and the collapse diagnostics, in one ``Evaluation``.
 
 - log p(x) ~= log (1/K) sum_k p(x, z_k) / q(z_k | x), z_k ~ q(z | x) (the IWAE_K bound of Burda et al. 2015,
-  which converges to log p(x) as K grows), one value per example, with its delta-method standard error and the
-  effective sample size (``pyro_vae.importance``), and the estimate at K = 1, 10, 100, ... on the way.
+  which converges to log p(x) as K grows), one value per example, with its delta-method standard error, the
+  effective sample size and the Pareto k-hat of the weights (``pyro_vae.importance``, ``pyro_vae.psis``), and the
+  estimate at K = 1, 10, 100, ... on the way.
 - The ELBO per example is estimated from the same K samples, (1/K) sum_k log w_k, so gap = log p(x) - ELBO
   is >= 0 for every example.
 - Optionally AIS (``pyro_vae.ais``) and the approximation and amortisation gaps (``pyro_vae.gaps``) on the first
@@ -36,6 +37,7 @@ from pyro_vae.importance import (
     importance_sample_stats,
     log_likelihood,
 )
+from pyro_vae.psis import KhatSummary
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 
@@ -138,7 +140,8 @@ class Evaluation:
     ``log_likelihood_stderr`` is the Monte Carlo standard error of the average (sqrt(sum_i SE_i^2) / N, for
     comparing models on this test set); ``log_likelihood_std`` the spread of log p(x_i) over the examples.
     ``sweep`` holds the estimate from the first K samples for each K of the sweep; ``ais``, ``gaps``, ``bdmc``
-    and ``collapse`` are None unless asked for.
+    and ``collapse`` are None unless asked for. ``psis`` summarises the Pareto k-hat of the IS weights per example
+    (``pyro_vae.psis.KhatSummary``).
     """
 
     elbo: float
@@ -159,6 +162,7 @@ class Evaluation:
     ais: dict[str, Any] | None = None
     gaps: dict[str, Any] | None = None
     bdmc: dict[str, Any] | None = None
+    psis: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -243,18 +247,22 @@ def _importance_section(
         ess_mean=float(estimate.ess.mean()),
         ess_min=float(estimate.ess.min()),
         sweep=_sweep_rows(estimate),
+        psis=None if estimate.khat is None else KhatSummary.of(estimate.khat, num_samples).to_dict(),
     )
     return result, estimate
 
 
 def per_example_record(estimate: ImportanceEstimate) -> dict[str, list[float]]:
     """The per-example IS values a resumed evaluation needs, as plain lists (for a JSON record)."""
-    return {
+    record = {
         "log_likelihood": estimate.log_likelihood.tolist(),
         "stderr": estimate.stderr.tolist(),
         "ess": estimate.ess.tolist(),
         "elbo": estimate.elbo.tolist(),
     }
+    if estimate.khat is not None:
+        record["khat"] = estimate.khat.tolist()
+    return record
 
 
 def _resumed(record: dict[str, Any], x: Tensor) -> tuple[Evaluation, ImportanceEstimate]:
@@ -262,7 +270,9 @@ def _resumed(record: dict[str, Any], x: Tensor) -> tuple[Evaluation, ImportanceE
     names = {f.name for f in dataclasses.fields(Evaluation)}
     result = Evaluation(**{k: v for k, v in record.items() if k in names})
     per = {k: torch.tensor(v, dtype=x.dtype, device=x.device) for k, v in record[PER_EXAMPLE].items()}
-    estimate = ImportanceEstimate(per["log_likelihood"], per["stderr"], per["ess"], per["elbo"], result.num_samples)
+    estimate = ImportanceEstimate(
+        per["log_likelihood"], per["stderr"], per["ess"], per["elbo"], result.num_samples, khat=per.get("khat")
+    )
     return result, estimate
 
 

@@ -34,6 +34,7 @@ from pyro_vae.errors import UserError
 from pyro_vae.evaluation import ACTIVE_UNIT_THRESHOLD, PER_EXAMPLE, Evaluation, evaluate, per_example_record
 from pyro_vae.gaps import GapOptions
 from pyro_vae.importance import DEFAULT_SWEEP, ImportanceEstimate
+from pyro_vae.psis import KhatSummary
 from pyro_vae.run_dir import RunDir, load_run
 
 OUTPUT = "evaluation.json"
@@ -202,6 +203,15 @@ def _bound_rows(result: Evaluation) -> list[str]:
     return lines
 
 
+def _khat_rows(psis: dict[str, Any] | None, what: str) -> list[str]:
+    """The k-hat summary line, and its warning when k-hat says ``what`` is unreliable (``pyro_vae.psis``)."""
+    if psis is None:
+        return []
+    summary = KhatSummary(**psis)
+    warning = summary.warning(what)
+    return [f"  {summary.line()}", *([f"  {warning}"] if warning else [])]
+
+
 def format_evaluation(result: Evaluation, title: str) -> str:
     ll_note = f"K = {result.num_samples}"
     if math.isfinite(result.log_likelihood_std):
@@ -214,6 +224,7 @@ def format_evaluation(result: Evaluation, title: str) -> str:
         _row("gap log p(x) - ELBO", result.gap),
         f"  {'ESS of the importance weights':<42s} mean {result.ess_mean:.1f}, min {result.ess_min:.1f} "
         f"of {result.num_samples}",
+        *_khat_rows(result.psis, "the IS log p(x)"),
         "  IS log p(x) from the first K samples:",
         *[_row(f"  K = {r['num_samples']}", r["log_likelihood"], r["stderr"]) for r in result.sweep],
         *_bound_rows(result),
