@@ -9,6 +9,8 @@ dimension, active units and the collapse diagnostics, in one ``Evaluation``.
   is >= 0 for every example.
 - Optionally AIS (``pyro_vae.ais``) and the approximation and amortisation gaps (``pyro_vae.gaps``) on the first
   examples, and I(x; z) and KL(q(z) || p(z)) (``pyro_vae.collapse``).
+- Optionally simulation-based calibration of q(z | x) (``pyro_vae.sbc``; Talts et al. 2018) on data simulated
+  from the model.
 - Active units (Burda et al. 2015): latent dimension j is active when Var_x(E_q[z_j | x]) > 0.01.
 """
 
@@ -38,6 +40,7 @@ from pyro_vae.importance import (
     log_likelihood,
 )
 from pyro_vae.psis import KhatSummary
+from pyro_vae.sbc import DEFAULT_ALPHA, DEFAULT_BINS, DEFAULT_DRAWS, check_settings, simulation_based_calibration
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 
@@ -45,6 +48,7 @@ __all__ = [
     "ACTIVE_UNIT_THRESHOLD",
     "MAX_ROWS",
     "Evaluation",
+    "SBCOptions",
     "active_units",
     "check_collapse",
     "evaluate",
@@ -163,6 +167,7 @@ class Evaluation:
     gaps: dict[str, Any] | None = None
     bdmc: dict[str, Any] | None = None
     psis: dict[str, Any] | None = None
+    sbc: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -212,7 +217,7 @@ def ais_summary(
 
 
 #: The sections of ``evaluate`` in the order they run; each is kept as soon as it is finished (``on_section``).
-SECTIONS = ("importance", "collapse", "ais", "gaps", "bdmc")
+SECTIONS = ("importance", "collapse", "ais", "gaps", "bdmc", "sbc")
 
 #: Per-example values of the importance-sampling section that a resumed evaluation needs (AIS and the gaps
 #: compare with them), kept in a partial record under this key.
@@ -292,12 +297,14 @@ def evaluate(
     progress: bool = False,
     on_section: Callable[[Evaluation, list[str], ImportanceEstimate], None] | None = None,
     resume: dict[str, Any] | None = None,
+    sbc: SBCOptions | None = None,
 ) -> Evaluation:
     """ELBO and IS log-likelihood per example (with standard errors, ESS and the K-sweep), KL per latent dimension,
     active units and collapse diagnostics; AIS (given ``ais_options``) and the inference gaps (given
     ``gap_options``) on the first ``ais_examples`` / ``gap_examples`` examples (the gaps take log p(x) from AIS
     when it covers their examples, else from IS), and BDMC bounds (with
-    ``ais_options``) on ``bdmc_examples`` data sets simulated from the model. ``progress`` shows bars with the
+    ``ais_options``) on ``bdmc_examples`` data sets simulated from the model, and simulation-based calibration
+    of the guide (given ``sbc``, ``pyro_vae.sbc``) on data simulated from the model. ``progress`` shows bars with the
     time left on a terminal.
 
     Sections (``SECTIONS``) run one after the other; after each, ``on_section(result so far, finished section
@@ -334,10 +341,49 @@ def evaluate(
         gaps = local_optimisation_gaps(model, guide, x[:n], gap_options, log_px[:n], progress, log_px_se[:n])
         result.gaps = {**gaps.summary(), "log_likelihood_source": source, **gap_options.to_dict()}
         finished("gaps")
+    _simulation_sections(result, model, guide, x, ais_options, bdmc_examples, sbc, progress, done, finished)
+    return result
+
+
+def _simulation_sections(
+    result: Evaluation,
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
+    x: Tensor,
+    ais_options: AISOptions | None,
+    bdmc_examples: int,
+    sbc: SBCOptions | None,
+    progress: bool,
+    done: list[str],
+    finished: Callable[[str], None],
+) -> None:
+    """``evaluate``'s sections on data simulated from the model: BDMC and SBC (those asked for and not done)."""
     if bdmc_examples and ais_options is not None and "bdmc" not in done:
         result.bdmc = bdmc_summary(model, guide, x[:bdmc_examples], ais_options, progress)
         finished("bdmc")
-    return result
+    if sbc is not None and "sbc" not in done:
+        result.sbc = sbc_summary(model, guide, x, sbc)
+        finished("sbc")
+
+
+@dataclass
+class SBCOptions:
+    """Settings of simulation-based calibration (``pyro_vae.sbc``): N simulations, L draws of q(z | x*) each,
+    B rank bins, familywise level ``alpha`` (Bonferroni over the latent coordinates)."""
+
+    num_simulations: int
+    num_posterior_draws: int = DEFAULT_DRAWS
+    num_bins: int = DEFAULT_BINS
+    alpha: float = DEFAULT_ALPHA
+
+    def __post_init__(self) -> None:
+        check_settings(self.num_simulations, self.num_posterior_draws, self.num_bins)
+
+
+def sbc_summary(model: Callable[..., Any], guide: Callable[..., Any], x: Tensor, options: SBCOptions) -> dict[str, Any]:
+    """SBC of the guide on N data sets simulated from the model, each shaped like a row of ``x`` (cycled)."""
+    x_like = x[torch.arange(options.num_simulations) % x.shape[0]]
+    return simulation_based_calibration(model, guide, x_like=x_like, **asdict(options)).summary()
 
 
 def _ais_log_px(
