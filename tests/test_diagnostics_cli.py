@@ -1,0 +1,59 @@
+"""``pyro-vae evaluate`` reports the Pareto k-hat of its importance weights and runs SBC with ``--sbc N``; bad SBC
+settings are one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+
+import pyro
+import pytest
+
+from pyro_vae.cli import main
+from pyro_vae.evaluation import SBCOptions, evaluate
+from pyro_vae.run_dir import load_run
+from tests.helpers import one_thread  # noqa: F401 - the fixture, used by pytestmark
+from tests.test_evaluate_cli import run_dir  # noqa: F401 - the trained digits run
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+FAST = ["--ll-samples", "200", "--examples", "20", "--sweep", "10", "--no-collapse", "--no-progress"]
+
+
+def test_evaluate_prints_and_records_k_hat_and_sbc_as_the_library_computes_them(run_dir, capsys):  # noqa: F811
+    argv = ["evaluate", str(run_dir), *FAST, "--sbc", "100", "--sbc-draws", "49", "--sbc-bins", "10", "--seed", "5"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    report = json.loads((run_dir / "evaluation.json").read_text())
+    # The same numbers from the Python API, on the same random stream.
+    run = load_run(run_dir)
+    x = run.data.test_x_eval[:20]
+    pyro.set_rng_seed(5)
+    options = SBCOptions(num_simulations=100, num_posterior_draws=49, num_bins=10)
+    library = evaluate(run.model, run.guide, x, num_samples=200, sweep=[10], collapse=False, sbc=options)
+    assert report["psis"] == pytest.approx(library.psis, nan_ok=True) and report["sbc"] == library.sbc
+    assert library.psis["num_samples"] == 200 and library.psis["num_examples"] == 20
+    assert "Pareto k-hat: median" in out and "SBC of q(z|x) on 100 simulations" in out
+    sbc = report["sbc"]
+    assert sbc["num_simulations"] == 100 and sbc["num_bins"] == 10 and len(sbc["p_values"]) == 3
+    assert all(sum(h) == 100 for h in sbc["histogram"].values())
+    assert sbc["correction"].startswith("Bonferroni over 3")
+    assert (run_dir / "sbc_ranks.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--sbc", "0"], "--sbc must be >= 1"),
+        (["--sbc", "-3"], "--sbc must be >= 1"),
+        (["--sbc", "2.5"], "invalid int value: '2.5'"),
+        (["--sbc", "10", "--sbc-bins", "7"], "SBC bins must be an integer >= 2 that divides posterior draws + 1"),
+        (["--sbc", "10", "--sbc-draws", "0"], "SBC posterior draws must be a positive integer"),
+    ],
+)
+def test_bad_sbc_settings_are_one_line_exit_2_and_keep_the_evaluation(args, message, run_dir, capsys):  # noqa: F811
+    before = (run_dir / "evaluation.json").read_bytes() if (run_dir / "evaluation.json").exists() else None
+    assert main(["evaluate", str(run_dir), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pyro-vae: error:") and message in err and "\n" not in err, err
+    after = (run_dir / "evaluation.json").read_bytes() if (run_dir / "evaluation.json").exists() else None
+    assert before == after
