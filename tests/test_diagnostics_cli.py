@@ -4,15 +4,22 @@ settings are one line and exit 2."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import pyro
 import pytest
 
 from pyro_vae.cli import main
+from pyro_vae.comparison import UnreliableReferenceWarning, compare_estimators
+from pyro_vae.estimators import make_elbo
 from pyro_vae.evaluation import SBCOptions, evaluate
+from pyro_vae.importance import importance_sample
+from pyro_vae.linear_gaussian import LinearGaussian, set_guide_to_posterior
+from pyro_vae.psis import KhatSummary
 from pyro_vae.run_dir import load_run
 from tests.helpers import one_thread  # noqa: F401 - the fixture, used by pytestmark
 from tests.test_evaluate_cli import run_dir  # noqa: F401 - the trained digits run
+from tests.test_evaluation import linear_gaussian
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -57,3 +64,28 @@ def test_bad_sbc_settings_are_one_line_exit_2_and_keep_the_evaluation(args, mess
     assert err.startswith("pyro-vae: error:") and message in err and "\n" not in err, err
     after = (run_dir / "evaluation.json").read_bytes() if (run_dir / "evaluation.json").exists() else None
     assert before == after
+
+
+def test_compare_estimators_reports_k_hat_of_its_reference_log_px(run_dir, capsys):  # noqa: F811
+    argv = ["compare-estimators", str(run_dir), "--estimators", "trace", "--draws", "3", "--examples", "10"]
+    assert main([*argv, "--ll-samples", "100", "--snr-ks", "1", "--snr-estimators", "iwae", "--no-progress"]) == 0
+    report = json.loads((run_dir / "estimators.json").read_text())
+    run = load_run(run_dir)
+    pyro.set_rng_seed(0)  # the command's seed, before its reference
+    reference = importance_sample(run.model, run.guide, run.data.test_x_eval[:10], num_samples=100)
+    assert report["log_likelihood_psis"] == pytest.approx(KhatSummary.of(reference.khat, 100).to_dict(), nan_ok=True)
+    assert "reference log p(x), Pareto k-hat: median" in capsys.readouterr().out
+
+
+def test_the_comparison_warns_when_k_hat_says_its_reference_is_unreliable(float64):
+    model, guide = linear_gaussian(x_dim=5, z_dim=2)
+    pyro.set_rng_seed(0)
+    x = LinearGaussian.of(model).marginal().sample((10,))
+    set_guide_to_posterior(guide, model, scale_factor=0.3)  # exact k = 0.91 (tests/test_psis.py)
+    estimators = {"trace": make_elbo("trace")}
+    with pytest.warns(UnreliableReferenceWarning, match="reference log p"):
+        compare_estimators(model, guide, x, estimators, num_draws=2, log_likelihood_samples=1000)
+    set_guide_to_posterior(guide, model, scale_factor=1.5)  # bounded weights
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnreliableReferenceWarning)
+        compare_estimators(model, guide, x, estimators, num_draws=2, log_likelihood_samples=1000)

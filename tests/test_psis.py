@@ -9,6 +9,7 @@ wider, bounded weights, k < 0). Pyro's ``psis_diagnostic`` given the same weight
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pyro
 import pyro.infer.importance as pyro_importance
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 from pyro_vae.estimators.log_weights import per_example_log_weights
+from pyro_vae.gaps import GapOptions, local_optimisation_gaps
 from pyro_vae.importance import importance_sample
 from pyro_vae.linear_gaussian import LinearGaussian, set_guide_to_posterior
 from pyro_vae.psis import KhatSummary, TopLogWeights, khat_threshold, pareto_khat, tail_size
@@ -103,3 +105,30 @@ def test_too_few_samples_give_an_undefined_k_hat_and_say_so():
     assert bool(torch.isnan(khat).all())
     summary = KhatSummary.of(khat, 20)
     assert summary.num_undefined == 3 and "too few" in (summary.warning("log p(x)") or "")
+
+
+def test_the_gaps_report_k_hat_of_their_mixture_weights_low_at_the_posterior_high_when_both_are_narrow(
+    lg_model,
+):
+    model, guide, x = lg_model
+    x = x[:10]
+    set_guide_to_posterior(guide, model)
+    # At the exact posterior q* starts at the posterior and Adam moves it only by steps of about its learning rate
+    # (its normalised update makes even rounding-sized gradients full steps): the mixture is close to the posterior,
+    # the weights nearly constant and bounded. Measured: k-hat from -0.76 to 0.24 over the 10 examples.
+    options = GapOptions(num_steps=5, elbo_samples=10, log_likelihood_samples=500)
+    exact = local_optimisation_gaps(model, guide, x, options)
+    assert exact.log_likelihood_khat is not None and float(exact.log_likelihood_khat.max()) < 0.5
+    assert exact.summary()["psis"]["num_samples"] == 500
+    # An encoder 0.3 times as wide, and q* kept at it (one step of a negligible learning rate): the mixture of two
+    # equal narrow Gaussians is that Gaussian, whose weights have the exact tail shape 1 - 0.3^2 = 0.91.
+    set_guide_to_posterior(guide, model, scale_factor=0.3)
+    pyro.set_rng_seed(5)
+    narrow = local_optimisation_gaps(
+        model, guide, x, replace(options, num_steps=1, lr=1e-12, log_likelihood_samples=2000)
+    )
+    psis = narrow.summary()["psis"]
+    assert psis["median"] > 0.7 and psis["fraction_above_0_7"] >= 0.5
+    # Given log p(x) (from AIS), there are no weights and no k-hat.
+    given = local_optimisation_gaps(model, guide, x, options, log_px=torch.zeros(10))
+    assert given.log_likelihood_khat is None and given.summary()["psis"] is None

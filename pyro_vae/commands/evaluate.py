@@ -231,6 +231,7 @@ def _bound_rows(result: Evaluation) -> list[str]:
                 f"log p(x) from {g['log_likelihood_source']}",
             ),
             _row("amortisation gap ELBO(q*) - ELBO(q_enc)", g["amortization_gap"], g["amortization_gap_stderr"]),
+            *_khat_rows(g.get("psis"), "the gaps' log p(x), importance-sampled from (q* + q_enc) / 2,"),
         ]
     if result.bdmc is not None:
         b = result.bdmc
