@@ -279,7 +279,7 @@ def mixture_importance_sample(
             lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * log_w, 0))
             top.add(log_w)
             done += k
-    return lse - math.log(done), delta_method_stderr(lse, lse2, done), top.khat().to(x.dtype)
+    return lse - math.log(done), delta_method_stderr(lse, lse2, done), top.khat().to(dtype=x.dtype, device=x.device)
 
 
 def local_optimisation_gaps(

@@ -157,7 +157,7 @@ def importance_sample(
             parts["lse"].append(lse)
             parts["lse2"].append(lse2)
             parts["total"].append(total)
-            parts["khat"].append(top.khat().to(x.dtype))
+            parts["khat"].append(top.khat().to(dtype=x.dtype, device=x.device))
     lse, lse2 = torch.cat(parts["lse"]), torch.cat(parts["lse2"])
     return ImportanceEstimate(
         log_likelihood=lse - math.log(num_samples),

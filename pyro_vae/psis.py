@@ -77,12 +77,13 @@ def pareto_khat(log_weights: Tensor, num_samples: int | None = None) -> Tensor:
     s = log_weights.shape[0] if num_samples is None else num_samples
     if log_weights.shape[0] < min(s, tail_size(s) + 1):
         raise ValueError(f"k-hat of {s} samples needs the largest {tail_size(s) + 1} log weights")
-    columns = log_weights.reshape(log_weights.shape[0], -1)
+    # On the CPU: the fit is a few dozen small operations per example, each synchronising on a GPU (``.item()``).
+    columns = log_weights.detach().reshape(log_weights.shape[0], -1).cpu()
     if s < 5:  # fewer than M + 1 = 2 weights
         khat = torch.full((columns.shape[1],), math.nan, dtype=torch.float64)
     else:
         khat = torch.tensor([_khat_one(columns[:, i], s) for i in range(columns.shape[1])], dtype=torch.float64)
-    return khat.reshape(log_weights.shape[1:])
+    return khat.reshape(log_weights.shape[1:]).to(log_weights.device)
 
 
 class TopLogWeights:

@@ -42,8 +42,11 @@ def plot_sbc(summary: dict[str, Any], path: Path, caption: str | None = None) ->
     low, high = uniform_band(n, bins)
     width = (draws + 1) / bins
     edges = np.arange(bins) * width
+    # One height for every panel, so that the coordinates compare at a glance.
+    top = 1.08 * max(high, *(max(summary["histogram"][name]) for name in names[:shown]))
     for j, name in enumerate(names[:shown]):
         ax = fig.add_subplot(rows, cols, j + 1)
+        ax.set_ylim(0, top)
         ax.axhspan(low, high, color="0.85", zorder=0)
         ax.axhline(n / bins, color="0.5", lw=1, zorder=1)
         bad = name in flagged
