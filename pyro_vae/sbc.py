@@ -28,6 +28,7 @@ from pyro.poutine.util import prune_subsample_sites
 from scipy import stats
 from torch import Tensor
 
+from pyro_vae.ais import simulate
 from pyro_vae.estimators.log_weights import guess_plate_nesting
 
 #: Default draws from q(z | x*) per simulation: L + 1 = 100 rank values, 5 per bin of the default 20 bins.
@@ -92,24 +93,21 @@ def uniformity_p_values(histogram: Tensor) -> list[float]:
 
 
 def _simulate(model: Callable[..., Any], n: int, x_like: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
-    """(x*, {site: z*}) from p(z) p(x | z): ``model(x_like)`` with its observation sampled (``uncondition``), or
-    ``model(None, num_samples=n)`` (the project's models) when no ``x_like`` gives the data's shape."""
-    args: tuple[Any, ...] = (x_like,) if x_like is not None else (None,)
-    kwargs = {} if x_like is not None else {"num_samples": n}
+    """(x*, {site: z*}) from p(z) p(x | z): ``pyro_vae.ais.simulate(model, x_like)`` (the observation sampled
+    through ``uncondition``), or, with no ``x_like`` to give the data's shape, the project's ``model(None,
+    num_samples=n)``, whose data site is "x"."""
+    if x_like is not None:
+        return simulate(model, x_like)
     with torch.no_grad():
-        trace = prune_subsample_sites(poutine.trace(poutine.uncondition(model)).get_trace(*args, **kwargs))
-    observed = [s for s in trace.nodes.values() if s["type"] == "sample" and s["infer"].get("was_observed")]
-    if x_like is None:  # model(None, ...) observes nothing: its data site is the one named "x"
-        observed = [trace.nodes["x"]] if "x" in trace.nodes else []
-    if len(observed) != 1:
-        raise ValueError(f"SBC needs a model with one observed site, found {len(observed)}")
-    x_name = observed[0]["name"]
+        trace = prune_subsample_sites(poutine.trace(model).get_trace(None, num_samples=n))
+    if "x" not in trace.nodes:
+        raise ValueError("SBC without x_like needs a model(None, num_samples=N) with a data site 'x'")
     latents = {
         name: site["value"]
         for name, site in trace.nodes.items()
-        if site["type"] == "sample" and name != x_name and not site["infer"].get("was_observed")
+        if site["type"] == "sample" and name != "x" and not site["is_observed"]
     }
-    return observed[0]["value"], latents
+    return trace.nodes["x"]["value"], latents
 
 
 @torch.no_grad()

@@ -127,3 +127,13 @@ def test_the_figure_is_written_with_the_uniform_band(lg, tmp_path):
     assert (low, high) == (stats.binom.ppf(0.005, N, 1 / B), stats.binom.ppf(0.995, N, 1 / B)) and low < 15 < high
     path = plot_sbc(result.summary(), tmp_path / "sbc_ranks.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_projects_model_simulates_without_data_and_gives_the_same_verdicts(lg):
+    model, guide = lg
+    set_guide_to_posterior(guide, model)
+    pyro.set_rng_seed(0)
+    assert simulation_based_calibration(model, guide, N).flagged == []  # model(None, num_samples=N)
+    set_guide_to_posterior(guide, model, scale_factor=3.0)
+    pyro.set_rng_seed(0)
+    assert simulation_based_calibration(model, guide, N, x_like=torch.zeros(N, 5)).flagged == ["z[0]", "z[1]"]
