@@ -11,6 +11,8 @@ alpha / J: > 0.9999 for both at N = 300, L = 99, B = 20 (so a miss is not bad lu
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pyro
 import pyro.distributions as dist
@@ -23,6 +25,7 @@ from pyro_vae.sbc import SBCResult, check_settings, rank_histogram, simulation_b
 from pyro_vae.sbc_figures import plot_sbc, uniform_band
 from tests.helpers import one_thread  # noqa: F401 - the fixture, used by pytestmark
 from tests.test_evaluation import linear_gaussian
+from tests.test_gaps import KAPPA, sphere_guide, sphere_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -137,3 +140,16 @@ def test_the_projects_model_simulates_without_data_and_gives_the_same_verdicts(l
     set_guide_to_posterior(guide, model, scale_factor=3.0)
     pyro.set_rng_seed(0)
     assert simulation_based_calibration(model, guide, N, x_like=torch.zeros(N, 5)).flagged == ["z[0]", "z[1]"]
+
+
+@pytest.mark.parametrize(("kappa", "flagged"), [(KAPPA, False), (4 * KAPPA, True)])
+def test_on_the_sphere_the_exact_power_spherical_posterior_passes_and_a_too_concentrated_one_is_flagged(
+    float64, kappa, flagged
+):
+    """The conjugate model of tests/test_gaps.py: z uniform on S^2, x | z ~ PS(z, 5), so p(z | x) = PS(x, 5); the
+    coordinates of z are ranked one by one. A guide 4 times as concentrated is too narrow in every direction."""
+    guide = functools.partial(sphere_guide, tilt=0.0, kappa=kappa)
+    pyro.set_rng_seed(8)
+    result = simulation_based_calibration(sphere_model, guide, N, x_like=torch.zeros(N, 3))
+    assert result.names == ["z[0]", "z[1]", "z[2]"]
+    assert (result.flagged == result.names) if flagged else (result.flagged == [])
