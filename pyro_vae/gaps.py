@@ -329,9 +329,10 @@ def inference_gaps(
     log_px: Tensor | None = None,
     progress: bool = False,
     **option_values: Any,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """The approximation gap log p(x) - ELBO(q*) and the amortisation gap ELBO(q*) - ELBO(q_enc), in nats per
     example averaged over ``x`` (keys ``"approximation_gap"``, ``"amortization_gap"``, with standard errors and
-    the levels; Cremer et al. 2018). ``option_values`` are ``GapOptions`` fields."""
+    the levels, and ``"psis"``, the k-hat summary of the importance-sampled log p(x); Cremer et al. 2018).
+    ``option_values`` are ``GapOptions`` fields."""
     options = options or GapOptions(**option_values)
     return local_optimisation_gaps(model, guide, x, options, log_px, progress).summary()
