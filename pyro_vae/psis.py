@@ -31,8 +31,10 @@ from torch import Tensor
 #: Above this k-hat an importance-sampled estimate is unreliable at any sample size (Vehtari et al. 2024).
 KHAT_LIMIT = 0.7
 
-#: Log weights whose largest M + 1 differ by less than this are equal to rounding: k-hat is -inf (no tail).
+#: Log weights whose largest M + 1 differ by less than this (or than ``ROUNDING_ULPS`` rounding errors of their
+#: dtype at their size, if more) are equal to rounding: k-hat is -inf (no tail).
 EQUAL_LOG_WEIGHTS = 1e-8
+ROUNDING_ULPS = 64
 
 #: The fewest tail weights Pyro's ``psis_diagnostic`` fits (it returns inf below; we return nan).
 MIN_TAIL = 10
@@ -53,11 +55,13 @@ def khat_threshold(num_samples: int) -> float:
 def _khat_one(top: Tensor, num_samples: int) -> float:
     """k-hat of one example from its largest log weights (at least M + 1 of them), as ``psis_diagnostic`` does."""
     m = tail_size(num_samples)
-    lw = torch.sort(top.double() - top.max(), descending=False).values
+    largest = float(top.max())
+    lw = torch.sort(top.double() - largest, descending=False).values
     cutoff = max(math.log(1.0e-15), float(lw[-m - 1]))
-    if -cutoff < EQUAL_LOG_WEIGHTS:
+    rounding = ROUNDING_ULPS * torch.finfo(top.dtype).eps * max(1.0, abs(largest))
+    if -cutoff < max(EQUAL_LOG_WEIGHTS, rounding):
         # The largest weights are equal to rounding (the proposal is the posterior): no tail, weights bounded.
-        # Pyro's fit would divide by zero on such a "tail" of rounding errors.
+        # Pyro's fit would divide by zero on such a "tail" of rounding errors, or see too few distinct values.
         return -math.inf
     tail = lw[lw > cutoff]
     if tail.numel() < MIN_TAIL:  # too few samples, or too many ties, to fit
@@ -72,7 +76,7 @@ def pareto_khat(log_weights: Tensor, num_samples: int | None = None) -> Tensor:
     ``log_weights`` may hold all S log weights of each example, or only their largest (at least M + 1, e.g. from
     ``TopLogWeights``) with ``num_samples`` = S. NaN where the tail has fewer than 10 distinct weights (S < 50, or
     ties), where Pyro's ``psis_diagnostic`` returns inf; -inf where the largest M + 1 weights are equal to
-    rounding (``EQUAL_LOG_WEIGHTS``: the proposal is the posterior, the weights are constant and bounded).
+    rounding (``EQUAL_LOG_WEIGHTS``, ``ROUNDING_ULPS``: the proposal is the posterior, the weights are constant).
     """
     s = log_weights.shape[0] if num_samples is None else num_samples
     if log_weights.shape[0] < min(s, tail_size(s) + 1):
