@@ -378,6 +378,8 @@ class SBCOptions:
 
     def __post_init__(self) -> None:
         check_settings(self.num_simulations, self.num_posterior_draws, self.num_bins)
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"SBC alpha must be between 0 and 1, got {self.alpha!r}")
 
 
 def sbc_summary(model: Callable[..., Any], guide: Callable[..., Any], x: Tensor, options: SBCOptions) -> dict[str, Any]:
