@@ -16,6 +16,7 @@ from pyro_vae.gaps import GapOptions, inference_gaps
 from pyro_vae.importance import log_likelihood
 from pyro_vae.pairs import MissingMethod, PairModule
 from pyro_vae.plugins import load_plugin
+from pyro_vae.psis import pareto_khat
 from pyro_vae.registry import (
     DECODERS,
     ENCODERS,
@@ -32,6 +33,7 @@ from pyro_vae.registry import (
     register_prior,
 )
 from pyro_vae.run_dir import Run, RunDir, load_run
+from pyro_vae.sbc import simulation_based_calibration
 from pyro_vae.training import Trainer, TrainResult, train
 
 __version__ = "0.2.0"
@@ -70,6 +72,7 @@ __all__ = [
     "load_run",
     "log_likelihood",
     "make_elbo",
+    "pareto_khat",
     "register",
     "register_decoder",
     "register_encoder",
@@ -78,6 +81,7 @@ __all__ = [
     "register_likelihood",
     "register_prior",
     "simulate",
+    "simulation_based_calibration",
     "train",
     "__version__",
 ]

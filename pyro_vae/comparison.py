@@ -50,6 +50,7 @@ from pyro_vae.estimators import ESTIMATORS, make_elbo
 from pyro_vae.estimators.detached_q import modules_of
 from pyro_vae.importance import importance_sample
 from pyro_vae.progress import progress_bar
+from pyro_vae.psis import KhatSummary
 from pyro_vae.snr import gradient_variance_and_snr, snr_bootstrap, snr_bootstrap_interval, snr_floor
 
 __all__ = [
@@ -323,10 +324,18 @@ def compare_estimators(
         pyro.set_rng_seed(seed)
         estimate = importance_sample(model, guide, x, num_samples=log_likelihood_samples, progress=progress)
         log_px, log_px_stderr = estimate.mean_and_stderr()
+        if estimate.khat is not None:  # the biases are measured against it: say when k-hat says it is unreliable
+            warning = KhatSummary.of(estimate.khat, log_likelihood_samples).warning("the reference log p(x)")
+            if warning:
+                warnings.warn(warning.removeprefix("warning: "), UnreliableReferenceWarning, stacklevel=2)
     return [
         estimator_stats(name, elbo, model, guide, x, log_px, num_draws, seed, params, progress, log_px_stderr)
         for name, elbo in estimators.items()
     ]
+
+
+class UnreliableReferenceWarning(UserWarning):
+    """The Pareto k-hat of the reference log p(x)'s importance weights is above the threshold for some examples."""
 
 
 class ParameterSplitWarning(UserWarning):

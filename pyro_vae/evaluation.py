@@ -2,12 +2,15 @@
 dimension, active units and the collapse diagnostics, in one ``Evaluation``.
 
 - log p(x) ~= log (1/K) sum_k p(x, z_k) / q(z_k | x), z_k ~ q(z | x) (the IWAE_K bound of Burda et al. 2015,
-  which converges to log p(x) as K grows), one value per example, with its delta-method standard error and the
-  effective sample size (``pyro_vae.importance``), and the estimate at K = 1, 10, 100, ... on the way.
+  which converges to log p(x) as K grows), one value per example, with its delta-method standard error, the
+  effective sample size and the Pareto k-hat of the weights (``pyro_vae.importance``, ``pyro_vae.psis``), and the
+  estimate at K = 1, 10, 100, ... on the way.
 - The ELBO per example is estimated from the same K samples, (1/K) sum_k log w_k, so gap = log p(x) - ELBO
   is >= 0 for every example.
 - Optionally AIS (``pyro_vae.ais``) and the approximation and amortisation gaps (``pyro_vae.gaps``) on the first
   examples, and I(x; z) and KL(q(z) || p(z)) (``pyro_vae.collapse``).
+- Optionally simulation-based calibration of q(z | x) (``pyro_vae.sbc``; Talts et al. 2018) on data simulated
+  from the model.
 - Active units (Burda et al. 2015): latent dimension j is active when Var_x(E_q[z_j | x]) > 0.01.
 """
 
@@ -36,6 +39,8 @@ from pyro_vae.importance import (
     importance_sample_stats,
     log_likelihood,
 )
+from pyro_vae.psis import KhatSummary
+from pyro_vae.sbc import DEFAULT_ALPHA, DEFAULT_BINS, DEFAULT_DRAWS, check_settings, simulation_based_calibration
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 
@@ -43,6 +48,7 @@ __all__ = [
     "ACTIVE_UNIT_THRESHOLD",
     "MAX_ROWS",
     "Evaluation",
+    "SBCOptions",
     "active_units",
     "check_collapse",
     "evaluate",
@@ -141,7 +147,8 @@ class Evaluation:
     ``log_likelihood_stderr`` is the Monte Carlo standard error of the average (sqrt(sum_i SE_i^2) / N, for
     comparing models on this test set); ``log_likelihood_std`` the spread of log p(x_i) over the examples.
     ``sweep`` holds the estimate from the first K samples for each K of the sweep; ``ais``, ``gaps``, ``bdmc``
-    and ``collapse`` are None unless asked for.
+    and ``collapse`` are None unless asked for. ``psis`` summarises the Pareto k-hat of the IS weights per example
+    (``pyro_vae.psis.KhatSummary``).
     """
 
     elbo: float
@@ -162,6 +169,8 @@ class Evaluation:
     ais: dict[str, Any] | None = None
     gaps: dict[str, Any] | None = None
     bdmc: dict[str, Any] | None = None
+    psis: dict[str, Any] | None = None
+    sbc: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -211,7 +220,7 @@ def ais_summary(
 
 
 #: The sections of ``evaluate`` in the order they run; each is kept as soon as it is finished (``on_section``).
-SECTIONS = ("importance", "collapse", "ais", "gaps", "bdmc")
+SECTIONS = ("importance", "collapse", "ais", "gaps", "bdmc", "sbc")
 
 #: Per-example values of the importance-sampling section that a resumed evaluation needs (AIS and the gaps
 #: compare with them), kept in a partial record under this key.
@@ -246,18 +255,22 @@ def _importance_section(
         ess_mean=float(estimate.ess.mean()),
         ess_min=float(estimate.ess.min()),
         sweep=_sweep_rows(estimate),
+        psis=None if estimate.khat is None else KhatSummary.of(estimate.khat, num_samples).to_dict(),
     )
     return result, estimate
 
 
 def per_example_record(estimate: ImportanceEstimate) -> dict[str, list[float]]:
     """The per-example IS values a resumed evaluation needs, as plain lists (for a JSON record)."""
-    return {
+    record = {
         "log_likelihood": estimate.log_likelihood.tolist(),
         "stderr": estimate.stderr.tolist(),
         "ess": estimate.ess.tolist(),
         "elbo": estimate.elbo.tolist(),
     }
+    if estimate.khat is not None:
+        record["khat"] = estimate.khat.tolist()
+    return record
 
 
 def _resumed(record: dict[str, Any], x: Tensor) -> tuple[Evaluation, ImportanceEstimate]:
@@ -265,7 +278,9 @@ def _resumed(record: dict[str, Any], x: Tensor) -> tuple[Evaluation, ImportanceE
     names = {f.name for f in dataclasses.fields(Evaluation)}
     result = Evaluation(**{k: v for k, v in record.items() if k in names})
     per = {k: torch.tensor(v, dtype=x.dtype, device=x.device) for k, v in record[PER_EXAMPLE].items()}
-    estimate = ImportanceEstimate(per["log_likelihood"], per["stderr"], per["ess"], per["elbo"], result.num_samples)
+    estimate = ImportanceEstimate(
+        per["log_likelihood"], per["stderr"], per["ess"], per["elbo"], result.num_samples, khat=per.get("khat")
+    )
     return result, estimate
 
 
@@ -285,12 +300,14 @@ def evaluate(
     progress: bool = False,
     on_section: Callable[[Evaluation, list[str], ImportanceEstimate], None] | None = None,
     resume: dict[str, Any] | None = None,
+    sbc: SBCOptions | None = None,
 ) -> Evaluation:
     """ELBO and IS log-likelihood per example (with standard errors, ESS and the K-sweep), KL per latent dimension,
     active units and collapse diagnostics; AIS (given ``ais_options``) and the inference gaps (given
     ``gap_options``) on the first ``ais_examples`` / ``gap_examples`` examples (the gaps take log p(x) from AIS
     when it covers their examples, else from IS), and BDMC bounds (with
-    ``ais_options``) on ``bdmc_examples`` data sets simulated from the model. ``progress`` shows bars with the
+    ``ais_options``) on ``bdmc_examples`` data sets simulated from the model, and simulation-based calibration
+    of the guide (given ``sbc``, ``pyro_vae.sbc``) on data simulated from the model. ``progress`` shows bars with the
     time left on a terminal.
 
     Sections (``SECTIONS``) run one after the other; after each, ``on_section(result so far, finished section
@@ -327,10 +344,51 @@ def evaluate(
         gaps = local_optimisation_gaps(model, guide, x[:n], gap_options, log_px[:n], progress, log_px_se[:n])
         result.gaps = {**gaps.summary(), "log_likelihood_source": source, **gap_options.to_dict()}
         finished("gaps")
+    _simulation_sections(result, model, guide, x, ais_options, bdmc_examples, sbc, progress, done, finished)
+    return result
+
+
+def _simulation_sections(
+    result: Evaluation,
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
+    x: Tensor,
+    ais_options: AISOptions | None,
+    bdmc_examples: int,
+    sbc: SBCOptions | None,
+    progress: bool,
+    done: list[str],
+    finished: Callable[[str], None],
+) -> None:
+    """``evaluate``'s sections on data simulated from the model: BDMC and SBC (those asked for and not done)."""
     if bdmc_examples and ais_options is not None and "bdmc" not in done:
         result.bdmc = bdmc_summary(model, guide, x[:bdmc_examples], ais_options, progress)
         finished("bdmc")
-    return result
+    if sbc is not None and "sbc" not in done:
+        result.sbc = sbc_summary(model, guide, x, sbc)
+        finished("sbc")
+
+
+@dataclass
+class SBCOptions:
+    """Settings of simulation-based calibration (``pyro_vae.sbc``): N simulations, L draws of q(z | x*) each,
+    B rank bins, familywise level ``alpha`` (Bonferroni over the latent coordinates)."""
+
+    num_simulations: int
+    num_posterior_draws: int = DEFAULT_DRAWS
+    num_bins: int = DEFAULT_BINS
+    alpha: float = DEFAULT_ALPHA
+
+    def __post_init__(self) -> None:
+        check_settings(self.num_simulations, self.num_posterior_draws, self.num_bins)
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"SBC alpha must be between 0 and 1, got {self.alpha!r}")
+
+
+def sbc_summary(model: Callable[..., Any], guide: Callable[..., Any], x: Tensor, options: SBCOptions) -> dict[str, Any]:
+    """SBC of the guide on N data sets simulated from the model, each shaped like a row of ``x`` (cycled)."""
+    x_like = x[torch.arange(options.num_simulations) % x.shape[0]]
+    return simulation_based_calibration(model, guide, x_like=x_like, **asdict(options)).summary()
 
 
 def _ais_log_px(

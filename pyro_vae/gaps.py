@@ -50,6 +50,7 @@ from pyro_vae.estimators.log_weights import guess_plate_nesting, per_example_log
 from pyro_vae.estimators.stl import STLELBO
 from pyro_vae.importance import MAX_ROWS, delta_method_stderr
 from pyro_vae.progress import progress_bar
+from pyro_vae.psis import KhatSummary, TopLogWeights
 
 #: The parametrisation rebuilt for distributions that accept several (the others: their stored arg_constraints).
 _PARAMETRISATIONS: dict[type, tuple[str, ...]] = {
@@ -202,7 +203,8 @@ def optimise_locally(
 
 @dataclass
 class InferenceGaps:
-    """Per-example values (tensors (N,), nats) and their Monte Carlo standard errors."""
+    """Per-example values (tensors (N,), nats) and their Monte Carlo standard errors; ``log_likelihood_khat``: the
+    Pareto k-hat of the mixture's importance weights (``pyro_vae.psis``), None when log p(x) was given."""
 
     log_likelihood: Tensor
     log_likelihood_stderr: Tensor
@@ -210,9 +212,12 @@ class InferenceGaps:
     elbo_optimal_stderr: Tensor
     elbo_encoder: Tensor
     elbo_encoder_stderr: Tensor
+    log_likelihood_khat: Tensor | None = None
+    log_likelihood_samples: int = 0
 
-    def summary(self) -> dict[str, float]:
-        """Averages over the examples: the gaps, the three levels, and their standard errors."""
+    def summary(self) -> dict[str, Any]:
+        """Averages over the examples: the gaps, the three levels, and their standard errors; ``psis``, the k-hat
+        summary of the importance-sampled log p(x) (None when it was given)."""
         n = self.log_likelihood.numel()
 
         def se(*parts: Tensor) -> float:
@@ -228,6 +233,9 @@ class InferenceGaps:
             "elbo_optimal": float(self.elbo_optimal.mean()),
             "elbo_encoder": float(self.elbo_encoder.mean()),
             "num_examples": n,
+            "psis": None
+            if self.log_likelihood_khat is None
+            else KhatSummary.of(self.log_likelihood_khat, self.log_likelihood_samples).to_dict(),
         }
 
 
@@ -240,15 +248,26 @@ def _elbo_and_stderr(model: Callable[..., Any], guide: Callable[..., Any], x: Te
     return log_w.mean(0), log_w.std(0) / math.sqrt(k)
 
 
-@torch.no_grad()
 def mixture_log_likelihood(
     model: Callable[..., Any], guide: Callable[..., Any], local: Callable[..., Any], x: Tensor, num_samples: int
 ) -> tuple[Tensor, Tensor]:
     """(log p(x_i), delta-method SE) by importance sampling from (q* + q_enc) / 2 with the balance heuristic."""
+    log_px, stderr, _ = mixture_importance_sample(model, guide, local, x, num_samples)
+    return log_px, stderr
+
+
+@torch.no_grad()
+def mixture_importance_sample(
+    model: Callable[..., Any], guide: Callable[..., Any], local: Callable[..., Any], x: Tensor, num_samples: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(log p(x_i), delta-method SE, Pareto k-hat of the weights) by importance sampling from (q* + q_enc) / 2 with
+    the balance heuristic (an even number of samples, at least ``num_samples``)."""
     encoder, optimal = Densities.of(model, guide, x), Densities.of(model, local, x)
     chunk = max(1, MAX_ROWS // (2 * x.shape[0]))
     lse = torch.full((x.shape[0],), -math.inf, dtype=x.dtype, device=x.device)
     lse2, done = lse.clone(), 0
+    # The total drawn: pairs of chunks, one from each source, until num_samples (rounded up to even).
+    top = TopLogWeights(2 * ((num_samples + 1) // 2))
     while done < num_samples:
         k = min(chunk, (num_samples - done + 1) // 2)
         for source in (encoder, optimal):
@@ -258,8 +277,9 @@ def mixture_log_likelihood(
             log_w = log_prior + log_lik - log_mixture
             lse = torch.logaddexp(lse, torch.logsumexp(log_w, 0))
             lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * log_w, 0))
+            top.add(log_w)
             done += k
-    return lse - math.log(done), delta_method_stderr(lse, lse2, done)
+    return lse - math.log(done), delta_method_stderr(lse, lse2, done), top.khat().to(dtype=x.dtype, device=x.device)
 
 
 def local_optimisation_gaps(
@@ -279,7 +299,8 @@ def local_optimisation_gaps(
     densities.refuse_discrete(
         "the inference gaps' local optimisation (a reparameterised ELBO per example)", "drop --gaps"
     )
-    parts: dict[str, list[Tensor]] = {f: [] for f in InferenceGaps.__dataclass_fields__}
+    names = ("log_likelihood", "log_likelihood_stderr", "log_likelihood_khat", "elbo_optimal", "elbo_encoder")
+    parts: dict[str, list[Tensor]] = {f: [] for f in (*names, "elbo_optimal_stderr", "elbo_encoder_stderr")}
     with progress_bar(x.shape[0] * options.num_steps, "inference gaps", progress, unit="step") as bar:
         for start in range(0, x.shape[0], options.batch_size):
             xb = x[start : start + options.batch_size]
@@ -290,13 +311,19 @@ def local_optimisation_gaps(
                 parts[prefix].append(value)
                 parts[prefix + "_stderr"].append(stderr)
             if log_px is None:
-                value, stderr = mixture_log_likelihood(model, guide, local, xb, options.log_likelihood_samples)
+                value, stderr, khat = mixture_importance_sample(model, guide, local, xb, options.log_likelihood_samples)
                 parts["log_likelihood"].append(value)
                 parts["log_likelihood_stderr"].append(stderr)
+                parts["log_likelihood_khat"].append(khat)
     if log_px is not None:
         parts["log_likelihood"] = [log_px.detach()]
         parts["log_likelihood_stderr"] = [torch.zeros_like(log_px) if log_px_stderr is None else log_px_stderr]
-    return InferenceGaps(**{name: torch.cat(values) for name, values in parts.items()})
+    khat = parts.pop("log_likelihood_khat")
+    return InferenceGaps(
+        **{name: torch.cat(values) for name, values in parts.items()},
+        log_likelihood_khat=torch.cat(khat) if khat and log_px is None else None,
+        log_likelihood_samples=2 * ((options.log_likelihood_samples + 1) // 2),
+    )
 
 
 def inference_gaps(
@@ -307,9 +334,10 @@ def inference_gaps(
     log_px: Tensor | None = None,
     progress: bool = False,
     **option_values: Any,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """The approximation gap log p(x) - ELBO(q*) and the amortisation gap ELBO(q*) - ELBO(q_enc), in nats per
     example averaged over ``x`` (keys ``"approximation_gap"``, ``"amortization_gap"``, with standard errors and
-    the levels; Cremer et al. 2018). ``option_values`` are ``GapOptions`` fields."""
+    the levels, and ``"psis"``, the k-hat summary of the importance-sampled log p(x); Cremer et al. 2018).
+    ``option_values`` are ``GapOptions`` fields."""
     options = options or GapOptions(**option_values)
     return local_optimisation_gaps(model, guide, x, options, log_px, progress).summary()

@@ -8,11 +8,14 @@ With w_k = p(x, z_k) / q(z_k | x), z_k ~ q(z | x) (Burda et al. 2015):
   w~_k = w_k / sum_j w_j reads SE^2 = (K sum_k w~_k^2 - 1) / (K - 1);
 - the effective sample size ESS = 1 / sum_k w~_k^2 (Kong 1992), between 1 and K; when ESS is a small fraction
   of K the weights are heavy-tailed and the standard error itself is unreliable (Owen 2013, ch. 9);
-- the ELBO from the same samples, (1/K) sum_k log w_k, so log p(x) - ELBO >= 0 for every example.
+- the ELBO from the same samples, (1/K) sum_k log w_k, so log p(x) - ELBO >= 0 for every example;
+- the Pareto k-hat of the K weights (``pyro_vae.psis``; Vehtari et al. 2024), which says when the estimate and its
+  standard error cannot be trusted (k-hat above min(1 - 1/log10(K), 0.7)), from the largest weights kept on the way.
 
-Only three running sums per example are kept (logsumexp of log w and of 2 log w, and the sum of log w), so K
-can be large; at most ``max_rows`` (particle, example) pairs go through the model at once: blocks of
-``min(N, max_rows // min(K, MIN_CHUNK))`` examples, each with chunks of ``min(K, max_rows // block)`` particles.
+Only three running sums per example are kept (logsumexp of log w and of 2 log w, and the sum of log w), plus the
+ceil(min(0.2 K, 3 sqrt(K))) + 1 largest log weights for k-hat, so K can be large; at most ``max_rows`` (particle,
+example) pairs go through the model at once: blocks of ``min(N, max_rows // min(K, MIN_CHUNK))`` examples, each
+with chunks of ``min(K, max_rows // block)`` particles.
 
 References:
     [1] Y. Burda, R. Grosse, R. Salakhutdinov. Importance Weighted Autoencoders. ICLR 2016.
@@ -37,6 +40,7 @@ from torch import Tensor
 from pyro_vae.errors import UserError
 from pyro_vae.estimators.log_weights import guess_plate_nesting, per_example_log_weights
 from pyro_vae.progress import progress_bar
+from pyro_vae.psis import TopLogWeights
 
 #: Default bound on (particles x examples) rows pushed through the decoder at once.
 MAX_ROWS = 2**15
@@ -79,6 +83,7 @@ class ImportanceEstimate:
         num_samples: K.
         sweep: K' -> (log_likelihood, stderr) from the first K' of the samples, for each K' < K asked for
             (nested, so successive values are correlated, as in a running estimate).
+        khat: the Pareto k-hat of the K weights (``pyro_vae.psis.pareto_khat``), or None where not computed.
     """
 
     log_likelihood: Tensor
@@ -87,6 +92,7 @@ class ImportanceEstimate:
     elbo: Tensor
     num_samples: int
     sweep: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    khat: Tensor | None = None
 
     def mean_and_stderr(self) -> tuple[float, float]:
         """The average over examples and its Monte Carlo standard error, sqrt(sum_i SE_i^2) / N."""
@@ -155,13 +161,14 @@ def importance_sample(
     check_weighable(model, guide, x[:block])
     nesting = guess_plate_nesting(model, guide, (x[:block],), {})
     validate = is_validation_enabled()
-    parts: dict[str, list[Tensor]] = {"lse": [], "lse2": [], "total": []}
+    parts: dict[str, list[Tensor]] = {"lse": [], "lse2": [], "total": [], "khat": []}
     marks: dict[int, list[tuple[Tensor, Tensor]]] = {}
     with progress_bar(n * num_samples, f"log p(x), K={num_samples}", progress, unit="sample") as bar:
         for start in range(0, n, block):
             xb = x[start : start + block]
             lse = torch.full((xb.shape[0],), -math.inf, dtype=x.dtype, device=x.device)
             lse2, total, done = lse.clone(), torch.zeros_like(lse), 0
+            top = TopLogWeights(num_samples)
             for k in sizes:
                 # Validation (as the caller set it) on the first chunk only: the later chunks run the same model
                 # on the same images, and checking the support of every expanded (K, N, D) observation cost ~7%
@@ -171,6 +178,7 @@ def importance_sample(
                 lse = torch.logaddexp(lse, torch.logsumexp(log_w, 0))
                 lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * log_w, 0))
                 total += log_w.sum(0)
+                top.add(log_w)
                 done += k
                 bar.update(k * xb.shape[0])
                 if done in sweep and done < num_samples:
@@ -178,6 +186,7 @@ def importance_sample(
             parts["lse"].append(lse)
             parts["lse2"].append(lse2)
             parts["total"].append(total)
+            parts["khat"].append(top.khat().to(dtype=x.dtype, device=x.device))
     lse, lse2 = torch.cat(parts["lse"]), torch.cat(parts["lse2"])
     return ImportanceEstimate(
         log_likelihood=lse - math.log(num_samples),
@@ -186,6 +195,7 @@ def importance_sample(
         elbo=torch.cat(parts["total"]) / num_samples,
         num_samples=num_samples,
         sweep={k: (torch.cat([m[0] for m in v]), torch.cat([m[1] for m in v])) for k, v in sorted(marks.items())},
+        khat=torch.cat(parts["khat"]),
     )
 
 

@@ -107,6 +107,7 @@ DERIVED_FILES = (
     "estimators.csv",  # pyro-vae compare-estimators
     "estimators.json",
     "snr_vs_k.png",
+    "sbc_ranks.png",  # pyro-vae evaluate --sbc
     "reconstructions.png",  # pyro_vae.figures
     "samples.png",
     "curves.png",

@@ -38,6 +38,7 @@ LAYERS: list[tuple[str, ...]] = [
         "pyro_vae.interrupts",
         "pyro_vae.bits",
         "pyro_vae.ranks",
+        "pyro_vae.psis",
     ),
     (
         "pyro_vae.registry",
@@ -68,6 +69,8 @@ LAYERS: list[tuple[str, ...]] = [
         "pyro_vae.pairs",
         "pyro_vae.loggers",
         "pyro_vae.distributed",
+        "pyro_vae.sbc",
+        "pyro_vae.sbc_figures",
     ),
     ("pyro_vae", "pyro_vae.__main__", "pyro_vae.cli", "pyro_vae.commands", "pyro_vae.commands.*"),
 ]

@@ -344,10 +344,16 @@ def test_resume_with_nothing_to_do_says_so_and_writes_nothing(tmp_path, capsys):
 def test_derived_files_are_removed_when_a_resume_changes_the_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
     train(capsys, out, 1)
-    assert cli(capsys, "evaluate", out, "--num-samples", 10)[0] == 0
+    assert cli(capsys, "evaluate", out, "--num-samples", 10, "--sbc", 20)[0] == 0
     compare = ["--estimators", "meanfield", "--draws", 2, "--examples", 4, "--ll-samples", 10, "--snr-ks", 1]
     assert cli(capsys, "compare-estimators", out, *compare, "--snr-estimators", "iwae")[0] == 0
-    made = {evaluate.OUTPUT, compare_estimators.CSV, compare_estimators.JSON, compare_estimators.PLOT}
+    made = {
+        evaluate.OUTPUT,
+        evaluate.SBC_FIGURE,
+        compare_estimators.CSV,
+        compare_estimators.JSON,
+        compare_estimators.PLOT,
+    }
     figures = {p.name for p in out.glob("*.png")} - made
     assert made | figures <= set(DERIVED_FILES) and made <= {p.name for p in out.iterdir()}
     old_figures = {name: (out / name).read_bytes() for name in figures}

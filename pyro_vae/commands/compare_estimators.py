@@ -40,6 +40,7 @@ from pyro_vae.config import TrainConfig
 from pyro_vae.errors import UserError
 from pyro_vae.estimators import ESTIMATORS
 from pyro_vae.importance import importance_sample
+from pyro_vae.psis import KhatSummary
 from pyro_vae.run_dir import RunDir, load_run
 from pyro_vae.training import train
 
@@ -196,6 +197,7 @@ def _run(args: argparse.Namespace, run_dir: RunDir) -> int:
     pyro.set_rng_seed(seed)
     reference = importance_sample(model, guide, x, num_samples=args.ll_samples, progress=args.progress)
     log_px, log_px_se = reference.mean_and_stderr()
+    khat = KhatSummary.of(reference.khat, args.ll_samples) if reference.khat is not None else None
     estimators = {name: _estimator(name, args) for name in args.estimators}
     print(f"comparing {len(estimators)} estimators, {args.draws} draws each ...", file=sys.stderr)
     rows = compare_estimators(
@@ -218,6 +220,9 @@ def _run(args: argparse.Namespace, run_dir: RunDir) -> int:
 
     print(f"{where}; {x.shape[0]} test examples, {args.draws} draws; values in nats per example")
     print(format_table(rows, log_px, log_px_se, args.ll_samples, groups))
+    if khat is not None:
+        warning = khat.warning("the reference log p(x) (and so the biases)")
+        print(f"reference log p(x), {khat.line()}" + (f"\n{warning}" if warning else ""))
     print("\nSNR against K")
     print(format_table(sweep, groups=groups))
     print("\nwhat each value estimates:")
@@ -235,6 +240,7 @@ def _run(args: argparse.Namespace, run_dir: RunDir) -> int:
             "log_likelihood": log_px,
             "log_likelihood_stderr": log_px_se,
             "log_likelihood_samples": args.ll_samples,
+            "log_likelihood_psis": None if khat is None else khat.to_dict(),
             "parameter_groups": "all parameters together" if problem else "encoder and decoder",
             "estimators": [dataclasses.asdict(r) for r in rows],
             "snr_vs_k": [dataclasses.asdict(r) for r in sweep],

@@ -31,10 +31,20 @@ from pyro_vae.commands.model_module import (
 )
 from pyro_vae.commands.options import field_docs
 from pyro_vae.errors import UserError
-from pyro_vae.evaluation import ACTIVE_UNIT_THRESHOLD, PER_EXAMPLE, Evaluation, evaluate, per_example_record
+from pyro_vae.evaluation import (
+    ACTIVE_UNIT_THRESHOLD,
+    PER_EXAMPLE,
+    Evaluation,
+    SBCOptions,
+    evaluate,
+    per_example_record,
+)
 from pyro_vae.gaps import GapOptions
 from pyro_vae.importance import DEFAULT_SWEEP, ImportanceEstimate
+from pyro_vae.psis import KhatSummary
 from pyro_vae.run_dir import RunDir, load_run
+from pyro_vae.sbc import DEFAULT_ALPHA, DEFAULT_BINS, DEFAULT_DRAWS
+from pyro_vae.sbc_figures import SBC_FIGURE, plot_sbc
 
 OUTPUT = "evaluation.json"
 
@@ -73,7 +83,9 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
         "(Burda et al. 2015) with its standard error, the effective sample size and the estimate as K grows; the "
         "ELBO from the same samples; with --ais, annealed importance sampling (Wu et al. 2017) on the first "
         "examples; with --gaps, the approximation and amortisation gaps (Cremer et al. 2018); with --bdmc N, "
-        "BDMC bounds on N data sets simulated from the model (Grosse et al. 2015); the KL per latent dimension, "
+        "BDMC bounds on N data sets simulated from the model (Grosse et al. 2015); with --sbc N, simulation-based "
+        f"calibration of q(z|x) on N data sets simulated from the model (Talts et al. 2018; figure DIR/{SBC_FIGURE}); "
+        "the Pareto k-hat of the importance weights (Vehtari et al. 2024); the KL per latent dimension, "
         f"active units (Var_x E_q[z_j|x] > {ACTIVE_UNIT_THRESHOLD}), I(x; z) and KL(q(z) || p(z)) (Hoffman & "
         f"Johnson 2016). Writes DIR/{OUTPUT}.",
     )
@@ -127,6 +139,35 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
     )
     parser.add_argument(
         "--bdmc", type=int, default=0, metavar="N", help="BDMC bounds on N simulated data sets (default: 0, off)"
+    )
+    parser.add_argument(
+        "--sbc",
+        type=int,
+        default=None,
+        metavar="N",
+        help="simulation-based calibration of q(z|x) on N simulations z* ~ p(z), x* ~ p(x|z*): ranks of z* among "
+        f"draws of q(z|x*), a uniformity test per latent coordinate, and DIR/{SBC_FIGURE} (default: off)",
+    )
+    parser.add_argument(
+        "--sbc-draws",
+        type=int,
+        default=DEFAULT_DRAWS,
+        metavar="L",
+        help=f"SBC: draws of q(z|x*) per simulation; ranks are 0..L (default: {DEFAULT_DRAWS})",
+    )
+    parser.add_argument(
+        "--sbc-bins",
+        type=int,
+        default=DEFAULT_BINS,
+        metavar="B",
+        help=f"SBC: rank histogram bins, a divisor of L + 1 (default: {DEFAULT_BINS})",
+    )
+    parser.add_argument(
+        "--sbc-alpha",
+        type=float,
+        default=DEFAULT_ALPHA,
+        metavar="A",
+        help=f"SBC: familywise level of the uniformity tests, Bonferroni over coordinates (default: {DEFAULT_ALPHA})",
     )
     parser.add_argument(
         "--collapse", action=argparse.BooleanOptionalAction, default=True, help="I(x; z) and KL(q(z) || p(z))"
@@ -190,6 +231,7 @@ def _bound_rows(result: Evaluation) -> list[str]:
                 f"log p(x) from {g['log_likelihood_source']}",
             ),
             _row("amortisation gap ELBO(q*) - ELBO(q_enc)", g["amortization_gap"], g["amortization_gap_stderr"]),
+            *_khat_rows(g.get("psis"), "the gaps' log p(x), importance-sampled from (q* + q_enc) / 2,"),
         ]
     if result.bdmc is not None:
         b = result.bdmc
@@ -200,6 +242,15 @@ def _bound_rows(result: Evaluation) -> list[str]:
             _row("upper - lower", b["upper_minus_lower"], None, "bounds the AIS error on such data"),
         ]
     return lines
+
+
+def _khat_rows(psis: dict[str, Any] | None, what: str) -> list[str]:
+    """The k-hat summary line, and its warning when k-hat says ``what`` is unreliable (``pyro_vae.psis``)."""
+    if psis is None:
+        return []
+    summary = KhatSummary(**psis)
+    warning = summary.warning(what)
+    return [f"  {summary.line()}", *([f"  {warning}"] if warning else [])]
 
 
 def format_evaluation(result: Evaluation, title: str) -> str:
@@ -214,9 +265,11 @@ def format_evaluation(result: Evaluation, title: str) -> str:
         _row("gap log p(x) - ELBO", result.gap),
         f"  {'ESS of the importance weights':<42s} mean {result.ess_mean:.1f}, min {result.ess_min:.1f} "
         f"of {result.num_samples}",
+        *_khat_rows(result.psis, "the IS log p(x)"),
         "  IS log p(x) from the first K samples:",
         *[_row(f"  K = {r['num_samples']}", r["log_likelihood"], r["stderr"]) for r in result.sweep],
         *_bound_rows(result),
+        *_sbc_rows(result.sbc),
         _row("KL(q(z|x) || p(z))", result.kl_total),
     ]
     if result.collapse is not None:
@@ -253,6 +306,35 @@ def format_evaluation(result: Evaluation, title: str) -> str:
     return "\n".join(lines)
 
 
+def _sbc_options(args: argparse.Namespace) -> SBCOptions | None:
+    if args.sbc is None:
+        return None
+    try:
+        return SBCOptions(args.sbc, args.sbc_draws, args.sbc_bins, args.sbc_alpha)
+    except ValueError as err:
+        raise UserError(f"{err}; see --help for the --sbc-* options") from None
+
+
+def _sbc_rows(sbc: dict[str, Any] | None) -> list[str]:
+    """SBC's printed lines: settings, the smallest p-values, and what is flagged (Talts et al. 2018)."""
+    if sbc is None:
+        return []
+    p = sbc["p_values"]
+    worst = ", ".join(f"{name} {value:.2g}" for name, value in sorted(p.items(), key=lambda kv: kv[1])[:8])
+    flagged = sbc["flagged"]
+    verdict = (
+        f"flagged: {', '.join(flagged)}: q(z|x) is not calibrated there (see the histogram's shape)"
+        if flagged
+        else "no coordinate flagged: the ranks are consistent with a calibrated q(z|x)"
+    )
+    return [
+        f"  SBC of q(z|x) on {sbc['num_simulations']} simulations from the model, {sbc['num_posterior_draws']} draws "
+        f"each, {sbc['num_bins']} rank bins; chi-square per coordinate, {sbc['correction']}",
+        f"    smallest p-values: {worst}",
+        f"    {verdict}",
+    ]
+
+
 def _check(args: argparse.Namespace) -> None:
     counts = {
         "--ll-samples": args.num_samples,
@@ -268,6 +350,8 @@ def _check(args: argparse.Namespace) -> None:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
     if args.bdmc < 0:
         raise UserError(f"--bdmc must be >= 0 (simulated data sets), got {args.bdmc}")
+    if args.sbc is not None and args.sbc < 1:
+        raise UserError(f"--sbc must be >= 1 (simulations), got {args.sbc}")
     if any(k < 1 for k in args.sweep):
         raise UserError("--sweep values must be >= 1")
 
@@ -297,8 +381,8 @@ def _bits(likelihood: Any, levels: int | None, result: Evaluation, dims: int) ->
 
 def _settings(args: argparse.Namespace, position: dict[str, Any], num_examples: int) -> dict[str, Any]:
     """What makes two evaluations the same one: a partial record is reused only when these are equal."""
-    names = ("num_samples", "sweep", "seed", "ais", "ais_examples", "gaps", "gap_examples", "bdmc", "collapse")
-    options = {k: v for k, v in vars(args).items() if k.startswith(("ais_", "gap_"))}
+    names = ("num_samples", "sweep", "seed", "ais", "ais_examples", "gaps", "gap_examples", "bdmc", "collapse", "sbc")
+    options = {k: v for k, v in vars(args).items() if k.startswith(("ais_", "gap_", "sbc_"))}
     return {
         **{k: getattr(args, k) for k in names},
         **options,
@@ -329,6 +413,7 @@ def _run(args: argparse.Namespace, run_dir: RunDir) -> int:
     _check(args)
     ais_options = _options(args, AISOptions, "ais")
     gap_options = _options(args, GapOptions, "gap")
+    sbc_options = _sbc_options(args)
     if args.model_module:
         model, guide = load_model_module(args.model_module)
         x, data_name = module_test_data(args)
@@ -376,6 +461,7 @@ def _run(args: argparse.Namespace, run_dir: RunDir) -> int:
             progress=args.progress,
             on_section=keep,
             resume=resume,
+            sbc=sbc_options,
         )
     except KeyboardInterrupt as err:
         if not finished:
@@ -396,4 +482,6 @@ def _run(args: argparse.Namespace, run_dir: RunDir) -> int:
         print(f"  bits per dimension: test ELBO {bits['elbo']:.4f}, IS log p(x) {bits['log_likelihood']:.4f}")
     out = _write(args.dir, {**position, **result.to_dict(), "bits_per_dim": bits or None, "partial": False})
     print(f"wrote {out}")
+    if result.sbc is not None:
+        print(f"wrote {plot_sbc(result.sbc, args.dir / SBC_FIGURE, where)}")
     return 0
