@@ -67,6 +67,8 @@ LAYERS: list[tuple[str, ...]] = [
         "pyro_vae.ablation",
         "pyro_vae.pairs",
         "pyro_vae.loggers",
+        "pyro_vae.mlflow_logger",
+        "pyro_vae.wandb_logger",
         "pyro_vae.distributed",
     ),
     ("pyro_vae", "pyro_vae.__main__", "pyro_vae.cli", "pyro_vae.commands", "pyro_vae.commands.*"),
