@@ -8,11 +8,11 @@ with ``nb_execution_mode = "off"``), and the API reference comes from the docstr
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the repository's own sources, installed or not
+# autodoc imports the installed package (pip install -e ".[docs]"): pyro_vae.models and pyro_vae.guides exist only
+# as installed (pyproject.toml's package-dir).
 
 # The notebooks live in tutorials/, outside this source folder, and Sphinx reads documents only inside it (a symbolic
 # link does not do: Sphinx resolves it, and the links to the notebooks then point outside). A fresh copy each build.
@@ -46,7 +46,9 @@ myst_enable_extensions = ["dollarmath", "amsmath"]
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
-autodoc_default_options = {"members": True, "show-inheritance": True}
+# ignore-module-all: a module's __all__ also names what it re-exports (pyro_vae.training's TrainConfig); each name is
+# documented once, under the module that defines it.
+autodoc_default_options = {"members": True, "show-inheritance": True, "ignore-module-all": True}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 
@@ -66,5 +68,16 @@ def _site_paths(app: object, docname: str, source: list[str]) -> None:
         source[0] = source[0].replace("](../tutorials/", "](tutorials/")
 
 
+def _fields_first(app: object, what: str, name: str, obj: object, options: object, lines: list[str]) -> None:
+    """A component's options dataclass starts its docstring with "Fields:" (registry.py's convention, which
+    ``field_docs`` reads for the command line's help); after Python strips the indentation, its entries stand level
+    with the heading. Indent them under it, as in the classes whose docstring has a summary line first, so napoleon
+    reads the section."""
+    if lines and lines[0].strip() == "Fields:":
+        end = next((i for i, line in enumerate(lines[1:], 1) if not line.strip()), len(lines))
+        lines[1:end] = ["    " + line for line in lines[1:end]]
+
+
 def setup(app: object) -> None:
     app.connect("source-read", _site_paths)
+    app.connect("autodoc-process-docstring", _fields_first, priority=400)  # before napoleon's (500)

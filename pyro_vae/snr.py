@@ -2,9 +2,9 @@
 2018), its noise floor for R draws, and its bias-corrected value with a bootstrap interval.
 
 References:
-    [1] T. Rainforth, A. R. Kosiorek, T. A. Le, C. J. Maddison, M. Igl, F. Wood, Y. W. Teh. Tighter Variational
-        Bounds are Not Necessarily Better. ICML 2018.
-    [2] B. Efron, R. J. Tibshirani. An Introduction to the Bootstrap. 1993 (the basic interval, ch. 13).
+    - [1] T. Rainforth, A. R. Kosiorek, T. A. Le, C. J. Maddison, M. Igl, F. Wood, Y. W. Teh. Tighter Variational
+      Bounds are Not Necessarily Better. ICML 2018.
+    - [2] B. Efron, R. J. Tibshirani. An Introduction to the Bootstrap. 1993 (the basic interval, ch. 13).
 """
 
 from __future__ import annotations
