@@ -22,6 +22,7 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from pyro_vae.atomic import atomic_write_text
 from pyro_vae.errors import UserError
@@ -91,15 +92,22 @@ class MLflowLogger:
         uri: str | None = None,
     ) -> None:
         tracking = require_mlflow()
+        from mlflow.exceptions import MlflowException
+
         self.uri = tracking_uri(out, uri)
-        if self.uri.startswith("file:") and "MLFLOW_ALLOW_FILE_STORE" not in os.environ:
+        if urlparse(self.uri).scheme in ("", "file") and "MLFLOW_ALLOW_FILE_STORE" not in os.environ:
             # MLflow >= 3.7 refuses its file store unless this is set; the file store is the one backend that needs
             # no database (mlflow-skinny has no SQL store), and is what a run directory of its own wants.
             os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
-        self.client = tracking.MlflowClient(tracking_uri=self.uri)
         self.record_path = out / RUN_RECORD
-        params = flatten(config)
-        recorded = _read_record(self.record_path) if resume else None
+        try:
+            self.client = tracking.MlflowClient(tracking_uri=self.uri)
+            self._open(out, flatten(config), _read_record(self.record_path) if resume else None)
+        except (MlflowException, OSError) as err:  # a bad URI, a server that does not answer: one line
+            raise UserError(f"MLflow at {self.uri}: {str(err).strip().splitlines()[0]}") from None
+
+    def _open(self, out: Path, params: dict[str, str], recorded: dict[str, str] | None) -> None:
+        """Continue the recorded run when it is in this store, else start one and record it."""
         if recorded is not None and recorded["tracking_uri"] == self.uri:
             self.run_id = recorded["run_id"]
             self._continue(params)
@@ -120,9 +128,11 @@ class MLflowLogger:
     def _continue(self, params: dict[str, str]) -> None:
         """Reopen the recorded run. Params are immutable in MLflow: new keys are logged, and an option changed on
         resume (``--epochs``, ...) is recorded as the tag ``resumed.KEY`` (its latest value)."""
+        from mlflow.exceptions import MlflowException
+
         try:
             run = self.client.get_run(self.run_id)
-        except Exception as err:  # MlflowException, whatever the store: one line, not a traceback
+        except MlflowException as err:
             raise UserError(
                 f"the MLflow run {self.run_id} recorded in {self.record_path} is not in {self.uri} "
                 f"({str(err).splitlines()[0]}); remove {self.record_path.name} to start a new MLflow run"

@@ -74,8 +74,8 @@ def test_mlflow_goes_to_the_tracking_uri_given(tmp_path, monkeypatch):
     runs = client.search_runs([client.get_experiment_by_name("from-env").experiment_id])
     assert [r.info.run_id for r in runs] == [run_id]
     assert runs[0].data.metrics["test_elbo"] == pytest.approx(_records(run)[-1]["test_elbo"], rel=1e-12)
-    # --mlflow-uri wins over the environment variable.
-    other = (tmp_path / "other").resolve().as_uri()
+    # --mlflow-uri wins over the environment variable; a folder's plain path is a file store too.
+    other = str(tmp_path / "other")
     argv = ["train", "--out", str(tmp_path / "run2"), *COMMON, "--logger", "mlflow", "--mlflow-uri", other]
     assert main([*argv, "--epochs", "1"]) == 0
     assert json.loads((tmp_path / "run2" / "mlflow_run.json").read_text())["tracking_uri"] == other
@@ -223,3 +223,12 @@ def test_mlflow_uri_without_the_mlflow_logger_is_one_line(tmp_path, capsys):
         "pyro-vae: error: --mlflow-uri is for --logger mlflow (the logger is 'none'); add --logger mlflow\n"
     )
     assert not (tmp_path / "r").exists()
+
+
+def test_an_unsupported_mlflow_uri_is_one_line_and_the_run_directory_can_be_used_again(tmp_path, capsys):
+    pytest.importorskip("mlflow")
+    argv = ["train", "--out", str(tmp_path / "r"), *COMMON, "--epochs", "1", "--logger", "mlflow"]
+    assert main([*argv, "--mlflow-uri", "bogus://x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("pyro-vae: error: MLflow at bogus://x: ") and "bogus" in err
+    assert main([*argv, "--mlflow-uri", str(tmp_path / "store")]) == 0  # no --overwrite needed: nothing was trained
