@@ -21,6 +21,7 @@ to ``metrics.jsonl``. Ctrl-C or SIGTERM lets the step in progress finish, saves 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -267,11 +268,11 @@ class Trainer:
         """``_loop``, then the logger closed: FINISHED (unless kept open), KILLED when interrupted, else FAILED."""
         try:
             self._loop()
-        except KeyboardInterrupt:  # TrainingInterrupted too: --resume continues the tracked run
-            self.logger.close("KILLED")
-            raise
-        except BaseException:
-            self.logger.close("FAILED")
+        except BaseException as err:
+            # KILLED: interrupted (TrainingInterrupted too), --resume continues the tracked run. A logger that fails
+            # to close (a tracking server gone) must not hide why training stopped.
+            with contextlib.suppress(Exception):
+                self.logger.close("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
             raise
         if not self.keep_logger:
             self.logger.close()
