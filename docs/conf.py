@@ -24,7 +24,7 @@ for _notebook in sorted((ROOT / "tutorials").glob("*.ipynb")):
 
 project = "pyro-vae"
 author = "the pyro-vae authors"
-copyright = "the pyro-vae authors"  # noqa: A001 (Sphinx's name for it)
+copyright = "the pyro-vae authors"
 
 extensions = [
     "myst_nb",  # Markdown pages (it includes myst-parser) and notebooks
