@@ -77,7 +77,7 @@ class FlowPosterior(dist.TransformedDistribution):
         return new
 
     def log_prob(self, value: Tensor) -> Tensor:
-        """log N(z_0; mu, sigma^2) - sum_k log |det df_k / dz_{k-1}|, z_0 the flow's inverse of ``value``, as
+        """log N(z_0; mu, sigma^2) - sum_k log ``|det df_k / dz_{k-1}|``, z_0 the flow's inverse of ``value``, as
         ``TransformedDistribution.log_prob``; -inf where that inverse leaves the floating-point range.
 
         Why -inf: the inverse of a stable step divides by s = sigmoid(.), which underflows to 0 for a z far from

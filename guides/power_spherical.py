@@ -36,7 +36,7 @@ class PowerSpherical(_PackagePowerSpherical, TorchDistributionMixin):
     Corrected from the package (0.8.1): its batch and event shapes are () whatever the parameters, so Pyro's plates
     cannot broadcast it; its ``mean`` multiplies ``loc`` (N, J) by E[t] (N,) without aligning them; its
     ``variance`` is a covariance matrix where torch expects the per-coordinate variance; and its samples are off
-    the sphere by up to 1e-7 / |v| (the inner uniform divides by |v| + 1e-7), enough to fail Pyro's ``sphere``
+    the sphere by up to ``1e-7 / |v|`` (the inner uniform divides by ``|v| + 1e-7``), enough to fail Pyro's ``sphere``
     check on rare draws. Its density, sampler, entropy and KL to the uniform are used as they are.
     """
 
@@ -93,7 +93,7 @@ class PowerSpherical(_PackagePowerSpherical, TorchDistributionMixin):
 class PowerSphericalGuide(nn.Module):
     """Pyro guide q(z|x) = PowerSpherical(mu(x), kappa(x)) on S^{J-1}, J = ``z_dim`` >= 2.
 
-    An affine ``head`` maps the encoder's features h to J + 1 values: the direction mu = v / |v| and
+    An affine ``head`` maps the encoder's features h to J + 1 values: the direction ``mu = v / |v|`` and
     kappa = softplus(s) + MIN_CONCENTRATION. Samples site "z" in ``pyro.plate("data", N)``; ``posterior(x)`` has
     batch shape (N,) and event shape (J,).
     """

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 class VAEModel(nn.Module):
     """Pyro model: for each row of x, z ~ prior at site "z", x ~ likelihood(decoder(z)) observed at "x".
 
-    Calling ``model(x)`` with ``x`` of shape (N, *x_shape) runs the model; ``model(None, num_samples=n)``
+    Calling ``model(x)`` with ``x`` of shape ``(N, *x_shape)`` runs the model; ``model(None, num_samples=n)``
     draws n fresh samples. All parameters (decoder, likelihood, learnable prior) are registered
     with Pyro under the name "model", so ``pyro.infer.SVI`` with ``pyro.optim`` finds them.
     """

@@ -22,11 +22,11 @@ adaptation uses the chains' past, so the estimate is exact only in the limit of 
 adaptation the effect is far below the Monte Carlo error (the tests bound it against exact values).
 
 References:
-    [1] R. M. Neal. Annealed importance sampling. Statistics and Computing 11, 2001.
-    [2] Y. Wu, Y. Burda, R. Salakhutdinov, R. Grosse. On the Quantitative Analysis of Decoder-Based Generative
-        Models. ICLR 2017.
-    [3] R. B. Grosse, Z. Ghahramani, R. P. Adams. Sandwiching the marginal likelihood using bidirectional Monte
-        Carlo. arXiv:1511.02543, 2015.
+    - [1] R. M. Neal. Annealed importance sampling. Statistics and Computing 11, 2001.
+    - [2] Y. Wu, Y. Burda, R. Salakhutdinov, R. Grosse. On the Quantitative Analysis of Decoder-Based Generative
+      Models. ICLR 2017.
+    - [3] R. B. Grosse, Z. Ghahramani, R. P. Adams. Sandwiching the marginal likelihood using bidirectional Monte
+      Carlo. arXiv:1511.02543, 2015.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Beta-VAE weighting (Higgins et al. 2017) and KL annealing (Bowman et al. 2016; Fu et al. 2019) in one place.
 
 The objective recon + beta * KL needs the latent sites of BOTH the model and the guide scaled by beta:
+
 - ``TraceMeanField_ELBO`` computes the analytic KL from the *guide* site's scale, so scaling only the
   model's latent site is silently ignored there;
 - ``Trace_ELBO`` computes beta * log p(z) - log q(z) if only the model's site is scaled, which is not

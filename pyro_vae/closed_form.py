@@ -40,7 +40,7 @@ def standard_normal_kl(mu: Tensor, log_var: Tensor) -> Tensor:
 def gaussian_log_likelihood(x: Tensor, mean: Tensor, sigma: Tensor | float = 1.0) -> Tensor:
     """log N(x; mean, sigma^2 I) over the last dimension (k = x.shape[-1]), with every constant:
 
-    -1/2 [k log 2 pi + log |Sigma| + (x - mean)^T Sigma^-1 (x - mean)], with Sigma = sigma^2 I, i.e.
+    -1/2 [k log 2 pi + log det(Sigma) + (x - mean)^T Sigma^-1 (x - mean)], with Sigma = sigma^2 I, i.e.
     -1/2 [k log 2 pi + 2 k log sigma + ||x - mean||^2 / sigma^2].
 
     Relation to the MSE (the blog's reconstruction loss): with sigma = 1,
@@ -61,7 +61,7 @@ def mse_from_gaussian_log_likelihood(log_lik: Tensor, k: int, sigma: float = 1.0
 def bernoulli_log_likelihood(x: Tensor, logits: Tensor) -> Tensor:
     """sum_d [x_d log p_d + (1 - x_d) log(1 - p_d)] with p = sigmoid(logits), over the last dimension.
 
-    log p = logsigmoid(l) and log(1 - p) = logsigmoid(-l), which stay finite for large |l|.
+    log p = logsigmoid(l) and log(1 - p) = logsigmoid(-l), which stay finite for large ``|l|``.
     """
     return torch.sum(x * F.logsigmoid(logits) + (1 - x) * F.logsigmoid(-logits), dim=-1)
 

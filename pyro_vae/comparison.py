@@ -7,12 +7,12 @@ x give:
 - the value per example, mean and std over the draws (what it estimates: ``ESTIMATORS[name].value``);
 - its bias against the importance-sampled log p(x) per example (``pyro_vae.importance.importance_sample``, whose
   K and standard error the table states);
-- for every parameter element, the variance of its gradient and the signal-to-noise ratio |E g| / std(g)
+- for every parameter element, the variance of its gradient and the signal-to-noise ratio ``|E g| / std(g)``
   (Rainforth et al. 2018), averaged separately over two groups: by default the guide's ("encoder") and the
   model's other ("decoder") parameters as Pyro's param store sees them when the pair runs on x (plus those of
   the modules behind the callables); gradients are of the loss per example (Pyro's batch-sum loss divided by N);
 - the bias-corrected SNR with its 95% basic bootstrap interval (the R draws resampled; ``pyro_vae.snr``), which
-  contains it, and the noise floor: with R draws a gradient element of mean zero still shows |mean| / std ~
+  contains it, and the noise floor: with R draws a gradient element of mean zero still shows ``|mean| / std`` ~
   sqrt(2 / (pi R)) on average (the mean of a half-normal), 0.08 at R = 100, so an SNR near the floor cannot be
   told from no signal at all;
 - the bias's standard error, sqrt(std^2 / R + SE(log p(x))^2), from the spread of the R values and the
@@ -84,7 +84,7 @@ class EstimatorStats:
     ``value_mean``, ``value_std``: mean and std over the R draws of the estimator's value per example;
     ``bias``: value_mean minus the reference IS log p(x), with ``bias_stderr``; ``grad_var_*``: Var(g) over the
     draws, averaged over the group's parameter elements (g the gradient of the loss per example); ``snr_*``: the
-    plug-in |E g| / std(g) averaged over the group's elements (biased upwards), ``snr_*_corrected`` its
+    plug-in ``|E g| / std(g)`` averaged over the group's elements (biased upwards), ``snr_*_corrected`` its
     bootstrap bias-corrected value and ``snr_*_low/high`` the 95% basic bootstrap interval, which contains the
     corrected value; ``snr_floor``: sqrt(2 / (pi R)), the SNR that zero-mean gradients show with R draws. A group
     with no parameters (``split_parameters`` could not tell encoder from decoder) has NaN statistics."""

@@ -1,7 +1,7 @@
 """Data sets for training: scikit-learn's 8x8 digits (offline, the default), MNIST and Fashion-MNIST
 (torchvision), the user's own arrays (.npy / .pt) and folders of images.
 
-Every data set becomes a ``VAEData``: float32 tensors of shape (N, *x_shape), already on the training device, a
+Every data set becomes a ``VAEData``: float32 tensors of shape ``(N, *x_shape)``, already on the training device, a
 fixed train/test split, labels where known (for plots) and the image shape. Images keep their event shape
 (C, H, W) from here to the model, the guide, the figures and evaluation (MNIST is (1, 28, 28)); rows of D values
 stay (D,) (scikit-learn gives the digits as rows of 64, shown as 8x8 images). The layout rules for a user's
@@ -65,7 +65,7 @@ class VAEData:
 
     Attributes:
         name: the data set's name (or the user's file path).
-        train_x, test_x: float32 tensors (N, *x_shape), on the training device: (N, D) rows or (N, C, H, W) images.
+        train_x, test_x: float32 tensors ``(N, *x_shape)``, on the training device: (N, D) rows or (N, C, H, W) images.
         train_y, test_y: integer labels on the CPU (for plots), or None.
         image_shape: (H, W) of one example shown as an image (for rows, H * W == D).
         binarize: True when training draws x ~ Bernoulli(pixels) each epoch (set by ``prepare``).
@@ -96,7 +96,7 @@ class VAEData:
 
     @property
     def display_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one example shown as an image: the images' own shape, or (1, *image_shape) for rows."""
+        """(C, H, W) of one example shown as an image: the images' own shape, or ``(1, *image_shape)`` for rows."""
         shape = self.x_shape
         return (shape[0], shape[1], shape[2]) if len(shape) == 3 else (1, *self.image_shape)
 

@@ -60,7 +60,7 @@ MAX_CODES = 256
 
 
 def image_grid(images: Tensor, image_shape: Sequence[int], nrow: int, padding: int = 1) -> np.ndarray:
-    """Tile ``images`` (n, *x_shape) into one array with ``make_grid`` (``nrow`` per row): (H', W') for grey
+    """Tile ``images`` ``(n, *x_shape)`` into one array with ``make_grid`` (``nrow`` per row): (H', W') for grey
     images, (H', W', 3) for RGB. ``image_shape`` is (H, W) or (C, H, W); rows of H * W values are reshaped."""
     # Imported here: torchvision takes seconds to import, and every CLI command imports this module.
     from torchvision.utils import make_grid
@@ -122,7 +122,7 @@ def manifold_grid(
 ) -> tuple[Tensor, Tensor]:
     """Decode an n x n grid of 2-D latents spanning ``ranges`` = [[z1_lo, z1_hi], [z2_lo, z2_hi]].
 
-    Returns ``(images, z)``: ``images`` (n*n, *x_shape) the decoded means E[x|z] and ``z`` (n*n, 2), in row-major
+    Returns ``(images, z)``: ``images`` ``(n*n, *x_shape)`` the decoded means E[x|z] and ``z`` (n*n, 2), in row-major
     tile order: tile (r, c) has z1 = linspace(z1_lo, z1_hi, n)[c] and z2 = linspace(z2_hi, z2_lo, n)[r],
     so z2 grows upwards as on a plot's axis.
     """
@@ -192,7 +192,7 @@ def plot_manifold(
     n: int = GRID_SIZE,
 ) -> Tensor:
     """Show the decoded grid of ``manifold_grid`` on latent-valued axes, with square tiles whatever the two ranges
-    (each axis is scaled so); return its images (n*n, *x_shape). ``image_shape``: (H, W) or (C, H, W)."""
+    (each axis is scaled so); return its images ``(n*n, *x_shape)``. ``image_shape``: (H, W) or (C, H, W)."""
     images, _ = manifold_grid(model, ranges, n)
     grid = image_grid(images, image_shape, nrow=n, padding=1)
     (lo1, hi1), (lo2, hi2) = ranges

@@ -1,8 +1,10 @@
 """Exact inference in the linear-Gaussian VAE (probabilistic PCA; Tipping & Bishop 1999).
 
-With p(z) = N(mu_p, S_p) (S_p diagonal), p(x|z) = N(W z + b, sigma^2 I):
+With p(z) = N(mu_p, S_p) (S_p diagonal), p(x|z) = N(W z + b, sigma^2 I)::
+
     p(x)   = N(x; W mu_p + b, W S_p W^T + sigma^2 I),
     p(z|x) = N(z; m(x), S),  S = (S_p^-1 + W^T W / sigma^2)^-1,  m(x) = S (W^T (x - b) / sigma^2 + S_p^-1 mu_p).
+
 m(x) is affine in x and S does not depend on x, so an affine encoder represents the exact posterior whenever
 S is diagonal, i.e. when the columns of W are orthogonal (then W^T W is diagonal).
 

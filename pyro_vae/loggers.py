@@ -1,9 +1,15 @@
-"""Where training also sends its per-epoch metrics: nowhere else (``"none"``) or TensorBoard (``"tensorboard"``).
+"""Where training also sends its per-epoch metrics: nowhere else (``"none"``), TensorBoard (``"tensorboard"``),
+MLflow (``"mlflow"``, ``pyro_vae.mlflow_logger``) or Weights & Biases (``"wandb"``, ``pyro_vae.wandb_logger``).
 
 ``metrics.jsonl`` is always written; ``--logger tensorboard`` (``train(..., logger="tensorboard")``) also writes the
 same numbers with ``torch.utils.tensorboard.SummaryWriter`` into ``DIR/tensorboard/``, one scalar per metric with
 the epoch as its step: ``tensorboard --logdir DIR`` shows the curves. It needs the ``tensorboard`` package
 (``pip install tensorboard``, or ``pip install "pyro-vae[tensorboard]"``), which pyro-vae does not require.
+MLflow and W&B also get the run's config (flattened) and its figures; each is an optional extra too
+(``pip install "pyro-vae[mlflow]"``, ``"pyro-vae[wandb]"``).
+
+A logger has ``log(record)`` (one epoch's ``metrics.jsonl`` record), ``log_figures(paths)`` and
+``close(status)`` (``"FINISHED"``, ``"KILLED"`` when interrupted, ``"FAILED"``).
 """
 
 from __future__ import annotations
@@ -12,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from pyro_vae.errors import UserError
+from pyro_vae.mlflow_logger import MLflowLogger, require_mlflow
 from pyro_vae.named import did_you_mean
+from pyro_vae.wandb_logger import WandbLogger, require_wandb
 
 #: The loggers by name.
-LOGGERS = ("none", "tensorboard")
+LOGGERS = ("none", "tensorboard", "mlflow", "wandb")
 #: The metrics of a ``metrics.jsonl`` record sent to the logger, under these tags.
 SCALARS = {
     "train_loss": "loss/train (beta-weighted, nats per example)",
@@ -32,7 +40,10 @@ class NoLogger:
     def log(self, record: dict[str, Any]) -> None:
         pass
 
-    def close(self) -> None:
+    def log_figures(self, paths: list[Path]) -> None:
+        pass
+
+    def close(self, status: str = "FINISHED") -> None:
         pass
 
 
@@ -52,7 +63,7 @@ class TensorBoardLogger(NoLogger):
                 self.writer.add_scalar(tag, record[key], record["epoch"])
         self.writer.flush()  # a run stopped later keeps what it logged
 
-    def close(self) -> None:
+    def close(self, status: str = "FINISHED") -> None:
         self.writer.close()
 
 
@@ -71,14 +82,39 @@ def check_logger(name: str) -> None:
     if name not in LOGGERS:
         hint = did_you_mean(str(name), list(LOGGERS))
         raise UserError(f"unknown logger {name!r}{hint}; choose one of: {', '.join(LOGGERS)}")
-    if name == "tensorboard":
-        _summary_writer()
+    {"tensorboard": _summary_writer, "mlflow": require_mlflow, "wandb": require_wandb}.get(name, lambda: None)()
 
 
-def make_logger(name: str, out: Path, first_epoch: int = 0) -> NoLogger:
-    """The logger ``name`` (one of ``LOGGERS``) for the run directory ``out``, training after ``first_epoch``."""
+def check_mlflow_uri(name: str, mlflow_uri: str | None) -> None:
+    """A tracking URI goes with the MLflow logger only."""
+    if mlflow_uri is not None and name != "mlflow":
+        raise UserError(f"--mlflow-uri is for --logger mlflow (the logger is {name!r}); add --logger mlflow")
+
+
+def make_logger(
+    name: str,
+    out: Path,
+    first_epoch: int = 0,
+    *,
+    config: dict[str, Any] | None = None,
+    resume: bool = False,
+    mlflow_uri: str | None = None,
+) -> NoLogger | MLflowLogger | WandbLogger:
+    """The logger ``name`` (one of ``LOGGERS``) for the run directory ``out``, training after ``first_epoch``.
+
+    ``config``: the run's config as a dict (MLflow params, W&B config); ``resume``: continue the MLflow or W&B run
+    recorded in ``out``; ``mlflow_uri``: the MLflow tracking URI (default: ``$MLFLOW_TRACKING_URI``, else
+    ``out/mlruns``).
+    """
     check_logger(name)
-    return TensorBoardLogger(out, first_epoch) if name == "tensorboard" else NoLogger()
+    check_mlflow_uri(name, mlflow_uri)
+    if name == "tensorboard":
+        return TensorBoardLogger(out, first_epoch)
+    if name == "mlflow":
+        return MLflowLogger(out, config or {}, resume=resume, uri=mlflow_uri)
+    if name == "wandb":
+        return WandbLogger(out, config or {}, resume=resume)
+    return NoLogger()
 
 
-__all__ = ["LOGGERS", "NoLogger", "TensorBoardLogger", "check_logger", "make_logger"]
+__all__ = ["LOGGERS", "NoLogger", "TensorBoardLogger", "check_logger", "check_mlflow_uri", "make_logger"]

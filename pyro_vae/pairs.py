@@ -5,9 +5,10 @@ The protocol (each feature needs only its row; a missing method is a one-line ``
 ============================================  ========================================================================
 feature                                       the model and guide must offer
 ============================================  ========================================================================
-``train(config, DIR, model=m, guide=g)``,     ``m(x)`` and ``g(x)``: Pyro callables of one batch x (N, *x_shape) with
-``Trainer``; ``load_run(DIR, model, guide)``  the same latent sites, x observed in the model (``obs=x``); parameters
-                                              by ``pyro.param`` or ``pyro.module`` (the same names every run)
+``train(config, DIR, model=m, guide=g)``,     ``m(x)`` and ``g(x)``: Pyro callables of one batch x ``(N, *x_shape)``
+``Trainer``; ``load_run(DIR, model, guide)``  with the same latent sites, x observed in the model (``obs=x``);
+                                              parameters by ``pyro.param`` or ``pyro.module`` (the same names every
+                                              run)
 the test ELBO each epoch, ``elbo_terms``      nothing more: E_q log p(x|z) from the observed sites, the KL analytic
                                               where ``kl_divergence`` knows the pair of site distributions
 ``evaluate`` (IS log p(x), KL per             nothing more (traces of the pair)

@@ -440,7 +440,7 @@ def build(
     declare ``needs_posterior=True`` to receive the guide's q(z|x) as registered priors do.
 
     Returns ``(model, guide)``: ``model(x)`` and ``guide(x)`` are the Pyro model and guide for a batch x
-    of shape (N, *x_shape), both ``nn.Module`` so ``.to(device)``, ``.parameters()`` and ``state_dict`` work.
+    of shape ``(N, *x_shape)``, both ``nn.Module`` so ``.to(device)``, ``.parameters()`` and ``state_dict`` work.
     The modules are made in a fixed order (encoder, guide, prior, decoder, likelihood), so a seed fixes the
     initial weights.
     """

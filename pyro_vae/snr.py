@@ -1,10 +1,10 @@
-"""The gradient signal-to-noise ratio |E g| / std(g) averaged over parameter elements (Rainforth et al. 2018), its
-noise floor for R draws, and its bias-corrected value with a bootstrap interval.
+"""The gradient signal-to-noise ratio ``|E g| / std(g)`` averaged over parameter elements (Rainforth et al.
+2018), its noise floor for R draws, and its bias-corrected value with a bootstrap interval.
 
 References:
-    [1] T. Rainforth, A. R. Kosiorek, T. A. Le, C. J. Maddison, M. Igl, F. Wood, Y. W. Teh. Tighter Variational
-        Bounds are Not Necessarily Better. ICML 2018.
-    [2] B. Efron, R. J. Tibshirani. An Introduction to the Bootstrap. 1993 (the basic interval, ch. 13).
+    - [1] T. Rainforth, A. R. Kosiorek, T. A. Le, C. J. Maddison, M. Igl, F. Wood, Y. W. Teh. Tighter Variational
+      Bounds are Not Necessarily Better. ICML 2018.
+    - [2] B. Efron, R. J. Tibshirani. An Introduction to the Bootstrap. 1993 (the basic interval, ch. 13).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ BOOTSTRAP_RESAMPLES = 200
 
 
 def gradient_variance_and_snr(grads: Tensor) -> tuple[float, float]:
-    """(mean over elements of Var(g), mean over elements of |E g| / std(g)) for draws ``grads`` of shape (R, P).
+    """(mean over elements of Var(g), mean over elements of ``|E g| / std(g)``) for draws ``grads`` of shape (R, P).
 
     Elements whose gradient never varies (std = 0, e.g. parameters the loss does not touch) are left out
     of the SNR average; it is NaN when every element is constant.
@@ -32,7 +32,7 @@ def gradient_variance_and_snr(grads: Tensor) -> tuple[float, float]:
 
 
 def snr_floor(num_draws: int) -> float:
-    """E[|mean| / std] of R draws of a zero-mean Gaussian gradient element, for large R: sqrt(2 / (pi R))."""
+    """``E[|mean| / std]`` of R draws of a zero-mean Gaussian gradient element, for large R: sqrt(2 / (pi R))."""
     return math.sqrt(2.0 / (math.pi * num_draws))
 
 
@@ -46,7 +46,7 @@ def snr_bootstrap(
     q_low(s*)) (Efron & Tibshirani 1993, ch. 13), and the corrected estimate 2 s - median(s*) lies in it by
     construction (the printed estimate and its interval agree); all three are clipped at 0, as an SNR is.
 
-    Why corrected: the plug-in SNR is biased upwards (|mean| of noisy draws), most where it is near the noise
+    Why corrected: the plug-in SNR is biased upwards (``|mean|`` of noisy draws), most where it is near the noise
     floor, and averaging over many elements makes the bias larger than the spread, so the plug-in value lies
     above its own basic interval and a percentile interval misses the true value (measured: 54% coverage at SNR
     2 over 50 elements, R = 100). The basic interval corrects the bias to first order (measured coverage of the

@@ -21,6 +21,7 @@ to ``metrics.jsonl``. Ctrl-C or SIGTERM lets the step in progress finish, saves 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -48,7 +49,7 @@ from pyro_vae.estimators.free_bits import NO_ANALYTIC_KL
 from pyro_vae.guards import DivergenceGuard, NonFiniteLossError, TrainingInterrupted
 from pyro_vae.interrupts import DeferredInterrupts
 from pyro_vae.kl_check import check_training_kl
-from pyro_vae.loggers import check_logger, make_logger
+from pyro_vae.loggers import check_logger, check_mlflow_uri, make_logger
 from pyro_vae.pairs import as_pair, prepare_pair
 from pyro_vae.plugins import required_plugins
 from pyro_vae.registry import build
@@ -99,9 +100,13 @@ class Trainer:
         logger: str = "none",
         collective_timeout: float | None = None,
         strategy: Strategy | None = None,
+        mlflow_uri: str | None = None,
     ) -> None:
         check_logger(logger)  # the config validated itself when it was made
+        check_mlflow_uri(logger, mlflow_uri)
         self.logger_name = logger
+        self.mlflow_uri = mlflow_uri
+        self.keep_logger = False  # fit(keep_logger=True): train() closes it after logging the figures
         self.pair = None if model is None and guide is None else as_pair(model, guide)
         self.config = config
         self.run: RunDir | None = out_dir if isinstance(out_dir, RunDir) else None
@@ -177,7 +182,14 @@ class Trainer:
             self.run.start(self.config)
         else:
             self._restore(self._state)
-        self.logger = make_logger(self.logger_name if self.run.writes else "none", self.out, self.position.epoch)
+        self.logger = make_logger(
+            self.logger_name if self.run.writes else "none",
+            self.out,
+            self.position.epoch,
+            config=self.config.to_dict(),
+            resume=self._state is not None,
+            mlflow_uri=self.mlflow_uri,
+        )
         # The model and guide run as Pyro runs them (validation on the first step only); --jit adds the compiled
         # objective, checked against them at each new batch shape (pyro_vae/step.py), where the strategy compiles.
         jit = training_jit(cfg.elbo, cfg.particles, cfg.elbo_options, jit=cfg.jit, plate_nesting=nesting)
@@ -239,16 +251,31 @@ class Trainer:
         self.position = Position.of(state)
         self.say(f"resuming {self.out} at {self.position} of {self.config.epochs}")
 
-    def fit(self) -> TrainResult:
+    def fit(self, *, keep_logger: bool = False) -> TrainResult:
         """Check the run directory (``RunDir.check_run``, unless the caller did), set up, then train up to
         ``config.epochs``; return the ``TrainResult``. Locks the run directory first unless it was given locked.
         Raises ``TrainingInterrupted``, and ``UserError`` (one line) for a run that may not be trained here or a
-        file that could not be written (the last good checkpoint and metrics are kept)."""
+        file that could not be written (the last good checkpoint and metrics are kept). The logger is closed at the
+        end, unless ``keep_logger`` (``train`` logs the figures to it, then closes it); always when training fails."""
+        self.keep_logger = keep_logger
         if self.run is not None:
             return self._fit()
         with RunDir.lock(self.out, "pyro-vae train") as run:
             self.run = run
             return self._fit()
+
+    def _logged_loop(self) -> None:
+        """``_loop``, then the logger closed: FINISHED (unless kept open), KILLED when interrupted, else FAILED."""
+        try:
+            self._loop()
+        except BaseException as err:
+            # KILLED: interrupted (TrainingInterrupted too), --resume continues the tracked run. A logger that fails
+            # to close (a tracking server gone) must not hide why training stopped.
+            with contextlib.suppress(Exception):
+                self.logger.close("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+            raise
+        if not self.keep_logger:
+            self.logger.close()
 
     def _fit(self) -> TrainResult:
         if self.strategy is None:  # torchrun: rank 0 alone writes (RunDir.writes); every rank trains
@@ -258,10 +285,7 @@ class Trainer:
             self._state = self.run.checked_state(self.config, self.resume, self.overwrite, self._state)
             try:
                 self.setup()
-                try:
-                    self._loop()
-                finally:
-                    self.logger.close()
+                self._logged_loop()
             except WriteError as err:
                 raise UserError(self.run.failure_message(err, self.position)) from None
             if self.strategy.step_holds_group:  # DDP holds the process group: freed before the session ends
@@ -450,6 +474,7 @@ def train(
     guide: Callable[..., Any] | None = None,
     logger: str = "none",
     collective_timeout: float | None = None,
+    mlflow_uri: str | None = None,
 ) -> TrainResult:
     """Train the VAE described by ``config`` into ``out_dir`` (``Trainer(...).fit()``), then write its figures.
 
@@ -467,8 +492,11 @@ def train(
             of a run that is already at ``config.epochs`` writes nothing, and says so).
         state: the checkpoint to resume, if already loaded (``pyro_vae.run_dir.resume_config`` returns it).
         model, guide: your own Pyro model and guide, trained instead of ``config.model`` (``pyro_vae.pairs``).
-        logger: "tensorboard" also logs the metrics for TensorBoard in ``out_dir/tensorboard`` (``pyro_vae.loggers``).
+        logger: "tensorboard" also logs the metrics for TensorBoard in ``out_dir/tensorboard``; "mlflow" and
+            "wandb" log the config, the metrics and the figures to an MLflow or W&B run (``pyro_vae.loggers``).
         collective_timeout: under torchrun, seconds a collective waits for the other ranks (``pyro_vae.distributed``).
+        mlflow_uri: with ``logger="mlflow"``, the tracking URI (default: ``$MLFLOW_TRACKING_URI``, else the file
+            store ``out_dir/mlruns``; ``pyro_vae.mlflow_logger``).
 
     Raises:
         UserError (one line): bad data, an unwritable ``out_dir``, another process writing into it (the
@@ -481,6 +509,7 @@ def train(
         last completed epoch's checkpoint.
     """
     options = dict(data=data, resume=resume, overwrite=overwrite, progress=progress, state=state, logger=logger)
+    options.update(mlflow_uri=mlflow_uri)
     if isinstance(out_dir, RunDir):
         return _train(config, out_dir, options, model, guide, collective_timeout, figures)
     with RunDir.lock(out_dir, "pyro-vae train") as run:  # held from the checks to the last figure
@@ -497,9 +526,13 @@ def _train(
     figures: bool,
 ) -> TrainResult:
     trainer = Trainer(config, run, **options, model=model, guide=guide, collective_timeout=collective_timeout)
-    result = trainer.fit()
-    if figures and trainer.steps_run and run.writes:  # a resume with nothing to do writes nothing
-        result.figures = write_figures(result, run)
+    result = trainer.fit(keep_logger=True)
+    try:
+        if figures and trainer.steps_run and run.writes:  # a resume with nothing to do writes nothing
+            result.figures = write_figures(result, run)
+            trainer.logger.log_figures(result.figures)
+    finally:
+        trainer.logger.close()  # training is complete, whether or not its figures could be written
     return result
 
 

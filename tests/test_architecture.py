@@ -68,6 +68,8 @@ LAYERS: list[tuple[str, ...]] = [
         "pyro_vae.ablation",
         "pyro_vae.pairs",
         "pyro_vae.loggers",
+        "pyro_vae.mlflow_logger",
+        "pyro_vae.wandb_logger",
         "pyro_vae.distributed",
         "pyro_vae.sbc",
         "pyro_vae.sbc_figures",

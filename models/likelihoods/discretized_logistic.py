@@ -12,9 +12,9 @@ with the edge bins taking the tails: P(x = 0) = sigma((delta/2 - mu) / s) and P(
 / s), so the B probabilities sum to 1. Unlike a Gaussian density on grey values, this is a probability of the
 pixel values the data actually take: log p(x|z) <= 0, and -log p(x) / (D log 2) is bits per dimension directly.
 
-[1] Kingma, Salimans, Jozefowicz, Chen, Sutskever, Welling (2016), "Improved Variational Inference with Inverse
-    Autoregressive Flow", NeurIPS (the discretised logistic likelihood).
-[2] Salimans, Karpathy, Chen, Kingma (2017), "PixelCNN++", ICLR (its edge cases at 0 and 255).
+- [1] Kingma, Salimans, Jozefowicz, Chen, Sutskever, Welling (2016), "Improved Variational Inference with Inverse
+  Autoregressive Flow", NeurIPS (the discretised logistic likelihood).
+- [2] Salimans, Karpathy, Chen, Kingma (2017), "PixelCNN++", ICLR (its edge cases at 0 and 255).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Tomczak 2018, "Hyperspherical Variational Auto-Encoders"), with the power spheri
 .. math:: p(z) = \\frac{\\Gamma(J/2)}{2 \\pi^{J/2}}, \\qquad z \\in S^{J-1},
 
 one over the sphere's surface area. The distribution is the ``power-spherical`` package's ``HypersphericalUniform``
-(De Cao & Aziz 2020), which registers the closed-form KL(power spherical || uniform) = log |S^{J-1}| - H(q); it is
+(De Cao & Aziz 2020), which registers the closed-form KL(power spherical || uniform) = ``log |S^{J-1}| - H(q)``; it is
 given Pyro's batch shapes here, as a Pyro prior needs inside the model's ``pyro.plate``.
 """
 
@@ -47,7 +47,7 @@ class UniformSphere(HypersphericalUniform, TorchDistributionMixin):
 
     @property
     def log_surface_area(self) -> float:
-        """log |S^{J-1}| = log 2 + (J/2) log pi - log Gamma(J/2)."""
+        """``log |S^{J-1}| = log 2 + (J/2) log pi - log Gamma(J/2)``."""
         j = int(self.dim)
         return math.log(2) + 0.5 * j * math.log(math.pi) - math.lgamma(0.5 * j)
 

@@ -18,7 +18,7 @@ import torch
 from pyro_vae.models.networks import as_shape, check_count, check_flag
 from torch import Tensor, nn
 
-#: q(z|x) for a batch x of shape (K, *x_shape): a distribution of batch shape (K,) and event shape (z_dim,).
+#: q(z|x) for a batch x of shape ``(K, *x_shape)``: a distribution of batch shape (K,) and event shape (z_dim,).
 Posterior = Callable[[Tensor], dist.Distribution]
 
 
@@ -48,7 +48,7 @@ class VampPrior(nn.Module):
         posterior: the guide's posterior function, called on the pseudo-inputs.
         x_shape: the shape of one example (an int D for flat data); each pseudo-input u_k has it.
         num_components: K.
-        pseudo_inputs: optional (K, *x_shape) initial values, e.g. K training images; default: uniform on
+        pseudo_inputs: optional ``(K, *x_shape)`` initial values, e.g. K training images; default: uniform on
             [0, 1], the range of pixel intensities.
         learn_weights: learn w = softmax(logits) instead of the paper's uniform w_k = 1/K.
 

@@ -15,7 +15,7 @@ from pyro_vae.config import TrainConfig
 from pyro_vae.distributed import DEFAULT_TIMEOUT_S
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation import check_collapse
-from pyro_vae.loggers import LOGGERS
+from pyro_vae.loggers import LOGGERS, check_logger, check_mlflow_uri
 from pyro_vae.ranks import is_writer, launched
 from pyro_vae.run_dir import NEW_RUN_FIX, RESUMABLE_CHANGES, RunDir, nothing_to_do, resume_config
 from pyro_vae.training import TrainResult, train
@@ -47,8 +47,16 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
         "--logger",
         choices=LOGGERS,
         default="none",
-        help="also log the metrics of every epoch for TensorBoard in DIR/tensorboard (needs the tensorboard "
-        "package; view with: tensorboard --logdir DIR) (default: none)",
+        help="also log the metrics of every epoch: tensorboard, in DIR/tensorboard (view with: tensorboard --logdir "
+        "DIR); mlflow, with the config as params and the figures as artifacts, in --mlflow-uri (default: "
+        "$MLFLOW_TRACKING_URI, else the file store DIR/mlruns); wandb, likewise, offline in DIR/wandb unless logged "
+        "in; each needs its package: pip install \"pyro-vae[NAME]\" (default: none)",
+    )
+    parser.add_argument(
+        "--mlflow-uri",
+        metavar="URI",
+        help="with --logger mlflow: the MLflow tracking URI (a server, a database or a folder; default: "
+        "$MLFLOW_TRACKING_URI, else DIR/mlruns); --resume continues the MLflow run recorded in DIR/mlflow_run.json",
     )
     parser.add_argument(
         "--collective-timeout",
@@ -65,6 +73,8 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
 
 def run(args: argparse.Namespace) -> int:
     model_opts, train_opts = given_options(args)
+    check_logger(args.logger)  # a missing package: one line before the run directory is touched
+    check_mlflow_uri(args.logger, args.mlflow_uri)
     if args.from_previous and not args.resume:
         raise UserError("--from-previous goes with --resume (it continues the run from its previous checkpoint)")
     if args.resume and args.overwrite:
@@ -82,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
             state = None
         # Ctrl-C / SIGTERM: TrainingInterrupted, a one-line message and exit 128 + signum from pyro_vae.cli.
         options = dict(resume=args.resume, progress=args.progress, overwrite=args.overwrite, state=state)
-        result = train(config, run_dir, **options, logger=args.logger, collective_timeout=args.collective_timeout)
+        options.update(logger=args.logger, mlflow_uri=args.mlflow_uri)
+        result = train(config, run_dir, **options, collective_timeout=args.collective_timeout)
     if is_writer():  # under torchrun, rank 0 speaks for the run
         print_result(result)
         warn_collapse(result)

@@ -17,9 +17,9 @@ z'_k, so every path to phi is weighted once; log q_fixed keeps its dependence on
 ``pyro_vae.estimators.detached_q``). Gradient hooks are not recorded by the JIT, so there is no jit variant.
 
 References:
-    [1] G. Tucker, D. Lawson, S. Gu, C. J. Maddison. Doubly Reparameterized Gradient Estimators for Monte
-        Carlo Objectives. ICLR 2019 (arXiv:1810.04152, 2018).
-    [2] T. Rainforth et al. Tighter Variational Bounds are Not Necessarily Better. ICML 2018.
+    - [1] G. Tucker, D. Lawson, S. Gu, C. J. Maddison. Doubly Reparameterized Gradient Estimators for Monte
+      Carlo Objectives. ICLR 2019 (arXiv:1810.04152, 2018).
+    - [2] T. Rainforth et al. Tighter Variational Bounds are Not Necessarily Better. ICML 2018.
 """
 
 from __future__ import annotations
