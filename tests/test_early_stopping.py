@@ -132,12 +132,12 @@ def test_training_stops_at_the_known_epoch_and_best_pt_is_the_best_epoch(tmp_pat
 
 def test_crash_then_resume_equals_uninterrupted_with_early_stopping(tmp_path, monkeypatch, made_curve):
     full = run(config(8, validation=200, patience=2), tmp_path / "full")
-    with power_cut_at_step(monkeypatch, 22):  # 7 steps per epoch (1597 examples, batch 256): epoch 4, step 1
+    with power_cut_at_step(monkeypatch, 22):  # 6 steps per epoch (1300 examples, batch 256): epoch 4, step 4
         run(config(8, validation=200, patience=2), tmp_path / "cut")
     assert load_checkpoint(tmp_path / "cut" / CHECKPOINT)["epoch"] == 3
     resumed = run(config(8, validation=200, patience=2), tmp_path / "cut", resume=True)
     assert (tmp_path / "cut" / "metrics.jsonl").read_text() == (tmp_path / "full" / "metrics.jsonl").read_text()
-    assert len(resumed.metrics) == 6  # the counter and best came back: it stops where the full run did
+    assert len(resumed.metrics) == len(full.metrics) == 6  # the counter and best came back: it stops where the full run did
     for name in (CHECKPOINT, BEST):
         a, b = load_checkpoint(tmp_path / "full" / name), load_checkpoint(tmp_path / "cut" / name)
         assert a["epoch"] == b["epoch"]
