@@ -137,7 +137,7 @@ def test_crash_then_resume_equals_uninterrupted_with_early_stopping(tmp_path, mo
     assert load_checkpoint(tmp_path / "cut" / CHECKPOINT)["epoch"] == 3
     resumed = run(config(8, validation=200, patience=2), tmp_path / "cut", resume=True)
     assert (tmp_path / "cut" / "metrics.jsonl").read_text() == (tmp_path / "full" / "metrics.jsonl").read_text()
-    assert len(resumed.metrics) == len(full.metrics) == 6  # the counter and best came back: it stops where the full run did
+    assert len(resumed.metrics) == len(full.metrics) == 6  # the counter and best came back: it stops there too
     for name in (CHECKPOINT, BEST):
         a, b = load_checkpoint(tmp_path / "full" / name), load_checkpoint(tmp_path / "cut" / name)
         assert a["epoch"] == b["epoch"]
