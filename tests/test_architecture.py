@@ -38,6 +38,9 @@ LAYERS: list[tuple[str, ...]] = [
         "pyro_vae.interrupts",
         "pyro_vae.bits",
         "pyro_vae.ranks",
+        "pyro_vae.presets",
+        "pyro_vae.presets.*",
+        "pyro_vae.early_stopping",
     ),
     (
         "pyro_vae.registry",
@@ -45,6 +48,7 @@ LAYERS: list[tuple[str, ...]] = [
         "pyro_vae.data",
         "pyro_vae.images",
         "pyro_vae.plugins",
+        "pyro_vae.bundle",
     ),
     (
         "pyro_vae.run_dir",
@@ -68,6 +72,7 @@ LAYERS: list[tuple[str, ...]] = [
         "pyro_vae.pairs",
         "pyro_vae.loggers",
         "pyro_vae.distributed",
+        "pyro_vae.validation",
     ),
     ("pyro_vae", "pyro_vae.__main__", "pyro_vae.cli", "pyro_vae.commands", "pyro_vae.commands.*"),
 ]
