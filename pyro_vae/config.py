@@ -547,8 +547,10 @@ class TrainConfig(_NoOldFields):
     @classmethod
     def from_options(cls, model: dict[str, Any] | None = None, train: dict[str, Any] | None = None) -> TrainConfig:
         """A config from VAEConfig fields ``model`` and TrainConfig fields ``train`` (the command line's), with
-        the paths of the user's files stored absolute, so that the run can be reloaded from any directory."""
-        return cls(model=VAEConfig(**(model or {})), **absolute_paths(train or {}))
+        the paths of the user's files stored absolute, so that the run can be reloaded from any directory. When
+        ``train`` names a ``preset``, its values are the defaults (``pyro_vae.presets.apply_preset``)."""
+        model, train = apply_preset((train or {}).get("preset"), model or {}, train or {})
+        return cls(model=VAEConfig(**model), **absolute_paths(train))
 
     @classmethod
     def from_preset(
@@ -557,7 +559,7 @@ class TrainConfig(_NoOldFields):
         """The config of the preset ``name`` (``pyro_vae.presets``) with the VAEConfig fields ``model`` and the
         TrainConfig fields ``train`` over its values: ``TrainConfig.from_preset("burda2016", train={"elbo": "iwae",
         "particles": 50})``."""
-        return cls.from_options(*apply_preset(name, model or {}, train or {}))
+        return cls.from_options(model, {**(train or {}), "preset": name})
 
     @classmethod
     def for_data(cls, data: VAEData, **options: Any) -> TrainConfig:

@@ -16,7 +16,7 @@ from pyro_vae.distributed import DEFAULT_TIMEOUT_S
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation import check_collapse
 from pyro_vae.loggers import LOGGERS
-from pyro_vae.presets import apply_preset, describe, presets
+from pyro_vae.presets import describe, presets
 from pyro_vae.ranks import is_writer, launched
 from pyro_vae.run_dir import NEW_RUN_FIX, RESUMABLE_CHANGES, RunDir, nothing_to_do, resume_config
 from pyro_vae.training import TrainResult, train
@@ -69,8 +69,6 @@ def run(args: argparse.Namespace) -> int:
     if train_opts.get("preset") == "help":
         print("\n\n".join(describe(p) for p in presets().values()))
         return 0
-    if not args.resume:  # a resumed run's config holds its preset's values already
-        model_opts, train_opts = apply_preset(train_opts.get("preset"), model_opts, train_opts)
     if args.from_previous and not args.resume:
         raise UserError("--from-previous goes with --resume (it continues the run from its previous checkpoint)")
     if args.resume and args.overwrite:
