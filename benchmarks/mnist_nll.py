@@ -23,6 +23,12 @@ Protocol (the same for every row):
     python benchmarks/mnist_nll.py --out runs/mnist-nll --rows mlp-vamp-meanfield --cpu-minutes 30   # go on
     python benchmarks/mnist_nll.py --out runs/mnist-nll --report        # the table and curves from disk only
 
+Rows by preset (``PRESET_ROWS``; asked for by name, ``--rows burda2016-vae``): ``burda2016-vae``,
+``burda2016-iwae5``, ``burda2016-iwae50`` (``--preset burda2016`` with the ELBO, IWAE k = 5 and k = 50: batch 20, the
+3^i-epoch schedule, 59,600 training images) against Burda et al.'s -86.76 / -85.54 / -84.78, and
+``tomczak2018-vamp`` (``--preset tomczak2018``: gated layers, VampPrior K = 500, warm-up, early stopping on 10,000
+validation images) against Tomczak & Welling's -85.57. Their protocol is the preset's, not the one above.
+
 It prints a markdown table (epochs, CPU minutes, test ELBO, test log p(x) +- SE, the anchor and the distance to
 it, and the epochs a fitted learning curve says are still needed to reach the anchor) and writes OUT/results.json
 and OUT/curves.png (test ELBO per epoch, anchors dashed). The remaining-epochs estimate fits
