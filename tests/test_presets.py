@@ -61,5 +61,8 @@ def test_preset_help_and_unknown_preset(tmp_path, capsys):
     assert main(["train", "--preset", "help", "--out", str(tmp_path / "x")]) == 0
     text = capsys.readouterr().out
     assert all(name in text for name in presets()) and "yburda/iwae" in text and "-84.78" in text
+    assert main(["presets", "tomczak2018"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("tomczak2018:") and "burda2016" not in text and "jmtomczak/vae_vampprior" in text
     assert main(["train", "--preset", "nope", "--out", str(tmp_path / "x")]) == 2
     assert "unknown preset 'nope'" in capsys.readouterr().err

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from pyro_vae.commands import compare_estimators, evaluate, export, kl_ablation, plot, train
+from pyro_vae.commands import compare_estimators, evaluate, export, kl_ablation, plot, presets, train
 
 COMMANDS: dict[str, ModuleType] = {
     "train": train,
@@ -16,4 +16,5 @@ COMMANDS: dict[str, ModuleType] = {
     "evaluate": evaluate,
     "compare-estimators": compare_estimators,
     "export": export,
+    "presets": presets,
 }
