@@ -145,6 +145,18 @@ def test_crash_then_resume_equals_uninterrupted_with_early_stopping(tmp_path, mo
             assert torch.equal(a["model"][k], b["model"][k])
 
 
+def test_crash_then_resume_with_the_real_validation_elbo(tmp_path, monkeypatch):
+    # The validation ELBO draws z from the training random stream: a resume restores it, so the records agree.
+    cfg = config(4, validation=200, validation_split="random", patience=3)
+    run(cfg, tmp_path / "full")
+    with power_cut_at_step(monkeypatch, 15):  # 6 steps per epoch: epoch 3, step 3
+        run(cfg, tmp_path / "cut")
+    run(cfg, tmp_path / "cut", resume=True)
+    assert (tmp_path / "cut" / "metrics.jsonl").read_text() == (tmp_path / "full" / "metrics.jsonl").read_text()
+    a, b = load_checkpoint(tmp_path / "full" / BEST), load_checkpoint(tmp_path / "cut" / BEST)
+    assert a["epoch"] == b["epoch"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
 def test_real_validation_elbo_is_recorded_and_held_out(tmp_path):
     result = run(config(2, validation=300, validation_split="last", lr_schedule="burda"), tmp_path / "v")
     assert result.data.train_x.shape[0] == load_data("digits").train_x.shape[0] - 300  # not trained on
