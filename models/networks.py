@@ -8,6 +8,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+#: The hidden activations an MLP may have (``activation`` option of the mlp encoder and decoder): softplus, the
+#: project's default; tanh, as in Burda et al. 2016; relu, as in pythae's reproductions.
+ACTIVATIONS: dict[str, type[nn.Module]] = {"softplus": nn.Softplus, "tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+def check_activation(value: object, name: str = "activation") -> None:
+    """ValueError (one line) unless ``value`` names one of ``ACTIVATIONS``."""
+    if value not in ACTIVATIONS:
+        raise ValueError(f"{name} must be one of {', '.join(ACTIVATIONS)}, got {value!r}")
+
 
 def mlp(
     in_dim: int,

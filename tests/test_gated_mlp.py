@@ -1,5 +1,6 @@
-"""The gated dense layers of Tomczak & Welling 2018 (``--encoder gated-mlp``, ``--decoder gated-mlp``): the layer
-against its formula written out, the networks' shapes, and a VampPrior VAE built and trained with them."""
+"""The gated dense layers of Tomczak & Welling 2018 (``--encoder gated-mlp``, ``--decoder gated-mlp``) and the MLP's
+``activation`` option (tanh, relu), each against its formula written out; the networks' shapes, and a VampPrior VAE
+built and trained with the gated layers."""
 
 from __future__ import annotations
 
@@ -31,3 +32,17 @@ def test_gated_networks_build_and_train_with_the_vamp_prior(tmp_path):
     result = train(cfg, tmp_path / "run", progress=False, figures=False)
     elbos = [r["test_elbo"] for r in result.metrics]
     assert elbos[-1] > elbos[0]  # it learns: the test ELBO rises over 3 epochs
+
+
+def test_mlp_activation_option_tanh_and_relu_by_hand():
+    torch.manual_seed(1)
+    config = VAEConfig(
+        x_dim=4, z_dim=2, hidden=(3,), options={"decoder": {"activation": "tanh"}, "encoder": {"activation": "relu"}}
+    )
+    model, guide = build(config)
+    z, x = torch.randn(5, 2), torch.rand(5, 4)
+    first, last = model.decoder.net[0], model.decoder.net[2]
+    by_hand = torch.tanh(z @ first.weight.T + first.bias) @ last.weight.T + last.bias  # Burda et al.'s tanh units
+    assert torch.allclose(model.decoder(z), by_hand, rtol=1e-6, atol=1e-7)
+    layer = guide.encoder.net[0]
+    assert torch.equal(guide.encoder(x), torch.clamp(x @ layer.weight.T + layer.bias, min=0))  # relu

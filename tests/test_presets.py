@@ -18,6 +18,7 @@ def test_burda2016_sets_the_papers_values_and_flags_override():
     # Burda et al. 2016, Sec. 5 / the authors' code: 2 x 200 hidden, 50 latents, batch 20, Adam eps 1e-4, the 3^i
     # schedule from 1e-3, the last 400 of the 60,000 training images held out.
     assert (config.model.z_dim, config.model.hidden, config.batch_size) == (50, (200, 200), 20)
+    assert config.model.options == {"encoder": {"activation": "tanh"}, "decoder": {"activation": "tanh"}}
     assert (config.lr, config.lr_schedule, config.adam_eps) == (1e-3, "burda", 1e-4)
     assert (config.validation, config.validation_split, config.dataset) == (400, "last", "mnist")
     assert (config.elbo, config.particles, config.epochs, config.preset) == ("iwae", 50, 3, "burda2016")

@@ -10,7 +10,14 @@ PRESET = Preset(
         "encoder and decoder, Adam, seed 123), configs/binary_mnist/vae/vae_config.json (latent_dim 40, bce), "
         "README.md (NLL with 200 importance samples: 89.78, reference 89.9)"
     ),
-    model={"z_dim": 40, "hidden": (400,), "prior": "standard", "likelihood": "bernoulli", "guide": "normal"},
+    model={
+        "z_dim": 40,
+        "hidden": (400,),
+        "prior": "standard",
+        "likelihood": "bernoulli",
+        "guide": "normal",
+        "options": {"encoder": {"activation": "relu"}, "decoder": {"activation": "relu"}},
+    },
     # batch 100, lr 1e-4 and 2000 epochs: configs/binary_mnist/vamp/base_training_config.json (the VAE's own
     # training config is not in the repository snapshot read).
     train={
@@ -27,7 +34,6 @@ PRESET = Preset(
     deviations=(
         "dynamically binarised MNIST with the last 10,000 training images held out; pythae uses the fixed "
         "binarisation of Larochelle & Murray 2011 (50,000 / 10,000 / 10,000), which is not a built-in data set here",
-        "softplus hidden units (the project's MLP), not ReLU",
         "constant learning rate; pythae's MultiStepLR (x 10^(-1/5) at epochs 200, 350, 500, 750, 1000) is not a "
         "schedule of this project",
     ),
