@@ -14,7 +14,7 @@ from torch import Tensor, nn
 class MLPDecoderOptions(HiddenOptions):
     """Fields:
     hidden: hidden widths of the MLP decoder; none at all makes it affine (None: the VAEConfig's hidden).
-    activation: the hidden units' nonlinearity: softplus, tanh (Burda et al. 2016) or relu (pythae).
+    activation: the nonlinearity of the MLP decoder's hidden units: softplus, tanh (Burda et al. 2016) or relu (pythae).
     """
 
     activation: Literal["softplus", "tanh", "relu"] = "softplus"
