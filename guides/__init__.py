@@ -4,6 +4,8 @@ Installed as ``pyro_vae.guides``. Nothing here imports the rest of ``pyro_vae`` 
 building blocks of ``pyro_vae.models`` (``tests/test_architecture.py`` checks it).
 """
 
+from pyro_vae.guides.bernoulli import BernoulliGuide
+from pyro_vae.guides.categorical import CategoricalGuide, CategoricalGuideOptions
 from pyro_vae.guides.encoders import MLPEncoder
 from pyro_vae.guides.fullcov import FullCovarianceGuide
 from pyro_vae.guides.iaf import FlowPosterior, IAFGuide, IAFOptions
@@ -12,6 +14,9 @@ from pyro_vae.guides.power_spherical import PowerSpherical, PowerSphericalGuide
 
 __all__ = [
     "MIN_SCALE",
+    "BernoulliGuide",
+    "CategoricalGuide",
+    "CategoricalGuideOptions",
     "FlowPosterior",
     "FullCovarianceGuide",
     "IAFGuide",

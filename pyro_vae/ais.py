@@ -231,6 +231,7 @@ def ais(
     """Forward AIS from ``options.start`` (prior or guide) to the posterior of every example of ``x``."""
     options = options or AISOptions()
     densities = Densities.of(model, guide, x)
+    densities.refuse_discrete("AIS (and BDMC)", "drop --ais and --bdmc; importance sampling (log p(x)) handles it")
     with frozen_parameters(model, guide):
         with torch.no_grad():
             if options.start == "prior":

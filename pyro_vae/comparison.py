@@ -41,8 +41,11 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO
+from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
+from pyro_vae.config import REPARAMETERISED_ONLY
+from pyro_vae.errors import UserError
 from pyro_vae.estimators import ESTIMATORS, make_elbo
 from pyro_vae.estimators.detached_q import modules_of
 from pyro_vae.importance import importance_sample
@@ -54,6 +57,7 @@ __all__ = [
     "EstimatorStats",
     "GradientDraws",
     "ParameterSplitWarning",
+    "check_estimators_for_guide",
     "compare_estimators",
     "draw_gradients",
     "estimator_stats",
@@ -199,6 +203,35 @@ def draw_gradients(
     return GradientDraws(torch.tensor(values), torch.stack(enc), torch.stack(dec), torch.tensor(seconds))
 
 
+def discrete_guide_sites(guide: Callable[..., Any], x: Tensor) -> list[str]:
+    """The guide's latent sites without a reparameterised sampler (discrete, or marked for enumeration), as
+    "'name' (distribution)"."""
+    devices = [x.device] if x.device.type == "cuda" else []
+    with poutine.block(), torch.no_grad(), torch.random.fork_rng(devices=devices):  # the caller's draws unchanged
+        trace = poutine.trace(guide).get_trace(x)
+    return [
+        f"{name!r} ({type(site['fn']).__name__}{', marked for enumeration' if site['infer'].get('enumerate') else ''})"
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample"
+        and not site["is_observed"]
+        and not site_is_subsample(site)
+        and not getattr(site["fn"], "has_rsample", True)
+    ]
+
+
+def check_estimators_for_guide(guide: Callable[..., Any], x: Tensor, names: Sequence[str]) -> None:
+    """One-line ``UserError`` when one of the estimators ``names`` needs a reparameterised guide (``REPARAMETERISED_
+    ONLY``, or its ``jit-`` form) and the guide has a discrete or enumerated site (``discrete_guide_sites``)."""
+    refused = [n for n in names if (n[4:] if n.startswith("jit-") else n) in REPARAMETERISED_ONLY]
+    sites = discrete_guide_sites(guide, x) if refused else []
+    if sites:
+        raise UserError(
+            f"estimator(s) {', '.join(refused)} need a reparameterised guide, but guide site {', '.join(sites)} has no "
+            "reparameterised sampler: compare estimators with score-function gradients (docs/estimators.md, "
+            "'Supported latents')"
+        )
+
+
 def estimator_stats(
     name: str,
     elbo: ELBO,
@@ -220,7 +253,11 @@ def estimator_stats(
     encoder, decoder = params if params is not None else split_parameters(model, guide, x)
     pyro.set_rng_seed(seed)
     k = int(elbo.num_particles)
-    draws = draw_gradients(elbo, model, guide, x, encoder, decoder, num_draws, progress, f"{name}, K={k}")
+    try:
+        draws = draw_gradients(elbo, model, guide, x, encoder, decoder, num_draws, progress, f"{name}, K={k}")
+    except NotImplementedError as err:  # Pyro's way of saying an ELBO does not handle a site (a discrete one, ...)
+        said = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"estimator {name!r} cannot run on this model and guide: Pyro says {said!r}") from None
     var_e, snr_e = _group_stats(draws.encoder)
     var_d, snr_d = _group_stats(draws.decoder)
     enc_corrected, enc_low, enc_high = snr_bootstrap(draws.encoder, seed=seed)
@@ -280,6 +317,7 @@ def compare_estimators(
     that split cannot be made (one ``pyro.module`` holding both networks), a ``ParameterSplitWarning`` says so
     and the statistics are over all parameters together, in the encoder columns.
     """
+    check_estimators_for_guide(guide, x, list(estimators))
     params = resolve_parameter_groups(model, guide, x, encoder_params, decoder_params, warn=True)[:2]
     if log_px is None:
         pyro.set_rng_seed(seed)
@@ -346,6 +384,7 @@ def snr_versus_particles(
     log_px_stderr: float = 0.0,
 ) -> list[EstimatorStats]:
     """Rows for each estimator in ``names`` at each K in ``particles`` (Rainforth et al. 2018, fig. 1)."""
+    check_estimators_for_guide(guide, x, list(names))
     params = params if params is not None else resolve_parameter_groups(model, guide, x, warn=True)[:2]
     return [
         estimator_stats(

@@ -20,10 +20,40 @@ from pyro_vae.data import BUILTIN_DATASETS, check_data_options, load_data
 from pyro_vae.errors import UserError
 from pyro_vae.estimators import ESTIMATORS
 from pyro_vae.presets import apply_preset, get_preset
-from pyro_vae.registry import COMPONENTS, check_combination
+from pyro_vae.registry import COMPONENTS, DISCRETE_LATENTS, GUIDES, check_combination
 
 if TYPE_CHECKING:
     from pyro_vae.data import VAEData
+
+
+#: The estimators whose gradient assumes a reparameterised guide (z = g(eps, x)): with a discrete guide they would
+#: train on a wrong or needlessly noisy gradient, so ``TrainConfig`` refuses them (docs/estimators.md, "Supported
+#: latents"). Pyro's TraceMeanField_ELBO drops the score-function term of the reconstruction (biased encoder
+#: gradient; with validation on it raises NotImplementedError); the project's iwae, renyi, stl and dreg differentiate
+#: through z; Pyro's Trace_ELBO adds the plain score-function term with no baseline or Rao-Blackwellisation (unbiased
+#: but very noisy): the discrete estimators do that job with variance reduction.
+REPARAMETERISED_ONLY = ("trace", "meanfield", "iwae", "renyi", "stl", "dreg")
+#: What the refusal suggests, in this order, when they are registered (pyro_vae.estimators of the discrete branch).
+DISCRETE_ESTIMATORS = ("enum", "reinforce", "vimco", "rws", "relaxed", "disarm", "tvo")
+
+
+def check_estimator_for_guide(elbo: str, guide: str) -> None:
+    """One-line ``UserError`` when ``elbo`` (or its ``jit-`` form) needs a reparameterised guide and ``guide`` samples
+    discrete z (its registry ``latent`` is one of ``DISCRETE_LATENTS``), naming the estimators that can train it."""
+    spec = GUIDES[guide] if guide in GUIDES else None
+    base = elbo[4:] if elbo.startswith("jit-") else elbo
+    if spec is None or spec.latent not in DISCRETE_LATENTS or base not in REPARAMETERISED_ONLY:
+        return
+    usable = [n for n in DISCRETE_ESTIMATORS if n in ESTIMATORS]
+    usable += [n for n in ESTIMATORS if n not in REPARAMETERISED_ONLY and n not in usable]
+    if usable:
+        use = f"use --elbo {' or '.join(usable) if len(usable) < 3 else ', '.join(usable[:-1]) + ' or ' + usable[-1]}"
+    else:
+        use = (
+            "register an estimator with score-function gradients, e.g. "
+            "pyro_vae.register_estimator('tracegraph', pyro.infer.TraceGraph_ELBO), and use --elbo tracegraph"
+        )
+    raise UserError(f"estimator {elbo!r} needs a reparameterised guide; guide {guide!r} samples discrete z: {use}")
 
 
 #: The learning-rate schedules of ``TrainConfig.lr_schedule`` (``pyro_vae.step.make_scheduler``).
@@ -411,6 +441,7 @@ class TrainConfig(_NoOldFields):
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}")
         ESTIMATORS[self.elbo].check(jit=self.jit)
+        check_estimator_for_guide(self.elbo, self.model.guide)
         if not isinstance(self.plugins, dict) or not all(isinstance(v, str) for v in self.plugins.values()):
             raise UserError(f"plugins must map components to their modules or files, got {self.plugins!r}")
 

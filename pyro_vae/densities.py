@@ -21,10 +21,18 @@ from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 from torch.distributions import biject_to
 
+from pyro_vae.errors import UserError
 from pyro_vae.estimators.detached_q import latent_sites
 from pyro_vae.estimators.log_weights import PARTICLE_PLATE, guess_plate_nesting, per_example_log_density
 
 Values = dict[str, Tensor]
+
+
+def _base_name(d: Any) -> str:
+    """The name of a distribution, through ``Independent`` (``.to_event``) wrappers."""
+    while isinstance(d, torch.distributions.Independent):
+        d = d.base_dist
+    return type(d).__name__
 
 
 @dataclass
@@ -36,6 +44,7 @@ class Densities:
         x: the batch (N, ...).
         nesting: the number of plates model and guide use (the particle plate goes left of them).
         sites: the guide's latent site names, in order.
+        discrete: "name (distribution)" of each of those sites whose values are discrete (Bernoulli, one-hot, ...).
     """
 
     model: Callable[..., Any]
@@ -43,13 +52,30 @@ class Densities:
     x: Tensor
     nesting: int
     sites: tuple[str, ...]
+    discrete: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, model: Callable[..., Any], guide: Callable[..., Any], x: Tensor) -> Densities:
         nesting = guess_plate_nesting(model, guide, (x,), {})
         with poutine.block(), torch.no_grad():
             trace = poutine.trace(guide).get_trace(x)
-        return cls(model, guide, x, nesting, tuple(latent_sites(trace)))
+        sites = latent_sites(trace)
+        discrete = tuple(
+            f"{name!r} ({_base_name(site['fn'])})"
+            for name, site in sites.items()
+            if getattr(site["fn"].support, "is_discrete", False)
+        )
+        return cls(model, guide, x, nesting, tuple(sites), discrete)
+
+    def refuse_discrete(self, what: str, instead: str) -> None:
+        """One-line ``UserError`` naming the discrete latent sites, when there are any: ``what`` needs continuous
+        latents (it follows gradients in z); ``instead`` says what to use."""
+        if self.discrete:
+            sites = ", ".join(self.discrete)
+            raise UserError(
+                f"{what} needs continuous latents (it follows gradients in z); guide site {sites} is "
+                f"discrete: {instead}"
+            )
 
     def _plate(self, size: int) -> pyro.plate:
         return pyro.plate(PARTICLE_PLATE, size, dim=-(self.nesting + 1))

@@ -21,7 +21,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
-from torch.distributions import kl_divergence
+from torch.distributions import Independent, kl_divergence
 
 from pyro_vae.kl_check import ANALYTIC, MONTE_CARLO
 
@@ -183,15 +183,41 @@ def latent_means(guide: Callable[..., Any], x: Tensor, batch_size: int = 4096) -
     return torch.cat(means).cpu()
 
 
+def is_discrete(q: Any) -> bool:
+    """Whether the distribution ``q`` samples discrete values (its support is discrete: Bernoulli, one-hot, ...)."""
+    return bool(getattr(getattr(q, "support", None), "is_discrete", False))
+
+
+def representative_code(q: Any) -> Tensor:
+    """The z that stands for q(z|x) when decoding one reconstruction: E_q[z] for a continuous q; for a discrete q
+    its most probable value (the mean of a Bernoulli is a probability the decoder never sees as input)."""
+    if not is_discrete(q):
+        return q.mean
+    base = q.base_dist if isinstance(q, Independent) else q
+    if isinstance(base, torch.distributions.Bernoulli):
+        return (q.mean > 0.5).to(q.mean.dtype)  # ties (p = 1/2) go to 0; the mode is then not unique anyway
+    return q.mode
+
+
+def latent_codes(guide: Callable[..., Any], x: Tensor, batch_size: int = 4096) -> Tensor:
+    """``representative_code`` of q(z|x) for each row of x (N, z_dim), on the CPU: E_q[z|x] for a continuous guide,
+    the most probable z for a discrete one (``guide.posterior``; a guide without it: ``latent_means``)."""
+    if not hasattr(guide, "posterior"):
+        return latent_means(guide, x, batch_size)
+    with torch.no_grad():
+        return torch.cat([representative_code(guide.posterior(xb)) for xb in x.split(batch_size)]).cpu()
+
+
 @torch.no_grad()
 def reconstruction_error(model: torch.nn.Module, guide: torch.nn.Module, x: Tensor, batch_size: int = 4096) -> float:
-    """The blog's reconstruction loss: (1/N) sum_i ||x_i - x_hat_i||^2, x_hat_i = E[x | z = E_q[z|x_i]].
+    """The blog's reconstruction loss: (1/N) sum_i ||x_i - x_hat_i||^2, x_hat_i = E[x | z = E_q[z|x_i]] (for a
+    discrete guide, z = the most probable code: ``latent_codes``).
 
     Summed over pixels, averaged over examples; ``x`` is the data as the model sees it (for a Bernoulli
     likelihood, the fixed binarisation of the test set, ``VAEData.test_x_eval``).
     """
     total = 0.0
     for xb in x.split(batch_size):
-        x_hat = model.decode_mean(latent_means(guide, xb).to(xb.device))
+        x_hat = model.decode_mean(latent_codes(guide, xb).to(xb.device))
         total += ((xb - x_hat) ** 2).sum().item()
     return total / x.shape[0]

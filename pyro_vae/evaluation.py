@@ -87,15 +87,18 @@ def kl_per_dimension(
             try:
                 kl = kl_divergence(q.base_dist, p.base_dist)
             except NotImplementedError:
-                z = q.base_dist.rsample((num_samples,))
+                z = q.base_dist.sample((num_samples,))
                 kl = (q.base_dist.log_prob(z) - p.base_dist.log_prob(z)).mean(0)
             kl = kl.reshape(x.shape[0], -1).mean(0)
             per_dim.append(kl)
             total += float(kl.sum())
         else:
             factorised = False
-            z = q.rsample((num_samples,))
-            total += float((q.log_prob(z) - p.log_prob(z)).mean())
+            try:  # analytic where registered (the one-hot latents' sum over variables), else Monte Carlo
+                total += float(kl_divergence(q, p).mean())
+            except NotImplementedError:
+                z = q.sample((num_samples,))  # no gradient is needed here, so discrete q (no rsample) is fine too
+                total += float((q.log_prob(z) - p.log_prob(z)).mean())
     return (torch.cat(per_dim) if factorised and per_dim else None), total
 
 

@@ -6,6 +6,10 @@
 - ``latent.png``: the test set's encoder means coloured by label (a PCA projection when z_dim > 2);
 - ``manifold.png`` (z_dim = 2): decodings over a regular grid spanning the region the test set's
   encoder means occupy (min to max on each axis, printed on the figure), as in the blog's figures;
+- for a discrete guide (bernoulli, categorical) instead: ``codes.png``, the decodings of every value z can take when
+  there are at most ``MAX_CODES`` (all 2^J binary codes; all C^D one-hot codes), as a continuous grid over
+  {0,1}^2 would decode points the decoder never sees; ``latent.png`` then shows the encoder's probabilities
+  E_q[z|x] = q(z_j = 1 | x), which do vary continuously, and reconstructions decode the most probable code;
 - for z on the sphere S^1 or S^2 instead, ``latent_sphere.png`` and ``manifold_sphere.png``
   (``pyro_vae.sphere_figures``).
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 import io
 import math
 import textwrap
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +44,7 @@ from torch import Tensor
 from pyro_vae.atomic import write_bytes_atomic
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import VAEData
-from pyro_vae.elbo_terms import latent_means
+from pyro_vae.elbo_terms import is_discrete, latent_codes, latent_means
 from pyro_vae.pairs import as_pair
 from pyro_vae.run_dir import load_run
 from pyro_vae.sphere_figures import sphere_figures
@@ -50,6 +55,8 @@ GRID_SIZE = 15
 SAMPLE_SEED = 0
 #: At most this many codes are drawn in a latent scatter (a random subset, with a fixed seed, beyond it).
 MAX_POINTS = 2000
+#: codes.png shows every code of a discrete latent space of at most this many values (2^8 binary codes).
+MAX_CODES = 256
 
 
 def image_grid(images: Tensor, image_shape: Sequence[int], nrow: int, padding: int = 1) -> np.ndarray:
@@ -302,7 +309,7 @@ def _reconstructions(
     model: torch.nn.Module, guide: torch.nn.Module, data: VAEData, seen: Tensor, out: Path, caption: str | None
 ) -> Path:
     k, shape = seen.shape[0], data.display_shape
-    recon = model.decode_mean(latent_means(guide, seen).to(seen.device))
+    recon = model.decode_mean(latent_codes(guide, seen).to(seen.device))
     rows = [data.test_x[:k]] + ([seen] if data.binarize else []) + [recon]
     names = ["input"] + (["binarised"] if data.binarize else []) + ["reconstruction"]
     fig = Figure(figsize=(max(6.0, 1.0 * k), 1.1 * len(rows) + 0.4))
@@ -310,7 +317,8 @@ def _reconstructions(
     show_images(ax, image_grid(torch.cat(rows), shape, nrow=k))
     ax.set_xticks([])
     ax.set_yticks([(i + 0.5) * (shape[1] + 1) for i in range(len(rows))], names)
-    ax.set_title("test images and reconstructions E[x | z = E_q[z|x]]", fontsize=9)
+    code = "the most probable z" if _discrete_guide(guide, seen) else "E_q[z|x]"
+    ax.set_title(f"test images and reconstructions E[x | z = {code}]", fontsize=9)
     add_caption(fig, caption)
     return save(fig, out / "reconstructions.png")
 
@@ -349,20 +357,69 @@ def _curves_latent_manifold(
         written.append(save(fig, out / "curves.png"))
 
     means = latent_means(guide, data.test_x_eval)
+    discrete = _discrete_guide(guide, data.test_x_eval[:1])
     fig = Figure(figsize=(5.5, 4.8))
-    plot_latent(fig.add_subplot(), means, data.test_y, "test set: encoder means E_q[z|x]")
+    what = "encoder probabilities E_q[z|x] = q(z_j = 1 | x)" if discrete else "encoder means E_q[z|x]"
+    plot_latent(fig.add_subplot(), means, data.test_y, f"test set: {what}")
     add_caption(fig, caption)
     written.append(save(fig, out / "latent.png"))
 
     on_sphere = decodes and hasattr(guide, "posterior")  # a pair of your own may have no q(z|x) to ask
     spherical = sphere_figures(model, guide, data, out, grid_size) if on_sphere else []  # [] unless z is on S^1, S^2
     written += spherical
-    if means.shape[1] == 2 and decodes and not spherical:
+    if discrete:
+        codes = _all_codes(guide, data.test_x_eval[:1]) if decodes else None
+        if codes is None and decodes:  # said, so that a missing figure is not a surprise
+            warnings.warn(
+                f"codes.png not drawn: the discrete latent space has more than {MAX_CODES} codes; samples.png shows "
+                "decoded samples of the prior",
+                stacklevel=2,
+            )
+        if codes is not None:
+            fig = Figure(figsize=(6, 6))
+            plot_codes(fig.add_subplot(), model, codes, data.display_shape)
+            add_caption(fig, caption)
+            written.append(save(fig, out / "codes.png"))
+    elif means.shape[1] == 2 and decodes and not spherical:
         fig = Figure(figsize=(6, 6))
         plot_manifold(fig.add_subplot(), model, latent_ranges(means), data.display_shape, grid_size)
         add_caption(fig, caption)
         written.append(save(fig, out / "manifold.png"))
     return written
+
+
+def _discrete_guide(guide: torch.nn.Module, x: Tensor) -> bool:
+    return hasattr(guide, "posterior") and is_discrete(guide.posterior(x))
+
+
+def _all_codes(guide: torch.nn.Module, x: Tensor) -> Tensor | None:
+    """Every value of q(z|x)'s discrete support, (M, z_dim), when there are at most ``MAX_CODES``; else None."""
+    q = guide.posterior(x[:1])
+    base = q.base_dist if isinstance(q, torch.distributions.Independent) else q
+    if isinstance(base, torch.distributions.Bernoulli):
+        j = q.event_shape[-1]
+        if 2**j > MAX_CODES:
+            return None
+        return torch.cartesian_prod(*[torch.tensor([0.0, 1.0])] * j).reshape(-1, j).to(x)
+    try:
+        support = q.enumerate_support(expand=False)
+    except NotImplementedError:
+        return None
+    return support.reshape(support.shape[0], -1) if support.shape[0] <= MAX_CODES else None
+
+
+def plot_codes(ax: Axes, model: torch.nn.Module, codes: Tensor, image_shape: Sequence[int]) -> Tensor:
+    """Show E[x|z] for each code z (rows of ``codes``, in their order: the first coordinate varies slowest) in a
+    square grid; return the decoded images."""
+    images = model.decode_mean(codes)
+    nrow = math.ceil(math.sqrt(codes.shape[0]))
+    show_images(ax, image_grid(images.cpu(), image_shape, nrow=nrow, padding=1))
+    ax.axis("off")
+    ax.set_title(
+        f"E[x|z] for all {codes.shape[0]} codes z of the discrete latent space, row by row (first coordinate slowest)",
+        fontsize=9,
+    )
+    return images
 
 
 def plot_run(out_dir: str | Path, device: str = "cpu") -> list[Path]:

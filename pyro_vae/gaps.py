@@ -274,6 +274,11 @@ def local_optimisation_gaps(
     """Per-example log p(x), ELBO(q*) and ELBO(q_enc) (see the module doc); ``log_px`` (with its standard errors
     ``log_px_stderr``, default 0) replaces the IS estimate."""
     options = options or GapOptions()
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):  # the draws stay as they were
+        densities = Densities.of(model, guide, x[: options.batch_size])
+    densities.refuse_discrete(
+        "the inference gaps' local optimisation (a reparameterised ELBO per example)", "drop --gaps"
+    )
     parts: dict[str, list[Tensor]] = {f: [] for f in InferenceGaps.__dataclass_fields__}
     with progress_bar(x.shape[0] * options.num_steps, "inference gaps", progress, unit="step") as bar:
         for start in range(0, x.shape[0], options.batch_size):

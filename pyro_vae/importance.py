@@ -28,10 +28,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyro
+import pyro.poutine as poutine
 import torch
 from pyro.infer.util import is_validation_enabled
+from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
+from pyro_vae.errors import UserError
 from pyro_vae.estimators.log_weights import guess_plate_nesting, per_example_log_weights
 from pyro_vae.progress import progress_bar
 
@@ -101,6 +104,31 @@ def _chunks(num_samples: int, chunk: int, marks: Sequence[int]) -> list[int]:
     return sizes
 
 
+def check_weighable(model: Callable[..., Any], guide: Callable[..., Any], x: Tensor) -> None:
+    """One-line ``UserError`` for a latent site of the model that the guide does not sample (one marked
+    ``infer={"enumerate": ...}`` for ``TraceEnum_ELBO`` to sum out, as the model's y of Pyro's ss_vae_M2 when the
+    guide leaves it out): the replayed model would draw it from its prior and the weight would count p(y) without
+    q(y|x), a wrong log p(x). Discrete sites that the guide samples, enumerated or not, are weighed like any other:
+    z ~ q, w = p(x, z) / q(z|x) is an unbiased estimate of p(x) whatever z's space (Burda et al. 2015)."""
+    # On a forked random stream: checking must not change the draws of the estimate that follows.
+    devices = [x.device] if x.device.type == "cuda" else []
+    with poutine.block(), torch.no_grad(), torch.random.fork_rng(devices=devices):
+        guide_trace = poutine.trace(guide).get_trace(x)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+    for name, site in model_trace.nodes.items():
+        latent = site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+        if latent and name not in guide_trace.nodes:
+            how = (
+                f"marked infer={{'enumerate': {site['infer']['enumerate']!r}}} to be summed out by TraceEnum_ELBO"
+                if site["infer"].get("enumerate")
+                else "not in the guide"
+            )
+            raise UserError(
+                f"importance sampling of log p(x) needs the guide to sample every latent site, but model site {name!r} "
+                f"is {how}, which it does not do: sample {name!r} in the guide (q({name}|x)) to evaluate this model"
+            )
+
+
 @torch.no_grad()
 def importance_sample(
     model: Callable[..., Any],
@@ -124,6 +152,7 @@ def importance_sample(
     block = min(n, max(1, max_rows // min(num_samples, MIN_CHUNK)))
     chunk = max(1, min(num_samples, max_rows // block))
     sizes = _chunks(num_samples, chunk, sweep)
+    check_weighable(model, guide, x[:block])
     nesting = guess_plate_nesting(model, guide, (x[:block],), {})
     validate = is_validation_enabled()
     parts: dict[str, list[Tensor]] = {"lse": [], "lse2": [], "total": []}

@@ -30,7 +30,17 @@ from typing import Any, Protocol
 from torch import nn
 
 from pyro_vae.errors import UserError
-from pyro_vae.guides import FullCovarianceGuide, IAFGuide, IAFOptions, MLPEncoder, NormalGuide, PowerSphericalGuide
+from pyro_vae.guides import (
+    BernoulliGuide,
+    CategoricalGuide,
+    CategoricalGuideOptions,
+    FullCovarianceGuide,
+    IAFGuide,
+    IAFOptions,
+    MLPEncoder,
+    NormalGuide,
+    PowerSphericalGuide,
+)
 from pyro_vae.guides.encoders import ConvEncoder, ConvEncoderOptions, MLPEncoderOptions
 from pyro_vae.guides.encoders.gated_mlp import GatedMLPEncoder, GatedMLPEncoderOptions
 from pyro_vae.models import VAEModel
@@ -47,6 +57,10 @@ from pyro_vae.models.likelihoods import (
     LearnedGaussianOptions,
 )
 from pyro_vae.models.priors import (
+    BernoulliPrior,
+    BernoulliPriorOptions,
+    CategoricalPrior,
+    CategoricalPriorOptions,
     FlowPrior,
     FlowPriorOptions,
     GaussianPrior,
@@ -85,7 +99,15 @@ def widths(config: ModelSpec, options: Any) -> tuple[int, ...]:
 
 
 #: Where z may live, as a component declares it (``Component(latent=...)``), and how messages name it.
-LATENT_SPACES = {"real": "R^J", "sphere": "the unit sphere S^(J-1) in R^J"}
+LATENT_SPACES = {
+    "real": "R^J",
+    "sphere": "the unit sphere S^(J-1) in R^J",
+    "binary": "the binary vectors {0,1}^J",
+    "onehot": "D one-hot codes of C classes, J = D*C",
+}
+#: The latent spaces whose samples are discrete: no reparameterised gradient through z (pyro_vae.config refuses the
+#: reparameterised-only estimators for a guide there), no HMC (AIS refuses them).
+DISCRETE_LATENTS = ("binary", "onehot")
 
 
 @dataclass(frozen=True)
@@ -190,6 +212,18 @@ PRIORS = _registry(
         "uniform-sphere": Component(
             lambda c: UniformSpherePrior(c.z_dim), "uniform on the sphere S^(J-1)", latent="sphere", min_z_dim=2
         ),
+        "bernoulli": Component(
+            lambda c, options: BernoulliPrior(c.z_dim, options.probs, learnable=options.learn),
+            "factorised Bernoulli on z in {0,1}^J, --prior-probs, --prior-learn",
+            options=BernoulliPriorOptions,
+            latent="binary",
+        ),
+        "categorical": Component(
+            lambda c, options: CategoricalPrior(c.z_dim, options.classes, learnable=options.learn),
+            "J/C one-hot categoricals of C = --prior-classes classes (uniform unless --prior-learn)",
+            options=CategoricalPriorOptions,
+            latent="onehot",
+        ),
     },
 )
 
@@ -285,6 +319,17 @@ GUIDES = _registry(
             latent="sphere",
             min_z_dim=2,
         ),
+        "bernoulli": Component(
+            lambda c, encoder: BernoulliGuide(encoder, c.z_dim),
+            "factorised Bernoulli q(z|x) on {0,1}^J, logits from the encoder (discrete: no reparameterisation)",
+            latent="binary",
+        ),
+        "categorical": Component(
+            lambda c, encoder, options: CategoricalGuide(encoder, c.z_dim, options.classes),
+            "J/C one-hot categoricals of C = --guide-classes classes, logits from the encoder (discrete)",
+            options=CategoricalGuideOptions,
+            latent="onehot",
+        ),
     },
 )
 
@@ -324,6 +369,33 @@ def check_combination(config: ModelSpec) -> None:
         if config.z_dim < need:
             raise UserError(f"the {name} {kind} needs z_dim >= {need}, got {config.z_dim}; use --z-dim {need} or more")
     check_latents(PRIORS[config.prior], config.prior, GUIDES[config.guide], config.guide)
+    check_classes(config)
+
+
+def _classes(config: ModelSpec, kind: str) -> int | None:
+    """C of the chosen prior or guide when it declares one-hot latents and a ``classes`` option, else None."""
+    component = COMPONENTS[kind][getattr(config, kind)]
+    if component.latent != "onehot":
+        return None
+    options = component.make_options(config.options_of(kind), f"{kind} {getattr(config, kind)!r}")
+    return getattr(options, "classes", None)
+
+
+def check_classes(config: ModelSpec) -> None:
+    """One-line ``UserError`` unless the one-hot prior and guide have the same classes C and C divides z_dim
+    (z_dim = D variables x C classes, the length of the flat one-hot vector z)."""
+    prior, guide = _classes(config, "prior"), _classes(config, "guide")
+    if prior is not None and guide is not None and prior != guide:
+        raise UserError(
+            f"the {config.prior} prior has {prior} classes but the {config.guide} guide {guide}; give the same "
+            f"--prior-classes and --guide-classes"
+        )
+    for classes in {prior, guide} - {None}:
+        if config.z_dim % classes:
+            raise UserError(
+                f"z_dim = {config.z_dim} is not a multiple of {classes} classes: for categorical latents z_dim is "
+                f"D variables x C classes, e.g. --z-dim {classes * max(1, config.z_dim // classes)}"
+            )
 
 
 def register(

@@ -101,7 +101,7 @@ def test_built_in_data_set_names_ignore_case(tmp_path, capsys):
         (["trian"], "argument COMMAND: invalid choice 'trian'; did you mean 'train'? (choose from train, plot,"),
         (["evalute", "x"], "invalid choice 'evalute'; did you mean 'evaluate'?"),
         (["train", "--out", "r", "--lrr", "0.1"], "unrecognized arguments: --lrr 0.1; did you mean '--lr'?"),
-        (["train", "--out", "r", "--prior", "standrd"], "unknown prior 'standrd'; choose one of: flow, gaussian, "),
+        (["train", "--out", "r", "--prior", "standrd"], "unknown prior 'standrd'; choose one of: bernoulli, "),
         (["train", "--out", "r", "--elbo", "iwea"], "unknown elbo 'iwea'; choose one of: trace, meanfield, iwae,"),
         (["train", "--out", "r", "--logger", "tensorbord"], "invalid choice 'tensorbord'; did you mean 'tensorboard'?"),
         (["train", "--out", "r", "--dataset", "mnsit"], "or a folder of images; did you mean 'mnist'?"),

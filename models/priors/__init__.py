@@ -7,6 +7,8 @@ inside its ``pyro.plate("data", N)``. Registering a ``kl_divergence`` for
 makes ``TraceMeanField_ELBO`` use it analytically.
 """
 
+from pyro_vae.models.priors.bernoulli import BernoulliPrior, BernoulliPriorOptions
+from pyro_vae.models.priors.categorical import CategoricalPrior, CategoricalPriorOptions
 from pyro_vae.models.priors.flow import FlowPrior, FlowPriorOptions
 from pyro_vae.models.priors.gaussian import GaussianPrior, GaussianPriorOptions
 from pyro_vae.models.priors.mixture import MixturePrior, MixturePriorOptions
@@ -15,6 +17,10 @@ from pyro_vae.models.priors.uniform_sphere import UniformSphere, UniformSpherePr
 from pyro_vae.models.priors.vamp import VampPrior, VampPriorOptions
 
 __all__ = [
+    "BernoulliPrior",
+    "BernoulliPriorOptions",
+    "CategoricalPrior",
+    "CategoricalPriorOptions",
     "FlowPrior",
     "FlowPriorOptions",
     "GaussianPrior",

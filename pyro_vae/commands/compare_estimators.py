@@ -26,6 +26,7 @@ from pyro_vae.commands.model_module import (
 from pyro_vae.commands.options import add_config_options, given_options
 from pyro_vae.comparison import (
     COLUMN_HELP,
+    check_estimators_for_guide,
     compare_estimators,
     format_table,
     plot_snr_versus_particles,
@@ -180,6 +181,7 @@ def _run(args: argparse.Namespace, run_dir: RunDir) -> int:
     # One thread by default: small models run fastest on one, and timings on a busy machine stay stable.
     torch.set_num_threads(threads)
     x = x[: args.examples]
+    check_estimators_for_guide(guide, x, [*args.estimators, *args.snr_estimators])
     seed = record.pop("seed", 0)
     encoder, decoder, problem = resolve_parameter_groups(model, guide, x)
     params = (encoder, decoder)

@@ -246,7 +246,10 @@ def format_evaluation(result: Evaluation, title: str) -> str:
         kl_text = f"{kl[j]:9.3f}" if kl is not None else "      n/a"
         lines.append(f"  {j:3d}   {kl_text}   {var:14.4f}   {'yes' if var > ACTIVE_UNIT_THRESHOLD else 'no'}")
     if kl is None:
-        lines.append("  (the prior does not factorise over dimensions, so only the total KL is defined)")
+        lines.append(
+            "  (q or the prior does not factorise over the J dimensions (a mixture, one-hot codes), so only the total "
+            "KL is defined)"
+        )
     return "\n".join(lines)
 
 
