@@ -5,7 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
+
+#: The hidden activations an MLP may have (``activation`` option of the mlp encoder and decoder): softplus, the
+#: project's default; tanh, as in Burda et al. 2016; relu, as in pythae's reproductions.
+ACTIVATIONS: dict[str, type[nn.Module]] = {"softplus": nn.Softplus, "tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+def check_activation(value: object, name: str = "activation") -> None:
+    """ValueError (one line) unless ``value`` names one of ``ACTIVATIONS``."""
+    if value not in ACTIVATIONS:
+        raise ValueError(f"{name} must be one of {', '.join(ACTIVATIONS)}, got {value!r}")
 
 
 def mlp(
@@ -81,3 +92,30 @@ class HiddenOptions:
 
     def __post_init__(self) -> None:
         self.hidden = check_widths(self.hidden, "hidden")
+
+
+class GatedDense(nn.Module):
+    """h = (W x + b) * sigmoid(V x + c): a dense layer whose units are gated by a learned sigmoid gate (Dauphin et
+    al. 2017, "Language Modeling with Gated Convolutional Networks", eq. 1; the layer of Tomczak & Welling 2018,
+    "VAE with a VampPrior", Sec. 4, in both of their networks)."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.h = nn.Linear(in_features, out_features)
+        self.g = nn.Linear(in_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.h(x) * torch.sigmoid(self.g(x))
+
+
+def gated_mlp(in_dim: int, hidden: Sequence[int], out_dim: int | None) -> nn.Sequential:
+    """``GatedDense`` layers in_dim -> hidden[0] -> ... then, with ``out_dim``, a linear layer to it (a feature trunk
+    for a guide's head when ``out_dim`` is None; with no hidden layers, the identity)."""
+    layers: list[nn.Module] = []
+    width = in_dim
+    for h in hidden:
+        layers.append(GatedDense(width, h))
+        width = h
+    if out_dim is not None:
+        layers.append(nn.Linear(width, out_dim))
+    return nn.Sequential(*layers)

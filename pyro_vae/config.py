@@ -19,6 +19,7 @@ from pyro_vae.beta import KL_SCHEDULES, kl_beta
 from pyro_vae.data import BUILTIN_DATASETS, check_data_options, load_data
 from pyro_vae.errors import UserError
 from pyro_vae.estimators import ESTIMATORS
+from pyro_vae.presets import apply_preset, get_preset
 from pyro_vae.registry import COMPONENTS, DISCRETE_LATENTS, GUIDES, check_combination
 
 if TYPE_CHECKING:
@@ -56,7 +57,9 @@ def check_estimator_for_guide(elbo: str, guide: str) -> None:
 
 
 #: The learning-rate schedules of ``TrainConfig.lr_schedule`` (``pyro_vae.step.make_scheduler``).
-LR_SCHEDULES = ("constant", "step", "cosine", "plateau")
+LR_SCHEDULES = ("constant", "step", "cosine", "plateau", "burda")
+#: How ``TrainConfig.validation`` examples are held out of the training set (``pyro_vae.validation.hold_out``).
+VALIDATION_SPLITS = ("random", "last")
 
 
 def _is_int(value: Any) -> bool:
@@ -338,10 +341,24 @@ class TrainConfig(_NoOldFields):
         lr: Adam's learning rate (at the start, under lr_schedule).
         lr_schedule: the learning rate per epoch (torch.optim.lr_scheduler): constant, step (times lr_gamma every
             lr_step_epochs epochs), cosine (cosine annealing from lr to 0 over the run's epochs) or plateau (times
-            lr_gamma when the test ELBO has not risen for more than lr_patience epochs; needs eval_every 1).
+            lr_gamma when the test ELBO has not risen for more than lr_patience epochs; needs eval_every 1) or burda
+            (Burda et al. 2016, Sec. 5: 3^i epochs at lr * 10^(-i/7) for i = 0..7, 3280 epochs; then the last rate).
         lr_step_epochs: epochs between two reductions of the step schedule.
         lr_gamma: the factor in (0, 1) of each reduction of the step and plateau schedules.
         lr_patience: epochs without a rise of the test ELBO that the plateau schedule waits before reducing.
+        adam_eps: Adam's epsilon, added to the root of the second-moment estimate (1e-8, torch's default; Burda et
+            al. 2016 used 1e-4).
+        validation: hold out this many training examples as a validation set (0 = none): they are not trained on,
+            and their ELBO (beta = 1, eval_samples draws) is recorded every epoch as val_elbo.
+        validation_split: which training examples are held out: random (a permutation drawn from a generator
+            seeded with seed, the same for every run of that seed) or last (the last ones, as Burda et al. 2016 and
+            Tomczak & Welling 2018 did).
+        patience: early stopping: stop after this many epochs in a row in which the validation ELBO did not rise
+            more than min_delta above its best (0 = never stop early; needs validation). The epochs of a linear KL
+            warm-up do not count (Tomczak & Welling 2018). best.pt holds the weights of the best epoch.
+        min_delta: the rise of the validation ELBO, in nats per example, that counts as an improvement.
+        preset: the named protocol this run's defaults came from (pyro_vae.presets; --preset help lists them);
+            a record: explicit options override the preset's values.
         clip_norm: clip the gradient's global 2-norm to this value (none = no clipping).
         seed: seeds torch, numpy and Python's random (model init, shuffling, binarisation, sampling).
         device: auto (cuda when available), cpu, cuda or cuda:N.
@@ -376,10 +393,16 @@ class TrainConfig(_NoOldFields):
     epochs: int = 100
     batch_size: int = 128
     lr: float = 5e-3
-    lr_schedule: Literal["constant", "step", "cosine", "plateau"] = "constant"
+    lr_schedule: Literal["constant", "step", "cosine", "plateau", "burda"] = "constant"
     lr_step_epochs: int = 10
     lr_gamma: float = 0.1
     lr_patience: int = 2
+    adam_eps: float = 1e-8
+    validation: int = 0
+    validation_split: Literal["random", "last"] = "random"
+    patience: int = 0
+    min_delta: float = 0.0
+    preset: str | None = None
     clip_norm: float | None = None
     seed: int = 0
     device: str = "auto"
@@ -439,7 +462,8 @@ class TrainConfig(_NoOldFields):
         self._check_kl_schedule()
         self._check_free_bits()
         self._check_lr_schedule()
-        for name, zero_ok in (("beta", True), ("lr", False), ("checkpoint_seconds", True)):
+        self._check_validation()
+        for name, zero_ok in (("beta", True), ("lr", False), ("checkpoint_seconds", True), ("adam_eps", False)):
             value = getattr(self, name)
             if not _is_number(value) or value < 0 or (value == 0 and not zero_ok):
                 raise UserError(f"{name} must be a finite number {'>=' if zero_ok else '>'} 0, got {value!r}")
@@ -489,6 +513,24 @@ class TrainConfig(_NoOldFields):
                 f"lr_schedule plateau follows the test ELBO of every epoch: needs eval_every 1, got {self.eval_every!r}"
             )
 
+    def _check_validation(self) -> None:
+        for name in ("validation", "patience"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise UserError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.validation_split not in VALIDATION_SPLITS:
+            raise UserError(
+                f"validation_split must be one of {', '.join(VALIDATION_SPLITS)}, got {self.validation_split!r}"
+            )
+        if not _is_number(self.min_delta) or self.min_delta < 0:
+            raise UserError(f"min_delta must be a finite number >= 0 (nats per example), got {self.min_delta!r}")
+        if self.patience and not self.validation:
+            raise UserError("patience (early stopping) follows the validation ELBO: give --validation N too")
+        if self.preset is not None:
+            if not isinstance(self.preset, str):
+                raise UserError(f"preset must be a preset's name, got {self.preset!r}")
+            get_preset(self.preset)
+
     def kl_beta(self, epoch: int) -> float:
         """beta of the 0-based ``epoch`` under ``kl_schedule`` (``pyro_vae.beta.kl_beta``)."""
         return kl_beta(epoch, self.beta, self.kl_schedule, self.kl_warmup, self.epochs, self.kl_cycles, self.kl_ratio)
@@ -536,8 +578,19 @@ class TrainConfig(_NoOldFields):
     @classmethod
     def from_options(cls, model: dict[str, Any] | None = None, train: dict[str, Any] | None = None) -> TrainConfig:
         """A config from VAEConfig fields ``model`` and TrainConfig fields ``train`` (the command line's), with
-        the paths of the user's files stored absolute, so that the run can be reloaded from any directory."""
-        return cls(model=VAEConfig(**(model or {})), **absolute_paths(train or {}))
+        the paths of the user's files stored absolute, so that the run can be reloaded from any directory. When
+        ``train`` names a ``preset``, its values are the defaults (``pyro_vae.presets.apply_preset``)."""
+        model, train = apply_preset((train or {}).get("preset"), model or {}, train or {})
+        return cls(model=VAEConfig(**model), **absolute_paths(train))
+
+    @classmethod
+    def from_preset(
+        cls, name: str, model: dict[str, Any] | None = None, train: dict[str, Any] | None = None
+    ) -> TrainConfig:
+        """The config of the preset ``name`` (``pyro_vae.presets``) with the VAEConfig fields ``model`` and the
+        TrainConfig fields ``train`` over its values: ``TrainConfig.from_preset("burda2016", train={"elbo": "iwae",
+        "particles": 50})``."""
+        return cls.from_options(model, {**(train or {}), "preset": name})
 
     @classmethod
     def for_data(cls, data: VAEData, **options: Any) -> TrainConfig:

@@ -42,8 +42,10 @@ from pyro_vae.guides import (
     PowerSphericalGuide,
 )
 from pyro_vae.guides.encoders import ConvEncoder, ConvEncoderOptions, MLPEncoderOptions
+from pyro_vae.guides.encoders.gated_mlp import GatedMLPEncoder, GatedMLPEncoderOptions
 from pyro_vae.models import VAEModel
 from pyro_vae.models.decoders import ConvDecoder, ConvDecoderOptions, LinearDecoder, MLPDecoder, MLPDecoderOptions
+from pyro_vae.models.decoders.gated_mlp import GatedMLPDecoder, GatedMLPDecoderOptions
 from pyro_vae.models.likelihoods import (
     BernoulliLikelihood,
     ContinuousBernoulliLikelihood,
@@ -256,7 +258,7 @@ ENCODERS = _registry(
     "encoder",
     {
         "mlp": Component(
-            lambda c, options: MLPEncoder(c.x_shape, widths(c, options)),
+            lambda c, options: MLPEncoder(c.x_shape, widths(c, options), options.activation),
             "MLP, widths --encoder-hidden",
             options=MLPEncoderOptions,
         ),
@@ -265,6 +267,11 @@ ENCODERS = _registry(
             "stride-2 convolutions (--encoder-channels), then an MLP (--encoder-hidden)",
             options=ConvEncoderOptions,
         ),
+        "gated-mlp": Component(
+            lambda c, options: GatedMLPEncoder(c.x_shape, widths(c, options)),
+            "gated dense layers (Tomczak & Welling 2018), widths --encoder-hidden",
+            options=GatedMLPEncoderOptions,
+        ),
     },
 )
 
@@ -272,7 +279,7 @@ DECODERS = _registry(
     "decoder",
     {
         "mlp": Component(
-            lambda c, options: MLPDecoder(c.z_dim, c.x_shape, widths(c, options)),
+            lambda c, options: MLPDecoder(c.z_dim, c.x_shape, widths(c, options), options.activation),
             "MLP, widths --decoder-hidden",
             options=MLPDecoderOptions,
         ),
@@ -281,6 +288,11 @@ DECODERS = _registry(
             lambda c, options: ConvDecoder(c.z_dim, c.x_shape, options.channels, widths(c, options)),
             "an MLP (--decoder-hidden), then transposed stride-2 convolutions (--decoder-channels)",
             options=ConvDecoderOptions,
+        ),
+        "gated-mlp": Component(
+            lambda c, options: GatedMLPDecoder(c.z_dim, c.x_shape, widths(c, options)),
+            "gated dense layers (Tomczak & Welling 2018), widths --decoder-hidden",
+            options=GatedMLPDecoderOptions,
         ),
     },
 )

@@ -53,6 +53,7 @@ import pyro
 import torch
 
 from pyro_vae.atomic import WriteError, append_jsonl, atomic_write_text, temporary_path, write_bytes_atomic, write_jsonl
+from pyro_vae.bundle import is_bundle, read_bundle
 from pyro_vae.config import TrainConfig, absolute_paths
 from pyro_vae.data import VAEData
 from pyro_vae.errors import UserError
@@ -75,6 +76,9 @@ def read_config(text: str) -> TrainConfig:
 CHECKPOINT = "checkpoint.pt"
 #: The checkpoint saved before the last one (a hard link to it), offered when ``checkpoint.pt`` is damaged.
 PREVIOUS = "checkpoint.previous.pt"
+#: The checkpoint of the epoch with the best validation ELBO (``TrainConfig.validation``): same format, written
+#: atomically each time the validation ELBO improves; ``load_run(DIR, which="best")`` loads it.
+BEST = "best.pt"
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 LOCK = ".lock"
@@ -463,6 +467,7 @@ class RunDir:
         self.writes = writes
         self.checkpoint = self.path / CHECKPOINT
         self.previous = self.path / PREVIOUS
+        self.best = self.path / BEST
         self.config_file = self.path / CONFIG
         self.metrics = self.path / METRICS
         self._current = True  # False while a resumed run has not yet dropped what was made from the old state
@@ -686,6 +691,7 @@ class RunDir:
             return
         self.checkpoint.unlink(missing_ok=True)
         self.previous.unlink(missing_ok=True)
+        self.best.unlink(missing_ok=True)
         self.remove_derived()
         atomic_write_text(self.config_file, config.to_json() + "\n")
         write_jsonl(self.metrics, [])
@@ -712,6 +718,12 @@ class RunDir:
         if not self._current:
             self.remove_derived()
         save_checkpoint(record, self.checkpoint)
+
+    def save_best(self, record: dict[str, Any]) -> None:
+        """Save the checkpoint ``record`` of a new best validation ELBO as ``best.pt`` (atomically, with its digest,
+        like ``checkpoint.pt``); a crash leaves the old best or the new one."""
+        if self._require_lock():
+            save_checkpoint(record, self.best, keep_previous=False)
 
     def saved(self, config: TrainConfig) -> None:
         """After the first save of a resumed run: ``config.json`` takes the options that changed (``--epochs``, ...).
@@ -850,8 +862,13 @@ def load_run(
     with_data: bool = True,
     model: Any = None,
     guide: Any = None,
+    which: str = "last",
 ) -> Run:
-    """Load the run in ``out_dir`` (written by ``pyro-vae train --out DIR`` / ``train(config, DIR)``).
+    """Load the run in ``out_dir`` (written by ``pyro-vae train --out DIR`` / ``train(config, DIR)``), or the bundle
+    there (written by ``pyro-vae export``: its SHA-256 manifest is checked first, ``pyro_vae.bundle``).
+
+    ``which="best"`` loads ``best.pt``, the checkpoint of the epoch with the best validation ELBO (a run trained
+    with ``validation``), instead of the last checkpoint.
 
     Rebuilds the model and guide from the stored config with ``pyro_vae.build`` (first importing the plugins the
     run recorded, ``pyro_vae.plugins``), loads the checkpoint's weights, moves them to ``device`` and, when
@@ -867,9 +884,10 @@ def load_run(
     out = run_dir.path
     if not out.is_dir():
         raise UserError(f"run directory {out} does not exist")
-    state = run_dir.read_checkpoint()
+    state = _read_state(run_dir, which)
     config = read_config(state["config"])
-    run_dir.check_config_file(config)
+    if which == "last" and "bundle" not in state:
+        run_dir.check_config_file(config)
     pyro.clear_param_store()
     check_pair_run(config.plugins, model, guide, out)
     if model is None:
@@ -888,3 +906,32 @@ def load_run(
         data.prepare(getattr(model, "likelihood", model))  # a pair of your own may have none (pyro_vae.pairs)
     position = Position.of(state)
     return Run(config, model, guide, data, position.epoch, json.loads(state["metrics"]), out, position.step)
+
+
+def _read_state(run_dir: RunDir, which: str) -> dict[str, Any]:
+    """The checkpoint ``load_run`` loads: ``checkpoint.pt`` ("last"), ``best.pt`` ("best"), or a bundle's contents
+    in the same keys."""
+    if which not in ("last", "best"):
+        raise UserError(f"which must be last or best, got {which!r}")
+    if is_bundle(run_dir.path):
+        bundle = read_bundle(run_dir.path)
+        info = bundle.info
+        partial = {"step": info["step"]} if info.get("step") else None
+        return {
+            "bundle": True,
+            "config": bundle.config_text,
+            "model": bundle.model,
+            "guide": bundle.guide,
+            "epoch": info["epoch"],
+            "partial": partial,
+            "metrics": json.dumps(info["metrics"]),
+            "data_digest": info.get("data_digest"),
+        }
+    if which == "best":
+        if not run_dir.best.is_file():
+            raise UserError(
+                f"no {BEST} in {run_dir.path}: it is written by a run trained with --validation N (the checkpoint "
+                "of its best validation ELBO)"
+            )
+        return load_checkpoint(run_dir.best)
+    return run_dir.read_checkpoint()

@@ -58,6 +58,14 @@ def parameters_of(*modules: nn.Module) -> list[nn.Parameter]:
     return list(seen.values())
 
 
+#: Burda et al. 2016's stages: stage i (0-based) trains 3^i epochs, so stage i + 1 starts after epoch
+#: 1 + 3 + ... + 3^i = (3^(i+1) - 1) / 2; the eighth stage (i = 7) ends at epoch 3280 and its rate is kept after.
+BURDA_MILESTONES = tuple((3 ** (i + 1) - 1) // 2 for i in range(7))  # 1, 4, 13, 40, 121, 364, 1093
+BURDA_EPOCHS = (3**8 - 1) // 2  # 3280
+#: The factor between two stages' rates: 10^(-1/7), so stage i has lr * 10^(-i/7) and stage 7 lr / 10.
+BURDA_GAMMA = 10 ** (-1 / 7)
+
+
 def make_scheduler(
     optimizer: torch.optim.Optimizer,
     schedule: str,
@@ -72,9 +80,13 @@ def make_scheduler(
     "step": ``StepLR`` (lr * gamma every ``step_epochs`` epochs); "cosine": ``CosineAnnealingLR`` over ``epochs``
     (lr_t = lr (1 + cos(pi t / T)) / 2, Loshchilov & Hutter 2017, "SGDR: Stochastic Gradient Descent with Warm
     Restarts", without restarts); "plateau": ``ReduceLROnPlateau`` on the test ELBO (mode "max"; lr * gamma after
-    more than ``patience`` epochs without a rise, any rise counting: threshold 0, absolute).
+    more than ``patience`` epochs without a rise, any rise counting: threshold 0, absolute); "burda": Burda et al.
+    2016, "Importance Weighted Autoencoders", Sec. 5: 3^i epochs at lr * 10^(-i/7) for i = 0, ..., 7 (3280 epochs),
+    then the last rate: ``MultiStepLR`` with gamma 10^(-1/7) at the ends of the stages, epochs ``BURDA_MILESTONES``.
     """
     sched = torch.optim.lr_scheduler
+    if schedule == "burda":
+        return sched.MultiStepLR(optimizer, milestones=list(BURDA_MILESTONES), gamma=BURDA_GAMMA)
     if schedule == "step":
         return sched.StepLR(optimizer, step_size=step_epochs, gamma=gamma)
     if schedule == "cosine":
@@ -86,8 +98,11 @@ def make_scheduler(
     return None
 
 
-def make_optimizer(params: Iterable[nn.Parameter], lr: float, fused: bool | None = None) -> torch.optim.Adam:
-    """One Adam (Kingma & Ba 2015) over all ``params``, as a single fused kernel where torch has one.
+def make_optimizer(
+    params: Iterable[nn.Parameter], lr: float, fused: bool | None = None, eps: float = 1e-8
+) -> torch.optim.Adam:
+    """One Adam (Kingma & Ba 2015) over all ``params``, as a single fused kernel where torch has one; ``eps`` is
+    Adam's epsilon (1e-8, torch's default; Burda et al. 2016 used 1e-4).
 
     ``fused=None`` fuses when every parameter is a floating-point tensor on the CPU or a CUDA device. The
     update is Adam's: it agrees with ``torch.optim.Adam(params, lr)`` to rounding.
@@ -95,7 +110,7 @@ def make_optimizer(params: Iterable[nn.Parameter], lr: float, fused: bool | None
     params = list(params)
     if fused is None:
         fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.Adam(params, lr=lr, fused=fused)
+    return torch.optim.Adam(params, lr=lr, fused=fused, eps=eps)
 
 
 def compiled_objective(elbo: ELBO) -> ELBO | None:

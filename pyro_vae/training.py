@@ -42,6 +42,7 @@ from pyro_vae.atomic import WriteError
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import VAEData, minibatches
 from pyro_vae.distributed import join_strategy
+from pyro_vae.early_stopping import EarlyStopping
 from pyro_vae.elbo_terms import ELBOTerms
 from pyro_vae.errors import UserError
 from pyro_vae.estimators import make_training_elbo, training_jit
@@ -54,6 +55,7 @@ from pyro_vae.pairs import as_pair, prepare_pair
 from pyro_vae.plugins import required_plugins
 from pyro_vae.registry import build
 from pyro_vae.run_dir import (
+    BEST,
     CHECKPOINT,
     FORMAT_VERSION,
     Position,
@@ -66,6 +68,7 @@ from pyro_vae.run_dir import (
 )
 from pyro_vae.step import make_optimizer, make_scheduler, parameters_of
 from pyro_vae.strategy import SingleProcess, StopFlag, Strategy
+from pyro_vae.validation import hold_out, validation_eval
 
 __all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "Trainer", "TrainingInterrupted", "train"]
 
@@ -127,6 +130,10 @@ class Trainer:
         self._unwritten: list[dict[str, Any]] = []  # metrics records waiting for their checkpoint
         self._last_save = time.monotonic()
         self.evaluations = 0  # test-ELBO evaluations this process ran
+        self.val_x: torch.Tensor | None = None  # the held-out validation set (TrainConfig.validation)
+        self.stopping = EarlyStopping(
+            config.patience, config.min_delta, config.kl_warmup if config.kl_schedule == "linear" else 0
+        )
 
     def say(self, message: str) -> None:
         """A status line on stderr (when ``progress``)."""
@@ -145,16 +152,7 @@ class Trainer:
         self.device = self.strategy.device(cfg)
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
-        self.data = cfg.load_data(self.device) if self.data is None else self.data.to(self.device)
-        for note in self.data.notes:
-            self.say(note)
-        # plugins: the record of where the run's own components come from, to import them again when loaded.
-        cfg = cfg.with_data_shape(self.data)
-        self.config = cfg = dataclasses.replace(cfg, plugins=required_plugins(cfg.components()))
-        self.run.check_writable()
-        self.data_digest = data_digest(self.data)
-        if self._state is not None:
-            self.run.check_data(self._state, self.data)
+        cfg, held = self._load_data(cfg)
         pyro.clear_param_store()
         pyro.set_rng_seed(cfg.seed)
         if self.pair is None:
@@ -163,7 +161,10 @@ class Trainer:
             self.model, self.guide = self.pair
             self.params, self.config = prepare_pair(self.model, self.guide, self.data, cfg)
             cfg = self.config
-        self.optimizer = make_optimizer(self.params, cfg.lr)  # one fused Adam (benchmarks/step_time.py)
+        if held is not None:
+            self.val_x = validation_eval(self.data, held)  # binarised once, as the data are prepared
+        # one fused Adam (benchmarks/step_time.py)
+        self.optimizer = make_optimizer(self.params, cfg.lr, eps=cfg.adam_eps)
         self.scheduler = make_scheduler(
             self.optimizer,
             cfg.lr_schedule,
@@ -199,6 +200,24 @@ class Trainer:
         self.train_step = self.strategy.make_step(
             self.model, self.guide, self.elbo, self.optimizer, self.params, cfg, n_train, jit=jit
         )
+
+    def _load_data(self, cfg: TrainConfig) -> tuple[TrainConfig, torch.Tensor | None]:
+        """The data on the device, checked against a resumed checkpoint's; (the config with the data's shape and the
+        plugins recorded, the held-out validation examples or None)."""
+        self.data = cfg.load_data(self.device) if self.data is None else self.data.to(self.device)
+        for note in self.data.notes:
+            self.say(note)
+        # plugins: the record of where the run's own components come from, to import them again when loaded.
+        cfg = cfg.with_data_shape(self.data)
+        self.config = cfg = dataclasses.replace(cfg, plugins=required_plugins(cfg.components()))
+        self.run.check_writable()
+        self.data_digest = data_digest(self.data)  # of the whole data set, held-out examples included
+        if self._state is not None:
+            self.run.check_data(self._state, self.data)
+        if not cfg.validation:
+            return cfg, None
+        self.data, held = hold_out(self.data, cfg.validation, cfg.validation_split, cfg.seed)
+        return cfg, held
 
     def _build(self) -> None:
         """The model and guide of ``config.model`` (``pyro_vae.build``), on the device, ready for the data."""
@@ -245,6 +264,7 @@ class Trainer:
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.history = json.loads(state["metrics"])
+        self.stopping.replay(self.history)  # the best validation ELBO and the epochs since, as they were
         self.run.restore(self.history)
         set_rng_state(state["rng"])
         self._partial = state.get("partial")
@@ -298,6 +318,9 @@ class Trainer:
         if self.position.epoch >= self.config.epochs and not self._partial:
             self.say(f"nothing to do: {self.out} is already trained to epoch {self.position.epoch} (--epochs)")
             return
+        if self.stopping.stop and not self._partial:
+            self.say(f"nothing to do: {self.out} {self._stopped_early()}")
+            return
         steps_per_epoch = math.ceil(self.data.train_x.shape[0] / self.config.batch_size)
         self._bar = tqdm(
             total=self.config.epochs * steps_per_epoch,
@@ -315,6 +338,9 @@ class Trainer:
                     for epoch in range(self.position.epoch, self.config.epochs):
                         total, steps = self.train_epoch(epoch, stop)
                         self._end_epoch(epoch, total, steps, stop)
+                        if self.stopping.stop:
+                            self.say(f"{self.out}: {self._stopped_early()}")
+                            break
             except TrainingInterrupted:
                 raise
             except KeyboardInterrupt:
@@ -328,6 +354,13 @@ class Trainer:
                     signal.SIGINT,
                     self.out,
                 ) from None
+
+    def _stopped_early(self) -> str:
+        s = self.stopping
+        return (
+            f"stopped early: the validation ELBO has not risen by more than {s.min_delta:g} for {s.bad_epochs} "
+            f"epochs (--patience {s.patience}); best {s.best:.3f} at epoch {s.best_epoch} ({BEST})"
+        )
 
     def beta_at(self, epoch: int) -> float:
         """beta of the 0-based ``epoch`` under the KL schedule (linear warm-up or cyclical)."""
@@ -389,6 +422,13 @@ class Trainer:
         self.evaluations += 1
         return terms
 
+    def evaluate_validation(self) -> ELBOTerms:
+        """The ELBO (beta = 1) of the held-out validation set, nats per example, in eval mode."""
+        self.model.eval()
+        self.guide.eval()
+        with pyro.validation_enabled(False):  # the same model and data as the test evaluation, checked there
+            return self.strategy.elbo_terms(self.model, self.guide, self.val_x, num_samples=self.config.eval_samples)
+
     def _end_epoch(self, epoch: int, total: float, last_step: int, stop: StopFlag) -> None:
         n = self.data.train_x.shape[0]
         record = {"epoch": epoch + 1, "beta": self.beta_at(epoch), "train_loss": total / n, "kl": self.kl}
@@ -401,11 +441,14 @@ class Trainer:
             record.update(test_elbo=terms.elbo, test_recon=terms.recon, test_kl=terms.kl)
         else:
             self.guard.check_weights(self.params, epoch + 1, last_step)
+        improved = self._validate(epoch, record)
         self._step_scheduler(record)
         self.history.append(record)
         self._unwritten.append(record)
-        if self._checkpoint_due(epoch + 1) or stop.requested:
+        if self._checkpoint_due(epoch + 1) or stop.requested or self.stopping.stop:
             self.save_checkpoint(epoch + 1)
+        if improved:
+            self.run.save_best(self._checkpoint_record(epoch + 1))
         self.logger.log(record)
         if stop.requested:
             then = (
@@ -421,6 +464,18 @@ class Trainer:
                 self.out,
             )
 
+    def _validate(self, epoch: int, record: dict[str, Any]) -> bool:
+        """The validation ELBO of this epoch into ``record`` and the early-stopping state; True for a new best."""
+        if self.val_x is None:
+            return False
+        value = self.evaluate_validation().elbo
+        record["val_elbo"] = value
+        improved = self.stopping.update(epoch + 1, value)
+        record.update(best_val_elbo=self.stopping.best, best_epoch=self.stopping.best_epoch)
+        if self.config.patience:
+            record["bad_epochs"] = self.stopping.bad_epochs
+        return improved
+
     def _step_scheduler(self, record: dict[str, Any]) -> None:
         """The learning rate of the next epoch: the scheduler's step (plateau: on this epoch's test ELBO)."""
         if self.scheduler is None:
@@ -435,8 +490,8 @@ class Trainer:
         due = epochs_done >= self.config.epochs or time.monotonic() - self._last_save >= self.config.checkpoint_seconds
         return self.strategy.checkpoint_due(due)  # torchrun: the ranks agree
 
-    def save_checkpoint(self, epoch: int, partial: dict[str, Any] | None = None) -> None:
-        """Write the checkpoint atomically (``epoch`` epochs done, plus ``partial``), then its epochs' metrics lines."""
+    def _checkpoint_record(self, epoch: int, partial: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What a checkpoint holds after ``epoch`` epochs (plus ``partial``), in the format ``FORMAT_VERSION``."""
         record = {
             "format": FORMAT_VERSION,
             "epoch": epoch,
@@ -451,7 +506,11 @@ class Trainer:
         }
         if partial is not None:
             record["partial"] = partial
-        self.run.save(record)
+        return record
+
+    def save_checkpoint(self, epoch: int, partial: dict[str, Any] | None = None) -> None:
+        """Write the checkpoint atomically (``epoch`` epochs done, plus ``partial``), then its epochs' metrics lines."""
+        self.run.save(self._checkpoint_record(epoch, partial))
         self.position = Position(epoch, int(partial["step"]) if partial else 0, saved=True)
         self.run.saved(self.config)
         self.strategy.after_save()

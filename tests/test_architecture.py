@@ -39,6 +39,9 @@ LAYERS: list[tuple[str, ...]] = [
         "pyro_vae.bits",
         "pyro_vae.ranks",
         "pyro_vae.psis",
+        "pyro_vae.presets",
+        "pyro_vae.presets.*",
+        "pyro_vae.early_stopping",
     ),
     (
         "pyro_vae.registry",
@@ -46,6 +49,7 @@ LAYERS: list[tuple[str, ...]] = [
         "pyro_vae.data",
         "pyro_vae.images",
         "pyro_vae.plugins",
+        "pyro_vae.bundle",
     ),
     (
         "pyro_vae.run_dir",
@@ -73,6 +77,7 @@ LAYERS: list[tuple[str, ...]] = [
         "pyro_vae.distributed",
         "pyro_vae.sbc",
         "pyro_vae.sbc_figures",
+        "pyro_vae.validation",
     ),
     ("pyro_vae", "pyro_vae.__main__", "pyro_vae.cli", "pyro_vae.commands", "pyro_vae.commands.*"),
 ]

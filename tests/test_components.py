@@ -123,7 +123,7 @@ def test_a_users_component_options_are_command_line_flags(user_components, tmp_p
     bad = ["train", "--out", str(tmp_path / "bad"), "--decoder", "mlp", "--decoder-width", "5", "--no-progress"]
     assert main(bad) == 2
     assert capsys.readouterr().err == (
-        "pyro-vae: error: decoder 'mlp' has no option(s) width; its options are hidden\n"
+        "pyro-vae: error: decoder 'mlp' has no option(s) width; its options are hidden, activation\n"
     )
     assert not (tmp_path / "bad").exists()
 
@@ -190,7 +190,7 @@ def test_a_users_prior_can_declare_that_it_needs_the_posterior(tmp_path):
 
 def test_registry_errors_are_one_line_with_a_suggestion():
     with pytest.raises(
-        UserError, match=r"unknown decoder 'mpl'; choose one of: conv, linear, mlp; did you mean 'mlp'\?"
+        UserError, match=r"unknown decoder 'mpl'; choose one of: conv, gated-mlp, linear, mlp; did you mean 'mlp'\?"
     ):
         VAEConfig(x_dim=4, decoder="mpl")
     assert VAEConfig(x_dim=4, prior="Standard", decoder="MLP").prior == "standard"  # names ignore case

@@ -6,6 +6,14 @@ serves any family. An encoder factory gets the ``VAEConfig`` and returns the mod
 """
 
 from pyro_vae.guides.encoders.conv import ConvEncoder, ConvEncoderOptions
+from pyro_vae.guides.encoders.gated_mlp import GatedMLPEncoder, GatedMLPEncoderOptions
 from pyro_vae.guides.encoders.mlp import MLPEncoder, MLPEncoderOptions
 
-__all__ = ["ConvEncoder", "ConvEncoderOptions", "MLPEncoder", "MLPEncoderOptions"]
+__all__ = [
+    "ConvEncoder",
+    "ConvEncoderOptions",
+    "GatedMLPEncoder",
+    "GatedMLPEncoderOptions",
+    "MLPEncoder",
+    "MLPEncoderOptions",
+]

@@ -5,7 +5,16 @@ module; register it in ``pyro_vae.registry.DECODERS``.
 """
 
 from pyro_vae.models.decoders.conv import ConvDecoder, ConvDecoderOptions
+from pyro_vae.models.decoders.gated_mlp import GatedMLPDecoder, GatedMLPDecoderOptions
 from pyro_vae.models.decoders.linear import LinearDecoder
 from pyro_vae.models.decoders.mlp import MLPDecoder, MLPDecoderOptions
 
-__all__ = ["ConvDecoder", "ConvDecoderOptions", "LinearDecoder", "MLPDecoder", "MLPDecoderOptions"]
+__all__ = [
+    "ConvDecoder",
+    "ConvDecoderOptions",
+    "GatedMLPDecoder",
+    "GatedMLPDecoderOptions",
+    "LinearDecoder",
+    "MLPDecoder",
+    "MLPDecoderOptions",
+]

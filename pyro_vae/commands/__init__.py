@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from pyro_vae.commands import compare_estimators, evaluate, kl_ablation, plot, train
+from pyro_vae.commands import compare_estimators, evaluate, export, kl_ablation, plot, presets, train
 
 COMMANDS: dict[str, ModuleType] = {
     "train": train,
@@ -15,4 +15,6 @@ COMMANDS: dict[str, ModuleType] = {
     "kl-ablation": kl_ablation,
     "evaluate": evaluate,
     "compare-estimators": compare_estimators,
+    "export": export,
+    "presets": presets,
 }

@@ -26,6 +26,7 @@ from pyro_vae.config import TrainConfig, VAEConfig
 from pyro_vae.data import default_data_dir
 from pyro_vae.errors import UserError
 from pyro_vae.estimators import ESTIMATORS
+from pyro_vae.presets import presets
 from pyro_vae.registry import COMPONENTS
 
 
@@ -185,6 +186,7 @@ UNSET = {
     "labels": "none",
     "clip_norm": "no clipping",
     "image_size": "keep their size, the same for all",
+    "preset": "none",
 }
 #: Metavars of the fields whose type (str) says nothing.
 METAVARS = {
@@ -192,6 +194,7 @@ METAVARS = {
     "data_dir": "DIR",
     "labels": "FILE",
     "device": "{auto,cpu,cuda,cuda:N}",
+    "preset": "{" + ",".join([*presets(), "help"]) + "}",
 }
 
 

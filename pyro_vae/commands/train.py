@@ -16,6 +16,7 @@ from pyro_vae.distributed import DEFAULT_TIMEOUT_S
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation import check_collapse
 from pyro_vae.loggers import LOGGERS, check_logger, check_mlflow_uri
+from pyro_vae.presets import describe, presets
 from pyro_vae.ranks import is_writer, launched
 from pyro_vae.run_dir import NEW_RUN_FIX, RESUMABLE_CHANGES, RunDir, nothing_to_do, resume_config
 from pyro_vae.training import TrainResult, train
@@ -75,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
     model_opts, train_opts = given_options(args)
     check_logger(args.logger)  # a missing package: one line before the run directory is touched
     check_mlflow_uri(args.logger, args.mlflow_uri)
+    if train_opts.get("preset") == "help":
+        print("\n\n".join(describe(p) for p in presets().values()))
+        return 0
     if args.from_previous and not args.resume:
         raise UserError("--from-previous goes with --resume (it continues the run from its previous checkpoint)")
     if args.resume and args.overwrite:
