@@ -108,6 +108,7 @@ _SPECS = [
         options=EnumOptions,
         no_jit_reason=_NO_JIT,
         defaults=_VECTORIZED,
+        latents="discrete",
     ),
     EstimatorSpec(
         "reinforce",
@@ -118,6 +119,7 @@ _SPECS = [
         options=ReinforceOptions,
         no_jit_reason=_NO_JIT,
         defaults=_VECTORIZED,
+        latents="any",
     ),
     EstimatorSpec(
         "vimco",
@@ -127,6 +129,7 @@ _SPECS = [
         "leave-one-out baselines; unbiased for the gradient of the K-sample IWAE bound",
         multi_particle=True,
         no_jit_reason=_NO_JIT,
+        latents="any",
     ),
     EstimatorSpec(
         "rws",
@@ -136,6 +139,7 @@ _SPECS = [
         "model: wake-theta (unbiased for the IWAE bound's); guide: wake-phi, self-normalised -grad KL(p||q), biased",
         multi_particle=True,
         no_jit_reason=_NO_JIT,
+        latents="any",
     ),
     EstimatorSpec(
         "relaxed",
@@ -147,6 +151,7 @@ _SPECS = [
         options=RelaxedOptions,
         no_jit_reason=_NO_JIT,
         defaults=_VECTORIZED,
+        latents="discrete",
     ),
     EstimatorSpec(
         "disarm",
@@ -155,6 +160,7 @@ _SPECS = [
         "ELBO, K antithetic pairs, Bernoulli latents only (Dong et al. 2020)",
         "DisARM for the guide, mean grad log p for the model; unbiased for the ELBO's",
         no_jit_reason=_NO_JIT,
+        latents="discrete",
     ),
 ]
 

@@ -11,8 +11,9 @@ guide's values. ``ScoreELBO`` is the base class of the estimators built on the (
 
 from __future__ import annotations
 
+import contextlib
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyro
@@ -27,6 +28,16 @@ from pyro.util import check_model_guide_match, check_site_shape, warn_if_nan
 
 from pyro_vae.errors import UserError
 from pyro_vae.estimators.log_weights import PARTICLE_PLATE, guess_plate_nesting
+
+
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Re-raise a ``UserError`` as its first line: Pyro's trace appends the trace's shapes to an error raised inside
+    a model or guide, and the user needs only what the estimator said."""
+    try:
+        yield
+    except UserError as err:
+        raise UserError(str(err).splitlines()[0]) from None
 
 
 def is_latent(msg: dict[str, Any]) -> bool:

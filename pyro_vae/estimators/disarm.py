@@ -23,7 +23,14 @@ import torch
 from pyro.poutine.messenger import Messenger
 
 from pyro_vae.errors import UserError
-from pyro_vae.estimators._score import ScoreELBO, base_distribution, is_latent, per_example_log_p_and_q, score_traces
+from pyro_vae.estimators._score import (
+    ScoreELBO,
+    base_distribution,
+    is_latent,
+    one_line_errors,
+    per_example_log_p_and_q,
+    score_traces,
+)
 
 
 class AntitheticBernoulli(Messenger):
@@ -67,7 +74,8 @@ class DisARMELBO(ScoreELBO):
         passes = []
         for flip in (False, True):
             sampler = AntitheticBernoulli(noise, flip)
-            traces = score_traces(model, guide, self.num_particles, nesting, args, kwargs, sampler=sampler)
+            with one_line_errors():
+                traces = score_traces(model, guide, self.num_particles, nesting, args, kwargs, sampler=sampler)
             log_p, log_q = per_example_log_p_and_q(*traces)
             passes.append((log_p, log_q, sampler.logits, traces[1]))
         (log_p, log_q, logits, guide_trace), (log_p2, log_q2, logits2, _) = passes

@@ -23,7 +23,7 @@ from pyro.infer import TraceEnum_ELBO
 from pyro.poutine.messenger import Messenger
 
 from pyro_vae.errors import UserError
-from pyro_vae.estimators._score import base_distribution, is_latent
+from pyro_vae.estimators._score import base_distribution, is_latent, one_line_errors
 
 
 @dataclass
@@ -98,10 +98,13 @@ class EnumELBO(TraceEnum_ELBO):
         return EnumerateLatents(self.max_states)(guide)
 
     def loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
-        return super().loss(model, self._enumerated(guide), *args, **kwargs)
+        with one_line_errors():
+            return super().loss(model, self._enumerated(guide), *args, **kwargs)
 
     def loss_and_grads(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
-        return super().loss_and_grads(model, self._enumerated(guide), *args, **kwargs)
+        with one_line_errors():
+            return super().loss_and_grads(model, self._enumerated(guide), *args, **kwargs)
 
     def differentiable_loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return super().differentiable_loss(model, self._enumerated(guide), *args, **kwargs)
+        with one_line_errors():
+            return super().differentiable_loss(model, self._enumerated(guide), *args, **kwargs)

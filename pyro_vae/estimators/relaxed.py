@@ -28,7 +28,7 @@ from pyro.infer import Trace_ELBO
 from pyro.poutine.messenger import Messenger
 
 from pyro_vae.errors import UserError
-from pyro_vae.estimators._score import base_distribution, is_latent
+from pyro_vae.estimators._score import base_distribution, is_latent, one_line_errors
 
 
 @dataclass
@@ -125,10 +125,13 @@ class RelaxedELBO(Trace_ELBO):
         return Relax(self.temperature, self.straight_through, in_guide)(fn)
 
     def loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
-        return super().loss(self._relax(model, False), self._relax(guide, True), *args, **kwargs)
+        with one_line_errors():
+            return super().loss(self._relax(model, False), self._relax(guide, True), *args, **kwargs)
 
     def loss_and_grads(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
-        return super().loss_and_grads(self._relax(model, False), self._relax(guide, True), *args, **kwargs)
+        with one_line_errors():
+            return super().loss_and_grads(self._relax(model, False), self._relax(guide, True), *args, **kwargs)
 
     def differentiable_loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return super().differentiable_loss(self._relax(model, False), self._relax(guide, True), *args, **kwargs)
+        with one_line_errors():
+            return super().differentiable_loss(self._relax(model, False), self._relax(guide, True), *args, **kwargs)
