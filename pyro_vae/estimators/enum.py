@@ -48,7 +48,9 @@ class EnumerableIndependentBernoulli(dist.Independent):
 
     def enumerate_support(self, expand: bool = True) -> torch.Tensor:
         event = tuple(self.event_shape)
-        grid = torch.tensor(list(itertools.product((0.0, 1.0), repeat=math.prod(event))), dtype=self.base_dist.logits.dtype)
+        grid = torch.tensor(
+            list(itertools.product((0.0, 1.0), repeat=math.prod(event))), dtype=self.base_dist.logits.dtype
+        )
         values = grid.reshape(-1, *([1] * len(self.batch_shape)), *event)
         return values.expand(-1, *self.batch_shape, *event) if expand else values
 

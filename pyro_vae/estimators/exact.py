@@ -50,7 +50,8 @@ def site_support(fn: Any) -> torch.Tensor:
     if isinstance(base, (torch.distributions.OneHotCategorical, torch.distributions.Categorical)) and dims == 0:
         return base.enumerate_support(expand=False).reshape(-1, *event_shape)
     raise UserError(
-        f"exact enumeration needs discrete latents (Bernoulli, Categorical, OneHotCategorical), got {type(base).__name__}"
+        "exact enumeration needs discrete latents (Bernoulli, Categorical, OneHotCategorical), "
+        f"got {type(base).__name__}"
     )
 
 

@@ -3,10 +3,10 @@ Pyro's ``TraceGraph_ELBO``.
 
 Every non-reparameterised latent site of the guide's trace gets the option
 ``infer={"baseline": {"baseline_value": b(x)}}`` (unless the user's guide gave it one), set on the trace after the
-guide ran, where the site's final batch shape (particles and data) is known, so the user's guide runs as written and
-Pyro's machinery does the rest: the score term of each site uses its downstream cost (Rao-Blackwellised by the dependency graph) minus b(x), and
-Pyro adds (cost - b)^2 to the surrogate loss. The baseline ``b(x) = c + a^T vec(x) + a0`` (option ``baseline``:
-"learned") is NVIL's input-dependent baseline plus its running mean c of the learning signal: a linear map of the
+guide ran, where the site's final batch shape (particles and data) is known, so the user's guide runs as written
+and Pyro's machinery does the rest: the score term of each site uses its downstream cost (Rao-Blackwellised by the
+dependency graph) minus b(x), and Pyro adds (cost - b)^2 to the surrogate loss. The baseline
+``b(x) = c + a^T vec(x) + a0`` (option ``baseline``: "learned") is NVIL's input-dependent baseline plus its running mean c of the learning signal: a linear map of the
 model's first argument (the batch), owned and trained by the estimator itself (its own Adam, ``baseline_lr``), since
 it is no part of the model; "average" is c alone; "none" is plain REINFORCE.
 

@@ -59,7 +59,9 @@ class EstimatorSpec:
 
     def __post_init__(self) -> None:
         if self.latents not in LATENTS:
-            raise ValueError(f"estimator {self.name!r}: latents must be one of {', '.join(LATENTS)}, got {self.latents!r}")
+            raise ValueError(
+                f"estimator {self.name!r}: latents must be one of {', '.join(LATENTS)}, got {self.latents!r}"
+            )
         if self.options is not None and not (isinstance(self.options, type) and dataclasses.is_dataclass(self.options)):
             raise ValueError(f"estimator {self.name!r}: options must be a dataclass, got {self.options!r}")
         # The declared options must be what the factories accept: a spec never promises an option it lacks.
