@@ -6,9 +6,10 @@ Every non-reparameterised latent site of the guide's trace gets the option
 guide ran, where the site's final batch shape (particles and data) is known, so the user's guide runs as written
 and Pyro's machinery does the rest: the score term of each site uses its downstream cost (Rao-Blackwellised by the
 dependency graph) minus b(x), and Pyro adds (cost - b)^2 to the surrogate loss. The baseline
-``b(x) = c + a^T vec(x) + a0`` (option ``baseline``: "learned") is NVIL's input-dependent baseline plus its running mean c of the learning signal: a linear map of the
-model's first argument (the batch), owned and trained by the estimator itself (its own Adam, ``baseline_lr``), since
-it is no part of the model; "average" is c alone; "none" is plain REINFORCE.
+``b(x) = c + a^T vec(x) + a0`` (option ``baseline``: "learned") is NVIL's input-dependent baseline plus its running
+mean c of the learning signal: a linear map of the model's first argument (the batch), owned and trained by the
+estimator itself (its own Adam, ``baseline_lr``), since it is no part of the model; "average" is c alone; "none" is
+plain REINFORCE.
 
 Value: the ELBO (the mean over K particles of log p(x, z) - log q(z | x)). Gradient: unbiased for the ELBO's gradient
 with respect to guide and model parameters, whatever the baseline (b depends on x and past draws only, never on the
