@@ -145,8 +145,10 @@ def _source(args: argparse.Namespace, run_dir: RunDir):
     """(model, guide, test x, title, record) from the run in DIR, trained first with --train, or --model-module."""
     model_opts, train_opts = given_options(args)
     if args.model_module:
-        if args.train or model_opts or set(train_opts) - _DATA_OPTIONS:
-            raise UserError("--model-module takes only --dataset, --data-dir, --download and --threads of the options")
+        if args.train or model_opts or set(train_opts) - _DATA_OPTIONS - {"elbo_options"}:
+            raise UserError(
+                "--model-module takes only --dataset, --data-dir, --download, --threads and --elbo-OPTION of the options"
+            )
         model, guide = load_model_module(args.model_module)
         args.dataset, args.data_dir = train_opts.get("dataset", "digits"), train_opts.get("data_dir")
         args.download = train_opts.get("download", True)
