@@ -315,3 +315,31 @@ def test_the_specs_say_which_latents_they_take():
     assert {n for n, s in ESTIMATORS.items() if s.latents == "discrete"} == {"enum", "relaxed", "disarm"}
     assert {n for n, s in ESTIMATORS.items() if s.latents == "any"} == {"reinforce", "vimco", "rws"}
     assert ESTIMATORS["vimco"].multi_particle and ESTIMATORS["rws"].multi_particle
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("enum", {}),
+        ("reinforce", {"num_particles": 3}),
+        ("vimco", {"num_particles": 3}),
+        ("rws", {"num_particles": 3}),
+        ("relaxed", {"num_particles": 3}),
+        ("relaxed", {"num_particles": 3, "straight_through": True}),
+        ("disarm", {"num_particles": 3}),
+    ],
+    ids=["enum", "reinforce", "vimco", "rws", "relaxed", "straight-through", "disarm"],
+)
+def test_differentiable_loss_is_loss_and_grads_on_the_same_draws(name, options, pair):
+    """``differentiable_loss`` (for a user's own optimiser loop) gives the value and gradient of ``loss_and_grads``
+    on the same random draws (the learned baseline is still at its start in both)."""
+    x = batch()
+    params = pair.guide_params() + pair.model_params()
+    opts = {**options, **({"baseline": "average"} if name == "reinforce" else {})}
+    pyro.set_rng_seed(3)
+    value, grads = draws(make_elbo(name, max_plate_nesting=1, **opts), pair, x, 1, params, seed=3)
+    pyro.set_rng_seed(3)
+    loss = make_elbo(name, max_plate_nesting=1, **opts).differentiable_loss(pair.model, pair.guide, x)
+    grad = -exact_gradient(loss, params)
+    assert float(loss.detach()) == pytest.approx(-float(value), rel=1e-5)
+    torch.testing.assert_close(grad, grads[0], rtol=1e-4, atol=1e-6)

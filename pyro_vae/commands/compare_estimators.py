@@ -147,7 +147,8 @@ def _source(args: argparse.Namespace, run_dir: RunDir):
     if args.model_module:
         if args.train or model_opts or set(train_opts) - _DATA_OPTIONS - {"elbo_options"}:
             raise UserError(
-                "--model-module takes only --dataset, --data-dir, --download, --threads and --elbo-OPTION of the options"
+                "--model-module takes only --dataset, --data-dir, --download, --threads and --elbo-OPTION "
+                "of the options"
             )
         model, guide = load_model_module(args.model_module)
         args.dataset, args.data_dir = train_opts.get("dataset", "digits"), train_opts.get("data_dir")
