@@ -135,8 +135,9 @@ def report(results: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = results["rows"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=False)
-    for ax, architecture in zip(axes, ARCHITECTURES, strict=True):
+    shown = [a for a in ARCHITECTURES if any(r["architecture"] == a for r in rows)]
+    fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 4), squeeze=False)
+    for ax, architecture in zip(axes[0], shown, strict=True):
         for row in (r for r in rows if r["architecture"] == architecture):
             steps, values = zip(*row["curve"], strict=True)
             ax.plot(steps, values, label=row["estimator"])
