@@ -371,7 +371,11 @@ class CategoricalPair(nn.Module):
 
 @pytest.mark.parametrize(
     ("name", "options"),
-    [("enum", {}), ("reinforce", {"num_particles": 200}), ("relaxed", {"num_particles": 200, "straight_through": True})],
+    [
+        ("enum", {}),
+        ("reinforce", {"num_particles": 200}),
+        ("relaxed", {"num_particles": 200, "straight_through": True}),
+    ],
     ids=["enum", "reinforce", "straight-through"],
 )
 def test_one_hot_categorical_latents(name, options):
