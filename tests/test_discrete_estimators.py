@@ -313,7 +313,7 @@ def test_hierarchical_guide_enumerated_and_by_vimco():
 
 def test_the_specs_say_which_latents_they_take():
     assert {n for n, s in ESTIMATORS.items() if s.latents == "discrete"} == {"enum", "relaxed", "disarm"}
-    assert {n for n, s in ESTIMATORS.items() if s.latents == "any"} == {"reinforce", "vimco", "rws"}
+    assert {n for n, s in ESTIMATORS.items() if s.latents == "any"} == {"reinforce", "vimco", "rws", "tvo"}
     assert ESTIMATORS["vimco"].multi_particle and ESTIMATORS["rws"].multi_particle
 
 
@@ -401,3 +401,28 @@ def test_one_hot_categorical_latents(name, options):
         assert z_scores(grads, truth).abs().max() < 4
     else:
         assert abs(float(z_scores(values[:, None], states.elbo().sum().detach()))) < 4
+
+
+def test_tvo_value_and_gradient_are_the_exact_tvo_bounds_as_k_grows():
+    """TVO (5 partition points) with K = 1000 on 16 states: its mean value and every element of its mean gradient
+    within 4 SE of the exact TVO bound sum_j d beta_j E_{pi_beta_j}[log w] and of that bound's autograd gradient
+    (pi_beta = softmax(log q + beta log w) over the states; the self-normalised bias is O(1/K), measured 1.4% of the
+    gradient's length at K = 1000), and ELBO < TVO < log p(x)."""
+    from pyro_vae.estimators.tvo import partition
+
+    pyro.clear_param_store()
+    pair = BernoulliPair(d=4)
+    x = batch()
+    states = enumerate_states(pair.model, pair.guide, x)
+    betas = partition(5, 0.01)
+    exact = sum(
+        width * (torch.softmax(states.log_q + beta * states.log_w, 0) * states.log_w).sum(0)
+        for beta, width in zip(betas[:-1], betas[1:] - betas[:-1], strict=True)
+    ).sum()
+    assert float(states.elbo().sum()) < float(exact) < float(states.log_likelihood().sum())
+    params = pair.guide_params() + pair.model_params()
+    truth = exact_gradient(exact, params)
+    values, grads = draws(make_elbo("tvo", num_particles=1000, max_plate_nesting=1), pair, x, 20, params)
+    assert z_scores(grads, truth).abs().max() < 4
+    assert abs(float(z_scores(values[:, None], exact.detach()))) < 4
+    assert z_scores(grads, 0.9 * truth).abs().max() > 4

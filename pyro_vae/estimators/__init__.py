@@ -32,6 +32,7 @@ from pyro_vae.estimators.renyi import JitRenyiBound, RenyiBound, RenyiOptions
 from pyro_vae.estimators.rws import ReweightedWakeSleep
 from pyro_vae.estimators.spec import EstimatorSpec
 from pyro_vae.estimators.stl import STLELBO, JitSTLELBO
+from pyro_vae.estimators.tvo import TVOBound, TVOOptions
 from pyro_vae.estimators.vimco import VIMCOBound
 from pyro_vae.named import Registry
 
@@ -152,6 +153,17 @@ _SPECS = [
         no_jit_reason=_NO_JIT,
         defaults=_VECTORIZED,
         latents="discrete",
+    ),
+    EstimatorSpec(
+        "tvo",
+        TVOBound,
+        "TVO bound",
+        "TVO lower bound, left Riemann sum over `partitions` points, K particles (Masrani et al. 2019)",
+        "covariance estimator with self-normalised weights: biased for finite K, consistent",
+        multi_particle=True,
+        options=TVOOptions,
+        no_jit_reason=_NO_JIT,
+        latents="any",
     ),
     EstimatorSpec(
         "disarm",
@@ -320,6 +332,7 @@ __all__ = [
     "ReinforceELBO",
     "RelaxedELBO",
     "ReweightedWakeSleep",
+    "TVOBound",
     "VIMCOBound",
     "FreeBitsELBO",
     "EstimatorRegistry",
