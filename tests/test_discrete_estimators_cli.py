@@ -97,3 +97,28 @@ def test_train_with_score_function_estimators_on_gaussian_latents(tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert config["elbo"] == "reinforce" and config["elbo_options"]["baseline"] == "average"
     assert main(["train", "--out", str(tmp_path / "vimco"), "--elbo", "vimco", "--particles", "3", *small]) == 0
+
+
+@pytest.mark.slow
+def test_the_disarm_mnist_benchmark_runs_in_a_tiny_setting(tmp_path):
+    """benchmarks/disarm_mnist.py, 4 steps of two estimators on the linear model: exit 0, its table, its curves and
+    results; the ELBO at step 0 is the same for both (same seed, same evaluator). Skipped without MNIST on disk."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    data = Path(os.environ.get("PYRO_VAE_DATA_DIR") or root.parent / "shared" / "data")
+    if not (data / "MNIST" / "raw").is_dir():
+        pytest.skip("MNIST is not on disk")
+    args = ["--data-dir", str(data), "--out", str(tmp_path), "--steps", "4", "--eval-every", "4"]
+    args += ["--estimators", "disarm,vimco", "--architectures", "linear"]
+    out = subprocess.run(
+        [sys.executable, "benchmarks/disarm_mnist.py", *args], cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert "| linear | disarm |" in out.stdout and "0.00% of the paper's 10^6" in out.stdout
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [len(r["curve"]) for r in rows] == [2, 2] and rows[0]["curve"][0] == rows[1]["curve"][0]
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
