@@ -4,10 +4,11 @@ and gradient against the exact value and gradient of what it estimates, by enume
 
 What each estimator is compared with (its spec's ``estimates``): "ELBO" and "relaxed ELBO" -> the exact (discrete)
 ELBO, so a relaxation's bias for the discrete objective shows; "IWAE bound" -> the exact K-sample bound, enumerated
-over the S^K K-tuples of states (NaN where S^K is over ``MAX_TUPLES``); "Renyi bound" -> not computed (NaN). The
-gradient's bias is |E g - g*| / |g*| per parameter group (g the gradient of the loss per example, g* the exact one),
-next to its noise level sqrt(sum_i Var(g_i) / R) / |g*|: a bias well above its noise level is real. (For rws, whose
-guide gradient is not that of any bound, the guide's bias against the IWAE bound's gradient is expected.)
+over the S^K K-tuples of states (NaN where S^K times the number of examples is over ``MAX_TUPLES``); "Renyi bound"
+and "TVO bound" -> not computed (NaN). The gradient's bias is |E g - g*| / |g*| per parameter group (g the gradient
+of the loss per example, g* the exact one), next to its noise level sqrt(sum_i Var(g_i) / R) / |g*|: a bias well
+above its noise level is real. (For rws, whose guide gradient is not that of any bound, the guide's bias against the
+IWAE bound's gradient is expected.)
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from pyro_vae.errors import UserError
 from pyro_vae.estimators._score import is_latent
 from pyro_vae.estimators.exact import MAX_STATES, EnumeratedStates, enumerate_states
 
-#: The most K-tuples of states the exact K-sample bound is enumerated over.
-MAX_TUPLES = 2**20
+#: The most (K-tuple of states, example) pairs the exact K-sample bound is enumerated over.
+MAX_TUPLES = 2**22
+#: The most (state, example) pairs ``exact_reference`` runs the model on (each is one decoder evaluation).
+MAX_EVALUATIONS = 2**17
 
 
 @dataclass
@@ -47,7 +50,8 @@ class ExactReference:
         """The exact value per example (differentiable) of what an estimator estimates; None where not computed."""
         if estimates in ("ELBO", "relaxed ELBO"):
             return self.states.elbo()
-        if estimates == "IWAE bound" and self.num_states**num_particles <= MAX_TUPLES:
+        examples = int(self.states.log_p.shape[1])
+        if estimates == "IWAE bound" and self.num_states**num_particles * examples <= MAX_TUPLES:
             return self.states.iwae_bound(num_particles, MAX_TUPLES)
         return None
 
@@ -87,12 +91,18 @@ class ExactReference:
 
 
 def exact_reference(
-    model: Callable[..., Any], guide: Callable[..., Any], x: Tensor, max_states: int = MAX_STATES
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
+    x: Tensor,
+    max_states: int = MAX_STATES,
+    max_evaluations: int = MAX_EVALUATIONS,
 ) -> ExactReference | None:
     """The exact reference where every latent of the guide is discrete and they have at most ``max_states`` joint
-    states; None otherwise (continuous latents, too many states)."""
+    states, and states times examples is at most ``max_evaluations`` (the model runs once per pair, all at once, so
+    this bounds its memory); None otherwise (continuous latents, too many states)."""
     try:
-        return ExactReference(enumerate_states(model, guide, x, max_states=max_states))
+        cap = min(max_states, max_evaluations // max(1, int(x.shape[0])))
+        return ExactReference(enumerate_states(model, guide, x, max_states=cap))
     except UserError:
         return None
 

@@ -12,7 +12,6 @@ Bernoulli latents costs 2^D evaluations of the model; ``max_states`` (default 2^
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,7 @@ from pyro.poutine.messenger import Messenger
 
 from pyro_vae.errors import UserError
 from pyro_vae.estimators._score import base_distribution, is_latent, one_line_errors
+from pyro_vae.estimators.exact import binary_vectors
 
 
 @dataclass
@@ -48,9 +48,7 @@ class EnumerableIndependentBernoulli(dist.Independent):
 
     def enumerate_support(self, expand: bool = True) -> torch.Tensor:
         event = tuple(self.event_shape)
-        grid = torch.tensor(
-            list(itertools.product((0.0, 1.0), repeat=math.prod(event))), dtype=self.base_dist.logits.dtype
-        )
+        grid = binary_vectors(math.prod(event), self.base_dist.logits.dtype)
         values = grid.reshape(-1, *([1] * len(self.batch_shape)), *event)
         return values.expand(-1, *self.batch_shape, *event) if expand else values
 

@@ -18,7 +18,6 @@ independently of Pyro's enumeration machinery (``TraceEnum_ELBO``, which the ``e
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,23 +35,36 @@ from pyro_vae.estimators.log_weights import guess_plate_nesting
 MAX_STATES = 2**16
 
 
-def site_support(fn: Any) -> torch.Tensor:
-    """Every value of one draw of a discrete site, shape (s, *event_shape); one-line UserError for a site that is
-    not discrete."""
+def binary_vectors(size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """All 2^size vectors of 0s and 1s, shape (2^size, size), in binary counting order."""
+    bits = torch.arange(size - 1, -1, -1)
+    return ((torch.arange(2**size)[:, None] >> bits) & 1).to(dtype)
+
+
+def site_size(fn: Any) -> int:
+    """The number of values of one draw of a discrete site; one-line UserError for a site that is not discrete."""
     base, dims = base_distribution(fn)
-    event_shape = tuple(fn.event_shape)
     if isinstance(base, torch.distributions.Bernoulli):
-        size = math.prod(event_shape)
-        if size > 30:
-            raise UserError(f"cannot enumerate {size} Bernoulli latents (2^{size} states)")
-        grid = torch.tensor(list(itertools.product((0.0, 1.0), repeat=size)), dtype=base.logits.dtype)
-        return grid.reshape(-1, *event_shape)
-    if isinstance(base, (torch.distributions.OneHotCategorical, torch.distributions.Categorical)) and dims == 0:
-        return base.enumerate_support(expand=False).reshape(-1, *event_shape)
+        return 2 ** math.prod(tuple(fn.event_shape))
+    if isinstance(base, torch.distributions.OneHotCategorical) and dims == 0:
+        return int(fn.event_shape[-1])
+    if isinstance(base, torch.distributions.Categorical) and dims == 0:
+        return int(base.logits.shape[-1])
     raise UserError(
         "exact enumeration needs discrete latents (Bernoulli, Categorical, OneHotCategorical), "
         f"got {type(base).__name__}"
     )
+
+
+def site_support(fn: Any) -> torch.Tensor:
+    """Every value of one draw of a discrete site, shape (s, *event_shape) (check ``site_size`` first: 2^D rows for
+    D Bernoulli latents)."""
+    base, _ = base_distribution(fn)
+    event_shape = tuple(fn.event_shape)
+    if isinstance(base, torch.distributions.Bernoulli):
+        return binary_vectors(math.prod(event_shape), base.logits.dtype).reshape(-1, *event_shape)
+    site_size(fn)  # a one-line error for anything else that is not discrete
+    return base.enumerate_support(expand=False).reshape(-1, *event_shape)
 
 
 class FixedValues(Messenger):
@@ -88,7 +100,7 @@ class EnumeratedStates:
         """The exact ELBO per example, sum_s q_s (log p_s - log q_s), shape (N,)."""
         return (self.log_q.exp() * self.log_w).sum(0)
 
-    def iwae_bound(self, num_particles: int, max_tuples: int = 2**20) -> torch.Tensor:
+    def iwae_bound(self, num_particles: int, max_tuples: int = 2**22) -> torch.Tensor:
         """The exact K-sample IWAE bound E[log (1/K) sum_k w_k] per example, over all S^K tuples of states."""
         s = self.log_p.shape[0]
         if s**num_particles > max_tuples:
@@ -119,17 +131,14 @@ def enumerate_states(
     One-line UserError when a latent is not discrete or S > ``max_states``."""
     with poutine.block(), torch.no_grad():
         first = poutine.trace(guide).get_trace(*args, **kwargs)
-    names, supports = [], []
-    for name, site in first.nodes.items():
-        if is_latent(site):
-            names.append(name)
-            supports.append(site_support(site["fn"]))
+    names = [name for name, site in first.nodes.items() if is_latent(site)]
     if not names:
         raise UserError("the guide has no latent sites to enumerate")
-    sizes = [len(s) for s in supports]
+    sizes = [site_size(first.nodes[name]["fn"]) for name in names]  # counted before any support is built
     total = math.prod(sizes)
     if total > max_states:
         raise UserError(f"{total} joint latent states are too many to enumerate (max {max_states})")
+    supports = [site_support(first.nodes[name]["fn"]) for name in names]
     index = torch.cartesian_prod(*[torch.arange(n) for n in sizes]).reshape(total, len(sizes))
     if plate_nesting is None:
         plate_nesting = guess_plate_nesting(model, guide, args, kwargs)
