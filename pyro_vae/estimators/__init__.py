@@ -158,7 +158,7 @@ _SPECS = [
         "tvo",
         TVOBound,
         "TVO bound",
-        "TVO lower bound, left Riemann sum over `partitions` points, K particles (Masrani et al. 2019)",
+        "TVO lower bound, left Riemann sum over its partition of [0, 1], K particles (Masrani et al. 2019)",
         "covariance estimator with self-normalised weights: biased for finite K, consistent",
         multi_particle=True,
         options=TVOOptions,

@@ -19,7 +19,7 @@ current z); the baseline only changes the variance.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pyro.infer import TraceGraph_ELBO
@@ -38,7 +38,7 @@ class ReinforceOptions:
     baseline_decay: the decay of the running mean c of the learning signal (c <- d c + (1 - d) mean signal).
     """
 
-    baseline: str = "learned"
+    baseline: Literal["learned", "average", "none"] = "learned"
     baseline_lr: float = 1e-3
     baseline_decay: float = 0.9
 
@@ -56,7 +56,7 @@ class ReinforceELBO(TraceGraph_ELBO):
 
     def __init__(
         self,
-        baseline: str = "learned",
+        baseline: Literal["learned", "average", "none"] = "learned",
         baseline_lr: float = 1e-3,
         baseline_decay: float = 0.9,
         num_particles: int = 1,
