@@ -48,6 +48,7 @@ from pyro_vae.config import REPARAMETERISED_ONLY
 from pyro_vae.errors import UserError
 from pyro_vae.estimators import ESTIMATORS, make_elbo
 from pyro_vae.estimators.detached_q import modules_of
+from pyro_vae.exact_reference import ExactReference
 from pyro_vae.importance import importance_sample
 from pyro_vae.progress import progress_bar
 from pyro_vae.psis import KhatSummary
@@ -87,7 +88,10 @@ class EstimatorStats:
     plug-in ``|E g| / std(g)`` averaged over the group's elements (biased upwards), ``snr_*_corrected`` its
     bootstrap bias-corrected value and ``snr_*_low/high`` the 95% basic bootstrap interval, which contains the
     corrected value; ``snr_floor``: sqrt(2 / (pi R)), the SNR that zero-mean gradients show with R draws. A group
-    with no parameters (``split_parameters`` could not tell encoder from decoder) has NaN statistics."""
+    with no parameters (``split_parameters`` could not tell encoder from decoder) has NaN statistics.
+    With an exact reference (small discrete latents, ``pyro_vae.exact_reference``): ``exact_target`` the exact value
+    of what the estimator estimates, ``exact_bias`` value_mean minus it with ``exact_bias_stderr``; ``grad_bias_*``
+    |E g - g*| / |g*| and ``grad_noise_*`` its noise level sqrt(sum Var(g) / R) / |g*|; NaN without one."""
 
     name: str
     num_particles: int
@@ -109,6 +113,13 @@ class EstimatorStats:
     snr_encoder_corrected: float = math.nan
     snr_decoder_corrected: float = math.nan
     bias_stderr: float = math.nan
+    exact_target: float = math.nan
+    exact_bias: float = math.nan
+    exact_bias_stderr: float = math.nan
+    grad_bias_encoder: float = math.nan
+    grad_bias_decoder: float = math.nan
+    grad_noise_encoder: float = math.nan
+    grad_noise_decoder: float = math.nan
 
 
 @dataclass
@@ -245,11 +256,13 @@ def estimator_stats(
     params: tuple[Sequence[Tensor], Sequence[Tensor]] | None = None,
     progress: bool = False,
     log_px_stderr: float = 0.0,
+    exact: ExactReference | None = None,
 ) -> EstimatorStats:
     """One row: ``elbo`` drawn ``num_draws`` times on batch x; ``log_px`` is the IS log p(x) per example, with
     its standard error ``log_px_stderr`` (0: taken as exact).
 
-    ``params`` = (encoder, decoder) parameter groups (default: ``split_parameters(model, guide, x)``).
+    ``params`` = (encoder, decoder) parameter groups (default: ``split_parameters(model, guide, x)``); ``exact``:
+    the exact reference of a model with small discrete latents, for the exact-bias columns.
     """
     encoder, decoder = params if params is not None else split_parameters(model, guide, x)
     pyro.set_rng_seed(seed)
@@ -264,6 +277,10 @@ def estimator_stats(
     enc_corrected, enc_low, enc_high = snr_bootstrap(draws.encoder, seed=seed)
     dec_corrected, dec_low, dec_high = snr_bootstrap(draws.decoder, seed=seed)
     estimates = ESTIMATORS[name].value if name in ESTIMATORS else ""
+    exact_columns = {}
+    if exact is not None and name in ESTIMATORS:
+        groups = [(encoder, draws.encoder), (decoder, draws.decoder)]
+        exact_columns = exact.columns(ESTIMATORS[name].estimates, k, draws.values, groups)
     return EstimatorStats(
         name=name,
         num_particles=k,
@@ -285,6 +302,7 @@ def estimator_stats(
         snr_encoder_corrected=enc_corrected,
         snr_decoder_corrected=dec_corrected,
         bias_stderr=math.sqrt(float(draws.values.var()) / num_draws + log_px_stderr**2),
+        **exact_columns,
     )
 
 
@@ -308,8 +326,13 @@ def compare_estimators(
     decoder_params: Sequence[Tensor] | None = None,
     progress: bool = False,
     log_px_stderr: float = 0.0,
+    exact: ExactReference | None = None,
 ) -> list[EstimatorStats]:
     """The comparison table for a fixed model, guide and batch x: one ``EstimatorStats`` per estimator.
+
+    ``exact``: the exact reference (``pyro_vae.exact_reference.exact_reference``) of a model with small discrete
+    latents; given, the reference log p(x) is its exact one (standard error 0) unless ``log_px`` is given, and the
+    rows have the exact-bias columns.
 
     ``model`` and ``guide`` are any Pyro callables. ``log_px`` (IS log p(x) per example, averaged over x) is
     computed with ``log_likelihood_samples`` importance samples unless given (given: ``log_px_stderr`` is its
@@ -320,6 +343,8 @@ def compare_estimators(
     """
     check_estimators_for_guide(guide, x, list(estimators))
     params = resolve_parameter_groups(model, guide, x, encoder_params, decoder_params, warn=True)[:2]
+    if log_px is None and exact is not None:
+        log_px, log_px_stderr = exact.log_likelihood(), 0.0
     if log_px is None:
         pyro.set_rng_seed(seed)
         estimate = importance_sample(model, guide, x, num_samples=log_likelihood_samples, progress=progress)
@@ -329,7 +354,7 @@ def compare_estimators(
             if warning:
                 warnings.warn(warning.removeprefix("warning: "), UnreliableReferenceWarning, stacklevel=2)
     return [
-        estimator_stats(name, elbo, model, guide, x, log_px, num_draws, seed, params, progress, log_px_stderr)
+        estimator_stats(name, elbo, model, guide, x, log_px, num_draws, seed, params, progress, log_px_stderr, exact)
         for name, elbo in estimators.items()
     ]
 
@@ -391,6 +416,7 @@ def snr_versus_particles(
     params: tuple[Sequence[Tensor], Sequence[Tensor]] | None = None,
     progress: bool = False,
     log_px_stderr: float = 0.0,
+    exact: ExactReference | None = None,
 ) -> list[EstimatorStats]:
     """Rows for each estimator in ``names`` at each K in ``particles`` (Rainforth et al. 2018, fig. 1)."""
     check_estimators_for_guide(guide, x, list(names))
@@ -408,6 +434,7 @@ def snr_versus_particles(
             params,
             progress,
             log_px_stderr,
+            exact,
         )
         for name in names
         for k in particles
@@ -425,7 +452,9 @@ COLUMN_HELP = (
     "example), averaged over the encoder's (the guide's) or the decoder's (the model's other) parameter "
     "elements; SNR enc / SNR dec: the gradient signal-to-noise ratio |E g| / std(g) averaged over the same "
     "elements, bias-corrected by the bootstrap, with its 95% basic bootstrap interval [low, high]; ms/step: "
-    "median milliseconds per gradient step"
+    "median milliseconds per gradient step; with small discrete latents (exact enumeration), also exact bias: value "
+    "minus the exact value of what the estimator estimates (the ELBO, the K-sample IWAE bound), ± its SE; grad bias: "
+    "|E g - g*| / |g*| for the exact gradient g*, with its noise level sqrt(sum Var g / R) / |g*| in brackets"
 )
 
 
@@ -435,23 +464,34 @@ def format_table(
     log_px_stderr: float | None = None,
     log_px_samples: int | None = None,
     groups: tuple[str, str] = ("enc", "dec"),
+    exact_states: int | None = None,
 ) -> str:
     """A plain-text table (also valid Markdown); see ``COLUMN_HELP``. A parameter group whose statistics are NaN
-    in every row (no parameters) has no columns; ``groups`` names the two groups in the header."""
+    in every row (no parameters) has no columns; ``groups`` names the two groups in the header. ``exact_states``:
+    log_px is exact, by enumeration of that many joint latent states."""
     shown = [
         (label, part)
         for label, part in zip(groups, ("encoder", "decoder"), strict=True)
         if any(math.isfinite(getattr(r, f"grad_var_{part}")) for r in rows)
     ]
+    exact = any(math.isfinite(r.exact_bias) for r in rows)
     header = ["estimator", "K", "value", "std", "bias ± SE"]
+    header += ["exact bias ± SE", *[f"grad bias {label} (noise)" for label, _ in shown]] if exact else []
     header += [f"var {label}" for label, _ in shown] + [f"SNR {label}" for label, _ in shown] + ["ms/step"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [r.name, str(r.num_particles), f"{r.value_mean:.3f}", f"{r.value_std:.3f}", _bias_cell(r)]
+        if exact:
+            cells += [_exact_cell(r), *[_grad_bias_cell(r, part) for _, part in shown]]
         cells += [_number(getattr(r, f"grad_var_{part}")) for _, part in shown]
         cells += [_snr_cell(r, part) for _, part in shown]
         lines.append("| " + " | ".join([*cells, f"{r.ms_per_step:.2f}"]) + " |")
-    if log_px is not None:
+    if log_px is not None and exact_states:
+        lines.append(
+            f"\nexact log p(x) per example: {log_px:.3f} nats (enumeration of {exact_states} joint latent states; "
+            "bias = value - log p(x))"
+        )
+    elif log_px is not None:
         how = f"importance sampling, K = {log_px_samples}" if log_px_samples else "reference"
         se = f" ± {log_px_stderr:.3f}" if log_px_stderr is not None and math.isfinite(log_px_stderr) else ""
         lines.append(f"\nIS log p(x) per example: {log_px:.3f}{se} nats ({how}; bias = value - IS log p(x))")
@@ -469,6 +509,17 @@ def format_table(
 
 def _number(value: float) -> str:
     return f"{value:.3g}" if math.isfinite(value) else "n/a"
+
+
+def _exact_cell(r: EstimatorStats) -> str:
+    if not math.isfinite(r.exact_bias):
+        return "n/a"
+    return f"{r.exact_bias:+.3f} ± {r.exact_bias_stderr:.3f}"
+
+
+def _grad_bias_cell(r: EstimatorStats, part: str) -> str:
+    bias, noise = getattr(r, f"grad_bias_{part}"), getattr(r, f"grad_noise_{part}")
+    return f"{bias:.3f} ({noise:.3f})" if math.isfinite(bias) else "n/a"
 
 
 def _bias_cell(r: EstimatorStats) -> str:

@@ -67,6 +67,7 @@ LAYERS: list[tuple[str, ...]] = [
         "pyro_vae.collapse",
         "pyro_vae.snr",
         "pyro_vae.comparison",
+        "pyro_vae.exact_reference",
         "pyro_vae.figures",
         "pyro_vae.sphere_figures",
         "pyro_vae.ablation",

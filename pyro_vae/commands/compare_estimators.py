@@ -39,6 +39,7 @@ from pyro_vae.comparison import (
 from pyro_vae.config import TrainConfig
 from pyro_vae.errors import UserError
 from pyro_vae.estimators import ESTIMATORS
+from pyro_vae.exact_reference import exact_reference, has_discrete_latents
 from pyro_vae.importance import importance_sample
 from pyro_vae.psis import KhatSummary
 from pyro_vae.run_dir import RunDir, load_run
@@ -67,9 +68,10 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
     parser.add_argument(
         "--estimators",
         type=_names,
-        default=ESTIMATORS.names(),
+        default=None,
         metavar="A,B,...",
-        help=f"comma-separated estimator names (default: all: {','.join(ESTIMATORS.names())})",
+        help="comma-separated estimator names (default: every estimator that works with the model's latents: for "
+        f"continuous ones {','.join(_default_names(False))}; for discrete ones {','.join(_default_names(True))})",
     )
     bounds = ", ".join(name for name, spec in ESTIMATORS.items() if spec.multi_particle)
     parser.add_argument(
@@ -86,16 +88,16 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
         "--snr-ks",
         type=int,
         nargs="+",
-        default=[1, 5, 10, 50],
+        default=None,
         metavar="K",
-        help="K values of the SNR plot (default: 1 5 10 50)",
+        help="K values of the SNR plot (default: 1 5 10 50; 2 5 10 50 for discrete latents)",
     )
     parser.add_argument(
         "--snr-estimators",
         type=_names,
-        default=["iwae", "dreg"],
+        default=None,
         metavar="A,B",
-        help="estimators of the SNR plot (default: iwae,dreg)",
+        help="estimators of the SNR plot (default: iwae,dreg; rws,vimco for discrete latents)",
     )
     parser.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars (on a terminal)"
@@ -108,18 +110,23 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
     return parser
 
 
+def _default_names(discrete: bool) -> list[str]:
+    """Every estimator name (with the jit- spellings) that works with discrete or continuous latents."""
+    return [n for n in ESTIMATORS.names() if ESTIMATORS[n].works_with(discrete)]
+
+
 def _check(args: argparse.Namespace) -> None:
-    for name in [*args.estimators, *args.snr_estimators]:
+    for name in [*(args.estimators or []), *(args.snr_estimators or [])]:
         if name not in ESTIMATORS:
             raise ESTIMATORS.unknown(name)
-    if not args.estimators:
+    if args.estimators is not None and not args.estimators:
         raise UserError("--estimators is empty; give at least one name")
     for flag, value in (("--particles", args.particles), ("--draws", args.draws), ("--examples", args.examples)):
         if value < 1:
             raise UserError(f"{flag} must be >= 1, got {value}")
     if args.draws < 2:
         raise UserError(f"--draws must be >= 2 (a variance needs two draws), got {args.draws}")
-    if args.ll_samples < 1 or min(args.snr_ks) < 1:
+    if args.ll_samples < 1 or min(args.snr_ks or [1]) < 1:
         raise UserError("--ll-samples and --snr-ks must be >= 1")
 
 
@@ -140,8 +147,11 @@ def _source(args: argparse.Namespace, run_dir: RunDir):
     """(model, guide, test x, title, record) from the run in DIR, trained first with --train, or --model-module."""
     model_opts, train_opts = given_options(args)
     if args.model_module:
-        if args.train or model_opts or set(train_opts) - _DATA_OPTIONS:
-            raise UserError("--model-module takes only --dataset, --data-dir, --download and --threads of the options")
+        if args.train or model_opts or set(train_opts) - _DATA_OPTIONS - {"elbo_options"}:
+            raise UserError(
+                "--model-module takes only --dataset, --data-dir, --download, --threads and --elbo-OPTION "
+                "of the options"
+            )
         model, guide = load_model_module(args.model_module)
         args.dataset, args.data_dir = train_opts.get("dataset", "digits"), train_opts.get("data_dir")
         args.download = train_opts.get("download", True)
@@ -194,10 +204,23 @@ def _run(args: argparse.Namespace, run_dir: RunDir) -> int:
         )
         groups = ("all", "dec")
 
+    # Small discrete latents: the exact log p(x), values and gradients by enumeration; else importance sampling.
+    exact = exact_reference(model, guide, x)
+    discrete = exact is not None or has_discrete_latents(model, guide, x)
+    if args.snr_estimators is None:  # the K-particle estimators that work with the latents; VIMCO needs K >= 2
+        args.snr_estimators = ["rws", "vimco"] if discrete else ["iwae", "dreg"]
+    if args.snr_ks is None:
+        args.snr_ks = [2, 5, 10, 50] if discrete else [1, 5, 10, 50]
+    if args.estimators is None:
+        args.estimators = _default_names(discrete)
     pyro.set_rng_seed(seed)
-    reference = importance_sample(model, guide, x, num_samples=args.ll_samples, progress=args.progress)
-    log_px, log_px_se = reference.mean_and_stderr()
-    khat = KhatSummary.of(reference.khat, args.ll_samples) if reference.khat is not None else None
+    khat = None
+    if exact is not None:
+        log_px, log_px_se = exact.log_likelihood(), 0.0
+    else:
+        reference = importance_sample(model, guide, x, num_samples=args.ll_samples, progress=args.progress)
+        log_px, log_px_se = reference.mean_and_stderr()
+        khat = KhatSummary.of(reference.khat, args.ll_samples) if reference.khat is not None else None
     estimators = {name: _estimator(name, args) for name in args.estimators}
     print(f"comparing {len(estimators)} estimators, {args.draws} draws each ...", file=sys.stderr)
     rows = compare_estimators(
@@ -212,14 +235,27 @@ def _run(args: argparse.Namespace, run_dir: RunDir) -> int:
         decoder_params=params[1],
         progress=args.progress,
         log_px_stderr=log_px_se,
+        exact=exact,
     )
     print(f"SNR against K for {', '.join(args.snr_estimators)} ...", file=sys.stderr)
     sweep = snr_versus_particles(
-        model, guide, x, log_px, args.snr_estimators, args.snr_ks, args.draws, seed, params, args.progress, log_px_se
+        model,
+        guide,
+        x,
+        log_px,
+        args.snr_estimators,
+        args.snr_ks,
+        args.draws,
+        seed,
+        params,
+        args.progress,
+        log_px_se,
+        exact=exact,
     )
 
     print(f"{where}; {x.shape[0]} test examples, {args.draws} draws; values in nats per example")
-    print(format_table(rows, log_px, log_px_se, args.ll_samples, groups))
+    states = exact.num_states if exact is not None else None
+    print(format_table(rows, log_px, log_px_se, args.ll_samples, groups, exact_states=states))
     if khat is not None:
         warning = khat.warning("the reference log p(x) (and so the biases)")
         print(f"reference log p(x), {khat.line()}" + (f"\n{warning}" if warning else ""))
@@ -239,7 +275,8 @@ def _run(args: argparse.Namespace, run_dir: RunDir) -> int:
             "snr_floor": snr_floor(args.draws),
             "log_likelihood": log_px,
             "log_likelihood_stderr": log_px_se,
-            "log_likelihood_samples": args.ll_samples,
+            "log_likelihood_samples": None if exact is not None else args.ll_samples,
+            "log_likelihood_exact_states": states,
             "log_likelihood_psis": None if khat is None else khat.to_dict(),
             "parameter_groups": "all parameters together" if problem else "encoder and decoder",
             "estimators": [dataclasses.asdict(r) for r in rows],

@@ -18,15 +18,22 @@ from typing import Any
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae.errors import UserError
+from pyro_vae.estimators.disarm import DisARMELBO
 from pyro_vae.estimators.dreg import DReGBound
+from pyro_vae.estimators.enum import EnumELBO, EnumOptions
 from pyro_vae.estimators.free_bits import FreeBitsELBO
 from pyro_vae.estimators.iwae import IWAEBound, JitIWAEBound
 from pyro_vae.estimators.jit_meanfield import JitTraceMeanFieldELBO
 from pyro_vae.estimators.jit_trace import JitTraceELBO
 from pyro_vae.estimators.log_weights import per_example_log_weights
+from pyro_vae.estimators.reinforce import ReinforceELBO, ReinforceOptions
+from pyro_vae.estimators.relaxed import RelaxedELBO, RelaxedOptions
 from pyro_vae.estimators.renyi import JitRenyiBound, RenyiBound, RenyiOptions
+from pyro_vae.estimators.rws import ReweightedWakeSleep
 from pyro_vae.estimators.spec import EstimatorSpec
 from pyro_vae.estimators.stl import STLELBO, JitSTLELBO
+from pyro_vae.estimators.tvo import TVOBound, TVOOptions
+from pyro_vae.estimators.vimco import VIMCOBound
 from pyro_vae.named import Registry
 
 #: The prefix of the names that mean "compiled": "jit-trace" is make_elbo("trace", jit=True).
@@ -34,6 +41,7 @@ JIT_PREFIX = "jit-"
 
 # Trace-based ELBOs draw num_particles > 1 at once (a particle plate) rather than in a Python loop.
 _VECTORIZED = {"vectorize_particles": True}
+_NO_JIT = "the estimators of discrete latents have no compiled form"
 
 _SPECS = [
     EstimatorSpec(
@@ -89,6 +97,82 @@ _SPECS = [
         "encoder: w~_k^2 path derivative; decoder: as IWAE (Tucker et al. 2018)",
         multi_particle=True,
         no_jit_reason="its gradient hooks are not recorded by the JIT",
+    ),
+    # Estimators for discrete latents (also run on continuous guides where they say so): no compiled forms, as
+    # their effect handlers, baselines and antithetic passes keep Python state between calls.
+    EstimatorSpec(
+        "enum",
+        EnumELBO,
+        "ELBO",
+        "exact ELBO, the guide's discrete latents enumerated (TraceEnum_ELBO)",
+        "exact gradient of the ELBO",
+        options=EnumOptions,
+        no_jit_reason=_NO_JIT,
+        defaults=_VECTORIZED,
+        latents="discrete",
+    ),
+    EstimatorSpec(
+        "reinforce",
+        ReinforceELBO,
+        "ELBO",
+        "ELBO (K-particle mean), score function for non-reparameterised latents (TraceGraph_ELBO)",
+        "score function with a learned baseline (Mnih & Gregor 2014); unbiased for the ELBO's",
+        options=ReinforceOptions,
+        no_jit_reason=_NO_JIT,
+        defaults=_VECTORIZED,
+        latents="any",
+    ),
+    EstimatorSpec(
+        "vimco",
+        VIMCOBound,
+        "IWAE bound",
+        "IWAE bound, K >= 2 particles, any latents by score function (Mnih & Rezende 2016)",
+        "leave-one-out baselines; unbiased for the gradient of the K-sample IWAE bound",
+        multi_particle=True,
+        no_jit_reason=_NO_JIT,
+        latents="any",
+    ),
+    EstimatorSpec(
+        "rws",
+        ReweightedWakeSleep,
+        "IWAE bound",
+        "IWAE bound, K particles, per example (Bornschein & Bengio 2015)",
+        "model: wake-theta (unbiased for the IWAE bound's); guide: wake-phi, self-normalised -grad KL(p||q), biased",
+        multi_particle=True,
+        no_jit_reason=_NO_JIT,
+        latents="any",
+    ),
+    EstimatorSpec(
+        "relaxed",
+        RelaxedELBO,
+        "relaxed ELBO",
+        "ELBO of the Concrete-relaxed model (Maddison et al. 2017; Jang et al. 2017), biased for the discrete ELBO; "
+        "straight-through: the discrete ELBO",
+        "reparameterised through the relaxation: biased for the discrete ELBO's",
+        options=RelaxedOptions,
+        no_jit_reason=_NO_JIT,
+        defaults=_VECTORIZED,
+        latents="discrete",
+    ),
+    EstimatorSpec(
+        "tvo",
+        TVOBound,
+        "TVO bound",
+        "TVO lower bound, left Riemann sum over its partition of [0, 1], K particles (Masrani et al. 2019)",
+        "covariance estimator with self-normalised weights: biased for finite K, consistent",
+        multi_particle=True,
+        options=TVOOptions,
+        no_jit_reason=_NO_JIT,
+        latents="any",
+    ),
+    EstimatorSpec(
+        "disarm",
+        DisARMELBO,
+        "ELBO",
+        "ELBO, K antithetic pairs, Bernoulli latents only (Dong et al. 2020)",
+        "DisARM for the guide, mean grad log p for the model; unbiased for the ELBO's",
+        no_jit_reason=_NO_JIT,
+        latents="discrete",
     ),
 ]
 
@@ -243,6 +327,13 @@ __all__ = [
     "ESTIMATORS",
     "JIT_PREFIX",
     "DReGBound",
+    "DisARMELBO",
+    "EnumELBO",
+    "ReinforceELBO",
+    "RelaxedELBO",
+    "ReweightedWakeSleep",
+    "TVOBound",
+    "VIMCOBound",
     "FreeBitsELBO",
     "EstimatorRegistry",
     "EstimatorSpec",

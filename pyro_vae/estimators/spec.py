@@ -19,6 +19,8 @@ from pyro_vae.errors import UserError
 
 #: Options every estimator takes (Pyro's ELBO constructor arguments that the project relies on).
 COMMON_OPTIONS = ("num_particles", "max_plate_nesting")
+#: The kinds of latents an estimator may work with (``EstimatorSpec.latents``).
+LATENTS = ("continuous", "discrete", "any")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,8 @@ class EstimatorSpec:
         jit_factory: the compiled variant, or None where there is none.
         no_jit_reason: why there is no compiled variant (said in the error).
         defaults: keyword arguments the factory always gets unless overridden (e.g. vectorised particles).
+        latents: the latents it works with: "continuous" (reparameterised, the default), "discrete" (Bernoulli or
+            categorical: enum, relaxed, disarm) or "any" (score-function estimators: reinforce, vimco, rws).
     """
 
     name: str
@@ -51,8 +55,13 @@ class EstimatorSpec:
     jit_factory: Callable[..., ELBO] | None = None
     no_jit_reason: str = ""
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    latents: str = "continuous"
 
     def __post_init__(self) -> None:
+        if self.latents not in LATENTS:
+            raise ValueError(
+                f"estimator {self.name!r}: latents must be one of {', '.join(LATENTS)}, got {self.latents!r}"
+            )
         if self.options is not None and not (isinstance(self.options, type) and dataclasses.is_dataclass(self.options)):
             raise ValueError(f"estimator {self.name!r}: options must be a dataclass, got {self.options!r}")
         # The declared options must be what the factories accept: a spec never promises an option it lacks.
@@ -100,6 +109,10 @@ class EstimatorSpec:
 
     def __call__(self, **options: Any) -> ELBO:
         return self.make(**options)
+
+    def works_with(self, discrete: bool) -> bool:
+        """Whether it works with a guide whose latents are discrete (``discrete``) or continuous."""
+        return self.latents == "any" or self.latents == ("discrete" if discrete else "continuous")
 
     @property
     def description(self) -> str:
