@@ -64,9 +64,13 @@ def _khat_one(top: Tensor, num_samples: int) -> float:
         # Pyro's fit would divide by zero on such a "tail" of rounding errors, or see too few distinct values.
         return -math.inf
     tail = lw[lw > cutoff]
-    if tail.numel() < MIN_TAIL:  # too few samples, or too many ties, to fit
+    # Too few samples, or too many ties (a discrete latent has finitely many weights), to fit: distinct values count.
+    if torch.unique(tail).numel() < MIN_TAIL:
         return math.nan
-    k, _ = fit_generalized_pareto(tail.exp() - math.exp(cutoff))
+    try:
+        k, _ = fit_generalized_pareto(tail.exp() - math.exp(cutoff))
+    except ZeroDivisionError:  # Pyro's fit on a degenerate tail (near-ties it cannot separate): undefined, not 0
+        return math.nan
     return float(k)
 
 
