@@ -171,8 +171,11 @@ def trace_terms(model: Callable[..., Any], guide: Callable[..., Any], x: Tensor,
 
 @torch.no_grad()
 def latent_means(guide: Callable[..., Any], x: Tensor, batch_size: int = 4096) -> Tensor:
-    """The encoder means E_q[z|x] (N, z_dim), on the CPU: ``guide.posterior(x).mean``, or for a guide without
-    ``posterior`` the means of its latent sites' distributions (all sites, concatenated)."""
+    """The encoder means E_q[z|x] (N, z_dim), on the CPU: ``guide.posterior(x).mean``; for a hierarchical guide
+    ``guide.code_mean(x)``, the bottom layer z_1 that the decoder takes; for a guide without either, the means of
+    its latent sites' distributions (all sites, concatenated)."""
+    if hasattr(guide, "code_mean"):
+        return torch.cat([guide.code_mean(xb) for xb in x.split(batch_size)]).cpu()
     if hasattr(guide, "posterior"):
         return torch.cat([guide.posterior(xb).mean for xb in x.split(batch_size)]).cpu()
     means = []
