@@ -208,3 +208,25 @@ def test_the_bottom_up_guide_refuses_the_meanfield_elbo_and_the_vamp_prior_in_on
         build(VAEConfig(x_dim=4, model="hierarchical", prior="vamp", options=bottomup))
     with pytest.raises(UserError, match="sizes needs one dimension per layer"):
         VAEConfig(x_dim=4, model="hierarchical", options={"model": {"layers": 3, "sizes": [2, 2]}})
+
+
+def test_posterior_means_per_layer_are_the_exact_posterior_means(exact_pair):
+    """E_q[z2|x] is q(z2|x)'s mean, exactly; E_q[z1|x] averages MEAN_DRAWS conditional means over draws of z2, within
+    4 standard errors of the exact m1(x) (SE^2 = the variance of the conditional mean over z2, / MEAN_DRAWS)."""
+    from pyro_vae.evaluation import MEAN_DRAWS, active_units_per_site, posterior_means_by_site
+
+    model, guide, truth, x = exact_pair
+    pyro.set_rng_seed(8)
+    means = posterior_means_by_site(model, guide, x)
+    exact, cov = truth.posterior_moments(x)
+    j1 = SIZES[0]
+    assert list(means) == ["z2", "z1"]
+    torch.testing.assert_close(means["z2"], exact[:, j1:], atol=1e-10, rtol=0)
+    gain = cov[:j1, j1:] @ torch.linalg.inv(cov[j1:, j1:])
+    se = torch.sqrt(torch.diagonal(gain @ cov[j1:, j1:] @ gain.T) / MEAN_DRAWS)
+    assert ((means["z1"] - exact[:, :j1]).abs() < 4 * se).all()
+    counts = active_units_per_site(model, guide, x, threshold=0.0)
+    assert counts == {
+        "z2": {"active": SIZES[1], "dimensions": SIZES[1]},
+        "z1": {"active": SIZES[0], "dimensions": SIZES[0]},
+    }

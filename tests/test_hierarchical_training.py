@@ -1,0 +1,72 @@
+"""The hierarchical VAE end to end: exact resumption, the command line (train, evaluate with AIS, gaps and the
+per-layer active units), and refusals in one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pyro_vae.cli import main
+from pyro_vae.data import load_data
+from pyro_vae.training import TrainConfig, train
+
+SMALL = {"model": "hierarchical", "z_dim": 2, "hidden": (16,), "batch_size": 256, "threads": 1}
+ORDERS = {
+    # the default: ladder guide, meanfield ELBO (analytic KL per layer)
+    "ladder-meanfield": {"options": {"model": {"sizes": (4, 2)}}},
+    # Burda's bottom-up guide with the IWAE bound over both layers, two particles
+    "bottomup-iwae": {"options": {"model": {"sizes": (4, 2), "order": "bottomup"}}, "elbo": "iwae", "particles": 2},
+}
+
+
+def config(name: str, epochs: int) -> TrainConfig:
+    # A checkpoint after every epoch (checkpoint_seconds = 0), so the run can stop between two of them.
+    return TrainConfig.for_data(load_data("digits"), epochs=epochs, checkpoint_seconds=0, **SMALL, **ORDERS[name])
+
+
+@pytest.mark.parametrize("name", list(ORDERS))
+def test_two_epochs_resumed_to_three_equal_three_uninterrupted(tmp_path, name):
+    full = train(config(name, 3), tmp_path / "full", progress=False, figures=False)
+    train(config(name, 2), tmp_path / "cut", progress=False, figures=False)
+    resumed = train(config(name, 3), tmp_path / "cut", resume=True, progress=False, figures=False)
+    assert (tmp_path / "cut" / "metrics.jsonl").read_text() == (tmp_path / "full" / "metrics.jsonl").read_text()
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(full.guide.state_dict().values(), resumed.guide.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_train_and_evaluate_from_the_command_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--model", "hierarchical", "--layers", "2", "--model-sizes", "4", "2", "--hidden", "16"]
+    assert main([*argv, "--epochs", "1", "--batch-size", "256", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["model"] == "hierarchical" and config["model"]["options"]["model"]["layers"] == 2
+    assert (out / "samples.png").exists() and (out / "reconstructions.png").exists()
+    said = capsys.readouterr()
+    assert "KL per latent site: z2=analytic, z1=analytic" in said.out + said.err
+    evaluate = ["evaluate", str(out), "--ll-samples", "20", "--examples", "8", "--ais", "--ais-examples", "2"]
+    gaps = ["--ais-num-steps", "5", "--ais-num-chains", "2", "--gaps", "--gap-examples", "2", "--gap-num-steps", "3"]
+    assert main([*evaluate, *gaps]) == 0
+    result = json.loads((out / "evaluation.json").read_text())
+    assert list(result["active_units_per_site"]) == ["z2", "z1"]
+    assert [v["dimensions"] for v in result["active_units_per_site"].values()] == [2, 4]
+    assert "per latent site    z2 " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model-order", "bottomup"], "biased; use --elbo trace, iwae, stl or dreg, or --model-order ladder"),
+        (["--model-order", "bottomup", "--elbo", "iwae", "--prior", "vamp"], "use --model-order ladder"),
+        (["--model-sizes", "3"], "sizes needs one dimension per layer (2)"),
+        (["--guide", "power-spherical", "--prior", "uniform-sphere", "--z-dim", "3"], "layers are Gaussian on R^J"),
+    ],
+)
+def test_bad_combinations_are_refused_in_one_line(tmp_path, capsys, argv, message):
+    out = tmp_path / "run"
+    assert main(["train", "--model", "hierarchical", "--epochs", "1", "--out", str(out), *argv]) != 0
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
