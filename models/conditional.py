@@ -13,15 +13,12 @@ from collections.abc import Sequence
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from pyro_vae.models.networks import mlp
+from pyro_vae.models.networks import ACTIVATIONS, mlp
 from torch import Tensor, nn
 from torch.distributions.transforms import SoftplusTransform
 
 #: Floor added to every conditional scale, as the guides' MIN_SCALE: sigma never reaches 0 in float32.
 MIN_SCALE = 1e-5
-
-#: The activations a conditional's hidden layers may use, by name (Burda et al. use tanh).
-ACTIVATIONS: dict[str, type[nn.Module]] = {"softplus": nn.Softplus, "tanh": nn.Tanh}
 
 
 class GaussianConditional(nn.Module):

@@ -15,11 +15,12 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import pyro
 import pyro.distributions as dist
-from pyro_vae.models.conditional import ACTIVATIONS, GaussianConditional
-from pyro_vae.models.networks import check_count, check_widths
+from pyro_vae.models.conditional import GaussianConditional
+from pyro_vae.models.networks import check_activation, check_count, check_widths
 from torch import Tensor, nn
 
 #: The guide orders: Burda et al.'s bottom-up q(z1|x) q(z2|z1) ..., or Sonderby et al.'s top-down (ladder) one.
@@ -46,8 +47,8 @@ class HierarchicalOptions:
     layers: int = 2
     sizes: tuple[int, ...] | None = None
     hidden: tuple[int, ...] | None = None
-    order: str = "ladder"
-    activation: str = "softplus"
+    order: Literal["ladder", "bottomup"] = "ladder"
+    activation: Literal["softplus", "tanh"] = "softplus"
 
     def __post_init__(self) -> None:
         check_count(self.layers, "layers", least=2)
@@ -57,8 +58,7 @@ class HierarchicalOptions:
             raise ValueError(f"sizes needs one dimension per layer ({self.layers}), got {list(self.sizes)}")
         if self.order not in ORDERS:
             raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {self.order!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        check_activation(self.activation)
 
     def layer_sizes(self, z_dim: int) -> tuple[int, ...]:
         """The dimension of z1 ... zL: ``sizes``, or ``z_dim`` for every layer."""

@@ -29,6 +29,17 @@ def mlp(
     return nn.Sequential(*layers)
 
 
+#: Hidden-layer activations by name, for networks whose options choose one (softplus, the project's default; tanh,
+#: Burda et al. 2015's).
+ACTIVATIONS: dict[str, type[nn.Module]] = {"softplus": nn.Softplus, "tanh": nn.Tanh}
+
+
+def check_activation(value: object, name: str = "activation") -> None:
+    """ValueError (one line) unless ``value`` names an activation of ``ACTIVATIONS``."""
+    if value not in ACTIVATIONS:
+        raise ValueError(f"{name} must be one of {', '.join(ACTIVATIONS)}, got {value!r}")
+
+
 def as_shape(shape: int | Sequence[int]) -> tuple[int, ...]:
     """An event shape as a tuple of ints; an int D means flat data, (D,)."""
     return (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)

@@ -176,8 +176,8 @@ class VAEConfig(_NoOldFields):
             sphere.
         hidden: the hidden layer widths of every network whose own ``hidden`` option is unset (the mlp and conv
             encoder and decoder).
-        model: the model structure, a name in pyro_vae.MODELS: vae (one latent z) or hierarchical (stochastic layers
-            z_L -> ... -> z_1 -> x, docs/models.md); its options are options["model"] (--model-layers, ...).
+        model: the model structure, a name in pyro_vae.MODELS (docs/models.md); its options are options["model"]
+            (--model-layers, ...).
         options: each chosen component's own settings, by kind: {"prior": {"scale": 2.0}, "decoder": {"channels":
             [64, 32]}} (on the command line: --prior-scale 2 --decoder-channels 64 32); what is not given takes
             the component's default.

@@ -227,7 +227,7 @@ ENCODERS = _registry(
     "encoder",
     {
         "mlp": Component(
-            lambda c, options: MLPEncoder(c.x_shape, widths(c, options)),
+            lambda c, options: MLPEncoder(c.x_shape, widths(c, options), options.activation),
             "MLP, widths --encoder-hidden",
             options=MLPEncoderOptions,
         ),
@@ -243,7 +243,7 @@ DECODERS = _registry(
     "decoder",
     {
         "mlp": Component(
-            lambda c, options: MLPDecoder(c.z_dim, c.x_shape, widths(c, options)),
+            lambda c, options: MLPDecoder(c.z_dim, c.x_shape, widths(c, options), options.activation),
             "MLP, widths --decoder-hidden",
             options=MLPDecoderOptions,
         ),

@@ -70,3 +70,14 @@ def test_bad_combinations_are_refused_in_one_line(tmp_path, capsys, argv, messag
     assert main(["train", "--model", "hierarchical", "--epochs", "1", "--out", str(out), *argv]) != 0
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.slow
+def test_two_ranks_under_torchrun_train_the_single_process_hierarchical_run(tmp_path):
+    """torchrun with two ranks = one process, for the ladder guide (meanfield) over both layers."""
+    from tests.test_distributed import assert_same_run, ok, single, torchrun
+
+    argv = ["--model", "hierarchical", "--model-sizes", "4", "2", "--epochs", "2", "--batch-size", "128", "--seed", "3"]
+    ok(single("--out", str(tmp_path / "one"), *argv))
+    ok(torchrun(2, "--out", str(tmp_path / "two"), *argv))
+    assert_same_run(tmp_path / "one", tmp_path / "two")
