@@ -6,16 +6,19 @@ building blocks of ``pyro_vae.models`` (``tests/test_architecture.py`` checks it
 
 from pyro_vae.guides.encoders import MLPEncoder
 from pyro_vae.guides.fullcov import FullCovarianceGuide
+from pyro_vae.guides.hierarchical import BottomUpGuide, LadderGuide
 from pyro_vae.guides.iaf import FlowPosterior, IAFGuide, IAFOptions
 from pyro_vae.guides.normal_guide import MIN_SCALE, NormalGuide
 from pyro_vae.guides.power_spherical import PowerSpherical, PowerSphericalGuide
 
 __all__ = [
     "MIN_SCALE",
+    "BottomUpGuide",
     "FlowPosterior",
     "FullCovarianceGuide",
     "IAFGuide",
     "IAFOptions",
+    "LadderGuide",
     "MLPEncoder",
     "NormalGuide",
     "PowerSpherical",

@@ -81,3 +81,32 @@ def test_two_ranks_under_torchrun_train_the_single_process_hierarchical_run(tmp_
     ok(single("--out", str(tmp_path / "one"), *argv))
     ok(torchrun(2, "--out", str(tmp_path / "two"), *argv))
     assert_same_run(tmp_path / "one", tmp_path / "two")
+
+
+def test_the_two_layer_mnist_rows_have_burdas_architecture():
+    """benchmarks/mnist_nll.py's two-layer rows: 784 -> 200 -> 200 -> z1 (100) -> 100 -> 100 -> z2 (50), all tanh,
+    in the bottom-up guide, and back in the model."""
+    import dataclasses
+    import sys
+    from pathlib import Path
+
+    from torch import nn
+
+    from pyro_vae import build
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import mnist_nll
+
+    config = mnist_nll.row_config("mlp2-standard-iwae5", None, 1)
+    assert (config.elbo, config.particles) == ("iwae", 5)
+    model, guide = build(dataclasses.replace(config.model, x_shape=(1, 28, 28), x_dim=None))
+
+    def shape(net: nn.Sequential) -> list:
+        return [(m.in_features, m.out_features) if isinstance(m, nn.Linear) else type(m).__name__ for m in net]
+
+    tanh2 = ["Tanh"]
+    assert shape(guide.first.encoder.net) == [(784, 200), *tanh2, (200, 200), *tanh2]
+    assert guide.first.head.out_features == 2 * 100
+    assert shape(guide.ups[0].net) == [(100, 100), "Tanh", (100, 100), "Tanh", (100, 2 * 50)]
+    assert shape(model.conditionals[0].net) == [(50, 100), "Tanh", (100, 100), "Tanh", (100, 2 * 100)]
+    assert shape(model.decoder.net) == [(100, 200), "Tanh", (200, 200), "Tanh", (200, 784)]
