@@ -381,7 +381,9 @@ def build(
     config.validate()
     if config.x_shape is None:
         raise UserError("the VAEConfig has no x_shape: give x_shape (or x_dim), or let train() take it from the data")
-    return MODELS[config.model].make(config, prior, kind="model", name=config.model)  # type: ignore[return-value]
+    # A ModelSpec of an earlier release has no ``model``: it is the one-latent VAE.
+    name = getattr(config, "model", "vae")
+    return MODELS[name].make(config, prior, kind="model", name=name)  # type: ignore[return-value]
 
 
 def build_vae(
