@@ -123,7 +123,7 @@ def test_a_users_component_options_are_command_line_flags(user_components, tmp_p
     bad = ["train", "--out", str(tmp_path / "bad"), "--decoder", "mlp", "--decoder-width", "5", "--no-progress"]
     assert main(bad) == 2
     assert capsys.readouterr().err == (
-        "pyro-vae: error: decoder 'mlp' has no option(s) width; its options are hidden\n"
+        "pyro-vae: error: decoder 'mlp' has no option(s) width; its options are hidden, activation\n"
     )
     assert not (tmp_path / "bad").exists()
 
