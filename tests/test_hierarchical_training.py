@@ -77,7 +77,7 @@ def test_two_ranks_under_torchrun_train_the_single_process_hierarchical_run(tmp_
     """torchrun with two ranks = one process, for the ladder guide (meanfield) over both layers."""
     from tests.test_distributed import assert_same_run, ok, single, torchrun
 
-    argv = ["--model", "hierarchical", "--model-sizes", "4", "2", "--epochs", "2", "--batch-size", "128", "--seed", "3"]
+    argv = ["--model", "hierarchical", "--model-sizes", "4", "2", "--epochs", "1", "--batch-size", "128", "--seed", "3"]
     ok(single("--out", str(tmp_path / "one"), *argv))
     ok(torchrun(2, "--out", str(tmp_path / "two"), *argv))
     assert_same_run(tmp_path / "one", tmp_path / "two")
