@@ -266,3 +266,25 @@ def test_the_test_elbo_of_a_bottom_up_guide_is_unbiased(float64):
         se = (float(values.std() / values.numel() ** 0.5) ** 2 + reference_se**2) ** 0.5
         off = abs(float(values.mean()) - reference) / se
         assert (off < 4) if near else (off > 10), (float(values.mean()), reference, se)
+
+
+def test_samples_and_reconstructions_use_the_bottom_layer(exact_pair):
+    """The figures decode ``model.sample_code(n)``, z1 drawn through the layers: its mean and covariance are the
+    chain's p(z1) = N(W2 mu2 + b2, W2 S2 W2^T + t^2 I) (within 5 SE elementwise, 20000 draws); reconstructions decode
+    ``latent_means`` = the ladder guide's top-down pass at the means, which for the exact (affine) guide is the exact
+    E[z1 | x]."""
+    from pyro_vae.elbo_terms import latent_means
+
+    model, guide, truth, x = exact_pair
+    pyro.set_rng_seed(9)
+    z1 = model.sample_code(20000)
+    mean, cov = truth.latent_moments()
+    j1 = SIZES[0]
+    se_mean = torch.sqrt(torch.diagonal(cov[:j1, :j1]) / z1.shape[0])
+    assert ((z1.mean(0) - mean[:j1]).abs() < 5 * se_mean).all()
+    centred = z1 - mean[:j1]
+    products = centred[:, :, None] * centred[:, None, :]
+    se_cov = products.std(0) / z1.shape[0] ** 0.5
+    assert ((products.mean(0) - cov[:j1, :j1]).abs() < 5 * se_cov).all()
+    exact, _ = truth.posterior_moments(x)
+    torch.testing.assert_close(latent_means(guide, x), exact[:, :j1], atol=1e-10, rtol=0)
