@@ -1,9 +1,9 @@
 """Guides q(z_1, ..., z_L | x) of the hierarchical VAE (``pyro_vae.models.hierarchical``), one sample site per layer
 ("z1" bottom ... "zL" top), in either order:
 
-- bottom-up (Burda et al. 2015, section 5): q(z_1 | x) prod_{l>1} q(z_l | z_{l-1}), with q(z_1 | x) any registered
+- bottom-up (Burda et al. 2015): q(z_1 | x) prod_{l>1} q(z_l | z_{l-1}), with q(z_1 | x) any registered
   guide family on the encoder's features and each q(z_l | z_{l-1}) a ``GaussianConditional``;
-- ladder, top-down (Sonderby et al. 2016, eq. 17-21): a deterministic upward pass d_1 = encoder(x),
+- ladder, top-down (Sonderby et al. 2016): a deterministic upward pass d_1 = encoder(x),
   d_{l+1} = MLP_l(d_l); q(z_L | x) any registered guide family on d_L; then downwards
 
       q(z_l | z_{l+1}, x) = N(mu, sigma^2),  sigma^-2 = sigma_b^-2 + sigma_t^-2,  mu = sigma^2 (mu_b sigma_b^-2 +
@@ -100,7 +100,7 @@ class LadderGuide(nn.Module):
 
     def top_posterior(self, x: Tensor) -> dist.Distribution:
         """q(z_L | x) for a batch x (N, *x_shape): batch shape (N,), event shape (size of z_L,). A VampPrior on the
-        top layer is built from it (Tomczak & Welling 2018, section 3.2, use this top-down order too)."""
+        top layer is built from it (Tomczak & Welling 2018 use this top-down order too)."""
         return self.top.posterior(self.features(x)[-1])
 
     def conditional(self, layer: int, d: Tensor, z_above: Tensor) -> dist.Distribution:

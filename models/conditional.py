@@ -1,5 +1,5 @@
 """A conditional diagonal Gaussian p(z_out | z_in) = N(mu(z_in), diag sigma(z_in)^2), the link between two stochastic
-layers of a hierarchical VAE (Burda et al. 2015, section 5; Sonderby et al. 2016, eq. 1-2).
+layers of a hierarchical VAE (Burda et al. 2015; Sonderby et al. 2016).
 
 References:
     [1] Y. Burda, R. Grosse, R. Salakhutdinov. Importance Weighted Autoencoders. ICLR 2016.

@@ -1,5 +1,5 @@
-"""A hierarchical VAE with L stochastic layers, z_L -> ... -> z_1 -> x, as a Pyro model (Burda et al. 2015,
-section 5; Sonderby et al. 2016):
+"""A hierarchical VAE with L stochastic layers, z_L -> ... -> z_1 -> x, as a Pyro model (Burda et al. 2015;
+Sonderby et al. 2016):
 
     p(x, z_1, ..., z_L) = p(z_L) prod_{l=1}^{L-1} p(z_l | z_{l+1}) p(x | z_1),
 
