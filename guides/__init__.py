@@ -8,6 +8,7 @@ from pyro_vae.guides.bernoulli import BernoulliGuide
 from pyro_vae.guides.categorical import CategoricalGuide, CategoricalGuideOptions
 from pyro_vae.guides.encoders import MLPEncoder
 from pyro_vae.guides.fullcov import FullCovarianceGuide
+from pyro_vae.guides.hierarchical import BottomUpGuide, LadderGuide
 from pyro_vae.guides.iaf import FlowPosterior, IAFGuide, IAFOptions
 from pyro_vae.guides.normal_guide import MIN_SCALE, NormalGuide
 from pyro_vae.guides.power_spherical import PowerSpherical, PowerSphericalGuide
@@ -17,10 +18,12 @@ __all__ = [
     "BernoulliGuide",
     "CategoricalGuide",
     "CategoricalGuideOptions",
+    "BottomUpGuide",
     "FlowPosterior",
     "FullCovarianceGuide",
     "IAFGuide",
     "IAFOptions",
+    "LadderGuide",
     "MLPEncoder",
     "NormalGuide",
     "PowerSpherical",

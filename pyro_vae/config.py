@@ -209,6 +209,8 @@ class VAEConfig(_NoOldFields):
             sphere.
         hidden: the hidden layer widths of every network whose own ``hidden`` option is unset (the mlp and conv
             encoder and decoder).
+        model: the model structure, a name in pyro_vae.MODELS (docs/models.md); its options are options["model"]
+            (--model-layers, ...).
         options: each chosen component's own settings, by kind: {"prior": {"scale": 2.0}, "decoder": {"channels":
             [64, 32]}} (on the command line: --prior-scale 2 --decoder-channels 64 32); what is not given takes
             the component's default.
@@ -223,6 +225,7 @@ class VAEConfig(_NoOldFields):
     decoder: str = "mlp"
     guide: str = "normal"
     hidden: tuple[int, ...] = (256,)
+    model: str = "vae"
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -451,6 +454,11 @@ class TrainConfig(_NoOldFields):
         if not isinstance(self.elbo_options, dict):
             raise UserError(f"elbo_options must map option names to values, got {self.elbo_options!r}")
         ESTIMATORS[self.elbo].make_options(self.elbo_options)  # checked by the estimator's options dataclass
+        # A model structure may refuse an estimator that is biased for it (the bottom-up hierarchical guide and
+        # the meanfield ELBO): its options' ``check_estimator(name)`` says why.
+        why = getattr(self.model.component_options("model"), "check_estimator", lambda _: None)(self.elbo)
+        if why:
+            raise UserError(why)
 
     def _check_numbers(self) -> None:
         for name in ("particles", "epochs", "batch_size", "eval_samples", "eval_every"):

@@ -23,7 +23,7 @@ from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from torch.distributions import Independent, kl_divergence
 
-from pyro_vae.kl_check import ANALYTIC, MONTE_CARLO
+from pyro_vae.kl_check import ANALYTIC, MONTE_CARLO, closed_form_kl_sites
 
 #: Seed of the evaluation draws: the same z-noise every epoch, so test-ELBO curves are not jittered by it.
 EVAL_SEED = 20240
@@ -148,12 +148,14 @@ def _block_sums(model: torch.nn.Module, guide: torch.nn.Module, xb: Tensor, num_
 
 def trace_terms(model: Callable[..., Any], guide: Callable[..., Any], x: Tensor, num_samples: int) -> ELBOSums:
     """``ELBOSums`` of any Pyro pair on the block ``x``, from traces (``num_samples`` per example, averaged): recon =
-    -sum of the observed sites' log p, KL = the sum over latent sites of ``kl_divergence(q, p)`` where registered,
-    else log q(z) - log p(z) at the traced z."""
+    -sum of the observed sites' log p, KL = the sum over latent sites of ``kl_divergence(q, p)`` where registered
+    and valid at the traced values of the other sites (``closed_form_kl_sites``: not for a site the guide samples
+    before one of its model parents), else log q(z) - log p(z) at the traced z."""
     recon_sum, kl_sum, monte_carlo = 0.0, 0.0, False
     for _ in range(num_samples):
         guide_trace = poutine.trace(guide).get_trace(x)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+        closed_form = closed_form_kl_sites(model_trace, guide_trace)
         for name, site in model_trace.nodes.items():
             if site["type"] != "sample" or site_is_subsample(site):
                 continue
@@ -162,6 +164,8 @@ def trace_terms(model: Callable[..., Any], guide: Callable[..., Any], x: Tensor,
                 continue
             q, z = guide_trace.nodes[name]["fn"], site["value"]
             try:
+                if name not in closed_form:
+                    raise NotImplementedError  # the closed form would be biased here: the Monte Carlo term is not
                 kl = kl_divergence(q, site["fn"])
             except NotImplementedError:
                 monte_carlo, kl = True, q.log_prob(z) - site["fn"].log_prob(z)
@@ -171,8 +175,11 @@ def trace_terms(model: Callable[..., Any], guide: Callable[..., Any], x: Tensor,
 
 @torch.no_grad()
 def latent_means(guide: Callable[..., Any], x: Tensor, batch_size: int = 4096) -> Tensor:
-    """The encoder means E_q[z|x] (N, z_dim), on the CPU: ``guide.posterior(x).mean``, or for a guide without
-    ``posterior`` the means of its latent sites' distributions (all sites, concatenated)."""
+    """The encoder means E_q[z|x] (N, z_dim), on the CPU: ``guide.posterior(x).mean``; for a hierarchical guide
+    ``guide.code_mean(x)``, the bottom layer z_1 that the decoder takes; for a guide without either, the means of
+    its latent sites' distributions (all sites, concatenated)."""
+    if hasattr(guide, "code_mean"):
+        return torch.cat([guide.code_mean(xb) for xb in x.split(batch_size)]).cpu()
     if hasattr(guide, "posterior"):
         return torch.cat([guide.posterior(xb).mean for xb in x.split(batch_size)]).cpu()
     means = []

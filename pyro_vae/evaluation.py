@@ -11,7 +11,10 @@ dimension, active units and the collapse diagnostics, in one ``Evaluation``.
   examples, and I(x; z) and KL(q(z) || p(z)) (``pyro_vae.collapse``).
 - Optionally simulation-based calibration of q(z | x) (``pyro_vae.sbc``; Talts et al. 2018) on data simulated
   from the model.
-- Active units (Burda et al. 2015): latent dimension j is active when Var_x(E_q[z_j | x]) > 0.01.
+- Active units (Burda et al. 2015): latent dimension j is active when Var_x(E_q[z_j | x]) > 0.01, counted per
+  latent site too (per layer of a hierarchical VAE, ``active_units_per_site``). Where a site's q depends on an
+  earlier-sampled site (q(z2 | z1) of a bottom-up guide, q(z1 | z2, x) of a ladder one), E_q[z_l | x] is the
+  average of its conditional means over ``MEAN_DRAWS`` runs of the guide (the law of total expectation).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from torch.distributions import Independent, kl_divergence
 
 from pyro_vae.ais import AISOptions, AISResult, ais, bdmc, simulate
 from pyro_vae.collapse import collapse_diagnostics, collapse_message
+from pyro_vae.estimators.detached_q import guide_dependencies
 from pyro_vae.gaps import GapOptions, local_optimisation_gaps
 from pyro_vae.importance import (
     DEFAULT_SWEEP,
@@ -50,12 +54,14 @@ __all__ = [
     "Evaluation",
     "SBCOptions",
     "active_units",
+    "active_units_per_site",
     "check_collapse",
     "evaluate",
     "importance_sample_stats",
     "kl_per_dimension",
     "log_likelihood",
     "posterior_means",
+    "posterior_means_by_site",
 ]
 
 
@@ -108,10 +114,29 @@ def kl_per_dimension(
     return (torch.cat(per_dim) if factorised and per_dim else None), total
 
 
+#: Guide runs whose conditional means are averaged for E_q[z_l | x] when a site depends on an earlier-sampled one.
+MEAN_DRAWS = 16
+
+
+@torch.no_grad()
+def posterior_means_by_site(model: Callable[..., Any], guide: Callable[..., Any], x: Tensor) -> dict[str, Tensor]:
+    """E_q[z | x] of every latent site, in the guide's order: site -> (N, its dimension). A site whose q depends on
+    earlier-sampled sites gets E[E_q[z_l | parents]], averaged over ``MEAN_DRAWS`` guide runs (so the spread of
+    a single draw of the parents is not mistaken for activity: it is divided by ``MEAN_DRAWS``)."""
+    with torch.enable_grad():  # the dependencies are read from the autograd graph
+        runs = MEAN_DRAWS if any(guide_dependencies(guide, x).values()) else 1
+    total: dict[str, Tensor] = {}
+    for _ in range(runs):
+        for name, q, _ in _latent_sites(model, guide, x):
+            total[name] = total.get(name, 0) + q.mean.reshape(x.shape[0], -1)
+    return {name: value / runs for name, value in total.items()}
+
+
 @torch.no_grad()
 def posterior_means(model: Callable[..., Any], guide: Callable[..., Any], x: Tensor) -> Tensor:
-    """E_q[z | x] for every example, all latent sites concatenated: shape (N, total latent dimension)."""
-    return torch.cat([q.mean.reshape(x.shape[0], -1) for _, q, _ in _latent_sites(model, guide, x)], dim=-1)
+    """E_q[z | x] for every example, all latent sites concatenated (``posterior_means_by_site``): shape (N, total
+    latent dimension)."""
+    return torch.cat(list(posterior_means_by_site(model, guide, x).values()), dim=-1)
 
 
 def active_units(
@@ -120,6 +145,20 @@ def active_units(
     """(number of active units, Var_x(E_q[z_j | x]) per dimension); active means variance > ``threshold``."""
     variances = posterior_means(model, guide, x).var(dim=0, unbiased=False)
     return int((variances > threshold).sum()), variances
+
+
+def active_units_per_site(
+    model: Callable[..., Any], guide: Callable[..., Any], x: Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD
+) -> dict[str, dict[str, int]]:
+    """Site -> {"active": its active units, "dimensions": its dimension}: per layer of a hierarchical VAE."""
+    return _site_counts(posterior_means_by_site(model, guide, x), threshold)
+
+
+def _site_counts(by_site: dict[str, Tensor], threshold: float) -> dict[str, dict[str, int]]:
+    return {
+        name: {"active": int((means.var(dim=0, unbiased=False) > threshold).sum()), "dimensions": means.shape[1]}
+        for name, means in by_site.items()
+    }
 
 
 #: Examples ``check_collapse`` looks at, at most (the KL and active units settle well before).
@@ -171,6 +210,8 @@ class Evaluation:
     bdmc: dict[str, Any] | None = None
     psis: dict[str, Any] | None = None
     sbc: dict[str, Any] | None = None
+    #: site -> {"active", "dimensions"}, in the guide's order (``posterior_mean_variance`` follows it too).
+    active_units_per_site: dict[str, dict[str, int]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -238,7 +279,10 @@ def _importance_section(
 ) -> tuple[Evaluation, ImportanceEstimate]:
     estimate = importance_sample(model, guide, x, num_samples, max_rows, sweep=sweep, progress=progress)
     kl_dims, kl_total = kl_per_dimension(model, guide, x)
-    count, variances = active_units(model, guide, x)
+    by_site = posterior_means_by_site(model, guide, x)
+    variances = torch.cat(list(by_site.values()), dim=-1).var(dim=0, unbiased=False)
+    count = int((variances > ACTIVE_UNIT_THRESHOLD).sum())
+    per_site = _site_counts(by_site, ACTIVE_UNIT_THRESHOLD)
     mean, stderr = estimate.mean_and_stderr()
     result = Evaluation(
         elbo=float(estimate.elbo.mean()),
@@ -256,6 +300,7 @@ def _importance_section(
         ess_min=float(estimate.ess.min()),
         sweep=_sweep_rows(estimate),
         psis=None if estimate.khat is None else KhatSummary.of(estimate.khat, num_samples).to_dict(),
+        active_units_per_site=per_site,
     )
     return result, estimate
 

@@ -328,7 +328,8 @@ def _samples(model: torch.nn.Module, seen: Tensor, shape: Sequence[int], out: Pa
     devices = [seen.device] if seen.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(SAMPLE_SEED)
-        z = model.prior().sample((64,))
+        # A hierarchical model draws z_1 through its layers (``sample_code``); its ``prior`` is p(z_L) only.
+        z = model.sample_code(64) if hasattr(model, "sample_code") else model.prior().sample((64,))
     fig = Figure(figsize=(5, 5))
     ax = fig.add_subplot()
     show_images(ax, image_grid(model.decode_mean(z), shape, nrow=8))

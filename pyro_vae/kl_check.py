@@ -22,6 +22,29 @@ ANALYTIC = "analytic"
 MONTE_CARLO = "monte-carlo"
 
 
+def _latent_order(trace: Any) -> list[str]:
+    return [
+        name
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+    ]
+
+
+def closed_form_kl_sites(model_trace: Any, guide_trace: Any) -> set[str]:
+    """The latent sites whose term E_q[log q(z_s|...) - log p(z_s|...)] may be replaced by the closed-form KL at the
+    traced values of the other sites: those whose every predecessor in the model was also sampled before them by
+    the guide. Integrating z_s out while holding fixed a site the guide drew *after* z_s (and from it) is biased:
+    the bottom-up guide q(z1|x) q(z2|z1) of a model p(z2) p(z1|z2) draws z2 from z1, so KL(q(z1|x) || p(z1|z2)) at
+    that z2 is not the z1 term's expectation (Pyro's TraceMeanField_ELBO only warns that the orders differ). A
+    single-latent model and a guide in the model's order (the ladder guide) keep every site."""
+    model_order, guide_order = _latent_order(model_trace), _latent_order(guide_trace)
+    return {
+        name
+        for i, name in enumerate(model_order)
+        if name in guide_order and set(model_order[:i]) <= set(guide_order[: guide_order.index(name)])
+    }
+
+
 def kl_kinds(model: Callable[..., Any], guide: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, str]:
     """Map each latent site name to "analytic" or "monte-carlo", as TraceMeanField_ELBO would treat it."""
     guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)

@@ -43,9 +43,12 @@ from pyro_vae.guides import (
 )
 from pyro_vae.guides.encoders import ConvEncoder, ConvEncoderOptions, MLPEncoderOptions
 from pyro_vae.guides.encoders.gated_mlp import GatedMLPEncoder, GatedMLPEncoderOptions
+from pyro_vae.guides.hierarchical import BottomUpGuide, Features, LadderGuide, upward_network
 from pyro_vae.models import VAEModel
+from pyro_vae.models.conditional import GaussianConditional
 from pyro_vae.models.decoders import ConvDecoder, ConvDecoderOptions, LinearDecoder, MLPDecoder, MLPDecoderOptions
 from pyro_vae.models.decoders.gated_mlp import GatedMLPDecoder, GatedMLPDecoderOptions
+from pyro_vae.models.hierarchical import HierarchicalModel, HierarchicalOptions
 from pyro_vae.models.likelihoods import (
     BernoulliLikelihood,
     ContinuousBernoulliLikelihood,
@@ -86,6 +89,7 @@ class ModelSpec(Protocol):
     encoder: str
     decoder: str
     guide: str
+    model: str
 
     def validate(self) -> None: ...
 
@@ -170,6 +174,7 @@ ENTRY_POINT_GROUPS = {
     "encoder": "pyro_vae.encoders",
     "decoder": "pyro_vae.decoders",
     "guide": "pyro_vae.guides",
+    "model": "pyro_vae.model_structures",
 }
 
 
@@ -444,8 +449,9 @@ def register_guide(name: str, factory: Callable[..., nn.Module] | None = None, *
 
 def build(
     config: ModelSpec, prior: nn.Module | Component | Callable[..., nn.Module] | None = None
-) -> tuple[VAEModel, nn.Module]:
-    """Construct the Pyro model and guide described by ``config``.
+) -> tuple[nn.Module, nn.Module]:
+    """Construct the Pyro model and guide described by ``config``: the model structure ``config.model`` (a name in
+    ``MODELS``: "vae", the one-latent VAE, by default) built from the chosen components.
 
     ``prior`` overrides ``config.prior`` with a user's own prior: a module (any module whose ``forward()``
     returns a distribution with event shape (z_dim,)), a factory ``f(config)``, or a ``Component`` that may
@@ -459,6 +465,15 @@ def build(
     config.validate()
     if config.x_shape is None:
         raise UserError("the VAEConfig has no x_shape: give x_shape (or x_dim), or let train() take it from the data")
+    # A ModelSpec of an earlier release has no ``model``: it is the one-latent VAE.
+    name = getattr(config, "model", "vae")
+    return MODELS[name].make(config, prior, kind="model", name=name)  # type: ignore[return-value]
+
+
+def build_vae(
+    config: ModelSpec, prior: nn.Module | Component | Callable[..., nn.Module] | None = None
+) -> tuple[VAEModel, nn.Module]:
+    """The one-latent VAE p(z) p(x|z) (``VAEModel``) and the chosen guide family q(z|x): ``MODELS["vae"]``."""
     encoder = ENCODERS[config.encoder].make(config, kind="encoder", name=config.encoder)
     guide = GUIDES[config.guide].make(config, encoder, kind="guide", name=config.guide)
     if isinstance(prior, nn.Module):
@@ -470,3 +485,83 @@ def build(
     decoder = DECODERS[config.decoder].make(config, kind="decoder", name=config.decoder)
     likelihood = LIKELIHOODS[config.likelihood].make(config, kind="likelihood", name=config.likelihood)
     return VAEModel(prior_module, decoder, likelihood), guide
+
+
+class _Layer:
+    """The config as one stochastic layer's component sees it: ``z_dim`` is that layer's size."""
+
+    def __init__(self, config: ModelSpec, z_dim: int) -> None:
+        self._config, self.z_dim = config, z_dim
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._config, name)
+
+
+def _check_hierarchy(config: ModelSpec, sizes: tuple[int, ...], prior: object) -> None:
+    if prior is not None:
+        raise UserError("the hierarchical model takes its top prior by name (--prior); register your prior first")
+    for kind, registry in (("prior", PRIORS), ("guide", GUIDES)):
+        name = getattr(config, kind)
+        if registry[name].latent == "sphere":
+            raise UserError(f"the hierarchical model's layers are Gaussian on R^J; the {name} {kind} is on the sphere")
+    need = PRIORS[config.prior].min_z_dim
+    if sizes[-1] < need:
+        raise UserError(f"the {config.prior} prior needs its (top) layer of size >= {need}, got {sizes[-1]}")
+
+
+def build_hierarchical(
+    config: ModelSpec, prior: object = None, options: HierarchicalOptions | None = None
+) -> tuple[HierarchicalModel, nn.Module]:
+    """The hierarchical VAE (``pyro_vae.models.hierarchical``) and its bottom-up or ladder guide
+    (``pyro_vae.guides.hierarchical``): ``MODELS["hierarchical"]``. The chosen encoder reads x, the chosen guide
+    family gives q(z_1|x) (bottom-up) or q(z_L|x) (ladder), the chosen prior is p(z_L), the decoder and
+    likelihood p(x|z_1); the links between layers are ``GaussianConditional`` MLPs of the options' ``hidden``."""
+    options = options or HierarchicalOptions()
+    sizes = options.layer_sizes(config.z_dim)
+    _check_hierarchy(config, sizes, prior)
+    hidden, act = tuple(config.hidden if options.hidden is None else options.hidden), options.activation
+    pairs = list(zip(sizes[:-1], sizes[1:], strict=True))  # (size of z_l, size of z_l+1), l = 1 ... L-1
+    encoder = ENCODERS[config.encoder].make(config, kind="encoder", name=config.encoder)
+    family = GUIDES[config.guide]
+    if options.order == "bottomup":
+        first = family.make(_Layer(config, sizes[0]), encoder, kind="guide", name=config.guide)
+        guide: nn.Module = BottomUpGuide(first, [GaussianConditional(lo, hi, hidden, act) for lo, hi in pairs])
+        posterior = None
+    else:
+        ups, widths = [], [encoder.out_features]
+        for _ in pairs:
+            net, width = upward_network(widths[-1], hidden, act)
+            ups.append(net)
+            widths.append(width)
+        top = family.make(_Layer(config, sizes[-1]), Features(widths[-1]), kind="guide", name=config.guide)
+        heads = [nn.Linear(w, 2 * lo) for w, (lo, _) in zip(widths[:-1], pairs, strict=True)]
+        downs = [GaussianConditional(hi, lo, hidden, act) for lo, hi in pairs]
+        guide = LadderGuide(encoder, ups, top, heads, downs)
+        posterior = guide.top_posterior
+    spec = PRIORS[config.prior]
+    if spec.needs_posterior and posterior is None:
+        raise UserError(
+            f"the {config.prior} prior is made from q(z_L|x), which the bottomup guide has not; use "
+            "--model-order ladder"
+        )
+    top_prior = spec.make(_Layer(config, sizes[-1]), kind="prior", name=config.prior, posterior=posterior)
+    conditionals = [GaussianConditional(hi, lo, hidden, act) for lo, hi in pairs]
+    decoder = DECODERS[config.decoder].make(_Layer(config, sizes[0]), kind="decoder", name=config.decoder)
+    likelihood = LIKELIHOODS[config.likelihood].make(config, kind="likelihood", name=config.likelihood)
+    return HierarchicalModel(top_prior, conditionals, decoder, likelihood), guide
+
+
+#: The model structures: what ``build`` makes of the components. A factory gets ``(config, prior)`` (``prior``:
+#: ``build``'s override, or None) and returns ``(model, guide)``.
+MODELS = _registry(
+    "model",
+    {
+        "vae": Component(build_vae, "one latent z: p(z) p(x|z), guide q(z|x)"),
+        "hierarchical": Component(
+            build_hierarchical,
+            "L stochastic layers z_L -> ... -> z_1 -> x, sites z1 ... zL (Burda et al. 2015; Sonderby et al. 2016)",
+            options=HierarchicalOptions,
+        ),
+    },
+)
+COMPONENTS["model"] = MODELS

@@ -289,6 +289,10 @@ def format_evaluation(result: Evaluation, title: str) -> str:
             ),
         ]
     lines.append(f"  active units       {result.active_units:>5d} of {len(result.posterior_mean_variance)}")
+    per_site = result.active_units_per_site or {}
+    if len(per_site) > 1:  # a hierarchical VAE: per layer, in the order of the table below
+        parts = [f"{name} {v['active']} of {v['dimensions']}" for name, v in per_site.items()]
+        lines.append(f"  per latent site    {', '.join(parts)}")
     message = collapse_message(
         result.active_units, len(result.posterior_mean_variance), result.kl_total, result.kl_per_dimension
     )

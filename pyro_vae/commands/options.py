@@ -215,6 +215,7 @@ ALIASES = {
     "--sigma-per-pixel": ("likelihood", "per_pixel"),
     "--min-sigma": ("likelihood", "min_sigma"),
     "--alpha": ("elbo", "alpha"),
+    "--layers": ("model", "layers"),
 }
 #: Old spellings of TrainConfig flags: alias -> field.
 TRAIN_ALIASES = {"--num-particles": "particles"}
