@@ -31,8 +31,10 @@ from torch import nn
 
 from pyro_vae.errors import UserError
 from pyro_vae.guides import FullCovarianceGuide, IAFGuide, IAFOptions, MLPEncoder, NormalGuide, PowerSphericalGuide
+from pyro_vae.guides.conditional import Classifier, ConditionalGuide, LabelledNormalHead, M2Guide
 from pyro_vae.guides.encoders import ConvEncoder, ConvEncoderOptions, MLPEncoderOptions
 from pyro_vae.models import VAEModel
+from pyro_vae.models.conditional import ClassConditionalPrior, ConditionalOptions, ConditionalVAEModel
 from pyro_vae.models.decoders import ConvDecoder, ConvDecoderOptions, LinearDecoder, MLPDecoder, MLPDecoderOptions
 from pyro_vae.models.likelihoods import (
     BernoulliLikelihood,
@@ -44,6 +46,7 @@ from pyro_vae.models.likelihoods import (
     LearnedGaussianLikelihood,
     LearnedGaussianOptions,
 )
+from pyro_vae.models.m2 import M2Model, M2Options
 from pyro_vae.models.priors import (
     FlowPrior,
     FlowPriorOptions,
@@ -146,6 +149,7 @@ ENTRY_POINT_GROUPS = {
     "encoder": "pyro_vae.encoders",
     "decoder": "pyro_vae.decoders",
     "guide": "pyro_vae.guides",
+    "model": "pyro_vae.models",
 }
 
 
@@ -276,6 +280,53 @@ GUIDES = _registry(
     },
 )
 
+
+
+def _labelled_parts(config: ModelSpec, classes: int) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """(encoder of x, decoder of [z, onehot(y)], likelihood) of a model that reads labels: the configured
+    components, the decoder made for z_dim + classes inputs."""
+    encoder = ENCODERS[config.encoder].make(config, kind="encoder", name=config.encoder)
+    wider = dataclasses.replace(config, z_dim=config.z_dim + classes)  # type: ignore[type-var]
+    decoder = DECODERS[config.decoder].make(wider, kind="decoder", name=config.decoder)
+    likelihood = LIKELIHOODS[config.likelihood].make(config, kind="likelihood", name=config.likelihood)
+    return encoder, decoder, likelihood
+
+
+def build_conditional(config: ModelSpec, options: ConditionalOptions) -> tuple[nn.Module, nn.Module]:
+    """The conditional VAE (``pyro_vae.models.conditional``): p(z|y) p(x|z,y) and q(z|x,y)."""
+    encoder, decoder, likelihood = _labelled_parts(config, options.classes)
+    guide = ConditionalGuide(encoder, config.z_dim, options.classes, config.x_shape)
+    prior = ClassConditionalPrior(options.classes, config.z_dim)
+    return ConditionalVAEModel(prior, decoder, likelihood, config.x_shape), guide
+
+
+def build_m2(config: ModelSpec, options: M2Options) -> tuple[nn.Module, nn.Module]:
+    """M2 (``pyro_vae.models.m2``): p(y) p(z) p(x|y,z) and q(y|x) q(z|x,y), the classifier on its own encoder."""
+    encoder, decoder, likelihood = _labelled_parts(config, options.classes)
+    classifier = Classifier(ENCODERS[config.encoder].make(config, kind="encoder", name=config.encoder), options.classes)
+    guide = M2Guide(LabelledNormalHead(encoder, config.z_dim, options.classes), classifier, config.x_shape)
+    model = M2Model(decoder, likelihood, classifier, config.x_shape, config.z_dim, options.classes, options.alpha)
+    return model, guide
+
+
+#: Model structures (``VAEConfig.model``, ``--model``): a factory returns (model, guide). Options: --model-OPTION.
+MODELS = _registry(
+    "model",
+    {
+        "vae": Component(lambda c: build_vae(c), "p(z) p(x|z) with q(z|x): the components above"),
+        "conditional": Component(
+            build_conditional,
+            "conditional VAE: p(z|y) p(x|z,y), q(z|x,y) on the data's labels (--model-classes)",
+            options=ConditionalOptions,
+        ),
+        "m2": Component(
+            build_m2,
+            "semi-supervised M2 (Kingma et al. 2014): --labelled N labels, y enumerated elsewhere; --model-alpha",
+            options=M2Options,
+        ),
+    },
+)
+
 #: The registry of each kind of component, by the VAEConfig field that names it.
 COMPONENTS: dict[str, Registry[Component]] = {
     "prior": PRIORS,
@@ -283,6 +334,7 @@ COMPONENTS: dict[str, Registry[Component]] = {
     "encoder": ENCODERS,
     "decoder": DECODERS,
     "guide": GUIDES,
+    "model": MODELS,
 }
 
 
@@ -375,6 +427,18 @@ def build(
     config.validate()
     if config.x_shape is None:
         raise UserError("the VAEConfig has no x_shape: give x_shape (or x_dim), or let train() take it from the data")
+    structure = getattr(config, "model", "vae")
+    if prior is not None or structure == "vae":
+        if structure != "vae":
+            raise UserError(f"a prior of your own goes with --model vae, not the {structure} model")
+        return build_vae(config, prior)
+    return MODELS[structure].make(config, kind="model", name=structure)  # type: ignore[return-value]
+
+
+def build_vae(
+    config: ModelSpec, prior: nn.Module | Component | Callable[..., nn.Module] | None = None
+) -> tuple[VAEModel, nn.Module]:
+    """``build`` for ``--model vae``: the model and guide of the components ``config`` names."""
     encoder = ENCODERS[config.encoder].make(config, kind="encoder", name=config.encoder)
     guide = GUIDES[config.guide].make(config, encoder, kind="guide", name=config.guide)
     if isinstance(prior, nn.Module):

@@ -45,6 +45,7 @@ LAYERS: list[tuple[str, ...]] = [
         "pyro_vae.data",
         "pyro_vae.images",
         "pyro_vae.plugins",
+        "pyro_vae.labelled_data",
     ),
     (
         "pyro_vae.run_dir",
@@ -68,6 +69,8 @@ LAYERS: list[tuple[str, ...]] = [
         "pyro_vae.pairs",
         "pyro_vae.loggers",
         "pyro_vae.distributed",
+        "pyro_vae.class_samples",
+        "pyro_vae.semi_supervised",
     ),
     ("pyro_vae", "pyro_vae.__main__", "pyro_vae.cli", "pyro_vae.commands", "pyro_vae.commands.*"),
 ]

@@ -212,6 +212,7 @@ ALIASES = {
     "--sigma-per-pixel": ("likelihood", "per_pixel"),
     "--min-sigma": ("likelihood", "min_sigma"),
     "--alpha": ("elbo", "alpha"),
+    "--labelled": ("model", "labelled"),
 }
 #: Old spellings of TrainConfig flags: alias -> field.
 TRAIN_ALIASES = {"--num-particles": "particles"}
