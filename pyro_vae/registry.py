@@ -281,7 +281,6 @@ GUIDES = _registry(
 )
 
 
-
 def _labelled_parts(config: ModelSpec, classes: int) -> tuple[nn.Module, nn.Module, nn.Module]:
     """(encoder of x, decoder of [z, onehot(y)], likelihood) of a model that reads labels: the configured
     components, the decoder made for z_dim + classes inputs."""

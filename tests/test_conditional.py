@@ -18,7 +18,9 @@ from pyro_vae.class_samples import class_samples
 from pyro_vae.cli import main
 from pyro_vae.closed_form import batch_loss, bernoulli_log_likelihood, gaussian_kl, gaussian_log_likelihood
 from pyro_vae.errors import UserError
-from tests.helpers import guide_trace, one_thread  # noqa: F401 (a fixture)
+from tests.helpers import guide_trace, one_thread  # noqa: F401 - the fixture, used by pytestmark
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(likelihood: str, n: int = 6, x_dim: int = 5, z_dim: int = 3, classes: int = 4):
@@ -70,7 +72,7 @@ def test_meanfield_loss_and_gradients_equal_eq43_with_the_class_prior(float64, l
     assert TraceMeanField_ELBO().loss(model, replay(guide, trace=trace), packed) == pytest.approx(expected.item())
 
 
-def test_class_samples_are_classified_as_their_class(tmp_path, one_thread):
+def test_class_samples_are_classified_as_their_class(tmp_path):
     """After 10 epochs on digits (~4 s), 50 samples per class are classified as their class by a logistic regression
     trained on the digits' training set (97% accurate on its test set): 99% measured, asserted >= 90%. With the
     class inputs permuted (sample class k, call it k + 1) the same classifier scores ~0%: the test can fail."""
@@ -87,7 +89,7 @@ def test_class_samples_are_classified_as_their_class(tmp_path, one_thread):
         class_samples(result.model, 10)
 
 
-def test_resume_continues_exactly(tmp_path, one_thread):
+def test_resume_continues_exactly(tmp_path):
     cfg = TrainConfig(model=VAEConfig(z_dim=2, hidden=(16,), model="conditional"), dataset="digits", epochs=3)
     straight = train(cfg, tmp_path / "a", progress=False, figures=False)
     train(TrainConfig.from_dict({**cfg.to_dict(), "epochs": 2}), tmp_path / "b", progress=False, figures=False)
@@ -95,7 +97,7 @@ def test_resume_continues_exactly(tmp_path, one_thread):
     assert resumed.metrics == straight.metrics
 
 
-def test_cli_train_figures_and_evaluate(tmp_path, capsys, one_thread):
+def test_cli_train_figures_and_evaluate(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--out", str(out), "--model", "conditional", "--epochs", "1", "--z-dim", "2"]) == 0
     assert (out / "class_samples.png").exists()

@@ -21,7 +21,9 @@ from pyro_vae.cli import main
 from pyro_vae.labelled_data import choose_labelled
 from pyro_vae.run_dir import load_checkpoint
 from pyro_vae.semi_supervised import m2_log_likelihood
-from tests.helpers import one_thread  # noqa: F401 (a fixture)
+from tests.helpers import one_thread  # noqa: F401 - the fixture, used by pytestmark
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 D, J, K, SIGMA = 4, 2, 3, 0.8
 
@@ -72,7 +74,9 @@ def test_log_likelihood_sums_y_exactly(float64):
     x = torch.randn(7, D) * 2
     weight, bias = model.decoder.linear.weight.detach(), model.decoder.linear.bias.detach()
     cov = (weight[:, :J] @ weight[:, :J].T + SIGMA**2 * torch.eye(D)).numpy()
-    per_class = [multivariate_normal(mean=(weight[:, J + k] + bias).numpy(), cov=cov).logpdf(x.numpy()) for k in range(K)]
+    per_class = [
+        multivariate_normal(mean=(weight[:, J + k] + bias).numpy(), cov=cov).logpdf(x.numpy()) for k in range(K)
+    ]
     truth = np.logaddexp.reduce(np.stack(per_class) + math.log(1 / K), axis=0)
     got = m2_log_likelihood(model, guide, x, num_samples=5)
     np.testing.assert_allclose(got.numpy(), truth, rtol=0, atol=1e-9)
@@ -125,7 +129,7 @@ def test_enumerated_objective_equals_kingma_eq9(float64):
     assert abs(mean - wrong) > 20 * se
 
 
-def test_labelled_examples_are_balanced_fixed_and_recorded(tmp_path, one_thread):
+def test_labelled_examples_are_balanced_fixed_and_recorded(tmp_path):
     y = torch.tensor([k % 10 for k in range(300)])
     chosen = choose_labelled(y, 23, 10)
     counts = np.bincount(y[chosen].numpy(), minlength=10)
@@ -146,7 +150,7 @@ def test_labelled_examples_are_balanced_fixed_and_recorded(tmp_path, one_thread)
     assert resumed.metrics == straight.metrics
 
 
-def test_cli_train_m2_and_evaluate_prints_accuracy(tmp_path, capsys, one_thread):
+def test_cli_train_m2_and_evaluate_prints_accuracy(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "--out", str(out), "--model", "m2", "--labelled", "50", "--model-alpha", "10", "--epochs", "1"]
     assert main([*args, "--z-dim", "2"]) == 0
