@@ -209,10 +209,10 @@ class Trainer:
             return make_training_elbo(
                 cfg.elbo, cfg.particles, cfg.elbo_options, plate_nesting=nesting, free_bits=cfg.free_bits
             )
-        if cfg.elbo != "meanfield" or cfg.free_bits or cfg.elbo_options:
+        if cfg.elbo != "meanfield" or cfg.free_bits or cfg.elbo_options or cfg.jit:
             raise UserError(
-                f"the {cfg.model.model} model trains with its own estimator (TraceEnum_ELBO, y summed exactly); "
-                "drop --elbo, --elbo-* and --free-bits"
+                f"the {cfg.model.model} model trains with its own estimator (TraceEnum_ELBO, y summed exactly, "
+                "uncompiled); drop --elbo, --elbo-*, --free-bits and --jit"
             )
         return own(cfg.particles)
 

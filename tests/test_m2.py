@@ -168,6 +168,7 @@ def test_cli_train_m2_and_evaluate_prints_accuracy(tmp_path, capsys):
     [
         (["--labelled", "5"], "labelled must be an integer >= 10"),
         (["--labelled", "100", "--elbo", "iwae"], "its own estimator"),
+        (["--jit"], "drop --elbo, --elbo-*, --free-bits and --jit"),
     ],
 )
 def test_bad_m2_options_are_one_line_errors(tmp_path, capsys, extra, message):
