@@ -356,6 +356,21 @@ def write_class_samples(
     return save(fig, out / "class_samples.png")
 
 
+def write_one_class(
+    model: nn.Module, label: int, count: int, display_shape: Sequence[int], out: Path, caption: str | None = None
+) -> Path:
+    """``out/class_LABEL_samples.png``: ``count`` samples of class ``label`` (``class_samples``), in rows of ten."""
+    images = class_samples(model, label, count)
+    nrow = min(count, 10)
+    fig = Figure(figsize=(nrow * 0.6 + 0.6, math.ceil(count / nrow) * 0.6 + 0.8))
+    ax = fig.add_subplot()
+    show_images(ax, image_grid(images, display_shape, nrow=nrow))
+    ax.axis("off")
+    ax.set_title(f"E[x|z,y={label}], z ~ p(z|y={label})", fontsize=9)
+    add_caption(fig, caption)
+    return save(fig, out / f"class_{label}_samples.png")
+
+
 def _curves(metrics: Sequence[dict[str, Any]], out: Path, caption: str | None) -> list[Path]:
     if not metrics:
         return []

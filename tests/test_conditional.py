@@ -105,6 +105,11 @@ def test_cli_train_figures_and_evaluate(tmp_path, capsys):
     assert main(["evaluate", str(out), "--num-samples", "20", "--num-examples", "50"]) == 0
     printed = capsys.readouterr().out
     assert "IS log p(x|y)" in printed
+    assert main(["plot", str(out), "--class", "3", "--count", "5"]) == 0
+    assert (out / "class_3_samples.png").exists()
+    capsys.readouterr()
+    assert main(["plot", str(out), "--class", "10"]) != 0
+    assert "0 .. 9" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_data_without_labels_is_refused_in_one_line(tmp_path, capsys):
