@@ -90,6 +90,12 @@ def run_caption(config: TrainConfig, epoch: int | None = None, beta: str | None 
         estimator,
         beta,
     ]
+    structure = getattr(m, "model", "vae")
+    if structure != "vae":  # its prior and guide are the structure's own (pyro_vae.registry.MODELS)
+        parts[1:4] = [f"model {structure}", f"likelihood {m.likelihood}", f"{m.encoder} encoder, {m.decoder} decoder"]
+        parts.insert(4, f"z_dim {m.z_dim}")
+        if structure == "m2":
+            parts[-2] = "TraceEnum_ELBO"
     if epoch is not None:
         parts.append(f"epoch {epoch}")
     return " · ".join(parts)
