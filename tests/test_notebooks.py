@@ -23,6 +23,7 @@ EXPECTED = [
     "04_comparing_estimators",
     "05_how_good_is_my_vae",
     "06_variational_families",
+    "08_labels_conditional_and_m2",
 ]
 NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))
 
