@@ -51,7 +51,8 @@ def choose_labelled(train_y: Tensor, count: int, classes: int, seed: int = LABEL
         members = np.flatnonzero(y == k)
         if len(members) < want:
             raise UserError(
-                f"--labelled {count} needs {want} examples of class {k}; the training set has {len(members)}"
+                f"--labelled {count} needs {want} examples of class {k}; the training set has {len(members)} "
+                f"(--model-classes {classes}: give the data's number of classes, or fewer labels)"
             )
         chosen.append(rng.choice(members, size=want, replace=False))
     return torch.as_tensor(np.sort(np.concatenate(chosen)), dtype=torch.long)
