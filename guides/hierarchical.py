@@ -22,7 +22,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from pyro_vae.models.conditional import MIN_SCALE, GaussianConditional
+from pyro_vae.models.gaussian_conditional import MIN_SCALE, GaussianConditional
 from pyro_vae.models.hierarchical import site_name
 from pyro_vae.models.networks import ACTIVATIONS, mlp
 from torch import Tensor, nn

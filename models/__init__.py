@@ -4,8 +4,8 @@ Installed as ``pyro_vae.models``. Nothing here imports the rest of ``pyro_vae``:
 only (``tests/test_architecture.py`` checks it).
 """
 
-from pyro_vae.models.conditional import GaussianConditional
 from pyro_vae.models.decoders import LinearDecoder, MLPDecoder
+from pyro_vae.models.gaussian_conditional import GaussianConditional
 from pyro_vae.models.hierarchical import HierarchicalModel, HierarchicalOptions
 from pyro_vae.models.likelihoods import BernoulliLikelihood, GaussianLikelihood
 from pyro_vae.models.model import VAEModel

@@ -1,53 +1,96 @@
-"""A conditional diagonal Gaussian p(z_out | z_in) = N(mu(z_in), diag sigma(z_in)^2), the link between two stochastic
-layers of a hierarchical VAE (Burda et al. 2015; Sonderby et al. 2016).
+"""The conditional VAE (Sohn, Lee & Yan 2015, "Learning Structured Output Representation using Deep Conditional
+Generative Models"): a label y is an input of the prior p(z|y), the decoder p(x|z,y) and the guide q(z|x,y).
 
-References:
-    [1] Y. Burda, R. Grosse, R. Salakhutdinov. Importance Weighted Autoencoders. ICLR 2016.
-    [2] C. K. Sonderby, T. Raiko, L. Maaloe, S. K. Sonderby, O. Winther. Ladder Variational Autoencoders. NIPS 2016.
+p(x, z | y) = N(z; mu_y, diag sigma_y^2) p(x | f([z, onehot(y)])), with one learned prior mean and scale per class:
+the standard VAE loss (Odaibo eq. 43) holds with (mu_p, sigma_p) = (mu_y, sigma_y) in the KL.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from pyro_vae.models.networks import ACTIVATIONS, mlp
+from pyro_vae.models.labelled import join, one_hot, unpack
+from pyro_vae.models.networks import check_count
 from torch import Tensor, nn
 from torch.distributions.transforms import SoftplusTransform
 
-#: Floor added to every conditional scale, as the guides' MIN_SCALE: sigma never reaches 0 in float32.
-MIN_SCALE = 1e-5
+
+@dataclass
+class ConditionalOptions:
+    """Fields:
+    classes: the number of classes K; the labels are 0 .. K-1.
+    """
+
+    classes: int = 10
+
+    def __post_init__(self) -> None:
+        check_count(self.classes, "classes", least=2)
 
 
-class GaussianConditional(nn.Module):
-    """z_in (…, in_dim) -> N(mu, diag sigma^2) over (out_dim,): an MLP with ``hidden`` widths outputs (mu, s), and
-    sigma = softplus(s) + MIN_SCALE (as ``NormalGuide``). With ``hidden=()`` mu is affine in z_in."""
+class ClassConditionalPrior(nn.Module):
+    """p(z|y) = N(mu_y, diag sigma_y^2): a learned mean and scale (softplus of a parameter) for each class.
 
-    def __init__(self, in_dim: int, out_dim: int, hidden: Sequence[int] = (), activation: str = "softplus") -> None:
+    Starts at N(0, I) for every class; the decoder also sees y, so the classes need not separate in z."""
+
+    def __init__(self, classes: int, z_dim: int) -> None:
         super().__init__()
-        self.in_dim, self.out_dim = int(in_dim), int(out_dim)
-        self.net = mlp(self.in_dim, tuple(hidden), 2 * self.out_dim, ACTIVATIONS[activation])
+        self.loc = nn.Parameter(torch.zeros(classes, z_dim))
+        self.raw_scale = nn.Parameter(torch.full((classes, z_dim), float(SoftplusTransform().inv(torch.tensor(1.0)))))
 
-    def loc_scale(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """(mu(z), sigma(z)), each of shape (…, out_dim)."""
-        out = self.net(z)
-        return out[..., : self.out_dim], F.softplus(out[..., self.out_dim :]) + MIN_SCALE
+    def loc_scale(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """(mu_y, sigma_y), each of shape (*y.shape, z_dim)."""
+        return self.loc[y], F.softplus(self.raw_scale[y])
 
-    def forward(self, z: Tensor) -> dist.Distribution:
-        loc, scale = self.loc_scale(z)
-        return dist.Normal(loc, scale).to_event(1)
+    def forward(self, y: Tensor) -> dist.Distribution:
+        return dist.Normal(*self.loc_scale(y)).to_event(1)
 
-    @torch.no_grad()
-    def set_affine(self, weight: Tensor, bias: Tensor, scale: Tensor) -> None:
-        """Make it N(weight @ z + bias, diag scale^2), a fixed scale (needs ``hidden=()``): to set a known
-        linear-Gaussian link, e.g. the exact chain of ``pyro_vae.linear_gaussian.LinearGaussianChain``."""
-        layer = self.net[-1]
-        if len(self.net) != 1:
-            raise ValueError("set_affine needs an affine conditional: build it with hidden=()")
-        layer.weight.zero_()
-        layer.weight[: self.out_dim] = weight
-        layer.bias[: self.out_dim] = bias
-        s = torch.as_tensor(scale, dtype=layer.bias.dtype) - MIN_SCALE
-        layer.bias[self.out_dim :] = SoftplusTransform().inv(s)
+
+class ConditionalVAEModel(nn.Module):
+    """Pyro model of a packed batch (``pyro_vae.models.labelled``; every row labelled): in ``plate("data")``,
+    z ~ p(z|y) at site "z", x ~ p(x | decoder([z, onehot(y)])) observed at "x". Parameters under the name "model".
+
+    The ``decoder`` takes z_dim + classes inputs. ``class_means(y)`` draws z ~ p(z|y) and decodes E[x|z,y].
+    """
+
+    labelled_input = True
+    #: Every training row needs its label.
+    needs_all_labels = True
+
+    def __init__(
+        self, prior: ClassConditionalPrior, decoder: nn.Module, likelihood: nn.Module, x_shape: Sequence[int]
+    ) -> None:
+        super().__init__()
+        self.class_prior = prior
+        self.decoder = decoder
+        self.likelihood = likelihood
+        self.x_shape = tuple(x_shape)
+        self.classes = int(prior.loc.shape[0])
+
+    def forward(self, packed: Tensor) -> Tensor:
+        pyro.module("model", self)
+        x, y = unpack(packed, self.x_shape)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", self.class_prior(y))
+            return pyro.sample("x", self.likelihood(self.decoder(join(z, one_hot(y, self.classes, z)))), obs=x)
+
+    def latent_prior(self, y: Tensor) -> dist.Distribution:
+        """p(z|y), batch shape y.shape."""
+        return self.class_prior(y)
+
+    def class_log_prior(self) -> Tensor | None:
+        """log p(y): None, y is an input here (not modelled)."""
+        return None
+
+    def decode(self, z: Tensor, y: Tensor) -> dist.Distribution:
+        """p(x | z, y) for latents z (..., z_dim) and classes y (...)."""
+        return self.likelihood(self.decoder(join(z, one_hot(y, self.classes, z))))
+
+    def class_means(self, y: Tensor) -> Tensor:
+        """E[x | z, y] for one z ~ p(z|y) per entry of ``y`` (N,): class-conditional samples, shape (N, *x_shape)."""
+        z = self.class_prior(y).sample()
+        return self.likelihood.mean(self.decoder(join(z, one_hot(y, self.classes, z))))

@@ -19,7 +19,7 @@ from typing import Literal
 
 import pyro
 import pyro.distributions as dist
-from pyro_vae.models.conditional import GaussianConditional
+from pyro_vae.models.gaussian_conditional import GaussianConditional
 from pyro_vae.models.networks import check_activation, check_count, check_widths
 from torch import Tensor, nn
 

@@ -214,6 +214,9 @@ class VAEConfig(_NoOldFields):
         options: each chosen component's own settings, by kind: {"prior": {"scale": 2.0}, "decoder": {"channels":
             [64, 32]}} (on the command line: --prior-scale 2 --decoder-channels 64 32); what is not given takes
             the component's default.
+        model: the model structure, a name in pyro_vae.MODELS: "vae" (the components above), "conditional" (a
+            conditional VAE on the data's labels) or "m2" (semi-supervised, Kingma et al. 2014); its options are
+            ``options["model"]`` (--model-OPTION).
     """
 
     x_shape: tuple[int, ...] | None = None
@@ -227,6 +230,7 @@ class VAEConfig(_NoOldFields):
     hidden: tuple[int, ...] = (256,)
     model: str = "vae"
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model: str = "vae"
 
     def __post_init__(self) -> None:
         self._shape()

@@ -39,9 +39,10 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
-from torch import Tensor
+from torch import Tensor, nn
 
 from pyro_vae.atomic import write_bytes_atomic
+from pyro_vae.class_samples import CLASS_SAMPLE_SEED, class_samples
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import VAEData
 from pyro_vae.elbo_terms import is_discrete, latent_codes, latent_means
@@ -96,6 +97,12 @@ def run_caption(config: TrainConfig, epoch: int | None = None, beta: str | None 
         estimator,
         beta,
     ]
+    structure = getattr(m, "model", "vae")
+    if structure != "vae":  # its prior and guide are the structure's own (pyro_vae.registry.MODELS)
+        parts[1:4] = [f"model {structure}", f"likelihood {m.likelihood}", f"{m.encoder} encoder, {m.decoder} decoder"]
+        parts.insert(4, f"z_dim {m.z_dim}")
+        if structure == "m2":
+            parts[-2] = "TraceEnum_ELBO"
     if epoch is not None:
         parts.append(f"epoch {epoch}")
     return " · ".join(parts)
@@ -290,6 +297,9 @@ def write_figures(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     caption = run_caption(config, metrics[-1]["epoch"] if metrics else 0) if config is not None else None
+    if getattr(model, "labelled_input", False):  # a conditional or M2 model: its curves and a row per class
+        written = [write_class_samples(model, data.display_shape, out, caption)]
+        return written + _curves(metrics, out, caption)
     model, guide = as_pair(model, guide)
     decodes, samples = hasattr(model, "decode_mean"), hasattr(model, "decode_mean") and hasattr(model, "prior")
     written = []
@@ -339,6 +349,53 @@ def _samples(model: torch.nn.Module, seen: Tensor, shape: Sequence[int], out: Pa
     return save(fig, out / "samples.png")
 
 
+def class_grid(model: nn.Module, per_class: int, display_shape: Sequence[int]) -> np.ndarray:
+    """One row of ``per_class`` samples per class, as one image array (H', W') or (H', W', 3)."""
+    rows = [class_samples(model, k, per_class, seed=CLASS_SAMPLE_SEED + k) for k in range(model.classes)]
+    return image_grid(torch.cat(rows), display_shape, nrow=per_class)
+
+
+def write_class_samples(
+    model: nn.Module, display_shape: Sequence[int], out: Path, caption: str | None = None, per_class: int = 10
+) -> Path:
+    """``out/class_samples.png``: row k holds ``per_class`` samples of class k."""
+    fig = Figure(figsize=(per_class * 0.6 + 0.8, model.classes * 0.6 + 0.8))
+    ax = fig.add_subplot()
+    show_images(ax, class_grid(model, per_class, display_shape))
+    ax.set_xticks([])
+    size = display_shape[-2] + 1  # image_grid pads each image by one pixel
+    ax.set_yticks([1 + size * k + size / 2 for k in range(model.classes)], [str(k) for k in range(model.classes)])
+    ax.set_ylabel("class y")
+    ax.set_title("E[x|z,y], z ~ p(z|y): one row per class", fontsize=9)
+    add_caption(fig, caption)
+    return save(fig, out / "class_samples.png")
+
+
+def write_one_class(
+    model: nn.Module, label: int, count: int, display_shape: Sequence[int], out: Path, caption: str | None = None
+) -> Path:
+    """``out/class_LABEL_samples.png``: ``count`` samples of class ``label`` (``class_samples``), in rows of ten."""
+    images = class_samples(model, label, count)
+    nrow = min(count, 10)
+    fig = Figure(figsize=(nrow * 0.6 + 0.6, math.ceil(count / nrow) * 0.6 + 0.8))
+    ax = fig.add_subplot()
+    show_images(ax, image_grid(images, display_shape, nrow=nrow))
+    ax.axis("off")
+    ax.set_title(f"E[x|z,y={label}], z ~ p(z|y={label})", fontsize=9)
+    add_caption(fig, caption)
+    return save(fig, out / f"class_{label}_samples.png")
+
+
+def _curves(metrics: Sequence[dict[str, Any]], out: Path, caption: str | None) -> list[Path]:
+    if not metrics:
+        return []
+    fig = Figure(figsize=(12, 3.4))
+    plot_curves(fig, metrics)
+    fig.tight_layout()
+    add_caption(fig, caption)
+    return [save(fig, out / "curves.png")]
+
+
 def _curves_latent_manifold(
     model: torch.nn.Module,
     guide: torch.nn.Module,
@@ -349,14 +406,7 @@ def _curves_latent_manifold(
     decodes: bool,
     caption: str | None,
 ) -> list[Path]:
-    written = []
-    if metrics:
-        fig = Figure(figsize=(12, 3.4))
-        plot_curves(fig, metrics)
-        fig.tight_layout()
-        add_caption(fig, caption)
-        written.append(save(fig, out / "curves.png"))
-
+    written = _curves(metrics, out, caption)
     means = latent_means(guide, data.test_x_eval)
     discrete = _discrete_guide(guide, data.test_x_eval[:1])
     fig = Figure(figsize=(5.5, 4.8))

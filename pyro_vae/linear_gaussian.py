@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 from torch.distributions import MultivariateNormal, Normal, kl_divergence
 
-from pyro_vae.models.conditional import MIN_SCALE
 from pyro_vae.models.decoders import LinearDecoder
+from pyro_vae.models.gaussian_conditional import MIN_SCALE
 from pyro_vae.models.likelihoods import GaussianLikelihood
 
 

@@ -41,13 +41,15 @@ from pyro_vae.guides import (
     NormalGuide,
     PowerSphericalGuide,
 )
+from pyro_vae.guides.conditional import Classifier, ConditionalGuide, LabelledNormalHead, M2Guide
 from pyro_vae.guides.encoders import ConvEncoder, ConvEncoderOptions, MLPEncoderOptions
 from pyro_vae.guides.encoders.gated_mlp import GatedMLPEncoder, GatedMLPEncoderOptions
 from pyro_vae.guides.hierarchical import BottomUpGuide, Features, LadderGuide, upward_network
 from pyro_vae.models import VAEModel
-from pyro_vae.models.conditional import GaussianConditional
+from pyro_vae.models.conditional import ClassConditionalPrior, ConditionalOptions, ConditionalVAEModel
 from pyro_vae.models.decoders import ConvDecoder, ConvDecoderOptions, LinearDecoder, MLPDecoder, MLPDecoderOptions
 from pyro_vae.models.decoders.gated_mlp import GatedMLPDecoder, GatedMLPDecoderOptions
+from pyro_vae.models.gaussian_conditional import GaussianConditional
 from pyro_vae.models.hierarchical import HierarchicalModel, HierarchicalOptions
 from pyro_vae.models.likelihoods import (
     BernoulliLikelihood,
@@ -59,6 +61,7 @@ from pyro_vae.models.likelihoods import (
     LearnedGaussianLikelihood,
     LearnedGaussianOptions,
 )
+from pyro_vae.models.m2 import M2Model, M2Options
 from pyro_vae.models.priors import (
     BernoulliPrior,
     BernoulliPriorOptions,
@@ -338,6 +341,45 @@ GUIDES = _registry(
     },
 )
 
+
+def _no_prior_given(prior: object, structure: str, options: Any) -> Any:
+    """``options``, or a one-line ``UserError`` for ``build``'s prior override (these models make their own prior)."""
+    if prior is not None:
+        raise UserError(f"a prior of your own goes with --model vae; the {structure} model makes its own prior")
+    return options
+
+
+def _labelled_parts(config: ModelSpec, classes: int) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """(encoder of x, decoder of [z, onehot(y)], likelihood) of a model that reads labels: the configured
+    components, the decoder made for z_dim + classes inputs."""
+    encoder = ENCODERS[config.encoder].make(config, kind="encoder", name=config.encoder)
+    wider = dataclasses.replace(config, z_dim=config.z_dim + classes)  # type: ignore[type-var]
+    decoder = DECODERS[config.decoder].make(wider, kind="decoder", name=config.decoder)
+    likelihood = LIKELIHOODS[config.likelihood].make(config, kind="likelihood", name=config.likelihood)
+    return encoder, decoder, likelihood
+
+
+def build_conditional(
+    config: ModelSpec, prior: object = None, options: ConditionalOptions | None = None
+) -> tuple[nn.Module, nn.Module]:
+    """The conditional VAE (``pyro_vae.models.conditional``): p(z|y) p(x|z,y) and q(z|x,y)."""
+    options = _no_prior_given(prior, "conditional", options or ConditionalOptions())
+    encoder, decoder, likelihood = _labelled_parts(config, options.classes)
+    guide = ConditionalGuide(encoder, config.z_dim, options.classes, config.x_shape)
+    prior = ClassConditionalPrior(options.classes, config.z_dim)
+    return ConditionalVAEModel(prior, decoder, likelihood, config.x_shape), guide
+
+
+def build_m2(config: ModelSpec, prior: object = None, options: M2Options | None = None) -> tuple[nn.Module, nn.Module]:
+    """M2 (``pyro_vae.models.m2``): p(y) p(z) p(x|y,z) and q(y|x) q(z|x,y), the classifier on its own encoder."""
+    options = _no_prior_given(prior, "m2", options or M2Options())
+    encoder, decoder, likelihood = _labelled_parts(config, options.classes)
+    classifier = Classifier(ENCODERS[config.encoder].make(config, kind="encoder", name=config.encoder), options.classes)
+    guide = M2Guide(LabelledNormalHead(encoder, config.z_dim, options.classes), classifier, config.x_shape)
+    model = M2Model(decoder, likelihood, classifier, config.x_shape, config.z_dim, options.classes, options.alpha)
+    return model, guide
+
+
 #: The registry of each kind of component, by the VAEConfig field that names it.
 COMPONENTS: dict[str, Registry[Component]] = {
     "prior": PRIORS,
@@ -561,6 +603,16 @@ MODELS = _registry(
             build_hierarchical,
             "L stochastic layers z_L -> ... -> z_1 -> x, sites z1 ... zL (Burda et al. 2015; Sonderby et al. 2016)",
             options=HierarchicalOptions,
+        ),
+        "conditional": Component(
+            build_conditional,
+            "conditional VAE: p(z|y) p(x|z,y), q(z|x,y) on the data's labels (--model-classes)",
+            options=ConditionalOptions,
+        ),
+        "m2": Component(
+            build_m2,
+            "semi-supervised M2 (Kingma et al. 2014): --labelled N labels, y enumerated elsewhere; --model-alpha",
+            options=M2Options,
         ),
     },
 )

@@ -50,7 +50,9 @@ from pyro_vae.estimators.free_bits import NO_ANALYTIC_KL
 from pyro_vae.guards import DivergenceGuard, NonFiniteLossError, TrainingInterrupted
 from pyro_vae.interrupts import DeferredInterrupts
 from pyro_vae.kl_check import check_training_kl
+from pyro_vae.labelled_data import check_labels, choose_labelled, reads_labels, test_input, training_labels
 from pyro_vae.loggers import check_logger, check_mlflow_uri, make_logger
+from pyro_vae.models.labelled import pack
 from pyro_vae.pairs import as_pair, prepare_pair
 from pyro_vae.plugins import required_plugins
 from pyro_vae.registry import build
@@ -134,6 +136,8 @@ class Trainer:
         self.stopping = EarlyStopping(
             config.patience, config.min_delta, config.kl_warmup if config.kl_schedule == "linear" else 0
         )
+        self.labelled: torch.Tensor | None = None  # M2's labelled training examples (indices)
+        self.train_labels: torch.Tensor | None = None  # the label column of a labelled model's training inputs
 
     def say(self, message: str) -> None:
         """A status line on stderr (when ``progress``)."""
@@ -174,9 +178,7 @@ class Trainer:
             patience=cfg.lr_patience,
         )
         nesting = getattr(self.model, "plate_nesting", 1)
-        self.elbo = make_training_elbo(
-            cfg.elbo, cfg.particles, cfg.elbo_options, plate_nesting=nesting, free_bits=cfg.free_bits
-        )
+        self.elbo = self._training_elbo(nesting)
         self.kl = self._check_kl()
         self.strategy.before_first_write()
         if self._state is None:
@@ -228,6 +230,35 @@ class Trainer:
         if getattr(self.config.model.component_options("prior"), "init_from_data", False):
             self._init_prior_from_data()
         self.params = parameters_of(self.model, self.guide)
+        self._labels()
+
+    def _training_elbo(self, nesting: int) -> Any:
+        """The configured estimator; for a model with its own (M2's ``TraceEnum_ELBO``), that one."""
+        cfg = self.config
+        own = getattr(self.model, "training_elbo", None)
+        if own is None:
+            return make_training_elbo(
+                cfg.elbo, cfg.particles, cfg.elbo_options, plate_nesting=nesting, free_bits=cfg.free_bits
+            )
+        if cfg.elbo != "meanfield" or cfg.free_bits or cfg.elbo_options or cfg.jit:
+            raise UserError(
+                f"the {cfg.model.model} model trains with its own estimator (TraceEnum_ELBO, y summed exactly, "
+                "uncompiled); drop --elbo, --elbo-*, --free-bits and --jit"
+            )
+        return own(cfg.particles)
+
+    def _labels(self) -> None:
+        """For a model that reads labels: check them, choose M2's labelled examples (the checkpoint's on resume)."""
+        if not reads_labels(self.model):
+            return
+        options = self.config.model.component_options("model")
+        check_labels(self.data, options.classes, self.config.model.model)
+        if not self.model.needs_all_labels:
+            if self._state is not None and "labelled" in self._state:
+                self.labelled = self._state["labelled"].long().cpu()
+            else:
+                self.labelled = choose_labelled(self.data.train_y, options.labelled, options.classes)
+        self.train_labels = training_labels(self.data, self.labelled)
 
     def _init_prior_from_data(self) -> None:
         init = getattr(self.model.prior, "init_from_data", None)
@@ -242,7 +273,7 @@ class Trainer:
         """The KL kind of each latent site (said for meanfield), the K = 1 note, and --require-analytic-kl."""
         # kl_kinds samples from the guide: keep that off the training random stream.
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            x = self.data.test_x_eval[: self.config.batch_size]
+            x = test_input(self.model, self.data)[: self.config.batch_size]
             cfg = self.config
             kinds = check_training_kl(
                 self.model,
@@ -378,6 +409,8 @@ class Trainer:
             set_rng_state(partial["epoch_rng"])
         epoch_rng = torch_rng_state()  # the epoch's draws below come from torch's generators only
         x_epoch = self.data.train_epoch()
+        if self.train_labels is not None:  # the labels travel with the pixels, as one packed row each
+            x_epoch = pack(x_epoch, self.train_labels)
         first = 0 if partial is None else int(partial["step"])
         batches = minibatches(x_epoch, cfg.batch_size, start=first)
         self.strategy.begin_epoch(epoch, first)
@@ -418,7 +451,8 @@ class Trainer:
         evaluate = self.strategy.elbo_terms  # torchrun: shared out among the ranks
         # Validation as set on the first evaluation only, like the steps (~10% of a digits evaluation; performance.md)
         with pyro.validation_enabled(is_validation_enabled() and self.evaluations == 0):
-            terms = evaluate(self.model, self.guide, self.data.test_x_eval, num_samples=self.config.eval_samples)
+            x = test_input(self.model, self.data)
+            terms = evaluate(self.model, self.guide, x, num_samples=self.config.eval_samples)
         self.evaluations += 1
         return terms
 
@@ -506,6 +540,8 @@ class Trainer:
         }
         if partial is not None:
             record["partial"] = partial
+        if self.labelled is not None:
+            record["labelled"] = self.labelled  # M2's labelled examples: a resume uses these
         return record
 
     def save_checkpoint(self, epoch: int, partial: dict[str, Any] | None = None) -> None:

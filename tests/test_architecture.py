@@ -50,6 +50,7 @@ LAYERS: list[tuple[str, ...]] = [
         "pyro_vae.images",
         "pyro_vae.plugins",
         "pyro_vae.bundle",
+        "pyro_vae.labelled_data",
     ),
     (
         "pyro_vae.run_dir",
@@ -79,6 +80,8 @@ LAYERS: list[tuple[str, ...]] = [
         "pyro_vae.sbc",
         "pyro_vae.sbc_figures",
         "pyro_vae.validation",
+        "pyro_vae.class_samples",
+        "pyro_vae.semi_supervised",
     ),
     ("pyro_vae", "pyro_vae.__main__", "pyro_vae.cli", "pyro_vae.commands", "pyro_vae.commands.*"),
 ]

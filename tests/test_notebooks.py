@@ -24,6 +24,7 @@ EXPECTED = [
     "05_how_good_is_my_vae",
     "06_variational_families",
     "07_discrete_estimators",
+    "08_labels_conditional_and_m2",
 ]
 NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))
 

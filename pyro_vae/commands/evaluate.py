@@ -41,10 +41,12 @@ from pyro_vae.evaluation import (
 )
 from pyro_vae.gaps import GapOptions
 from pyro_vae.importance import DEFAULT_SWEEP, ImportanceEstimate
+from pyro_vae.labelled_data import reads_labels
 from pyro_vae.psis import KhatSummary
 from pyro_vae.run_dir import RunDir, load_run
 from pyro_vae.sbc import DEFAULT_ALPHA, DEFAULT_BINS, DEFAULT_DRAWS
 from pyro_vae.sbc_figures import SBC_FIGURE, plot_sbc
+from pyro_vae.semi_supervised import evaluate_labelled
 
 OUTPUT = "evaluation.json"
 
@@ -413,6 +415,21 @@ def _reusable(out_dir: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
     return record
 
 
+def _run_labelled(args: argparse.Namespace, run_dir: RunDir, loaded: Any) -> int:
+    """``evaluate`` of a conditional or M2 run (``pyro_vae.semi_supervised``): ELBO, IS log-likelihood with y
+    handled exactly, and M2's classifier accuracy; written to DIR/evaluation.json."""
+    run_dir.check_writable()
+    torch.set_num_threads(args.threads)
+    pyro.set_rng_seed(args.seed)
+    result = evaluate_labelled(loaded.model, loaded.guide, loaded.data, args.num_samples, args.num_examples)
+    print(f"{args.dir}: {loaded.data.name}, {loaded.position}, {result.num_examples} test examples ({result.model})")
+    print("\n".join(result.lines()))
+    position = {"epoch": loaded.epoch, "step": loaded.step}
+    out = _write(args.dir, {**position, **result.to_dict(), "partial": False})
+    print(f"wrote {out}")
+    return 0
+
+
 def _run(args: argparse.Namespace, run_dir: RunDir) -> int:
     _check(args)
     ais_options = _options(args, AISOptions, "ais")
@@ -426,6 +443,8 @@ def _run(args: argparse.Namespace, run_dir: RunDir) -> int:
         where, position = f"{args.model_module} on {data_name}", {}
     else:
         loaded = load_run(args.dir)
+        if reads_labels(loaded.model):
+            return _run_labelled(args, run_dir, loaded)
         model, guide, x = loaded.model, loaded.guide, loaded.data.test_x_eval
         at = f"{loaded.position}" + (" (stopped mid-epoch)" if loaded.step else "")
         where, position = f"{args.dir}: {loaded.data.name}, {at}", {"epoch": loaded.epoch, "step": loaded.step}

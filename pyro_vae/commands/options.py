@@ -216,6 +216,7 @@ ALIASES = {
     "--min-sigma": ("likelihood", "min_sigma"),
     "--alpha": ("elbo", "alpha"),
     "--layers": ("model", "layers"),
+    "--labelled": ("model", "labelled"),
 }
 #: Old spellings of TrainConfig flags: alias -> field.
 TRAIN_ALIASES = {"--num-particles": "particles"}

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pyro_vae.figures import plot_run
-from pyro_vae.run_dir import RunDir
+from pyro_vae.errors import UserError
+from pyro_vae.figures import plot_run, write_one_class
+from pyro_vae.run_dir import RunDir, load_run
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
@@ -18,6 +19,14 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
     )
     parser.add_argument("dir", type=Path, metavar="DIR", help="run directory written by pyro-vae train")
     parser.add_argument("--device", default="cpu", help="device to decode on (default: cpu)")
+    parser.add_argument(
+        "--class",
+        dest="label",
+        type=int,
+        metavar="K",
+        help="only write DIR/class_K_samples.png: --count samples of class K (--model conditional or m2 runs)",
+    )
+    parser.add_argument("--count", type=int, default=20, metavar="N", help="samples for --class (default: 20)")
     parser.set_defaults(run=run)
     return parser
 
@@ -29,6 +38,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.label is not None:
+        if args.count < 1:
+            raise UserError(f"--count must be a positive integer, got {args.count}")
+        run = load_run(args.dir, device=args.device)
+        if not hasattr(run.model, "class_means"):
+            raise UserError(
+                f"--class needs a run of --model conditional or m2; {args.dir} is a {run.config.model.model}"
+            )
+        print(write_one_class(run.model, args.label, args.count, run.data.display_shape, args.dir))
+        return 0
     for path in plot_run(args.dir, device=args.device):
         print(path)
     return 0

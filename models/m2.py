@@ -1,0 +1,130 @@
+"""The semi-supervised M2 model (Kingma, Rezende, Mohamed & Welling 2014, "Semi-Supervised Learning with Deep
+Generative Models", section 3.1.2): p(y) = Cat(1/K), p(z) = N(0, I), p(x|y,z) = f(x; y, z).
+
+Kingma et al.'s objective (their eq. 9) on a batch with labelled rows L and unlabelled rows U:
+
+    J^alpha = sum_{(x,y) in L} [-L(x, y) - alpha log q(y|x)] + sum_{x in U} -U(x),
+    -L(x, y) = E_q(z|x,y)[log p(x|y,z) + log p(y) + log p(z) - log q(z|x,y)],
+    -U(x) = sum_y q(y|x) (-L(x, y)) + H(q(y|x)).
+
+In Pyro: y is observed at site "y_l" for the labelled rows and a latent site "y_u" for the unlabelled ones, which
+the guide marks for parallel enumeration (``TraceEnum_ELBO`` sums over the K classes exactly: the U(x) bound), and
+the classifier term alpha log q(y|x) is a ``pyro.factor`` in the labelled plate. The classifier q(y|x) is the
+guide's; the model holds a reference to it (not a submodule: its weights belong to the guide's state).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.infer import TraceEnum_ELBO
+from pyro_vae.models.labelled import join, one_hot, unpack
+from pyro_vae.models.networks import check_count
+from torch import Tensor, nn
+
+
+@dataclass
+class M2Options:
+    """Fields:
+    alpha: weight of the classifier term alpha * log q(y|x) on labelled examples (Kingma et al. 2014 eq. 9; they
+        used 0.1 * N, Pyro's example 46 per labelled example).
+    labelled: how many training examples keep their label, as equal a number per class as possible, chosen with a
+        fixed seed and recorded in the run; the rest are unlabelled.
+    classes: the number of classes K; the labels are 0 .. K-1.
+    """
+
+    alpha: float = 50.0
+    labelled: int = 100
+    classes: int = 10
+
+    def __post_init__(self) -> None:
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha < 1e12:
+            raise ValueError(f"alpha must be a number >= 0, got {self.alpha!r}")
+        check_count(self.classes, "classes", least=2)
+        check_count(self.labelled, "labelled", least=self.classes)
+
+
+class M2Model(nn.Module):
+    """Pyro model of a packed batch (``pyro_vae.models.labelled``): labelled rows in ``plate("labelled")`` (sites
+    "y_l" observed, "z_l", "x_l" observed, the factor "classifier"), unlabelled rows in ``plate("unlabelled")``
+    (sites "y_u", "z_u", "x_u" observed). The ``decoder`` takes z_dim + classes inputs. Train with
+    ``training_elbo()`` (``TraceEnum_ELBO``, max_plate_nesting 1)."""
+
+    labelled_input = True
+    needs_all_labels = False
+    plate_nesting = 1
+
+    def __init__(
+        self,
+        decoder: nn.Module,
+        likelihood: nn.Module,
+        classifier: nn.Module,
+        x_shape: Sequence[int],
+        z_dim: int,
+        classes: int,
+        alpha: float,
+    ) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.likelihood = likelihood
+        self._classifier = (classifier,)  # a reference: the guide owns (and saves) the classifier's weights
+        self.x_shape = tuple(x_shape)
+        self.z_dim = z_dim
+        self.classes = classes
+        self.alpha = float(alpha)
+        self.register_buffer("class_probs", torch.full((classes,), 1.0 / classes))
+        self.register_buffer("z_loc", torch.zeros(z_dim))
+
+    @property
+    def classifier(self) -> nn.Module:
+        """The guide's classifier network x -> logits of q(y|x)."""
+        return self._classifier[0]
+
+    @staticmethod
+    def training_elbo(particles: int = 1) -> TraceEnum_ELBO:
+        """The ELBO M2 trains with: ``TraceEnum_ELBO`` sums the unlabelled rows' y exactly."""
+        return TraceEnum_ELBO(num_particles=particles, max_plate_nesting=1)
+
+    def z_prior(self) -> dist.Distribution:
+        return dist.Normal(self.z_loc, torch.ones_like(self.z_loc)).to_event(1)
+
+    def latent_prior(self, y: Tensor) -> dist.Distribution:
+        """p(z) = N(0, I) (z and y are independent a priori), batch shape y.shape."""
+        return self.z_prior().expand(y.shape)
+
+    def class_log_prior(self) -> Tensor:
+        """log p(y) for y = 0 .. K-1."""
+        return self.class_probs.log()
+
+    def decode(self, z: Tensor, y: Tensor) -> dist.Distribution:
+        """p(x | y, z) for latents z (..., z_dim) and classes y (...)."""
+        return self.likelihood(self.decoder(join(z, one_hot(y, self.classes, z))))
+
+    def forward(self, packed: Tensor) -> None:
+        pyro.module("model", self)
+        x, y = unpack(packed, self.x_shape)
+        known = y >= 0
+        if known.any():
+            xl, yl = x[known], y[known]
+            with pyro.plate("labelled", xl.shape[0]):
+                pyro.sample("y_l", dist.Categorical(self.class_probs), obs=yl)
+                z = pyro.sample("z_l", self.z_prior())
+                pyro.sample("x_l", self.decode(z, yl), obs=xl)
+                if self.alpha > 0:
+                    log_q = dist.Categorical(logits=self.classifier(xl)).log_prob(yl)
+                    pyro.factor("classifier", self.alpha * log_q)
+        if not known.all():
+            xu = x[~known]
+            with pyro.plate("unlabelled", xu.shape[0]):
+                yu = pyro.sample("y_u", dist.Categorical(self.class_probs))
+                z = pyro.sample("z_u", self.z_prior())
+                pyro.sample("x_u", self.decode(z, yu), obs=xu)
+
+    def class_means(self, y: Tensor) -> Tensor:
+        """E[x | y, z] for one z ~ N(0, I) per entry of ``y`` (N,): class-conditional samples (N, *x_shape)."""
+        z = self.z_prior().sample(y.shape)
+        return self.likelihood.mean(self.decoder(join(z, one_hot(y, self.classes, z))))
