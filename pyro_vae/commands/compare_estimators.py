@@ -192,7 +192,6 @@ def _run(args: argparse.Namespace, run_dir: RunDir) -> int:
     # One thread by default: small models run fastest on one, and timings on a busy machine stay stable.
     torch.set_num_threads(threads)
     x = x[: args.examples]
-    check_estimators_for_guide(guide, x, [*args.estimators, *args.snr_estimators])
     seed = record.pop("seed", 0)
     encoder, decoder, problem = resolve_parameter_groups(model, guide, x)
     params = (encoder, decoder)
@@ -213,6 +212,7 @@ def _run(args: argparse.Namespace, run_dir: RunDir) -> int:
         args.snr_ks = [2, 5, 10, 50] if discrete else [1, 5, 10, 50]
     if args.estimators is None:
         args.estimators = _default_names(discrete)
+    check_estimators_for_guide(guide, x, [*args.estimators, *args.snr_estimators])
     pyro.set_rng_seed(seed)
     khat = None
     if exact is not None:
