@@ -27,6 +27,11 @@ from pyro_vae.errors import UserError
 #: Parameters of a 2-rank run may differ from one process's by float32 rounding: the gradients of two halves are
 #: summed by the all-reduce in another order than the whole batch's (measured: 5e-7 after 2 epochs).
 REL = 1e-5
+#: The conv networks sum more terms per weight (every position of every image) in an order that differs between one
+#: process and two ranks, and the convolution kernel's own order varies by CPU: 1.7e-5 measured on this machine
+#: after 2 epochs (the previous CI machine passed at 1e-5), so 1e-4: one Adam step (lr 1e-3) moves a weight of
+#: this layer (scale 0.1) by about 1e-2 of its scale, so a missed or doubled step still fails.
+REL_CONV = 1e-4
 COMMON = ["--dataset", "digits", "--no-progress", "--z-dim", "2", "--hidden", "64"]
 
 
@@ -191,14 +196,14 @@ def metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def assert_same_run(a: Path, b: Path) -> None:
+def assert_same_run(a: Path, b: Path, rel: float = REL) -> None:
     """Same parameters (rel ``REL``), same random generator state, same metrics to rounding."""
     ca, cb = checkpoint(a), checkpoint(b)
     for part in ("model", "guide"):
         for name, value in ca[part].items():
             other = cb[part][name]
             scale = value.abs().max().clamp_min(1e-12)
-            assert float((value - other).abs().max() / scale) < REL, f"{part}.{name}"
+            assert float((value - other).abs().max() / scale) < rel, f"{part}.{name}"
     assert torch.equal(ca["rng"]["torch"], cb["rng"]["torch"])  # the draws of both runs were the same
     ma, mb = metrics(a), metrics(b)
     assert len(ma) == len(mb)
@@ -245,7 +250,7 @@ def test_two_ranks_train_the_single_process_run_with_the_conv_networks(tmp_path)
     conv += ["--encoder-channels", "4", "8", "--epochs", "2", "--batch-size", "32"]
     ok(single("--out", str(tmp_path / "one"), *conv))
     ok(torchrun(2, "--out", str(tmp_path / "two"), *conv))
-    assert_same_run(tmp_path / "one", tmp_path / "two")
+    assert_same_run(tmp_path / "one", tmp_path / "two", rel=REL_CONV)
 
 
 @pytest.mark.slow

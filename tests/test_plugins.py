@@ -199,7 +199,7 @@ def test_an_installed_packages_decoder_and_estimator_train_and_a_run_names_the_p
     installed_package(site, ENTRY_POINTS)
     env = {"PYTHONPATH": str(site), "XDG_CONFIG_HOME": str(tmp_path / "config")}
     proc = cli("train", "--help", env=env)
-    assert "--decoder {mlp,linear,conv,tiny-linear}" in proc.stdout and "trace-copy" in proc.stdout
+    assert re.search(r"--decoder \{mlp,[a-z,-]*,tiny-linear\}", proc.stdout) and "trace-copy" in proc.stdout
     out = tmp_path / "run"
     proc = cli(
         "train", "--out", str(out), "--decoder", "tiny-linear", "--elbo", "trace-copy", "--epochs", "1", *SMALL, env=env
