@@ -39,9 +39,17 @@ DISCRETE_ESTIMATORS = ("enum", "reinforce", "vimco", "rws", "relaxed", "disarm",
 
 def check_estimator_for_guide(elbo: str, guide: str) -> None:
     """One-line ``UserError`` when ``elbo`` (or its ``jit-`` form) needs a reparameterised guide and ``guide`` samples
-    discrete z (its registry ``latent`` is one of ``DISCRETE_LATENTS``), naming the estimators that can train it."""
+    discrete z (its registry ``latent`` is one of ``DISCRETE_LATENTS``), naming the estimators that can train it; and
+    when an estimator for discrete latents only (``EstimatorSpec.latents == "discrete"``: enum, relaxed, disarm) meets a
+    guide of continuous z."""
     spec = GUIDES[guide] if guide in GUIDES else None
     base = elbo[4:] if elbo.startswith("jit-") else elbo
+    if spec is not None and spec.latent not in DISCRETE_LATENTS and base in ESTIMATORS:
+        if not ESTIMATORS[base].works_with(False):  # enum, relaxed, disarm: refused here, not at the first step
+            usable = ", ".join(n for n in ESTIMATORS if ESTIMATORS[n].latents == "continuous")
+            raise UserError(
+                f"estimator {elbo!r} is for discrete latents; guide {guide!r} samples continuous z: use --elbo {usable}"
+            )
     if spec is None or spec.latent not in DISCRETE_LATENTS or base not in REPARAMETERISED_ONLY:
         return
     usable = [n for n in DISCRETE_ESTIMATORS if n in ESTIMATORS]

@@ -75,7 +75,7 @@ def test_compare_estimators_on_discrete_latents_reports_the_exact_bias(tmp_path,
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--elbo", "disarm"], "disarm needs Bernoulli latents; guide site 'z' is Normal"),
+        (["--elbo", "disarm"], "estimator 'disarm' is for discrete latents; guide 'normal' samples continuous z"),
         (["--elbo", "relaxed", "--elbo-temperature", "0"], "temperature must be a positive number"),
         (["--elbo", "reinforce", "--elbo-baseline", "magic"], "invalid choice 'magic' (choose from learned, average"),
         (["--elbo", "vimco"], "needs num_particles >= 2"),
@@ -87,6 +87,7 @@ def test_train_says_in_one_line_what_an_estimator_needs(args, message, tmp_path,
     assert main(["train", "--out", str(tmp_path / "run"), *args, *small]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("pyro-vae: error:") and message in err and "\n" not in err, err
+    assert not (tmp_path / "run").exists()  # refused before the run directory is made
 
 
 def test_train_with_score_function_estimators_on_gaussian_latents(tmp_path):
