@@ -147,6 +147,9 @@ def test_relaxed_trains_a_categorical_vae_from_the_cli_and_compare_estimators_sk
     assert main(["train", "--out", str(run), *flags, *small, "--elbo", "relaxed"]) == 0
     assert json.loads((run / "config.json").read_text())["elbo"] == "relaxed"
     assert main(["evaluate", str(run)]) == 0
+    st = ["--elbo", "relaxed", "--elbo-straight-through", "--elbo-temperature", "0.7", "--batch-size", "256"]
+    assert main(["train", "--out", str(tmp_path / "st"), *flags, *small, *st]) == 0
+    assert json.loads((tmp_path / "st" / "config.json").read_text())["elbo_options"]["straight_through"] is True
     capsys.readouterr()
     assert main(["compare-estimators", str(run), "--draws", "2", "--examples", "8", "--no-progress"]) == 0
     err = capsys.readouterr().err
