@@ -8,6 +8,10 @@ diagnostic of the project takes z as a vector of ``z_dim`` numbers, so the categ
 z_dim = D * C (the first C entries are variable 1's one-hot code, the next C variable 2's, ...). The density,
 sampler, entropy and KL are torch's ``OneHotCategorical``'s, summed over the D variables; the KL between two of
 these is registered with ``register_kl``, so Pyro's ``TraceMeanField_ELBO`` finds it.
+
+``FlatOneHotCategorical.relaxed`` gives the family's Concrete / Gumbel-softmax relaxation (Maddison et al. 2017;
+Jang et al. 2017) on the same flat event, ``FlatRelaxedOneHotCategorical``: the ``relaxed`` estimator
+(pyro_vae.estimators.relaxed) calls it, as it does for any distribution that defines ``relaxed``.
 """
 
 from __future__ import annotations
@@ -112,6 +116,82 @@ class FlatOneHotCategorical(TorchDistribution):
     @property
     def variance(self) -> Tensor:
         return self._flat(self.probs * (1 - self.probs))
+
+    def relaxed(self, temperature: float, straight_through: bool) -> FlatRelaxedOneHotCategorical:
+        """The Concrete relaxation of the D variables at ``temperature``, on the flat event (the ``relaxed``
+        estimator's protocol, pyro_vae.estimators.relaxed); ``straight_through``: hard draws, discrete density."""
+        return FlatRelaxedOneHotCategorical(temperature, self.logits, straight_through=straight_through)
+
+
+class _GroupedSimplex(constraints.Constraint):
+    """Vectors of D * C values that are D points of the C-simplex, one after the other."""
+
+    event_dim = 1
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.classes = classes
+
+    def check(self, value: Tensor) -> Tensor:
+        return constraints.simplex.check(value.reshape(*value.shape[:-1], -1, self.classes)).all(-1)
+
+
+class FlatRelaxedOneHotCategorical(TorchDistribution):
+    """D independent Concrete (RelaxedOneHotCategorical) variables of C classes, temperature lambda, from
+    ``logits`` of shape (*batch, D, C), as one flat vector of D * C numbers (Maddison et al. 2017, eq. 2;
+    Jang et al. 2017):
+
+    .. math:: \\log \\tilde p(z) = \\sum_{d=1}^{D} \\log \\mathrm{Concrete}(z_d \\mid \\pi_d, \\lambda)
+
+    With ``straight_through`` (Bengio et al. 2013; Jang et al. 2017) a draw is the one-hot argmax of each soft
+    z_d with the soft draw's gradient (Pyro's ``RelaxedOneHotCategoricalStraightThrough``), and ``log_prob`` is
+    the discrete density ``FlatOneHotCategorical`` at that hard value, so an ELBO's value is the discrete one's.
+    """
+
+    arg_constraints = {"logits": constraints.independent(constraints.real, 2)}
+    has_rsample = True
+
+    def __init__(
+        self,
+        temperature: float | Tensor,
+        logits: Tensor,
+        straight_through: bool = False,
+        validate_args: bool | None = None,
+    ) -> None:
+        if logits.dim() < 2:
+            raise ValueError(f"logits must have shape (..., D, C), got {tuple(logits.shape)}")
+        self.logits = logits - logits.logsumexp(-1, keepdim=True)
+        self.temperature = torch.as_tensor(temperature, dtype=logits.dtype, device=logits.device)
+        self.straight_through = straight_through
+        cls = dist.RelaxedOneHotCategoricalStraightThrough if straight_through else dist.RelaxedOneHotCategorical
+        self._base = cls(self.temperature, logits=self.logits)
+        d, c = logits.shape[-2:]
+        super().__init__(logits.shape[:-2], torch.Size((d * c,)), validate_args=validate_args)
+
+    @property
+    def classes(self) -> int:
+        return int(self.logits.shape[-1])
+
+    @constraints.dependent_property(is_discrete=False, event_dim=1)
+    def support(self) -> constraints.Constraint:
+        return _GroupedOneHot(self.classes) if self.straight_through else _GroupedSimplex(self.classes)
+
+    def expand(
+        self, batch_shape: torch.Size, _instance: FlatRelaxedOneHotCategorical | None = None
+    ) -> FlatRelaxedOneHotCategorical:
+        logits = self.logits.expand(torch.Size(batch_shape) + self.logits.shape[-2:])
+        return FlatRelaxedOneHotCategorical(self.temperature, logits, self.straight_through)
+
+    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
+        z = self._base.rsample(torch.Size(sample_shape))
+        return z.reshape(*z.shape[:-2], -1)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        if self.straight_through:
+            return FlatOneHotCategorical(self.logits).log_prob(value)
+        return self._base.log_prob(value.reshape(*value.shape[:-1], -1, self.classes)).sum(-1)
 
 
 @register_kl(FlatOneHotCategorical, FlatOneHotCategorical)

@@ -71,7 +71,8 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
         default=None,
         metavar="A,B,...",
         help="comma-separated estimator names (default: every estimator that works with the model's latents: for "
-        f"continuous ones {','.join(_default_names(False))}; for discrete ones {','.join(_default_names(True))})",
+        f"continuous ones {','.join(_default_names(False))}; for discrete ones {','.join(_default_names(True))}, less "
+        "those that refuse the model's latents, e.g. disarm on categorical ones, each skip said in one line)",
     )
     bounds = ", ".join(name for name, spec in ESTIMATORS.items() if spec.multi_particle)
     parser.add_argument(
@@ -113,6 +114,25 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
 def _default_names(discrete: bool) -> list[str]:
     """Every estimator name (with the jit- spellings) that works with discrete or continuous latents."""
     return [n for n in ESTIMATORS.names() if ESTIMATORS[n].works_with(discrete)]
+
+
+def _usable_defaults(names: list[str], model, guide, x: torch.Tensor, args: argparse.Namespace) -> list[str]:
+    """The default estimators ``names`` less those that refuse the model's latents (disarm on categorical ones,
+    enum beyond --elbo-max-states, ...), each skip said in one line. The refusals are the estimators' own one-line
+    ``UserError``s, met by one loss on one example; only the "discrete" ones are tried, as they are the ones that
+    take some discrete families and not others ("any" ones take every latent). A user-named estimator that
+    refuses stays an error."""
+    kept = []
+    for name in names:
+        if ESTIMATORS[name].latents == "discrete":
+            try:
+                with pyro.get_param_store().scope(), torch.no_grad():  # leaves no parameter (baseline) behind
+                    _estimator(name, args).loss(model, guide, x[:1])
+            except UserError as err:
+                print(f"pyro-vae: skipping default estimator {name}: {err}", file=sys.stderr)
+                continue
+        kept.append(name)
+    return kept
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -211,7 +231,7 @@ def _run(args: argparse.Namespace, run_dir: RunDir) -> int:
     if args.snr_ks is None:
         args.snr_ks = [2, 5, 10, 50] if discrete else [1, 5, 10, 50]
     if args.estimators is None:
-        args.estimators = _default_names(discrete)
+        args.estimators = _usable_defaults(_default_names(discrete), model, guide, x, args)
     check_estimators_for_guide(guide, x, [*args.estimators, *args.snr_estimators])
     pyro.set_rng_seed(seed)
     khat = None

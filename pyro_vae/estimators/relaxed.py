@@ -14,13 +14,22 @@ reparameterised model, and ``Trace_ELBO`` (vectorised particles) does the rest.
   z~ (Pyro's RelaxedBernoulliStraightThrough / RelaxedOneHotCategoricalStraightThrough), and the densities are the
   discrete ones at the hard z: the value is an unbiased estimate of the discrete ELBO; the gradient is biased for
   it (Bengio et al. 2013; Jang et al. 2017), whatever the temperature.
+
+How a plugin family supports ``relaxed``: a latent distribution that is neither Bernoulli nor OneHotCategorical
+(under any ``to_event``) may define a method ``relaxed(temperature: float, straight_through: bool) -> Distribution``
+giving its own relaxation, with the same batch and event shapes (``RelaxableDistribution``). Without
+``straight_through`` it returns a reparameterised (``rsample``) continuous distribution with its relaxed density;
+with it, one whose ``rsample`` is a hard value of the discrete support carrying a soft gradient and whose
+``log_prob`` is the discrete density at that value. ``Relax`` calls it at guide sites (and, without
+``straight_through``, at model sites too); the flat one-hot ``categorical`` family
+(``FlatOneHotCategorical.relaxed``) is one. Any other latent family is refused in one line.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import pyro.distributions as dist
 import torch
@@ -64,6 +73,15 @@ class _DiscreteScoredOneHotST(dist.RelaxedOneHotCategoricalStraightThrough):
         return dist.OneHotCategorical(logits=self.logits).log_prob(value)
 
 
+@runtime_checkable
+class RelaxableDistribution(Protocol):
+    """A latent distribution with its own Concrete-style relaxation (module doc, 'How a plugin family ...')."""
+
+    def relaxed(self, temperature: float, straight_through: bool) -> torch.distributions.Distribution:
+        """The relaxation at ``temperature``; ``straight_through``: hard draws scored by the discrete density."""
+        ...
+
+
 def _rewrap(fn: Any, relaxed: Any) -> Any:
     """``relaxed`` with the ``to_event`` dimensions of ``fn``."""
     _, dims = base_distribution(fn)
@@ -71,7 +89,8 @@ def _rewrap(fn: Any, relaxed: Any) -> Any:
 
 
 class Relax(Messenger):
-    """Replaces Bernoulli / OneHotCategorical latents (model and guide) by their Concrete relaxations; with
+    """Replaces Bernoulli / OneHotCategorical latents (model and guide), and those that define ``relaxed``
+    (``RelaxableDistribution``), by their Concrete relaxations; with
     ``straight_through``, guide sites draw hard values with soft gradients and model sites keep their discrete
     densities. Observed sites are left alone; any other latent family is a one-line UserError."""
 
@@ -82,6 +101,8 @@ class Relax(Messenger):
         self.in_guide = in_guide
 
     def _relaxed(self, base: Any) -> Any:
+        if isinstance(base, RelaxableDistribution):
+            return base.relaxed(self.temperature, self.straight_through)
         t = torch.tensor(self.temperature, dtype=base.logits.dtype, device=base.logits.device)
         if isinstance(base, torch.distributions.Bernoulli):
             cls = _DiscreteScoredBernoulliST if self.straight_through else dist.RelaxedBernoulli
@@ -93,9 +114,12 @@ class Relax(Messenger):
         if not is_latent(msg):
             return
         base, _ = base_distribution(msg["fn"])
-        if not isinstance(base, (torch.distributions.Bernoulli, torch.distributions.OneHotCategorical)):
+        if not isinstance(
+            base, (torch.distributions.Bernoulli, torch.distributions.OneHotCategorical, RelaxableDistribution)
+        ):
             raise UserError(
-                f"relaxed needs Bernoulli or OneHotCategorical latents; site {msg['name']!r} is {type(base).__name__}"
+                f"relaxed needs Bernoulli or OneHotCategorical latents, or a distribution with a relaxed(temperature, "
+                f"straight_through) method; site {msg['name']!r} is {type(base).__name__}"
             )
         if self.straight_through and not self.in_guide:
             return  # the model scores the guide's hard value with its own discrete density
