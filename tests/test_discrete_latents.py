@@ -321,7 +321,10 @@ def test_the_cli_trains_evaluates_and_draws_a_categorical_vae_and_refuses_trace(
         assert main(["evaluate", str(out), "--num-samples", "20", "--examples", "30"]) == 0
         assert main(["evaluate", str(out), "--num-samples", "20", "--examples", "30", "--ais"]) != 0
         assert "needs continuous latents" in capsys.readouterr().err
-        assert main(["compare-estimators", str(out), "--draws", "2", "--examples", "8", "--no-progress"]) != 0
+        compare = ["compare-estimators", str(out), "--draws", "2", "--examples", "8", "--no-progress"]
+        assert main(compare) == 0  # the defaults: the estimators that take these latents (disarm skipped, said)
+        assert "skipping default estimator disarm" in capsys.readouterr().err
+        assert main([*compare, "--estimators", "trace,vimco"]) != 0  # a named one that cannot: one line
         err = capsys.readouterr().err.strip()
         assert "need a reparameterised guide, but guide site 'z' (FlatOneHotCategorical)" in err and "\n" not in err
     finally:
