@@ -66,6 +66,8 @@ def _site_paths(app: object, docname: str, source: list[str]) -> None:
     and a link to a notebook that does not exist still fails the build."""
     if not docname.startswith("tutorials/"):
         source[0] = source[0].replace("](../tutorials/", "](tutorials/")
+    else:  # a notebook links to the pages as ../docs/NAME.md; its copy lies in docs/tutorials
+        source[0] = source[0].replace("](../docs/", "](../")
 
 
 def _fields_first(app: object, what: str, name: str, obj: object, options: object, lines: list[str]) -> None:

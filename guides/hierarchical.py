@@ -99,7 +99,7 @@ class LadderGuide(nn.Module):
         return ds
 
     def top_posterior(self, x: Tensor) -> dist.Distribution:
-        """q(z_L | x) for a batch x (N, *x_shape): batch shape (N,), event shape (size of z_L,). A VampPrior on the
+        """q(z_L | x) for a batch x ``(N, *x_shape)``: batch shape (N,), event shape (size of z_L,). A VampPrior on the
         top layer is built from it (Tomczak & Welling 2018 use this top-down order too)."""
         return self.top.posterior(self.features(x)[-1])
 

@@ -43,7 +43,7 @@ class ClassConditionalPrior(nn.Module):
         self.raw_scale = nn.Parameter(torch.full((classes, z_dim), float(SoftplusTransform().inv(torch.tensor(1.0)))))
 
     def loc_scale(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        """(mu_y, sigma_y), each of shape (*y.shape, z_dim)."""
+        """(mu_y, sigma_y), each of shape ``(*y.shape, z_dim)``."""
         return self.loc[y], F.softplus(self.raw_scale[y])
 
     def forward(self, y: Tensor) -> dist.Distribution:
@@ -91,6 +91,7 @@ class ConditionalVAEModel(nn.Module):
         return self.likelihood(self.decoder(join(z, one_hot(y, self.classes, z))))
 
     def class_means(self, y: Tensor) -> Tensor:
-        """E[x | z, y] for one z ~ p(z|y) per entry of ``y`` (N,): class-conditional samples, shape (N, *x_shape)."""
+        """E[x | z, y] for one z ~ p(z|y) per entry of ``y`` (N,): class-conditional samples, shape
+        ``(N, *x_shape)``."""
         z = self.class_prior(y).sample()
         return self.likelihood.mean(self.decoder(join(z, one_hot(y, self.classes, z))))

@@ -19,19 +19,19 @@ UNLABELLED = -1
 
 
 def pack(x: Tensor, y: Tensor) -> Tensor:
-    """(N, D + 1): the rows of ``x`` (N, *x_shape) flattened, then the labels ``y`` (N,) (``UNLABELLED``: none)."""
+    """(N, D + 1): the rows of ``x`` ``(N, *x_shape)`` flattened, then the labels ``y`` (N,) (``UNLABELLED``: none)."""
     if y.shape != (x.shape[0],):
         raise ValueError(f"need one label per example: {x.shape[0]} examples, labels of shape {tuple(y.shape)}")
     return torch.cat([x.flatten(1), y.to(device=x.device, dtype=x.dtype).unsqueeze(1)], dim=1)
 
 
 def unpack(packed: Tensor, x_shape: Sequence[int]) -> tuple[Tensor, Tensor]:
-    """(x of shape (N, *x_shape), y of shape (N,), long; ``UNLABELLED`` where unknown): the inverse of ``pack``."""
+    """(x of shape ``(N, *x_shape)``, y of shape (N,), long; ``UNLABELLED`` where unknown): the inverse of ``pack``."""
     return packed[:, :-1].reshape(packed.shape[0], *x_shape), packed[:, -1].round().long()
 
 
 def one_hot(y: Tensor, classes: int, like: Tensor) -> Tensor:
-    """onehot(y) in ``like``'s dtype, shape (*y.shape, classes)."""
+    """onehot(y) in ``like``'s dtype, shape ``(*y.shape, classes)``."""
     return F.one_hot(y, classes).to(like.dtype)
 
 

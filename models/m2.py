@@ -125,6 +125,6 @@ class M2Model(nn.Module):
                 pyro.sample("x_u", self.decode(z, yu), obs=xu)
 
     def class_means(self, y: Tensor) -> Tensor:
-        """E[x | y, z] for one z ~ N(0, I) per entry of ``y`` (N,): class-conditional samples (N, *x_shape)."""
+        """E[x | y, z] for one z ~ N(0, I) per entry of ``y`` (N,): class-conditional samples ``(N, *x_shape)``."""
         z = self.z_prior().sample(y.shape)
         return self.likelihood.mean(self.decoder(join(z, one_hot(y, self.classes, z))))

@@ -47,7 +47,7 @@ class _GroupedOneHot(constraints.Constraint):
 
 
 class FlatOneHotCategorical(TorchDistribution):
-    """D one-hot categoricals of C classes, from ``logits`` of shape (*batch, D, C), with event shape (D * C,)."""
+    """D one-hot categoricals of C classes, from ``logits`` of shape ``(*batch, D, C)``, with event shape (D * C,)."""
 
     arg_constraints = {"logits": constraints.independent(constraints.real, 2)}
     has_rsample = False
@@ -71,7 +71,7 @@ class FlatOneHotCategorical(TorchDistribution):
 
     @property
     def probs(self) -> Tensor:
-        """(*batch, D, C): the class probabilities of each variable."""
+        """``(*batch, D, C)``: the class probabilities of each variable."""
         return self._base.probs
 
     def _flat(self, t: Tensor) -> Tensor:
@@ -105,7 +105,7 @@ class FlatOneHotCategorical(TorchDistribution):
         return self._flat(torch.nn.functional.one_hot(self.logits.argmax(-1), self.classes).to(self.logits.dtype))
 
     def enumerate_support(self, expand: bool = True) -> Tensor:
-        """All C^D values of z, shape (C^D, *batch, D * C) (``expand``) or (C^D, 1, ..., D * C); the first
+        """All C^D values of z, shape ``(C^D, *batch, D * C)`` (``expand``) or (C^D, 1, ..., D * C); the first
         variable varies slowest."""
         d, c = self.logits.shape[-2:]
         classes = torch.cartesian_prod(*[torch.arange(c, device=self.logits.device)] * d).reshape(-1, d)
@@ -138,7 +138,7 @@ class _GroupedSimplex(constraints.Constraint):
 
 class FlatRelaxedOneHotCategorical(TorchDistribution):
     """D independent Concrete (RelaxedOneHotCategorical) variables of C classes, temperature lambda, from
-    ``logits`` of shape (*batch, D, C), as one flat vector of D * C numbers (Maddison et al. 2017, eq. 2;
+    ``logits`` of shape ``(*batch, D, C)``, as one flat vector of D * C numbers (Maddison et al. 2017, eq. 2;
     Jang et al. 2017):
 
     .. math:: \\log \\tilde p(z) = \\sum_{d=1}^{D} \\log \\mathrm{Concrete}(z_d \\mid \\pi_d, \\lambda)
@@ -201,5 +201,5 @@ def _kl_flat_onehot(q: FlatOneHotCategorical, p: FlatOneHotCategorical) -> Tenso
 
 
 def kl_per_variable(q: FlatOneHotCategorical, p: FlatOneHotCategorical) -> Tensor:
-    """KL(Cat(q_d) || Cat(p_d)) for each of the D variables: shape (*batch, D)."""
+    """KL(Cat(q_d) || Cat(p_d)) for each of the D variables: shape ``(*batch, D)``."""
     return kl_divergence(q._base, p._base)

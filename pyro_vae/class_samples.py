@@ -19,7 +19,7 @@ CLASS_SAMPLE_SEED = 0
 
 @torch.no_grad()
 def class_samples(model: nn.Module, label: int, count: int = 8, seed: int | None = CLASS_SAMPLE_SEED) -> Tensor:
-    """``count`` samples E[x | z, y=label], z ~ the model's prior given y, shape (count, *x_shape), on the CPU.
+    """``count`` samples E[x | z, y=label], z ~ the model's prior given y, shape ``(count, *x_shape)``, on the CPU.
 
     ``model`` is a conditional VAE or M2 model (``pyro_vae.build`` of ``--model conditional`` / ``m2``); ``seed``
     fixes the draws without touching the caller's random stream (None: draw from the current stream)."""

@@ -91,7 +91,7 @@ class EstimatorStats:
     with no parameters (``split_parameters`` could not tell encoder from decoder) has NaN statistics.
     With an exact reference (small discrete latents, ``pyro_vae.exact_reference``): ``exact_target`` the exact value
     of what the estimator estimates, ``exact_bias`` value_mean minus it with ``exact_bias_stderr``; ``grad_bias_*``
-    |E g - g*| / |g*| and ``grad_noise_*`` its noise level sqrt(sum Var(g) / R) / |g*|; NaN without one."""
+    ``|E g - g*| / |g*|`` and ``grad_noise_*`` its noise level ``sqrt(sum Var(g) / R) / |g*|``; NaN without one."""
 
     name: str
     num_particles: int

@@ -5,8 +5,8 @@ and gradient against the exact value and gradient of what it estimates, by enume
 What each estimator is compared with (its spec's ``estimates``): "ELBO" and "relaxed ELBO" -> the exact (discrete)
 ELBO, so a relaxation's bias for the discrete objective shows; "IWAE bound" -> the exact K-sample bound, enumerated
 over the S^K K-tuples of states (NaN where S^K times the number of examples is over ``MAX_TUPLES``); "Renyi bound"
-and "TVO bound" -> not computed (NaN). The gradient's bias is |E g - g*| / |g*| per parameter group (g the gradient
-of the loss per example, g* the exact one), next to its noise level sqrt(sum_i Var(g_i) / R) / |g*|: a bias well
+and "TVO bound" -> not computed (NaN). The gradient's bias is ``|E g - g*| / |g*|`` per parameter group (g the gradient
+of the loss per example, g* the exact one), next to its noise level ``sqrt(sum_i Var(g_i) / R) / |g*|``: a bias well
 above its noise level is real. (For rws, whose guide gradient is not that of any bound, the guide's bias against the
 IWAE bound's gradient is expected.)
 """

@@ -15,8 +15,7 @@ sampler that streams its weights can keep just those (``TopLogWeights``).
 
 References:
     [1] A. Vehtari, D. Simpson, A. Gelman, Y. Yao, J. Gabry. Pareto Smoothed Importance Sampling. JMLR 25, 2024.
-    [2] Y. Yao, A. Vehtari, D. Simpson, A. Gelman. Yes, but Did It Work?: Evaluating Variational Inference.
-        ICML 2018.
+    [2] Y. Yao, A. Vehtari, D. Simpson, A. Gelman. Yes, but Did It Work?: Evaluating Variational Inference. ICML 2018.
 """
 
 from __future__ import annotations

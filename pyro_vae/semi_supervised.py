@@ -31,7 +31,7 @@ SAMPLE_CHUNK = 100
 
 @torch.no_grad()
 def classifier_accuracy(guide: Any, x: Tensor, y: Tensor, batch_size: int = 4096) -> float:
-    """The fraction of rows of ``x`` (N, *x_shape) whose argmax_y q(y|x) (``guide.predict``) equals ``y``."""
+    """The fraction of rows of ``x`` ``(N, *x_shape)`` whose argmax_y q(y|x) (``guide.predict``) equals ``y``."""
     hits = sum(
         int((guide.predict(xb).cpu() == yb.cpu()).sum())
         for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True)

@@ -4,7 +4,7 @@ For a guide site z ~ Bernoulli(sigmoid(alpha)) (any shape, ``to_event`` or not) 
 draw u ~ U(0, 1), b = 1[u < sigmoid(alpha)] and its antithetic partner b~ = 1[1 - u < sigmoid(alpha)], and estimate
 d E[f] / d alpha_i by
 
-    g_i = 1/2 (f(b) - f(b~)) (-1)^{b~_i} 1[b_i != b~_i] sigmoid(|alpha_i|)        (Dong et al. 2020, eq. 7)
+    g_i = 1/2 (f(b) - f(b~)) (-1)^{b~_i} 1[b_i != b~_i] sigmoid(``|alpha_i|``)        (Dong et al. 2020, eq. 7)
 
 then chain it to the guide's parameters through alpha. ``num_particles`` = the number of antithetic pairs per example.
 

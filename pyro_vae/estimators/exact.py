@@ -57,7 +57,7 @@ def site_size(fn: Any) -> int:
 
 
 def site_support(fn: Any) -> torch.Tensor:
-    """Every value of one draw of a discrete site, shape (s, *event_shape) (check ``site_size`` first: 2^D rows for
+    """Every value of one draw of a discrete site, shape ``(s, *event_shape)`` (check ``site_size`` first: 2^D rows for
     D Bernoulli latents)."""
     base, _ = base_distribution(fn)
     event_shape = tuple(fn.event_shape)
