@@ -117,4 +117,4 @@ def test_compare_estimators_on_a_categorical_run_reports_the_exact_log_likelihoo
         truth = _log_px_over_the_states(loaded, loaded.data.test_x_eval[:4], 4)
     assert abs(report["log_likelihood"] - float(truth.mean())) < 1e-4
     enum = {r["name"]: r for r in report["estimators"]}["enum"]
-    assert abs(enum["exact_bias"]) < 1e-4 and enum["value_mean"] <= report["log_likelihood"]  # the exact ELBO <= log p(x)
+    assert abs(enum["exact_bias"]) < 1e-4 and enum["value_mean"] <= report["log_likelihood"]  # ELBO <= log p(x)
