@@ -936,6 +936,11 @@ def _read_state(run_dir: RunDir, which: str) -> dict[str, Any]:
     if is_bundle(run_dir.path):
         bundle = read_bundle(run_dir.path)
         info = bundle.info
+        if which == "best" and info.get("checkpoint") != "best":  # a bundle holds the one checkpoint exported
+            raise UserError(
+                f"bundle {run_dir.path} holds the {info.get('checkpoint', 'last')} checkpoint, not best.pt "
+                "(export the run with --which best, or leave --which out)"
+            )
         partial = {"step": info["step"]} if info.get("step") else None
         return {
             "bundle": True,

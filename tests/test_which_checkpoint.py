@@ -86,3 +86,10 @@ def test_which_best_without_best_pt_says_to_train_with_validation_in_one_line(tm
         err = capsys.readouterr().err.strip()
         assert err.startswith("pyro-vae: error: no best.pt in") and "--validation N" in err and "\n" not in err, err
     assert not (run / "evaluation_best.json").exists() and not (run / "best").exists()
+    # A bundle holds one checkpoint: --which best of a bundle of the last one is refused in one line too.
+    pytest.importorskip("safetensors")
+    assert main(["export", str(run), str(tmp_path / "bundle")]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "bundle"), *EVALUATE, "--which", "best"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds the last checkpoint, not best.pt" in err and "\n" not in err, err
