@@ -104,6 +104,12 @@ class FlatOneHotCategorical(TorchDistribution):
         """The most probable z: each variable's most probable class, one-hot."""
         return self._flat(torch.nn.functional.one_hot(self.logits.argmax(-1), self.classes).to(self.logits.dtype))
 
+    @property
+    def support_size(self) -> int:
+        """C^D, the number of values of z (read by pyro_vae.estimators.exact before it enumerates them)."""
+        d, c = self.logits.shape[-2:]
+        return int(c) ** int(d)
+
     def enumerate_support(self, expand: bool = True) -> Tensor:
         """All C^D values of z, shape ``(C^D, *batch, D * C)`` (``expand``) or (C^D, 1, ..., D * C); the first
         variable varies slowest."""

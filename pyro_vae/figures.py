@@ -47,7 +47,7 @@ from pyro_vae.config import TrainConfig
 from pyro_vae.data import VAEData
 from pyro_vae.elbo_terms import is_discrete, latent_codes, latent_means
 from pyro_vae.pairs import as_pair
-from pyro_vae.run_dir import load_run
+from pyro_vae.run_dir import BEST_FIGURES, load_run
 from pyro_vae.sphere_figures import sphere_figures
 
 #: Tiles per side of the decoded manifold grid.
@@ -473,7 +473,9 @@ def plot_codes(ax: Axes, model: torch.nn.Module, codes: Tensor, image_shape: Seq
     return images
 
 
-def plot_run(out_dir: str | Path, device: str = "cpu") -> list[Path]:
-    """Load the run in ``out_dir`` (``pyro_vae.run_dir.load_run``) and write its figures there."""
-    run = load_run(out_dir, device=device)
-    return write_figures(run.model, run.guide, run.data, run.metrics, run.out_dir, config=run.config)
+def plot_run(out_dir: str | Path, device: str = "cpu", which: str = "last") -> list[Path]:
+    """Load the run in ``out_dir`` (``pyro_vae.run_dir.load_run``) and write its figures there; ``which="best"``:
+    from ``best.pt``, into ``out_dir/best/`` (beside the last checkpoint's figures, not over them)."""
+    run = load_run(out_dir, device=device, which=which)
+    out = run.out_dir if which == "last" else run.out_dir / BEST_FIGURES
+    return write_figures(run.model, run.guide, run.data, run.metrics, out, config=run.config)

@@ -118,6 +118,24 @@ DERIVED_FILES = (
     "latent.png",
     "manifold.png",
 )
+#: Where results made from ``best.pt`` (``--which best``) go, beside those of the last checkpoint rather than over
+#: them: ``NAME_best.EXT`` (``result_name``) for evaluate's and compare-estimators' files, DIR/best/ for plot's figures.
+BEST_FIGURES = "best"
+_BEST_RESULTS = ("evaluation.json", "estimators.csv", "estimators.json", "snr_vs_k.png", "sbc_ranks.png")
+_FIGURES = ("reconstructions.png", "samples.png", "curves.png", "latent.png", "manifold.png", "codes.png")
+
+
+def result_name(name: str, which: str = "last") -> str:
+    """The file a command writes its result ``name`` (``evaluation.json``) to for the checkpoint ``which``: ``name``
+    itself for the last checkpoint, ``evaluation_best.json`` for ``best.pt``."""
+    if which == "last":
+        return name
+    stem, dot, ext = name.rpartition(".")
+    return f"{stem}_{which}{dot}{ext}" if dot else f"{name}_{which}"
+
+
+DERIVED_FILES += tuple(result_name(n, "best") for n in _BEST_RESULTS)
+DERIVED_FILES += tuple(f"{BEST_FIGURES}/{n}" for n in _FIGURES)
 #: Fix for an unwritable new run directory (``--out``), and for an existing one a command writes results into.
 NEW_RUN_FIX = "choose an --out you can write to"
 EXISTING_RUN_FIX = "make it writable (this command writes its results there)"
@@ -743,6 +761,8 @@ class RunDir:
         """Remove ``DERIVED_FILES`` (the lock is held and the checkpoint is about to change)."""
         for name in DERIVED_FILES:
             (self.path / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # DIR/best/ of plot --which best, once empty (not if someone added files)
+            (self.path / BEST_FIGURES).rmdir()
 
     def failure_message(self, err: WriteError, position: Position) -> str:
         """One line for a failed write: the file and cause, what is kept, and how to go on."""
@@ -916,6 +936,11 @@ def _read_state(run_dir: RunDir, which: str) -> dict[str, Any]:
     if is_bundle(run_dir.path):
         bundle = read_bundle(run_dir.path)
         info = bundle.info
+        if which == "best" and info.get("checkpoint") != "best":  # a bundle holds the one checkpoint exported
+            raise UserError(
+                f"bundle {run_dir.path} holds the {info.get('checkpoint', 'last')} checkpoint, not best.pt "
+                "(export the run with --which best, or leave --which out)"
+            )
         partial = {"step": info["step"]} if info.get("step") else None
         return {
             "bundle": True,

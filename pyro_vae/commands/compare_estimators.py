@@ -24,6 +24,7 @@ from pyro_vae.commands.model_module import (
     module_test_data,
 )
 from pyro_vae.commands.options import add_config_options, given_options
+from pyro_vae.commands.which import add_which_option, check_which
 from pyro_vae.comparison import (
     COLUMN_HELP,
     check_estimators_for_guide,
@@ -42,7 +43,7 @@ from pyro_vae.estimators import ESTIMATORS
 from pyro_vae.exact_reference import exact_reference, has_discrete_latents
 from pyro_vae.importance import importance_sample
 from pyro_vae.psis import KhatSummary
-from pyro_vae.run_dir import RunDir, load_run
+from pyro_vae.run_dir import RunDir, load_run, result_name
 from pyro_vae.training import train
 
 CSV, JSON, PLOT = "estimators.csv", "estimators.json", "snr_vs_k.png"
@@ -65,14 +66,18 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
     )
     parser.add_argument("dir", type=Path, metavar="DIR", help="run directory (from pyro-vae train --out DIR)")
     parser.add_argument("--train", action="store_true", help="train a model in DIR first (training options below)")
+    add_which_option(
+        parser, f"DIR/{result_name(CSV, 'best')}, DIR/{result_name(JSON, 'best')}, DIR/{result_name(PLOT, 'best')}"
+    )
     parser.add_argument(
         "--estimators",
         type=_names,
         default=None,
         metavar="A,B,...",
         help="comma-separated estimator names (default: every estimator that works with the model's latents: for "
-        f"continuous ones {','.join(_default_names(False))}; for discrete ones {','.join(_default_names(True))}, less "
-        "those that refuse the model's latents, e.g. disarm on categorical ones, each skip said in one line)",
+        f"continuous ones {','.join(_default_names(False))}; for discrete ones {','.join(_default_names(True))}; less "
+        "those that refuse the model or guide, e.g. disarm on categorical latents or jit-stl on a hierarchical guide, "
+        "each skip said in one line)",
     )
     bounds = ", ".join(name for name, spec in ESTIMATORS.items() if spec.multi_particle)
     parser.add_argument(
@@ -117,25 +122,39 @@ def _default_names(discrete: bool) -> list[str]:
 
 
 def _usable_defaults(names: list[str], model, guide, x: torch.Tensor, args: argparse.Namespace) -> list[str]:
-    """The default estimators ``names`` less those that refuse the model's latents (disarm on categorical ones,
-    enum beyond --elbo-max-states, ...), each skip said in one line. The refusals are the estimators' own one-line
-    ``UserError``s, met by one loss on one example; only the "discrete" ones are tried, as they are the ones that
-    take some discrete families and not others ("any" ones take every latent). A user-named estimator that
-    refuses stays an error."""
+    """The default estimators ``names`` less those that refuse the model or guide (disarm on categorical latents,
+    enum beyond --elbo-max-states, a jit- estimator on a guide whose sites depend on earlier ones, ...), each skip
+    said in one line. The refusals are the estimators' own one-line errors (``UserError``, or the ``ValueError`` /
+    ``NotImplementedError`` that Pyro and the estimators raise for a site they do not handle), met by one loss and
+    gradient on the compared batch; every default is tried, since any of them may refuse a model or guide. A user-named
+    estimator that refuses stays an error."""
     kept = []
     for name in names:
-        if ESTIMATORS[name].latents == "discrete":
-            try:
-                with pyro.get_param_store().scope(), torch.no_grad():  # leaves no parameter (baseline) behind
-                    _estimator(name, args).loss(model, guide, x[:1])
-            except UserError as err:
-                print(f"pyro-vae: skipping default estimator {name}: {err}", file=sys.stderr)
-                continue
+        try:
+            # One loss and gradient: some refusals (a path-derivative estimator's) come only with the gradient.
+            with pyro.get_param_store().scope():  # leaves no parameter (baseline) behind
+                try:
+                    # on the compared batch itself: a refusal may depend on its shape (one example squeezes some
+                    # Pyro baselines' batch dims), and one step costs little next to the draws that follow
+                    _estimator(name, args).loss_and_grads(model, guide, x)
+                finally:  # the probe's gradient is no one's (model and guide may be plain functions)
+                    modules = [m for m in (model, guide) if isinstance(m, torch.nn.Module)]
+                    for p in [*pyro.get_param_store().values(), *(p for m in modules for p in m.parameters())]:
+                        p.grad = None
+        except (UserError, ValueError, NotImplementedError) as err:
+            said = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            print(f"pyro-vae: skipping default estimator {name}: {said}", file=sys.stderr)
+            continue
         kept.append(name)
+    if not kept:
+        raise UserError(
+            "every default estimator refuses this model and guide (see the lines above); name some with --estimators"
+        )
     return kept
 
 
 def _check(args: argparse.Namespace) -> None:
+    check_which(args)
     for name in [*(args.estimators or []), *(args.snr_estimators or [])]:
         if name not in ESTIMATORS:
             raise ESTIMATORS.unknown(name)
@@ -187,10 +206,11 @@ def _source(args: argparse.Namespace, run_dir: RunDir):
         train(TrainConfig.from_options(model_opts, train_opts), run_dir, progress=args.progress)
     elif model_opts or set(train_opts) - {"threads", "elbo_options"}:
         raise UserError("model and training options need --train (to compare on an existing run, give only DIR)")
-    loaded = load_run(args.dir)
-    at = str(loaded.position)
+    loaded = load_run(args.dir, which=args.which)
+    at = str(loaded.position) + (" (best.pt: the best validation ELBO)" if args.which == "best" else "")
     title = f"{args.dir}: {loaded.data.name}, z_dim {loaded.config.model.z_dim}, {at}"
     record = {
+        "checkpoint": args.which,
         "dataset": loaded.data.name,
         "epoch": loaded.epoch,
         "step": loaded.step,
@@ -285,7 +305,8 @@ def _run(args: argparse.Namespace, run_dir: RunDir) -> int:
     for name in estimators:
         print(f"  {name}: {ESTIMATORS[name].description}")
 
-    write_csv(rows + sweep, args.dir / CSV)
+    csv, json_path, plot = (args.dir / result_name(name, args.which) for name in (CSV, JSON, PLOT))
+    write_csv(rows + sweep, csv)
     write_json(
         {
             "run": str(args.dir),
@@ -302,8 +323,8 @@ def _run(args: argparse.Namespace, run_dir: RunDir) -> int:
             "estimators": [dataclasses.asdict(r) for r in rows],
             "snr_vs_k": [dataclasses.asdict(r) for r in sweep],
         },
-        args.dir / JSON,
+        json_path,
     )
-    plot_snr_versus_particles(sweep, args.dir / PLOT)
-    print(f"wrote {args.dir / CSV}, {args.dir / JSON}, {args.dir / PLOT}")
+    plot_snr_versus_particles(sweep, plot)
+    print(f"wrote {csv}, {json_path}, {plot}")
     return 0

@@ -30,6 +30,7 @@ from pyro_vae.commands.model_module import (
     module_test_data,
 )
 from pyro_vae.commands.options import field_docs
+from pyro_vae.commands.which import add_which_option, check_which
 from pyro_vae.errors import UserError
 from pyro_vae.evaluation import (
     ACTIVE_UNIT_THRESHOLD,
@@ -43,12 +44,14 @@ from pyro_vae.gaps import GapOptions
 from pyro_vae.importance import DEFAULT_SWEEP, ImportanceEstimate
 from pyro_vae.labelled_data import reads_labels
 from pyro_vae.psis import KhatSummary
-from pyro_vae.run_dir import RunDir, load_run
+from pyro_vae.run_dir import RunDir, load_run, result_name
 from pyro_vae.sbc import DEFAULT_ALPHA, DEFAULT_BINS, DEFAULT_DRAWS
 from pyro_vae.sbc_figures import SBC_FIGURE, plot_sbc
 from pyro_vae.semi_supervised import evaluate_labelled
 
 OUTPUT = "evaluation.json"
+#: How the printed title names the checkpoint evaluated.
+_CHECKPOINT = {"last": "", "best": " (best.pt: the best validation ELBO)"}
 
 
 def _add_options(parser: argparse.ArgumentParser, cls: type, prefix: str, title: str) -> None:
@@ -89,9 +92,10 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
         f"calibration of q(z|x) on N data sets simulated from the model (Talts et al. 2018; figure DIR/{SBC_FIGURE}); "
         "the Pareto k-hat of the importance weights (Vehtari et al. 2024); the KL per latent dimension, "
         f"active units (Var_x E_q[z_j|x] > {ACTIVE_UNIT_THRESHOLD}), I(x; z) and KL(q(z) || p(z)) (Hoffman & "
-        f"Johnson 2016). Writes DIR/{OUTPUT}.",
+        f"Johnson 2016). Writes DIR/{OUTPUT} (with --which best, DIR/{result_name(OUTPUT, 'best')}).",
     )
     parser.add_argument("dir", type=Path, metavar="DIR", help="run directory (from pyro-vae train --out DIR)")
+    add_which_option(parser, f"DIR/{result_name(OUTPUT, 'best')}")
     # The spellings of compare-estimators (--ll-samples, --examples); the older ones stay as aliases.
     parser.add_argument(
         "--ll-samples",
@@ -342,6 +346,7 @@ def _sbc_rows(sbc: dict[str, Any] | None) -> list[str]:
 
 
 def _check(args: argparse.Namespace) -> None:
+    check_which(args)
     counts = {
         "--ll-samples": args.num_samples,
         "--ais-examples": args.ais_examples,
@@ -362,9 +367,9 @@ def _check(args: argparse.Namespace) -> None:
         raise UserError("--sweep values must be >= 1")
 
 
-def _write(out_dir: Path, record: dict[str, Any]) -> Path:
-    """The one place evaluate writes: DIR/evaluation.json, atomically."""
-    out = out_dir / OUTPUT
+def _write(out_dir: Path, record: dict[str, Any], which: str = "last") -> Path:
+    """The one place evaluate writes: DIR/evaluation.json (DIR/evaluation_best.json for best.pt), atomically."""
+    out = out_dir / result_name(OUTPUT, which)
     atomic_write_text(out, json.dumps(record, indent=2) + "\n")
     return out
 
@@ -398,17 +403,19 @@ def _settings(args: argparse.Namespace, position: dict[str, Any], num_examples: 
     }
 
 
-def _reusable(out_dir: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
-    """The partial record in DIR/evaluation.json of an interrupted evaluation with these ``settings``, or None."""
+def _reusable(out_dir: Path, settings: dict[str, Any], which: str = "last") -> dict[str, Any] | None:
+    """The partial record in DIR/evaluation.json (or _best) of an interrupted evaluation with these ``settings``, or
+    None."""
     try:
-        record = json.loads((out_dir / OUTPUT).read_text())
+        record = json.loads((out_dir / result_name(OUTPUT, which)).read_text())
     except (OSError, ValueError):
         return None
     if not (isinstance(record, dict) and record.get("partial") is True and PER_EXAMPLE in record):
         return None
     if json.loads(json.dumps(settings)) != record.get("settings"):  # compared as JSON stores them
         print(
-            f"not reusing the partial evaluation in {out_dir / OUTPUT}: it was made with other options",
+            f"not reusing the partial evaluation in {out_dir / result_name(OUTPUT, which)}: it was made with other "
+            "options",
             file=sys.stderr,
         )
         return None
@@ -424,8 +431,8 @@ def _run_labelled(args: argparse.Namespace, run_dir: RunDir, loaded: Any) -> int
     result = evaluate_labelled(loaded.model, loaded.guide, loaded.data, args.num_samples, args.num_examples)
     print(f"{args.dir}: {loaded.data.name}, {loaded.position}, {result.num_examples} test examples ({result.model})")
     print("\n".join(result.lines()))
-    position = {"epoch": loaded.epoch, "step": loaded.step}
-    out = _write(args.dir, {**position, **result.to_dict(), "partial": False})
+    position = {"checkpoint": args.which, "epoch": loaded.epoch, "step": loaded.step}
+    out = _write(args.dir, {**position, **result.to_dict(), "partial": False}, args.which)
     print(f"wrote {out}")
     return 0
 
@@ -442,29 +449,31 @@ def _run(args: argparse.Namespace, run_dir: RunDir) -> int:
         run_dir.check_writable()
         where, position = f"{args.model_module} on {data_name}", {}
     else:
-        loaded = load_run(args.dir)
+        loaded = load_run(args.dir, which=args.which)
         if reads_labels(loaded.model):
             return _run_labelled(args, run_dir, loaded)
         model, guide, x = loaded.model, loaded.guide, loaded.data.test_x_eval
-        at = f"{loaded.position}" + (" (stopped mid-epoch)" if loaded.step else "")
-        where, position = f"{args.dir}: {loaded.data.name}, {at}", {"epoch": loaded.epoch, "step": loaded.step}
+        at = f"{loaded.position}" + (" (stopped mid-epoch)" if loaded.step else "") + _CHECKPOINT[args.which]
+        position = {"checkpoint": args.which, "epoch": loaded.epoch, "step": loaded.step}
+        where = f"{args.dir}: {loaded.data.name}, {at}"
     if args.num_examples is not None:
         x = x[: args.num_examples]
     torch.set_num_threads(args.threads)
     pyro.set_rng_seed(args.seed)
     settings = _settings(args, position, int(x.shape[0]))
-    resume = _reusable(args.dir, settings)
+    output = args.dir / result_name(OUTPUT, args.which)
+    resume = _reusable(args.dir, settings, args.which)
     if resume:
         print(
             f"reusing the finished sections ({', '.join(resume['sections_done'])}) of the interrupted evaluation in "
-            f"{args.dir / OUTPUT}",
+            f"{output}",
             file=sys.stderr,
         )
 
     def keep(partial: Evaluation, done: list[str], estimate: ImportanceEstimate) -> None:
         """Write what is finished, marked partial, with what a resumed evaluation needs."""
         record = {**position, **partial.to_dict(), "partial": True, "sections_done": done, "settings": settings}
-        _write(args.dir, {**record, PER_EXAMPLE: per_example_record(estimate)})
+        _write(args.dir, {**record, PER_EXAMPLE: per_example_record(estimate)}, args.which)
         finished[:] = done
 
     finished: list[str] = list(resume["sections_done"]) if resume else []
@@ -490,7 +499,7 @@ def _run(args: argparse.Namespace, run_dir: RunDir) -> int:
         if not finished:
             raise
         stopped = KeyboardInterrupt(
-            f"interrupted; the finished sections ({', '.join(finished)}) are in {args.dir / OUTPUT}, marked "
+            f"interrupted; the finished sections ({', '.join(finished)}) are in {output}, marked "
             "partial: run the same pyro-vae evaluate again to finish the rest"
         )
         stopped.signum = getattr(err, "signum", signal.SIGINT)  # type: ignore[attr-defined]
@@ -503,8 +512,9 @@ def _run(args: argparse.Namespace, run_dir: RunDir) -> int:
     )
     if bits:
         print(f"  bits per dimension: test ELBO {bits['elbo']:.4f}, IS log p(x) {bits['log_likelihood']:.4f}")
-    out = _write(args.dir, {**position, **result.to_dict(), "bits_per_dim": bits or None, "partial": False})
+    record = {**position, **result.to_dict(), "bits_per_dim": bits or None, "partial": False}
+    out = _write(args.dir, record, args.which)
     print(f"wrote {out}")
     if result.sbc is not None:
-        print(f"wrote {plot_sbc(result.sbc, args.dir / SBC_FIGURE, where)}")
+        print(f"wrote {plot_sbc(result.sbc, args.dir / result_name(SBC_FIGURE, args.which), where)}")
     return 0

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pyro_vae.commands.which import add_which_option
 from pyro_vae.errors import UserError
 from pyro_vae.figures import plot_run, write_one_class
-from pyro_vae.run_dir import RunDir, load_run
+from pyro_vae.run_dir import BEST_FIGURES, RunDir, load_run
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
@@ -15,9 +16,11 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
         name,
         help="write the figures of a run (reconstructions, samples, curves, latent space, manifold grid)",
         description="Load the run in DIR (pyro-vae train --out DIR) and write reconstructions.png, samples.png, "
-        "curves.png, latent.png and, for a 2-D latent space, manifold.png into DIR.",
+        "curves.png, latent.png and, for a 2-D latent space, manifold.png into DIR (with --which best, into "
+        f"DIR/{BEST_FIGURES}/).",
     )
     parser.add_argument("dir", type=Path, metavar="DIR", help="run directory written by pyro-vae train")
+    add_which_option(parser, f"DIR/{BEST_FIGURES}/")
     parser.add_argument("--device", default="cpu", help="device to decode on (default: cpu)")
     parser.add_argument(
         "--class",
@@ -41,13 +44,15 @@ def _run(args: argparse.Namespace) -> int:
     if args.label is not None:
         if args.count < 1:
             raise UserError(f"--count must be a positive integer, got {args.count}")
-        run = load_run(args.dir, device=args.device)
+        run = load_run(args.dir, device=args.device, which=args.which)
         if not hasattr(run.model, "class_means"):
             raise UserError(
                 f"--class needs a run of --model conditional or m2; {args.dir} is a {run.config.model.model}"
             )
-        print(write_one_class(run.model, args.label, args.count, run.data.display_shape, args.dir))
+        out = args.dir if args.which == "last" else args.dir / BEST_FIGURES
+        out.mkdir(exist_ok=True)
+        print(write_one_class(run.model, args.label, args.count, run.data.display_shape, out))
         return 0
-    for path in plot_run(args.dir, device=args.device):
+    for path in plot_run(args.dir, device=args.device, which=args.which):
         print(path)
     return 0

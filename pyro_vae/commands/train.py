@@ -51,7 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
         help="also log the metrics of every epoch: tensorboard, in DIR/tensorboard (view with: tensorboard --logdir "
         "DIR); mlflow, with the config as params and the figures as artifacts, in --mlflow-uri (default: "
         "$MLFLOW_TRACKING_URI, else the file store DIR/mlruns); wandb, likewise, offline in DIR/wandb unless logged "
-        "in; each needs its package: pip install \"pyro-vae[NAME]\" (default: none)",
+        'in; each needs its package: pip install "pyro-vae[NAME]" (default: none)',
     )
     parser.add_argument(
         "--mlflow-uri",

@@ -1,7 +1,9 @@
 """Exact quantities of a model with small discrete latents, by enumerating every joint state of its latent sites.
 
 With S joint states z_1..z_S of the guide's latent sites (the product of their supports: {0,1}^D for a
-``Bernoulli(...).to_event(1)`` site, the D one-hot vectors of a ``OneHotCategorical``, 0..D-1 of a ``Categorical``),
+``Bernoulli(...).to_event(1)`` site, the D one-hot vectors of a ``OneHotCategorical``, 0..D-1 of a ``Categorical``,
+and for any other distribution with ``has_enumerate_support`` -- the ``categorical`` family's flat one-hot vectors,
+C^D of them -- its own ``enumerate_support``),
 the model and guide run once with the S states in a plate left of the data plate, giving log p(x, z_s) and
 log q(z_s | x) of shape (S, N). Then, per example,
 
@@ -50,9 +52,14 @@ def site_size(fn: Any) -> int:
         return int(fn.event_shape[-1])
     if isinstance(base, torch.distributions.Categorical) and dims == 0:
         return int(base.logits.shape[-1])
+    if dims == 0 and getattr(base, "has_enumerate_support", False):
+        # Any other enumerable family (the categorical family's FlatOneHotCategorical, a user's): counted from its
+        # own support_size when it says it (C^D, before building a support that may be huge), else its support.
+        size = getattr(base, "support_size", None)
+        return int(size) if size is not None else int(base.enumerate_support(expand=False).shape[0])
     raise UserError(
-        "exact enumeration needs discrete latents (Bernoulli, Categorical, OneHotCategorical), "
-        f"got {type(base).__name__}"
+        "exact enumeration needs discrete latents (Bernoulli, Categorical, OneHotCategorical, or a distribution "
+        f"with enumerate_support), got {type(base).__name__}"
     )
 
 
@@ -64,6 +71,7 @@ def site_support(fn: Any) -> torch.Tensor:
     if isinstance(base, torch.distributions.Bernoulli):
         return binary_vectors(math.prod(event_shape), base.logits.dtype).reshape(-1, *event_shape)
     site_size(fn)  # a one-line error for anything else that is not discrete
+    # (S, 1, ..., 1, *event_shape) -> (S, *event_shape): the support does not depend on the batch (expand=False).
     return base.enumerate_support(expand=False).reshape(-1, *event_shape)
 
 
