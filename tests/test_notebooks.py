@@ -25,6 +25,7 @@ EXPECTED = [
     "06_variational_families",
     "07_discrete_estimators",
     "08_labels_conditional_and_m2",
+    "09_hierarchical_vaes",
 ]
 NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))
 
