@@ -1,6 +1,6 @@
 """Data-parallel scaling: training examples per second with 1 and N ranks under torchrun, same global batch.
 
-    python benchmarks/ddp_scaling.py --dataset mnist --data-dir /work/shared/data --ranks 1 2 --repeats 3
+    python benchmarks/ddp_scaling.py --dataset mnist --data-dir ../shared/data --ranks 1 2 --repeats 3
 
 Each measurement is a fresh ``torchrun --standalone --nproc-per-node N`` launch of this file (``--worker``): the
 ranks build the ``pyro_vae.Trainer`` (setup: data, model, DDP), take ``--warmup`` steps, then time ``--steps``

@@ -14,7 +14,7 @@ and figures left out):
 There is no hand-written reference: the thread count is the only thing that changes.
 
     python benchmarks/threads.py --workloads digits --repeats 5
-    python benchmarks/threads.py --workloads digits mnist evaluate --data-dir /work/shared/data --busy 1
+    python benchmarks/threads.py --workloads digits mnist evaluate --data-dir ../shared/data --busy 1
 
 Prints one line per (workload, threads) with the median and all times, and ``os.getloadavg()`` before and after.
 """

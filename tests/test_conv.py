@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,9 @@ from tests.helpers import closed_form_loss, guide_trace
 
 
 def mnist_dir() -> Path | None:
-    """The shared MNIST files (``../shared/data`` from the repository, else /work/shared/data), or None."""
-    for root in (Path(__file__).resolve().parents[2] / "shared" / "data", Path("/work/shared/data")):
+    """The shared MNIST files (``$PYRO_VAE_DATA_DIR``, else ``../shared/data`` from the repository), or None."""
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    for root in (Path(os.environ.get("PYRO_VAE_DATA_DIR") or "."), shared):
         if (root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
             return root
     return None

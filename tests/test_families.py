@@ -9,6 +9,7 @@ untrained model's test ELBO, which training must beat; the one-line error contra
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -169,7 +170,8 @@ def test_a_refused_pair_on_the_command_line_is_one_line_and_writes_nothing(tmp_p
 
 
 def mnist_dir() -> Path | None:
-    for candidate in (Path(__file__).resolve().parents[2] / "shared" / "data", Path("/work/shared/data")):
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    for candidate in (Path(os.environ.get("PYRO_VAE_DATA_DIR") or "."), shared):
         if (candidate / "MNIST" / "raw").is_dir():
             return candidate
     return None

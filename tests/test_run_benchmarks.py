@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -11,10 +12,9 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-MNIST = next(
-    (p for p in (ROOT.parents[1] / "shared" / "data", Path("/work/shared/data")) if (p / "MNIST" / "raw").is_dir()),
-    None,
-)
+#: $PYRO_VAE_DATA_DIR, else ../shared/data next to the repository (this repository's own checks), else None.
+_CANDIDATES = (Path(os.environ.get("PYRO_VAE_DATA_DIR") or "."), ROOT.parent / "shared" / "data")
+MNIST = next((p for p in _CANDIDATES if (p / "MNIST" / "raw").is_dir()), None)
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -53,7 +53,7 @@ def test_end_to_end_benchmark_runs_on_digits_and_its_loop_matches_train(monkeypa
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(MNIST is None, reason="MNIST not found in ../shared/data or /work/shared/data")
+@pytest.mark.skipif(MNIST is None, reason="MNIST not found in $PYRO_VAE_DATA_DIR or ../shared/data")
 def test_eval_speed_benchmark_runs_and_its_sampler_agrees():
     """--quick (20 images, K = 1000): the two log p(x) estimates agree within 4 SE, or it exits non-zero."""
     out = run("benchmarks/eval_speed.py", "--quick", "--data-dir", str(MNIST))
