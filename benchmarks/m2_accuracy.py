@@ -26,7 +26,7 @@ from pyro_vae.semi_supervised import classifier_accuracy
 
 
 def one_seed(args: argparse.Namespace, seed: int) -> str:
-    options = {"model": {"labelled": args.labelled, "alpha": args.alpha}}
+    options = {"model": {"labelled": args.labelled, "alpha": args.alpha, "labelled_batch": args.labelled_batch}}
     model = VAEConfig(z_dim=args.z_dim, hidden=(args.hidden,), model="m2", options=options)
     config = TrainConfig(
         model=model,
@@ -49,6 +49,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> str:
     logreg = LogisticRegression(max_iter=5000).fit(x, y).score(xt, yt)
     mlp = MLPClassifier(hidden_layer_sizes=(args.hidden,), max_iter=2000, random_state=seed).fit(x, y).score(xt, yt)
     epochs = len(result.metrics)
+    print(f"seed {seed}: test ELBO {result.metrics[-1].get('test_elbo')}", flush=True)
     return (
         f"| {args.dataset} | {args.labelled} | {seed} | {epochs} | {100 * m2:.2f}% | {100 * logreg:.2f}% | "
         f"{100 * mlp:.2f}% | {time.perf_counter() - start:.0f} s |"
@@ -61,7 +62,8 @@ def main() -> None:
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--labelled", type=int, default=100)
-    parser.add_argument("--alpha", type=float, default=50.0)
+    parser.add_argument("--alpha", type=float, default=None, help="default: Kingma et al.'s 0.1 N")
+    parser.add_argument("--labelled-batch", type=int, default=100, help="labelled rows in every step")
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--z-dim", type=int, default=8)
     parser.add_argument("--hidden", type=int, default=256)
