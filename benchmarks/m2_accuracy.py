@@ -1,14 +1,15 @@
 """M2's test accuracy (Kingma et al. 2014) against plain classifiers fitted on the same labelled examples only.
 
 Protocol: ``pyro_vae.train`` of ``--model m2`` (Bernoulli likelihood, dynamic binarisation, Adam lr 1e-3, the
-balanced labelled subset of ``pyro_vae.labelled_data.choose_labelled``), then the accuracy of argmax_y q(y|x) on
+balanced labelled subset of ``pyro_vae.labelled_data.choose_labelled``, ``--labelled-batch`` labelled rows in every
+step, alpha Kingma et al.'s 0.1 N unless ``--alpha``), then the accuracy of argmax_y q(y|x) on
 the whole test set; next to it scikit-learn's ``LogisticRegression(max_iter=5000)`` and
 ``MLPClassifier(hidden_layer_sizes=(HIDDEN,))`` fitted on the same labelled examples' grey pixels. A run that is
 already there is continued (``--epochs`` is its total), so a budget can be spread over sessions.
 
     python benchmarks/m2_accuracy.py --out runs/m2-digits --labelled 100 --epochs 200 --seeds 0 1 2
     nice timeout -s TERM 780 python benchmarks/m2_accuracy.py --dataset mnist --data-dir ../shared/data \\
-        --hidden 500 --z-dim 50 --batch-size 100 --out runs/m2-mnist --epochs 40   # stopped by the timeout: resumable
+        --hidden 500 --z-dim 50 --batch-size 100 --out runs/m2-mnist --epochs 3   # then --epochs 6 continues it
 """
 
 from __future__ import annotations

@@ -159,8 +159,9 @@ def test_labelled_examples_are_balanced_fixed_and_recorded(tmp_path):
 def test_cli_train_m2_and_evaluate_prints_accuracy(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "--out", str(out), "--model", "m2", "--labelled", "50", "--model-alpha", "10", "--epochs", "1"]
-    assert main([*args, "--z-dim", "2"]) == 0
-    assert json.loads((out / "config.json").read_text())["model"]["options"]["model"] == {"labelled": 50, "alpha": 10.0}
+    assert main([*args, "--z-dim", "2", "--model-labelled-batch", "20"]) == 0
+    recorded = json.loads((out / "config.json").read_text())["model"]["options"]["model"]
+    assert recorded == {"labelled": 50, "alpha": 10.0, "labelled_batch": 20}
     assert (out / "class_samples.png").exists()
     assert main(["evaluate", str(out), "--num-samples", "10", "--num-examples", "40"]) == 0
     printed = capsys.readouterr().out
@@ -175,6 +176,7 @@ def test_cli_train_m2_and_evaluate_prints_accuracy(tmp_path, capsys):
         (["--labelled", "5"], "labelled must be an integer >= 10"),
         (["--labelled", "100", "--elbo", "iwae"], "its own estimator"),
         (["--jit"], "drop --elbo, --elbo-*, --free-bits and --jit"),
+        (["--model-labelled-batch", "0"], "labelled_batch must be an integer >= 1"),
     ],
 )
 def test_bad_m2_options_are_one_line_errors(tmp_path, capsys, extra, message):
