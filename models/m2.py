@@ -39,7 +39,8 @@ class M2Options:
         fixed seed and recorded in the run; the rest are unlabelled.
     classes: the number of classes K; the labels are 0 .. K-1.
     labelled_batch: labelled rows added to every training step, drawn cycling through the labelled examples (at
-        most |L|; ``pyro_vae.labelled_batches``, which also scales them so that an epoch is unbiased for J^alpha).
+        most their number; ``pyro_vae.labelled_batches``, which scales them so that an epoch is unbiased for
+        J^alpha).
     """
 
     alpha: float | None = None

@@ -4,16 +4,16 @@ Shuffling M2's few labelled rows in with the unlabelled ones shows each labelled
 labels on MNIST, one labelled row per 600 unlabelled), so the classifier q(y|x) hardly learns. As in Kingma et al.
 2014 (their minibatches hold labelled and unlabelled examples alike) and Pyro's SS-VAE example (which interleaves
 labelled and unlabelled batches), each step here takes B unlabelled rows (each unlabelled example once an epoch,
-shuffled) plus b_l = min(``labelled_batch``, |L|) labelled rows. The labelled rows of an epoch are read from a
+shuffled) plus b_l = min(``labelled_batch``, ``|L|``) labelled rows. The labelled rows of an epoch are read from a
 sequence of random permutations of L, laid end to end (so every labelled example comes round equally often:
-T b_l / |L| times an epoch, T = ceil(|U| / B) steps, give or take one).
+T b_l / ``|L|`` times an epoch, T = ceil(``|U|`` / B) steps, give or take one).
 
-Scaling: Kingma et al.'s objective sums over all of L and U (``models/m2.py``). A step's loss is
+Scaling: Kingma et al.'s objective sums over all of L and U (``models/m2.py``). A step's loss is::
 
     sum_{x in U_t} U(x) + s sum_{(x,y) in L_t} [L(x,y) - alpha log q(y|x)],   s = |L| / (T b_l),
 
 so the epoch's summed loss is unbiased for -J^alpha (each labelled example has expected weight 1 an epoch, as in
-J^alpha; exactly 1 when T b_l is a multiple of |L|). ``s`` scales the labelled plate of both model and guide
+J^alpha; exactly 1 when T b_l is a multiple of ``|L|``). ``s`` scales the labelled plate of both model and guide
 (``M2Model.labelled_scale``), so the KL of z on labelled rows is scaled too.
 
 Every draw is made on torch's global generator when the epoch starts (``m2_batches``), so a resumed run that
@@ -30,14 +30,14 @@ from torch import Tensor
 
 
 def labelled_plan(n_unlabelled: int, n_labelled: int, batch_size: int, labelled_batch: int) -> tuple[int, int, float]:
-    """(T steps an epoch, b_l labelled rows a step, the labelled rows' scale s = |L| / (T b_l))."""
+    """(T steps an epoch, b_l labelled rows a step, the labelled rows' scale s = ``|L|`` / (T b_l))."""
     steps = max(1, math.ceil(n_unlabelled / batch_size))
     per_step = min(labelled_batch, n_labelled)
     return steps, per_step, n_labelled / (steps * per_step)
 
 
 def labelled_draws(n_labelled: int, steps: int, per_step: int, device: torch.device | None = None) -> Tensor:
-    """(steps, per_step) indices into L: random permutations of 0 .. |L|-1 end to end (global generator)."""
+    """(steps, per_step) indices into L: random permutations of 0 .. ``|L|`` - 1 end to end (global generator)."""
     rounds = math.ceil(steps * per_step / n_labelled)
     stream = torch.cat([torch.randperm(n_labelled, device=device) for _ in range(rounds)])
     return stream[: steps * per_step].reshape(steps, per_step)

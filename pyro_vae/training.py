@@ -405,7 +405,7 @@ class Trainer:
         return self.config.kl_beta(epoch)
 
     def steps_per_epoch(self) -> int:
-        """Training steps an epoch: ceil(N / B); for M2 ceil(|U| / B) (``pyro_vae.labelled_batches``)."""
+        """Training steps an epoch: ceil(N / B); for M2 ceil(``|U|`` / B) (``pyro_vae.labelled_batches``)."""
         rows = self.data.train_x.shape[0] - (0 if self.labelled is None else self.labelled.numel())
         return max(1, math.ceil(rows / self.config.batch_size))
 
