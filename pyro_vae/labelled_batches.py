@@ -1,9 +1,9 @@
 """M2's training batches: every step sees the unlabelled batch and a batch of labelled rows (Kingma et al. 2014).
 
 Shuffling M2's few labelled rows in with the unlabelled ones shows each labelled example once an epoch (with 100
-labels on MNIST, one labelled row per 600 unlabelled), so the classifier q(y|x) hardly learns. As in Kingma et al.
-2014 (their minibatches hold labelled and unlabelled examples alike) and Pyro's SS-VAE example (which interleaves
-labelled and unlabelled batches), each step here takes B unlabelled rows (each unlabelled example once an epoch,
+labels on MNIST, one labelled row per 600 unlabelled), so the classifier q(y|x) hardly learns. Kingma et al.
+2014's objective sums over both sets, and Pyro's SS-VAE example interleaves labelled and unlabelled batches; each
+step here takes B unlabelled rows (each unlabelled example once an epoch,
 shuffled) plus b_l = min(``labelled_batch``, ``|L|``) labelled rows. The labelled rows of an epoch are read from a
 sequence of random permutations of L, laid end to end (so every labelled example comes round equally often:
 T b_l / ``|L|`` times an epoch, T = ceil(``|U|`` / B) steps, give or take one).
@@ -30,9 +30,10 @@ from torch import Tensor
 
 
 def labelled_plan(n_unlabelled: int, n_labelled: int, batch_size: int, labelled_batch: int) -> tuple[int, int, float]:
-    """(T steps an epoch, b_l labelled rows a step, the labelled rows' scale s = ``|L|`` / (T b_l))."""
-    steps = max(1, math.ceil(n_unlabelled / batch_size))
+    """(T steps an epoch, b_l labelled rows a step, the labelled rows' scale s = ``|L|`` / (T b_l)); with every
+    example labelled (no U), T = ceil(``|L|`` / b_l)."""
     per_step = min(labelled_batch, n_labelled)
+    steps = math.ceil(n_unlabelled / batch_size) if n_unlabelled else math.ceil(n_labelled / per_step)
     return steps, per_step, n_labelled / (steps * per_step)
 
 

@@ -406,8 +406,11 @@ class Trainer:
 
     def steps_per_epoch(self) -> int:
         """Training steps an epoch: ceil(N / B); for M2 ceil(``|U|`` / B) (``pyro_vae.labelled_batches``)."""
-        rows = self.data.train_x.shape[0] - (0 if self.labelled is None else self.labelled.numel())
-        return max(1, math.ceil(rows / self.config.batch_size))
+        n, batch = self.data.train_x.shape[0], self.config.batch_size
+        if self.labelled is None:
+            return math.ceil(n / batch)
+        count = self.labelled.numel()
+        return labelled_plan(n - count, count, batch, self.config.model.component_options("model").labelled_batch)[0]
 
     def _batches(self, x_epoch: torch.Tensor, first: int) -> Any:
         """The epoch's batches from step ``first`` on; M2's hold labelled rows in every step."""

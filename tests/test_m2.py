@@ -247,6 +247,10 @@ def test_every_step_has_labelled_rows_and_an_epoch_weighs_each_labelled_example_
     torch.manual_seed(0)
     resumed, _ = m2_batches(x, known, batch, per_step, start=3)
     assert all(torch.equal(a, b) for a, b in zip(batches[3:], resumed, strict=True))
+    everything = torch.ones(7, dtype=torch.bool)  # no unlabelled rows: T = ceil(|L| / b_l), each example once
+    only_labelled, steps = m2_batches(x[:7], everything, batch, 3)
+    assert steps == 3 and labelled_plan(0, 7, batch, 3) == (3, 3, pytest.approx(7 / 9))
+    assert sorted(torch.cat(list(only_labelled)).squeeze(1).long().tolist()[:7]) == list(range(7))
 
 
 def m2_config(epochs: int) -> TrainConfig:
