@@ -1,14 +1,15 @@
 """M2's test accuracy (Kingma et al. 2014) against plain classifiers fitted on the same labelled examples only.
 
 Protocol: ``pyro_vae.train`` of ``--model m2`` (Bernoulli likelihood, dynamic binarisation, Adam lr 1e-3, the
-balanced labelled subset of ``pyro_vae.labelled_data.choose_labelled``), then the accuracy of argmax_y q(y|x) on
+balanced labelled subset of ``pyro_vae.labelled_data.choose_labelled``, ``--labelled-batch`` labelled rows in every
+step, alpha Kingma et al.'s 0.1 N unless ``--alpha``), then the accuracy of argmax_y q(y|x) on
 the whole test set; next to it scikit-learn's ``LogisticRegression(max_iter=5000)`` and
 ``MLPClassifier(hidden_layer_sizes=(HIDDEN,))`` fitted on the same labelled examples' grey pixels. A run that is
 already there is continued (``--epochs`` is its total), so a budget can be spread over sessions.
 
     python benchmarks/m2_accuracy.py --out runs/m2-digits --labelled 100 --epochs 200 --seeds 0 1 2
     nice timeout -s TERM 780 python benchmarks/m2_accuracy.py --dataset mnist --data-dir ../shared/data \\
-        --hidden 500 --z-dim 50 --batch-size 100 --out runs/m2-mnist --epochs 40   # stopped by the timeout: resumable
+        --hidden 500 --z-dim 50 --batch-size 100 --out runs/m2-mnist --epochs 3   # then --epochs 6 continues it
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pyro_vae.semi_supervised import classifier_accuracy
 
 
 def one_seed(args: argparse.Namespace, seed: int) -> str:
-    options = {"model": {"labelled": args.labelled, "alpha": args.alpha}}
+    options = {"model": {"labelled": args.labelled, "alpha": args.alpha, "labelled_batch": args.labelled_batch}}
     model = VAEConfig(z_dim=args.z_dim, hidden=(args.hidden,), model="m2", options=options)
     config = TrainConfig(
         model=model,
@@ -49,6 +50,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> str:
     logreg = LogisticRegression(max_iter=5000).fit(x, y).score(xt, yt)
     mlp = MLPClassifier(hidden_layer_sizes=(args.hidden,), max_iter=2000, random_state=seed).fit(x, y).score(xt, yt)
     epochs = len(result.metrics)
+    print(f"seed {seed}: test ELBO {result.metrics[-1].get('test_elbo')}", flush=True)
     return (
         f"| {args.dataset} | {args.labelled} | {seed} | {epochs} | {100 * m2:.2f}% | {100 * logreg:.2f}% | "
         f"{100 * mlp:.2f}% | {time.perf_counter() - start:.0f} s |"
@@ -61,7 +63,8 @@ def main() -> None:
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--labelled", type=int, default=100)
-    parser.add_argument("--alpha", type=float, default=50.0)
+    parser.add_argument("--alpha", type=float, default=None, help="default: Kingma et al.'s 0.1 N")
+    parser.add_argument("--labelled-batch", type=int, default=100, help="labelled rows in every step")
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--z-dim", type=int, default=8)
     parser.add_argument("--hidden", type=int, default=256)

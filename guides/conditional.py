@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pyro
 import pyro.distributions as dist
+import pyro.poutine as poutine
 import torch.nn.functional as F
 from pyro_vae.guides.normal_guide import MIN_SCALE
 from pyro_vae.models.labelled import join, one_hot, unpack
@@ -67,6 +68,7 @@ class M2Guide(nn.Module):
         self.q_z = q_z
         self.classifier = classifier
         self.x_shape = tuple(x_shape)
+        self.labelled_scale = 1.0  # as the model's: scales the labelled plate (pyro_vae.labelled_batches)
 
     def forward(self, packed: Tensor) -> None:
         pyro.module("guide", self)
@@ -74,7 +76,7 @@ class M2Guide(nn.Module):
         known = y >= 0
         if known.any():
             xl = x[known]
-            with pyro.plate("labelled", xl.shape[0]):
+            with pyro.plate("labelled", xl.shape[0]), poutine.scale(scale=self.labelled_scale):
                 pyro.sample("z_l", self.q_z(xl, y[known]))
         if not known.all():
             xu = x[~known]

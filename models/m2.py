@@ -20,30 +20,40 @@ from dataclasses import dataclass
 
 import pyro
 import pyro.distributions as dist
+import pyro.poutine as poutine
 import torch
+import torch.nn.functional as F
 from pyro.infer import TraceEnum_ELBO
 from pyro_vae.models.labelled import join, one_hot, unpack
 from pyro_vae.models.networks import check_count
 from torch import Tensor, nn
+from torch.distributions import kl_divergence
 
 
 @dataclass
 class M2Options:
     """Fields:
-    alpha: weight of the classifier term alpha * log q(y|x) on labelled examples (Kingma et al. 2014 eq. 9; they
-        used 0.1 * N, Pyro's example 46 per labelled example).
+    alpha: weight of the classifier term alpha * log q(y|x) on labelled examples (Kingma et al. 2014 eq. 9); None
+        (the default): theirs, 0.1 * N for N training examples (labelled and unlabelled), set by the trainer.
     labelled: how many training examples keep their label, as equal a number per class as possible, chosen with a
         fixed seed and recorded in the run; the rest are unlabelled.
     classes: the number of classes K; the labels are 0 .. K-1.
+    labelled_batch: labelled rows added to every training step, drawn cycling through the labelled examples (at
+        most their number; ``pyro_vae.labelled_batches``, which scales them so that an epoch is unbiased for
+        J^alpha).
     """
 
-    alpha: float = 50.0
+    alpha: float | None = None
     labelled: int = 100
     classes: int = 10
+    labelled_batch: int = 100
 
     def __post_init__(self) -> None:
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha < 1e12:
-            raise ValueError(f"alpha must be a number >= 0, got {self.alpha!r}")
+        if self.alpha is not None and (
+            isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha < 1e12
+        ):
+            raise ValueError(f"alpha must be a number >= 0 (or None: 0.1 N), got {self.alpha!r}")
+        check_count(self.labelled_batch, "labelled_batch", least=1)
         check_count(self.classes, "classes", least=2)
         check_count(self.labelled, "labelled", least=self.classes)
 
@@ -66,7 +76,7 @@ class M2Model(nn.Module):
         x_shape: Sequence[int],
         z_dim: int,
         classes: int,
-        alpha: float,
+        alpha: float | None,
     ) -> None:
         super().__init__()
         self.decoder = decoder
@@ -75,7 +85,8 @@ class M2Model(nn.Module):
         self.x_shape = tuple(x_shape)
         self.z_dim = z_dim
         self.classes = classes
-        self.alpha = float(alpha)
+        self.alpha = None if alpha is None else float(alpha)
+        self.labelled_scale = 1.0  # s of pyro_vae.labelled_batches: the trainer sets it (and the guide's)
         self.register_buffer("class_probs", torch.full((classes,), 1.0 / classes))
         self.register_buffer("z_loc", torch.zeros(z_dim))
 
@@ -88,6 +99,11 @@ class M2Model(nn.Module):
     def training_elbo(particles: int = 1) -> TraceEnum_ELBO:
         """The ELBO M2 trains with: ``TraceEnum_ELBO`` sums the unlabelled rows' y exactly."""
         return TraceEnum_ELBO(num_particles=particles, max_plate_nesting=1)
+
+    def use_training_set(self, n_train: int) -> None:
+        """alpha = 0.1 N (Kingma et al. 2014, section 4.2) for N = ``n_train`` examples, unless alpha was given."""
+        if self.alpha is None:
+            self.alpha = 0.1 * n_train
 
     def z_prior(self) -> dist.Distribution:
         return dist.Normal(self.z_loc, torch.ones_like(self.z_loc)).to_event(1)
@@ -110,7 +126,9 @@ class M2Model(nn.Module):
         known = y >= 0
         if known.any():
             xl, yl = x[known], y[known]
-            with pyro.plate("labelled", xl.shape[0]):
+            if self.alpha is None:
+                raise RuntimeError("M2's alpha is 0.1 N: call use_training_set(N) before training on labelled rows")
+            with pyro.plate("labelled", xl.shape[0]), poutine.scale(scale=self.labelled_scale):
                 pyro.sample("y_l", dist.Categorical(self.class_probs), obs=yl)
                 z = pyro.sample("z_l", self.z_prior())
                 pyro.sample("x_l", self.decode(z, yl), obs=xl)
@@ -123,6 +141,30 @@ class M2Model(nn.Module):
                 yu = pyro.sample("y_u", dist.Categorical(self.class_probs))
                 z = pyro.sample("z_u", self.z_prior())
                 pyro.sample("x_u", self.decode(z, yu), obs=xu)
+
+    @torch.no_grad()
+    def elbo_terms_exact(self, guide: nn.Module, packed: Tensor, num_samples: int = 1) -> tuple[Tensor, Tensor]:
+        """Per row (N,): (recon, KL) of the test ELBO with y summed exactly, z sampled (``num_samples`` per class).
+
+        Unlabelled rows: recon = -sum_y q(y|x) E_q(z|x,y)[log p(x|y,z)], KL = KL(q(y|x) || p(y)) + sum_y q(y|x)
+        KL(q(z|x,y) || p(z)), so recon + KL = U(x) of Kingma et al. (eq. 7) with only z sampled; labelled rows the
+        same at their y (recon also -log p(y)): L(x, y) (eq. 6). ``pyro_vae.elbo_terms`` uses this for M2."""
+        x, y = unpack(packed, self.x_shape)
+        log_q = F.log_softmax(guide.classifier(x), -1)  # (N, K)
+        known = y >= 0
+        log_py = self.class_log_prior()
+        weights = torch.where(known[:, None], one_hot(y.clamp(min=0), self.classes, log_q), log_q.exp())
+        recon = torch.where(known, -log_py[y.clamp(min=0)], torch.zeros_like(log_q[:, 0]))
+        kl = torch.where(known, torch.zeros_like(recon), (log_q.exp() * (log_q - log_py)).sum(-1))
+        for k in range(self.classes):
+            yk = torch.full_like(y, k)
+            q = guide.posterior_given(x, yk)
+            z = q.sample((num_samples,))  # (S, N, z_dim)
+            log_lik = self.decode(z, yk).log_prob(x).mean(0)
+            kl_z = kl_divergence(q, self.latent_prior(yk))
+            recon = recon - weights[:, k] * log_lik
+            kl = kl + weights[:, k] * kl_z
+        return recon, kl
 
     def class_means(self, y: Tensor) -> Tensor:
         """E[x | y, z] for one z ~ N(0, I) per entry of ``y`` (N,): class-conditional samples ``(N, *x_shape)``."""

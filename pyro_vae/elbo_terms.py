@@ -130,6 +130,10 @@ def _manual_seed(seed: int, device: torch.device) -> None:
 
 
 def _block_sums(model: torch.nn.Module, guide: torch.nn.Module, xb: Tensor, num_samples: int) -> ELBOSums:
+    exact = getattr(model, "elbo_terms_exact", None)
+    if exact is not None:  # a discrete latent summed exactly by the model itself (M2's y)
+        recon, kl = exact(guide, xb, num_samples)
+        return ELBOSums(float(recon.sum().double()), float(kl.sum().double()), xb.shape[0], False)
     if not all(hasattr(f, m) for f, m in ((model, "prior"), (model, "likelihood_dist"), (guide, "posterior"))):
         return trace_terms(model, guide, xb, num_samples)
     q, prior = guide.posterior(xb), model.prior()

@@ -50,6 +50,7 @@ from pyro_vae.estimators.free_bits import NO_ANALYTIC_KL
 from pyro_vae.guards import DivergenceGuard, NonFiniteLossError, TrainingInterrupted
 from pyro_vae.interrupts import DeferredInterrupts
 from pyro_vae.kl_check import check_training_kl
+from pyro_vae.labelled_batches import labelled_plan, m2_batches
 from pyro_vae.labelled_data import check_labels, choose_labelled, reads_labels, test_input, training_labels
 from pyro_vae.loggers import check_logger, check_mlflow_uri, make_logger
 from pyro_vae.models.labelled import pack
@@ -259,6 +260,12 @@ class Trainer:
             else:
                 self.labelled = choose_labelled(self.data.train_y, options.labelled, options.classes)
         self.train_labels = training_labels(self.data, self.labelled)
+        if self.labelled is not None:  # M2: labelled rows in every step, scaled (pyro_vae.labelled_batches)
+            n = self.data.train_x.shape[0]
+            self.model.use_training_set(n)
+            count = self.labelled.numel()
+            _, _, scale = labelled_plan(n - count, count, self.config.batch_size, options.labelled_batch)
+            self.model.labelled_scale = self.guide.labelled_scale = scale
 
     def _init_prior_from_data(self) -> None:
         init = getattr(self.model.prior, "init_from_data", None)
@@ -352,7 +359,7 @@ class Trainer:
         if self.stopping.stop and not self._partial:
             self.say(f"nothing to do: {self.out} {self._stopped_early()}")
             return
-        steps_per_epoch = math.ceil(self.data.train_x.shape[0] / self.config.batch_size)
+        steps_per_epoch = self.steps_per_epoch()
         self._bar = tqdm(
             total=self.config.epochs * steps_per_epoch,
             initial=self.position.epoch * steps_per_epoch + self.position.step,
@@ -397,6 +404,22 @@ class Trainer:
         """beta of the 0-based ``epoch`` under the KL schedule (linear warm-up or cyclical)."""
         return self.config.kl_beta(epoch)
 
+    def steps_per_epoch(self) -> int:
+        """Training steps an epoch: ceil(N / B); for M2 ceil(``|U|`` / B) (``pyro_vae.labelled_batches``)."""
+        n, batch = self.data.train_x.shape[0], self.config.batch_size
+        if self.labelled is None:
+            return math.ceil(n / batch)
+        count = self.labelled.numel()
+        return labelled_plan(n - count, count, batch, self.config.model.component_options("model").labelled_batch)[0]
+
+    def _batches(self, x_epoch: torch.Tensor, first: int) -> Any:
+        """The epoch's batches from step ``first`` on; M2's hold labelled rows in every step."""
+        if self.labelled is None:
+            return minibatches(x_epoch, self.config.batch_size, start=first)
+        known = self.train_labels >= 0
+        labelled_batch = self.config.model.component_options("model").labelled_batch
+        return m2_batches(x_epoch, known.to(x_epoch.device), self.config.batch_size, labelled_batch, start=first)[0]
+
     def train_epoch(self, epoch: int, stop: StopFlag) -> tuple[float, int]:
         """One epoch (0-based ``epoch``) of steps; (the summed loss, the number of the last step)."""
         cfg = self.config
@@ -412,7 +435,7 @@ class Trainer:
         if self.train_labels is not None:  # the labels travel with the pixels, as one packed row each
             x_epoch = pack(x_epoch, self.train_labels)
         first = 0 if partial is None else int(partial["step"])
-        batches = minibatches(x_epoch, cfg.batch_size, start=first)
+        batches = self._batches(x_epoch, first)
         self.strategy.begin_epoch(epoch, first)
         total = 0.0
         if partial is not None:
@@ -435,7 +458,7 @@ class Trainer:
                 # numpy's and Python's states now: a resume restores the checkpoint's "rng" before they are used
                 self.save_checkpoint(epoch, {"step": i, "epoch_rng": {**rng_state(), **epoch_rng}, "loss_sum": total})
                 raise TrainingInterrupted(
-                    f"interrupted at step {i} of {math.ceil(n / cfg.batch_size)} in epoch {epoch + 1}; saved "
+                    f"interrupted at step {i} of {self.steps_per_epoch()} in epoch {epoch + 1}; saved "
                     f"{self.checkpoint_path} (continue with --resume)",
                     epoch,
                     i,

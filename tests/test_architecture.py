@@ -51,6 +51,7 @@ LAYERS: list[tuple[str, ...]] = [
         "pyro_vae.plugins",
         "pyro_vae.bundle",
         "pyro_vae.labelled_data",
+        "pyro_vae.labelled_batches",
     ),
     (
         "pyro_vae.run_dir",
