@@ -33,8 +33,8 @@ from torch.distributions import kl_divergence
 @dataclass
 class M2Options:
     """Fields:
-    alpha: weight of the classifier term alpha * log q(y|x) on labelled examples (Kingma et al. 2014 eq. 9); None
-        (the default): theirs, 0.1 * N for N training examples (labelled and unlabelled), set by the trainer.
+    alpha: weight of the classifier term alpha * log q(y|x) on labelled examples (Kingma et al. 2014 eq. 9)
+        (None: 0.1 N for N training examples, labelled and unlabelled, as Kingma et al.; set by the trainer).
     labelled: how many training examples keep their label, as equal a number per class as possible, chosen with a
         fixed seed and recorded in the run; the rest are unlabelled.
     classes: the number of classes K; the labels are 0 .. K-1.
