@@ -167,11 +167,13 @@ def trace_terms(model: Callable[..., Any], guide: Callable[..., Any], x: Tensor,
                 recon_sum -= float(site["fn"].log_prob(site["value"]).double().sum())
                 continue
             q, z = guide_trace.nodes[name]["fn"], site["value"]
-            try:
-                if name not in closed_form:
-                    raise NotImplementedError  # the closed form would be biased here: the Monte Carlo term is not
-                kl = kl_divergence(q, site["fn"])
-            except NotImplementedError:
+            kl = None
+            if name in closed_form:  # elsewhere the closed form would be biased; the Monte Carlo term is not
+                try:
+                    kl = kl_divergence(q, site["fn"])
+                except NotImplementedError:  # no KL registered for this pair
+                    kl = None
+            if kl is None:
                 monte_carlo, kl = True, q.log_prob(z) - site["fn"].log_prob(z)
             kl_sum += float(kl.double().sum())
     return ELBOSums(recon_sum / num_samples, kl_sum / num_samples, x.shape[0], monte_carlo)

@@ -1,4 +1,4 @@
-"""Training controls of issue 28: the Burda et al. 2016 learning-rate schedule against its stages worked out by hand,
+"""Training controls: the Burda et al. 2016 learning-rate schedule against its stages worked out by hand,
 the validation hold-out, early stopping on a validation curve made by hand (so the stop epoch is known), ``best.pt``
 (the weights of the best epoch, equal to those of a run stopped there), and exact resumption after a crash."""
 
