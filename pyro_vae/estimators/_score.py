@@ -17,14 +17,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyro
-import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO
+from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
-from pyro.poutine.util import prune_subsample_sites, site_is_subsample
-from pyro.util import check_model_guide_match, check_site_shape, warn_if_nan
+from pyro.poutine.util import site_is_subsample
+from pyro.util import warn_if_nan
 
 from pyro_vae.errors import UserError
 from pyro_vae.estimators.log_weights import PARTICLE_PLATE, guess_plate_nesting
@@ -79,20 +79,9 @@ def score_traces(
     innermost messenger first, so the plate broadcasts each site before the sampler sees it)."""
     particles = pyro.plate(PARTICLE_PLATE, num_particles, dim=-(plate_nesting + 1))
     sampler = sampler if sampler is not None else DetachedSampler()
-    guide_trace = poutine.trace(sampler(particles(guide))).get_trace(*args, **kwargs)
-    model_trace = poutine.trace(poutine.replay(particles(model), trace=guide_trace)).get_trace(*args, **kwargs)
-    if pyro.infer.util.is_validation_enabled():
-        check_model_guide_match(model_trace, guide_trace, plate_nesting + 1)
-    guide_trace = prune_subsample_sites(guide_trace)
-    model_trace = prune_subsample_sites(model_trace)
-    model_trace.compute_log_prob()
-    guide_trace.compute_log_prob()
-    if pyro.infer.util.is_validation_enabled():
-        for trace in (model_trace, guide_trace):
-            for site in trace.nodes.values():
-                if site["type"] == "sample":
-                    check_site_shape(site, plate_nesting + 1)
-    return model_trace, guide_trace
+    # Pyro's own importance trace (model/guide match and site-shape checks, subsample sites pruned, log densities),
+    # with the guide under the sampler.
+    return get_importance_trace("flat", plate_nesting + 1, particles(model), sampler(particles(guide)), args, kwargs)
 
 
 def per_example_log_p_and_q(model_trace: Trace, guide_trace: Trace) -> tuple[torch.Tensor, torch.Tensor]:
