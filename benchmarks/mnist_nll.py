@@ -30,10 +30,13 @@ Rows by preset (``PRESET_ROWS``; asked for by name, ``--rows burda2016-vae``): `
 validation images) against Tomczak & Welling's -85.57. Their protocol is the preset's, not the one above.
 
 It prints a markdown table (epochs, CPU minutes, test ELBO, test log p(x) +- SE, the anchor and the distance to
-it, and the epochs a fitted learning curve says are still needed to reach the anchor) and writes OUT/results.json
-and OUT/curves.png (test ELBO per epoch, anchors dashed). The remaining-epochs estimate fits
--ELBO(t) = a + b t^(-c) to the test ELBO curve (t >= 3) and adds the IS gap log p(x) - ELBO measured at the end;
-it is an extrapolation, to be read as an order of magnitude.
+it, and how far the budget falls short) and writes OUT/results.json and OUT/curves.png (test ELBO per epoch, anchors
+dashed). How far a row falls short comes from ``pyro_vae.learning_curve.forecast``: the test ELBO curve from epoch
+3 on is fitted with ELBO(t) = A - b t^(-c), and the epoch at which it reaches anchor - gap (the IS gap
+log p(x) - ELBO measured at the end, taken as constant) is reported with a 90% moving-block bootstrap interval,
+beside the fitted log p(x) at convergence (A + gap), a back-test (the same fit on the first half of the epochs
+predicting the last epoch's ELBO: its error says how far to trust the extrapolation) and the CPU hours the missing
+epochs cost at the row's measured CPU seconds per epoch. It is an extrapolation, to be read with its back-test.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pyro_vae import TrainConfig, VAEConfig, load_run, train  # noqa: E402
 from pyro_vae.atomic import atomic_write_text  # noqa: E402
 from pyro_vae.evaluation import importance_sample_stats  # noqa: E402
+from pyro_vae.learning_curve import MIN_POINTS, Forecast, forecast  # noqa: E402
 from pyro_vae.run_dir import CHECKPOINT  # noqa: E402
 
 #: Published test log-likelihoods (nats, binarised MNIST) each row is compared with: (number, source).
@@ -122,6 +126,8 @@ PRESET_ROWS: dict[str, tuple[str, dict[str, Any], str]] = {
     "tomczak2018-vamp": ("tomczak2018", {"elbo": "meanfield"}, "tomczak-vamp"),
 }
 ROWS.update({name: ({}, training, anchor) for name, (_, training, anchor) in PRESET_ROWS.items()})
+#: The learning-curve fit leaves out the first epochs, whose fast initial fall is not part of the power law.
+FIT_FROM = 3
 PROTOCOL = {"z_dim": 50, "likelihood": "bernoulli", "batch_size": 100, "lr": 1e-3, "seed": 0, "threads": 1}
 
 
@@ -224,24 +230,18 @@ def evaluate_row(name: str, out: Path, args: argparse.Namespace) -> dict[str, An
     return result
 
 
-def epochs_needed(curve: list[tuple[int, float]], gap: float, anchor: float) -> float | None:
-    """Epochs at which the fitted -ELBO(t) = a + b t^(-c), minus the IS gap, reaches -anchor; inf if never, None if
-    the curve is too short to fit."""
-    from scipy.optimize import curve_fit
+def forecast_row(curve: list[tuple[int, float]], gap: float, anchor: float) -> Forecast | None:
+    """When the row's test ELBO curve (epochs >= 3) reaches the ELBO at which log p(x) = ELBO + gap is the anchor
+    (``pyro_vae.learning_curve``: power-law fit, 90% block-bootstrap interval, back-test); None if too short."""
+    points = [(t, e) for t, e in curve if t >= FIT_FROM]
+    if len(points) < MIN_POINTS:
+        return None
+    epochs, elbo = zip(*points, strict=True)
+    return forecast(epochs, elbo, anchor - gap)
 
-    points = [(t, -e) for t, e in curve if t >= 3]
-    if len(points) < 5:
-        return None
-    t = torch.tensor([p[0] for p in points], dtype=torch.float64).numpy()
-    y = torch.tensor([p[1] for p in points], dtype=torch.float64).numpy()
-    try:
-        (a, b, c), _ = curve_fit(lambda s, a, b, c: a + b * s ** (-c), t, y, p0=(y[-1] - 1, 10.0, 0.5), maxfev=20000)
-    except RuntimeError:
-        return None
-    target = -anchor + gap  # the -ELBO at which -log p(x) = -ELBO - gap reaches the anchor
-    if b <= 0 or c <= 0 or target <= a:
-        return math.inf
-    return float((b / (target - a)) ** (1 / c))
+
+def _epochs_text(value: float) -> str:
+    return "never" if math.isinf(value) else f"{value:,.0f}"
 
 
 def report(out: Path, names: list[str]) -> list[dict[str, Any]]:
@@ -263,28 +263,50 @@ def report(out: Path, names: list[str]) -> list[dict[str, Any]]:
             row["test_elbo"] = curve[-1][1]
         if ev:
             row["distance"] = ev["log_px_all"] - anchor
-            row["epochs_needed"] = epochs_needed(curve, ev["gap"], anchor) if row["distance"] < 0 else 0.0
+            fc = forecast_row(curve, ev["gap"], anchor) if row["distance"] < 0 else None
+            if fc is not None:
+                seconds_per_epoch = state["cpu_seconds"] / len(curve)
+                row["forecast"] = {
+                    "epochs": fc.epochs,
+                    "epochs_interval": [fc.epochs_low, fc.epochs_high],
+                    "level": fc.level,
+                    "asymptote_log_px": fc.asymptote + ev["gap"],
+                    "asymptote_interval": [fc.asymptote_low + ev["gap"], fc.asymptote_high + ev["gap"]],
+                    "backtest_error": fc.backtest_error,
+                    "cpu_hours_short": fc.epochs_short * seconds_per_epoch / 3600,
+                    "fit": {"asymptote": fc.fit.asymptote, "scale": fc.fit.scale, "exponent": fc.fit.exponent},
+                }
         rows.append(row)
     atomic_write_text(out / "results.json", json.dumps(rows, indent=2) + "\n")
     print(
         "| row | epochs | CPU min (train + eval) | test ELBO | test log p(x) | IS on the subset (K, images) | anchor "
-        "| distance | epochs to anchor (fit) |"
+        "| distance | epochs to anchor (fit, 90%) | log p(x) at convergence (fit, 90%) | back-test | CPU h short |"
     )
-    print("|---|---:|---:|---:|---:|---:|---|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|")
     for r in rows:
         if not r["curve"]:
-            print(f"| {r['row']} | not run | | | | | {r['anchor']:.2f} ({r['anchor_source']}) | | |")
+            print(f"| {r['row']} | not run | | | | | {r['anchor']:.2f} ({r['anchor_source']}) | | | | | |")
             continue
         ev = r["eval"]
         whole = f"{ev['log_px_all']:.2f} ± {ev['gap_se']:.2f}" if ev else "-"
         subset = f"{ev['log_px']:.2f} ± {ev['log_px_se']:.2f} ({ev['k']}, {ev['examples']:,})" if ev else "-"
         cpu = f"{r['cpu_minutes']:.1f} + {ev['cpu_seconds'] / 60:.1f}" if ev else f"{r['cpu_minutes']:.1f}"
         dist = f"{r['distance']:+.2f}" if ev else "-"
-        need = r.get("epochs_needed")
-        need_text = "-" if need is None else ("not by this fit" if math.isinf(need) else f"{need:,.0f}")
+        fc = r.get("forecast")
+        if fc is None:
+            fit_text = "reached | | |" if ev and r["distance"] >= 0 else "too short to fit | | |"
+        else:
+            low, high = fc["epochs_interval"]
+            a_low, a_high = fc["asymptote_interval"]
+            back = "-" if fc["backtest_error"] is None else f"{fc['backtest_error']:+.2f}"
+            fit_text = (
+                f"{_epochs_text(fc['epochs'])} ({_epochs_text(low)}-{_epochs_text(high)}) | "
+                f"{fc['asymptote_log_px']:.2f} ({a_low:.2f} to {a_high:.2f}) | {back} | "
+                + ("-" if math.isinf(fc["cpu_hours_short"]) else f"{fc['cpu_hours_short']:.1f}")
+            )
         print(
             f"| {r['row']} | {r['epochs']} | {cpu} | {r['test_elbo']:.2f} | {whole} | {subset} | "
-            f"{r['anchor']:.2f} ({r['anchor_source']}) | {dist} | {need_text} |"
+            f"{r['anchor']:.2f} ({r['anchor_source']}) | {dist} | {fit_text} |"
         )
     plot_curves(rows, out / "curves.png")
     return rows
