@@ -39,6 +39,7 @@ LAYERS: list[tuple[str, ...]] = [
         "pyro_vae.bits",
         "pyro_vae.ranks",
         "pyro_vae.psis",
+        "pyro_vae.learning_curve",
         "pyro_vae.presets",
         "pyro_vae.presets.*",
         "pyro_vae.early_stopping",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from pyro_vae.commands import compare_estimators, evaluate, export, kl_ablation, plot, presets, train
+from pyro_vae.commands import compare_estimators, evaluate, export, forecast, kl_ablation, plot, presets, train
 
 COMMANDS: dict[str, ModuleType] = {
     "train": train,
@@ -17,4 +17,5 @@ COMMANDS: dict[str, ModuleType] = {
     "compare-estimators": compare_estimators,
     "export": export,
     "presets": presets,
+    "forecast": forecast,
 }

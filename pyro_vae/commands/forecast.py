@@ -1,0 +1,185 @@
+"""``pyro-vae forecast RUN``: when will a run's ELBO reach a target? A learning-curve fit (``pyro_vae.learning_curve``).
+
+The run's per-epoch ELBO (``metrics.jsonl``) is fitted with ELBO(t) = A - b t^(-c); the command prints the epoch at
+which the fit reaches the target with a bootstrap interval, the ELBO at convergence A, and a back-test (the fit on
+the first half of the epochs predicting the last). A target log p(x) (``--log-px``, e.g. a paper's number) becomes
+the ELBO target log p(x) - gap, with the gap log p(x) - ELBO that ``pyro-vae evaluate`` measured at the run's last
+epoch (or ``--gap``), taken as constant from there on. Nothing is written: the run is only read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from pyro_vae.errors import UserError
+from pyro_vae.learning_curve import MIN_POINTS, forecast
+from pyro_vae.run_dir import METRICS
+
+EVALUATION = "evaluation.json"
+
+
+def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        name,
+        help="fit a run's learning curve and say at which epoch it reaches a target ELBO or log p(x)",
+        description="Fit ELBO(t) = A - b t^(-c) to the run's per-epoch ELBO and print the epoch at which it reaches "
+        "the target (with a moving-block bootstrap interval), A (the ELBO at convergence) and a back-test. An "
+        "extrapolation: it assumes the run goes on with the same protocol.",
+    )
+    parser.add_argument("run_dir", type=Path, metavar="RUN", help="run directory written by pyro-vae train")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target", type=float, metavar="ELBO", help="the ELBO (nats per example) to reach")
+    target.add_argument(
+        "--log-px",
+        type=float,
+        metavar="NATS",
+        help="the log p(x) to reach (e.g. a paper's); needs RUN/evaluation.json of the last epoch, or --gap",
+    )
+    parser.add_argument(
+        "--gap",
+        type=float,
+        default=None,
+        help="log p(x) - ELBO to use with --log-px (None: from RUN/evaluation.json, written by pyro-vae evaluate)",
+    )
+    parser.add_argument(
+        "--metric",
+        choices=("test_elbo", "val_elbo"),
+        default="test_elbo",
+        help="the curve fitted: the test ELBO, or the validation ELBO of a run trained with --validation "
+        "(default: test_elbo)",
+    )
+    parser.add_argument(
+        "--from-epoch",
+        type=int,
+        default=3,
+        help="fit epochs from this one on (the first epochs' fast fall is not part of the power law) (default: 3)",
+    )
+    parser.add_argument("--level", type=float, default=0.9, help="the interval's coverage (default: 0.9)")
+    parser.add_argument("--resamples", type=int, default=400, help="bootstrap resamples (default: 400)")
+    parser.add_argument("--seed", type=int, default=0, help="the bootstrap's seed (default: 0)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON instead of text")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def _curve(run_dir: Path, metric: str, first: int) -> tuple[list[float], list[float]]:
+    path = run_dir / METRICS
+    if not path.is_file():
+        raise UserError(f"no {METRICS} in {run_dir}: is it a run directory written by pyro-vae train?")
+    epochs, values = [], []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise UserError(f"{path} line {number} is not JSON") from None
+        value = record.get(metric)
+        if isinstance(value, (int, float)) and record.get("epoch", 0) >= first:
+            epochs.append(float(record["epoch"]))
+            values.append(float(value))
+    if metric == "val_elbo" and not values and path.stat().st_size:
+        raise UserError(f"{run_dir} has no val_elbo: only a run trained with --validation N has one")
+    if len(values) < MIN_POINTS:
+        raise UserError(
+            f"{run_dir} has {len(values)} epochs of {metric} from epoch {first} on; the fit needs at least "
+            f"{MIN_POINTS} (train longer, or lower --from-epoch)"
+        )
+    return epochs, values
+
+
+def _gap(run_dir: Path, last_epoch: float) -> float:
+    path = run_dir / EVALUATION
+    if not path.is_file():
+        raise UserError(f"--log-px needs the gap log p(x) - ELBO: run pyro-vae evaluate {run_dir} first, or give --gap")
+    try:
+        record = json.loads(path.read_text())
+        gap, epoch = float(record["log_likelihood"]) - float(record["elbo"]), record["epoch"]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise UserError(f"{path} has no log_likelihood, elbo and epoch; run pyro-vae evaluate again") from None
+    if epoch != last_epoch:
+        raise UserError(
+            f"{path} is from epoch {epoch} but the curve ends at epoch {last_epoch:.0f}: run pyro-vae evaluate "
+            f"{run_dir} again, or give --gap"
+        )
+    return gap
+
+
+def _epochs(value: float) -> str:
+    return "never" if math.isinf(value) else f"{value:,.0f}"
+
+
+def _check(args: argparse.Namespace) -> None:
+    if not 0 < args.level < 1:
+        raise UserError(f"--level must be between 0 and 1, got {args.level}")
+    if args.resamples < 10:
+        raise UserError(f"--resamples must be at least 10, got {args.resamples}")
+    if args.gap is not None and args.log_px is None:
+        raise UserError("--gap goes with --log-px")
+    for name in ("target", "log_px", "gap"):
+        value = getattr(args, name)
+        if value is not None and not math.isfinite(value):
+            raise UserError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+    if not args.run_dir.is_dir():
+        raise UserError(f"run directory {args.run_dir} does not exist")
+
+
+def run(args: argparse.Namespace) -> int:
+    _check(args)
+    epochs, values = _curve(args.run_dir, args.metric, args.from_epoch)
+    gap = None
+    if args.log_px is not None:
+        gap = args.gap if args.gap is not None else _gap(args.run_dir, epochs[-1])
+    target = args.target if args.log_px is None else args.log_px - gap
+    fc = forecast(epochs, values, target, level=args.level, resamples=args.resamples, seed=args.seed)
+    record: dict[str, Any] = {
+        "metric": args.metric,
+        "epochs_fitted": [epochs[0], epochs[-1]],
+        "last": values[-1],
+        "target_elbo": target,
+        "log_px": args.log_px,
+        "gap": gap,
+        "fit": {"asymptote": fc.fit.asymptote, "scale": fc.fit.scale, "exponent": fc.fit.exponent},
+        "residual_sd": fc.fit.residual_sd,
+        "epochs": fc.epochs,
+        "epochs_interval": [fc.epochs_low, fc.epochs_high],
+        "epochs_more": fc.epochs_short,
+        "asymptote_interval": [fc.asymptote_low, fc.asymptote_high],
+        "level": fc.level,
+        "backtest_error": fc.backtest_error,
+    }
+    if args.json:
+        print(json.dumps(record, indent=2))
+        return 0
+    pct = f"{100 * fc.level:g}%"
+    fit = fc.fit
+    print(
+        f"{args.metric}: epochs {epochs[0]:.0f}-{epochs[-1]:.0f}, last {values[-1]:.2f}; fit "
+        f"A - b t^(-c) with A = {fit.asymptote:.2f}, b = {fit.scale:.3g}, c = {fit.exponent:.3g} "
+        f"(residual sd {fit.residual_sd:.3f})"
+    )
+    if gap is not None:
+        print(f"target: log p(x) {args.log_px:.2f} = ELBO {target:.2f} + gap {gap:.2f}")
+    else:
+        print(f"target: ELBO {target:.2f}")
+    interval = f"{pct} interval {_epochs(fc.epochs_low)} to {_epochs(fc.epochs_high)}"
+    if math.isinf(fc.epochs):
+        print(f"the fit never reaches the target: it converges below it ({interval})")
+    else:
+        print(f"reached at epoch {_epochs(fc.epochs)} ({interval}): {_epochs(fc.epochs_short)} more epochs")
+    shift = gap or 0.0
+    what = "log p(x)" if gap is not None else "ELBO"
+    print(
+        f"{what} at convergence: {fit.asymptote + shift:.2f} ({pct} interval {fc.asymptote_low + shift:.2f} to "
+        f"{fc.asymptote_high + shift:.2f})"
+    )
+    if fc.backtest_error is None:
+        print("back-test: the first half of the curve is too short to fit")
+    else:
+        print(
+            f"back-test: fitted on epochs up to {epochs[-1] / 2:.0f}, the fit's ELBO at epoch {epochs[-1]:.0f} is "
+            f"{fc.backtest_error:+.2f} nats from the measured one"
+        )
+    return 0

@@ -1,0 +1,105 @@
+"""``pyro-vae forecast``: on a run directory whose curve is a known power law it reports that law's epoch to the
+target, with the gap taken from ``evaluation.json``; on a real trained run the fit passes through the measured
+curve; bad input is one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pyro_vae.cli import main
+from pyro_vae.config import TrainConfig
+from pyro_vae.data import load_data
+from pyro_vae.training import train
+
+A, B, C = -90.0, 40.0, 0.5
+
+
+def write_run(path, epochs=60, evaluated_epoch=60, gap=4.0, val=True):
+    """A run directory's metrics.jsonl following ELBO(t) = A - b t^(-c) exactly, and its evaluation.json."""
+    path.mkdir()
+    lines = []
+    for t in range(1, epochs + 1):
+        record = {"epoch": t, "test_elbo": A - B * t ** (-C)}
+        if val:
+            record["val_elbo"] = A - 1 - B * t ** (-C)
+        lines.append(json.dumps(record))
+    (path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    elbo = A - B * evaluated_epoch ** (-C)
+    (path / "evaluation.json").write_text(
+        json.dumps({"epoch": evaluated_epoch, "elbo": elbo, "log_likelihood": elbo + gap})
+    )
+    return path
+
+
+def forecast_json(capsys, *args):
+    assert main(["forecast", *map(str, args), "--json", "--resamples", "50"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_the_epoch_to_a_target_is_the_generating_laws(tmp_path, capsys):
+    """Target ELBO A - 0.5: t* = (b / 0.5)^(1/c) = 6,400 epochs; the fit's asymptote is A; the back-test is exact."""
+    run = write_run(tmp_path / "run")
+    out = forecast_json(capsys, run, "--target", A - 0.5)
+    assert out["epochs"] == pytest.approx((B / 0.5) ** (1 / C), rel=1e-3)
+    assert out["epochs_more"] == pytest.approx(out["epochs"] - 60, rel=1e-6)
+    assert out["fit"]["asymptote"] == pytest.approx(A, abs=1e-4)
+    assert out["backtest_error"] == pytest.approx(0.0, abs=1e-4)
+    # the validation curve is its own curve: 1 nat lower, so the same target is never reached
+    out = forecast_json(capsys, run, "--target", A - 0.5, "--metric", "val_elbo")
+    assert out["epochs"] == float("inf")
+
+
+def test_a_log_px_target_uses_the_gap_evaluate_measured(tmp_path, capsys):
+    """log p(x) target A + 3.5 with gap 4 from evaluation.json is the ELBO A - 0.5; --gap overrides the file."""
+    run = write_run(tmp_path / "run", gap=4.0)
+    out = forecast_json(capsys, run, "--log-px", A + 3.5)
+    assert out["target_elbo"] == pytest.approx(A - 0.5) and out["gap"] == pytest.approx(4.0)
+    assert out["epochs"] == pytest.approx((B / 0.5) ** (1 / C), rel=1e-3)
+    out = forecast_json(capsys, run, "--log-px", A + 3.5, "--gap", 3.0)
+    assert out["target_elbo"] == pytest.approx(A + 0.5) and out["epochs"] == float("inf")
+
+
+def test_a_real_runs_fit_passes_through_its_measured_curve(tmp_path, capsys):
+    """20 epochs on the digits: the epoch at which the fit reaches the ELBO measured at epoch 12 is within two
+    epochs of 12 (the fitted curve goes through the measured one), and the text names every part."""
+    config = TrainConfig.for_data(load_data("digits"), z_dim=2, hidden=(32,), batch_size=64, threads=1, epochs=20)
+    run = tmp_path / "run"
+    train(config, run, progress=False, figures=False)
+    curve = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    at_12 = curve[11]["test_elbo"]
+    out = forecast_json(capsys, run, "--target", at_12)
+    assert abs(out["epochs"] - 12) <= 2
+    assert main(["forecast", str(run), "--target", str(at_12 + 0.5), "--resamples", "50"]) == 0
+    text = capsys.readouterr().out
+    for part in ("test_elbo: epochs 3-20", "target: ELBO", "at convergence", "back-test: fitted on epochs up to 10"):
+        assert part in text
+
+
+@pytest.mark.parametrize(
+    "setup,args,message",
+    [
+        ({}, ["--log-px", "-85"], "is from epoch 60 but the curve ends at epoch 61"),
+        ({"evaluation": False}, ["--log-px", "-85"], "run pyro-vae evaluate"),
+        ({"val": False}, ["--target", "-85", "--metric", "val_elbo"], "only a run trained with --validation"),
+        ({}, ["--target", "-85", "--from-epoch", "58"], "has 4 epochs of test_elbo from epoch 58 on"),
+        ({}, ["--target", "inf"], "--target must be a finite number"),
+        ({}, ["--target", "-85", "--gap", "3"], "--gap goes with --log-px"),
+        ({}, ["--target", "-85", "--level", "1.5"], "--level must be between 0 and 1"),
+        ({"missing": True}, ["--target", "-85"], "does not exist"),
+    ],
+    ids=["stale-evaluation", "no-evaluation", "no-val", "too-short", "inf", "gap-alone", "level", "no-run"],
+)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, setup, args, message):
+    run = tmp_path / "run"
+    if not setup.get("missing"):
+        write_run(run, epochs=61, evaluated_epoch=60, val=setup.get("val", True))
+        if setup.get("evaluation") is False:
+            (run / "evaluation.json").unlink()
+        before = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert main(["forecast", str(run), *args]) != 0
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err
+    if not setup.get("missing"):
+        assert {p.name: p.read_bytes() for p in run.iterdir()} == before
