@@ -22,6 +22,7 @@ Protocol (the same for every row):
     python benchmarks/mnist_nll.py --data-dir ../shared/data --out runs/mnist-nll --cpu-minutes 15
     python benchmarks/mnist_nll.py --out runs/mnist-nll --rows mlp-vamp-meanfield --cpu-minutes 30   # go on
     python benchmarks/mnist_nll.py --out runs/mnist-nll --report        # the table and curves from disk only
+    python benchmarks/mnist_nll.py --out runs/mnist-nll --report --export bundles   # and each row's bundle
 
 Rows by preset (``PRESET_ROWS``; asked for by name, ``--rows burda2016-vae``): ``burda2016-vae``,
 ``burda2016-iwae5``, ``burda2016-iwae50`` (``--preset burda2016`` with the ELBO, IWAE k = 5 and k = 50: batch 20, the
@@ -349,6 +350,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-examples", type=int, default=10000, help="test images for log p(x)")
     parser.add_argument("--max-rows", type=int, default=2**15, help="(particle, image) pairs per decoder pass")
     parser.add_argument("--report", action="store_true", help="only print the table and draw the curves")
+    parser.add_argument(
+        "--export",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write each trained row's bundle to DIR/ROW (pyro-vae export: safetensors weights, config, card)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(PROTOCOL["threads"])
     if not args.report:
@@ -357,6 +365,19 @@ def main(argv: list[str] | None = None) -> None:
             train_row(name, args.out / name, args, data)
             evaluate_row(name, args.out / name, args)
     report(args.out, args.rows)
+    if args.export:
+        export_rows(args.out, args.rows, args.export)
+
+
+def export_rows(out: Path, names: list[str], bundles: Path) -> None:
+    """``pyro-vae export OUT/ROW BUNDLES/ROW --overwrite`` for every row that has a checkpoint."""
+    from pyro_vae.cli import main as cli
+
+    for name in names:
+        if (out / name / CHECKPOINT).exists():
+            code = cli(["export", str(out / name), str(bundles / name), "--overwrite"])
+            if code != 0:
+                raise SystemExit(f"exporting {name} failed (exit {code})")
 
 
 if __name__ == "__main__":

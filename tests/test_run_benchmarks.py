@@ -60,3 +60,30 @@ def test_eval_speed_benchmark_runs_and_its_sampler_agrees():
     assert out.returncode == 0, out.stderr + out.stdout
     assert "mean log p(x): log_likelihood" in out.stdout
     assert re.fullmatch(r"eval_ratio=\d+\.\d+", out.stdout.strip().splitlines()[-1])
+
+
+def test_mnist_nll_report_gives_each_row_the_epoch_its_power_law_reaches_the_anchor(tmp_path, monkeypatch, capsys):
+    """A row whose test ELBO follows A - b t^(-c) exactly, with an IS gap of 4 nats measured at its last epoch: the
+    table's epochs to Burda et al.'s -86.76 are the law's (b / (A - (anchor - gap)))^(1/c), its log p(x) at
+    convergence is A + gap, and the CPU hours short are the missing epochs at the row's CPU seconds per epoch."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import json
+
+    import mnist_nll
+
+    a, b, c, gap, epochs = -89.0, 50.0, 0.5, 4.0, 40
+    row = tmp_path / "burda2016-vae"
+    row.mkdir()
+    lines = [json.dumps({"epoch": t, "test_elbo": a - b * t ** (-c)}) for t in range(1, epochs + 1)]
+    (row / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    last = a - b * epochs ** (-c)
+    ev = {"log_px_all": last + gap, "gap": gap, "gap_se": 0.1, "log_px": last + gap, "log_px_se": 1.0}
+    ev.update({"k": 5000, "examples": 500, "cpu_seconds": 60.0})
+    (row / "bench.json").write_text(json.dumps({"cpu_seconds": 10.0 * epochs, "sessions": [], "eval": ev}))
+    (result,) = mnist_nll.report(tmp_path, ["burda2016-vae"])
+    target = -86.76 - gap  # the ELBO at which log p(x) = ELBO + gap is the anchor
+    t_star = (b / (a - target)) ** (1 / c)  # 807 epochs
+    assert result["forecast"]["epochs"] == pytest.approx(t_star, rel=1e-3)
+    assert result["forecast"]["asymptote_log_px"] == pytest.approx(a + gap, abs=1e-3)
+    assert result["forecast"]["cpu_hours_short"] == pytest.approx((t_star - epochs) * 10.0 / 3600, rel=1e-3)
+    assert "| burda2016-vae | 40 |" in capsys.readouterr().out
