@@ -24,7 +24,7 @@ The forecast is an extrapolation: it assumes the run goes on with the same proto
 power-law shape, and it is only as good as its back-test.
 
 References:
-    [1] C. Cortes, L. D. Jackel, S. A. Solla et al. Learning Curves: Asymptotic Values and Rate of Convergence. NIPS 1994.
+    [1] C. Cortes, L. D. Jackel, S. A. Solla et al. Learning Curves: Asymptotic Values and Rate of Convergence. 1994.
     [2] J. Hestness et al. Deep Learning Scaling is Predictable, Empirically. arXiv:1712.00409, 2017.
     [3] H. R. Kuensch. The Jackknife and the Bootstrap for General Stationary Observations. Ann. Statist. 17, 1989.
 """
