@@ -26,6 +26,7 @@ from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 from pyro.util import warn_if_nan
 
+from pyro_vae.checks import check_number
 from pyro_vae.errors import UserError
 from pyro_vae.estimators.log_weights import PARTICLE_PLATE, guess_plate_nesting
 
@@ -119,8 +120,7 @@ class ScoreELBO(ELBO):
     min_particles = 1
 
     def __init__(self, num_particles: int = 1, max_plate_nesting: float = float("inf")) -> None:
-        if not (isinstance(num_particles, int) and not isinstance(num_particles, bool) and num_particles >= 1):
-            raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
+        check_number(num_particles, "num_particles", integer=True, low=1)
         if num_particles < self.min_particles:
             raise UserError(f"{type(self).__name__} needs num_particles >= {self.min_particles}, got {num_particles}")
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
