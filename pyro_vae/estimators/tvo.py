@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from pyro_vae.checks import check_number
-from pyro_vae.estimators._score import ScoreELBO
+from pyro_vae.estimators._score import LogDensityScoreELBO
 
 
 @dataclass
@@ -65,7 +65,7 @@ def tvo_from_log_weights(log_p: torch.Tensor, log_q: torch.Tensor, betas: torch.
     return value, surrogate
 
 
-class TVOBound(ScoreELBO):
+class TVOBound(LogDensityScoreELBO):
     """Estimates the TVO lower bound, summed over the batch; the covariance gradient (module doc)."""
 
     def __init__(
