@@ -10,6 +10,8 @@ import pyro
 import pyro.distributions as dist
 from torch import Tensor, nn
 
+from pyro_vae.checks import check_number
+
 
 class BernoulliGuide(nn.Module):
     """An affine ``head`` maps the encoder's features to D logits; site "z" in ``pyro.plate("data", N)``, and
@@ -17,8 +19,7 @@ class BernoulliGuide(nn.Module):
 
     def __init__(self, encoder: nn.Module, z_dim: int) -> None:
         super().__init__()
-        if isinstance(z_dim, bool) or not isinstance(z_dim, int) or z_dim < 1:
-            raise ValueError(f"z_dim must be a positive integer, got {z_dim!r}")
+        check_number(z_dim, "z_dim", integer=True, low=1)
         self.encoder = encoder
         self.z_dim = z_dim
         self.head = nn.Linear(encoder.out_features, z_dim)

@@ -18,6 +18,8 @@ from torch import Tensor, nn
 from torch.distributions import Independent, MultivariateNormal, Normal, register_kl
 from torch.distributions.transforms import SoftplusTransform
 
+from pyro_vae.checks import check_number
+
 
 class FullCovarianceGuide(nn.Module):
     """Pyro guide q(z|x) = N(mu(x), L(x) L(x)^T), L lower triangular with a positive diagonal.
@@ -30,8 +32,7 @@ class FullCovarianceGuide(nn.Module):
 
     def __init__(self, encoder: nn.Module, z_dim: int) -> None:
         super().__init__()
-        if isinstance(z_dim, bool) or not isinstance(z_dim, int) or z_dim < 1:
-            raise ValueError(f"z_dim must be a positive integer, got {z_dim!r}")
+        check_number(z_dim, "z_dim", integer=True, low=1)
         self.encoder = encoder
         self.z_dim = z_dim
         self.num_off_diagonal = z_dim * (z_dim - 1) // 2

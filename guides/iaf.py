@@ -26,6 +26,8 @@ from pyro.distributions.util import broadcast_shape
 from pyro_vae.guides.normal_guide import MIN_SCALE
 from torch import Tensor, nn
 
+from pyro_vae.checks import check_number
+
 #: Draws (half of them antithetic) of the Monte Carlo estimate of E_q[z|x]; the flow has no closed-form mean.
 MEAN_SAMPLES = 128
 #: Seed of those draws, so that the estimate is the same at every call (and the caller's random stream is untouched).
@@ -47,8 +49,7 @@ class IAFOptions:
     stable: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
+        check_number(self.steps, "steps", integer=True, low=1)
         self.hidden = tuple(self.hidden)
         if not self.hidden or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in self.hidden):
             raise ValueError(f"hidden must be one or more positive integers, got {list(self.hidden)}")
@@ -127,8 +128,7 @@ class IAFGuide(nn.Module):
         self, encoder: nn.Module, z_dim: int, steps: int = 2, hidden: Sequence[int] = (128,), stable: bool = True
     ) -> None:
         super().__init__()
-        if isinstance(z_dim, bool) or not isinstance(z_dim, int) or z_dim < 1:
-            raise ValueError(f"z_dim must be a positive integer, got {z_dim!r}")
+        check_number(z_dim, "z_dim", integer=True, low=1)
         IAFOptions(steps, tuple(hidden), stable)  # the same checks as the command line's
         self.encoder = encoder
         self.z_dim = z_dim

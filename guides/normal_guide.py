@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions.transforms import SoftplusTransform
 
+from pyro_vae.checks import check_number
+
 #: Floor added to the scale so that sigma never reaches 0 in float32 (log sigma stays finite).
 MIN_SCALE = 1e-5
 
@@ -25,8 +27,7 @@ class NormalGuide(nn.Module):
 
     def __init__(self, encoder: nn.Module, z_dim: int) -> None:
         super().__init__()
-        if isinstance(z_dim, bool) or not isinstance(z_dim, int) or z_dim < 1:
-            raise ValueError(f"z_dim must be a positive integer, got {z_dim!r}")
+        check_number(z_dim, "z_dim", integer=True, low=1)
         self.encoder = encoder
         self.z_dim = z_dim
         # One layer with 2 * z_dim outputs: loc and pre-softplus scale share the encoder's features.

@@ -23,6 +23,8 @@ from pyro.distributions import constraints
 from pyro.distributions.torch_distribution import TorchDistributionMixin
 from torch import Tensor, nn
 
+from pyro_vae.checks import check_number
+
 #: Floor of the concentration, kappa = softplus(s) + MIN_CONCENTRATION, as Davidson et al. (2018) add 1 to the vMF's:
 #: at kappa = 0 q is the uniform whatever mu is, so mu gets no gradient, and an example whose kappa falls near 0 is
 #: never encoded again (with a floor of 1e-5, 5 of 8 patterns of a toy data set ended there; with 1, none).
@@ -100,8 +102,7 @@ class PowerSphericalGuide(nn.Module):
 
     def __init__(self, encoder: nn.Module, z_dim: int) -> None:
         super().__init__()
-        if isinstance(z_dim, bool) or not isinstance(z_dim, int) or z_dim < 2:
-            raise ValueError(f"the power spherical guide needs z_dim >= 2 (z on S^1 or larger), got {z_dim!r}")
+        check_number(z_dim, "the power spherical guide's z_dim", integer=True, low=2, note="z on S^1 or larger")
         self.encoder = encoder
         self.z_dim = z_dim
         self.head = nn.Linear(encoder.out_features, z_dim + 1)

@@ -29,6 +29,8 @@ from pyro_vae.models.networks import check_count
 from torch import Tensor, nn
 from torch.distributions import kl_divergence
 
+from pyro_vae.checks import check_number
+
 
 @dataclass
 class M2Options:
@@ -49,10 +51,8 @@ class M2Options:
     labelled_batch: int = 100
 
     def __post_init__(self) -> None:
-        if self.alpha is not None and (
-            isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha < 1e12
-        ):
-            raise ValueError(f"alpha must be a number >= 0 (or None: 0.1 N), got {self.alpha!r}")
+        if self.alpha is not None:
+            check_number(self.alpha, "alpha", low=0, high=1e12, bounds="[)", note="or None: 0.1 N")
         check_count(self.labelled_batch, "labelled_batch", least=1)
         check_count(self.classes, "classes", least=2)
         check_count(self.labelled, "labelled", least=self.classes)

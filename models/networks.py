@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pyro_vae.checks import check_number
+
 #: The hidden activations an MLP may have (``activation`` option of the mlp encoder and decoder): softplus, the
 #: project's default; tanh, as in Burda et al. 2016; relu, as in pythae's reproductions.
 ACTIVATIONS: dict[str, type[nn.Module]] = {"softplus": nn.Softplus, "tanh": nn.Tanh, "relu": nn.ReLU}
@@ -54,15 +56,14 @@ def event_size(shape: Sequence[int]) -> int:
 
 
 def check_count(value: object, name: str, least: int = 1) -> None:
-    """ValueError (one line) unless ``value`` is an integer >= ``least`` (an options dataclass's check)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    """UserError (a one-line ValueError) unless ``value`` is an integer >= ``least`` (an options dataclass's
+    check; ``pyro_vae.checks.check_number``)."""
+    check_number(value, name, integer=True, low=least)
 
 
 def check_positive(value: object, name: str) -> None:
-    """ValueError (one line) unless ``value`` is a positive finite number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    """UserError (a one-line ValueError) unless ``value`` is a positive finite number (``check_number``)."""
+    check_number(value, name, positive=True)
 
 
 def check_flag(value: object, name: str) -> None:

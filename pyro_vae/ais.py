@@ -41,6 +41,7 @@ import torch
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 
+from pyro_vae.checks import check_number
 from pyro_vae.densities import Densities, Values
 from pyro_vae.estimators.detached_q import frozen_parameters
 from pyro_vae.importance import delta_method_stderr
@@ -74,13 +75,9 @@ class AISOptions:
 
     def __post_init__(self) -> None:
         for name in ("num_steps", "num_chains", "leapfrog_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"AIS {name} must be a positive integer, got {value!r}")
-        if not (self.step_size > 0 and math.isfinite(self.step_size)):
-            raise ValueError(f"AIS step_size must be a positive number, got {self.step_size!r}")
-        if not 0 < self.target_accept < 1:
-            raise ValueError(f"AIS target_accept must be in (0, 1), got {self.target_accept!r}")
+            check_number(getattr(self, name), f"AIS {name}", integer=True, low=1)
+        check_number(self.step_size, "AIS step_size", positive=True)
+        check_number(self.target_accept, "AIS target_accept", low=0, high=1, bounds="()")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"AIS schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.start not in STARTS:

@@ -25,6 +25,8 @@ from typing import Any
 
 from pyro.poutine.messenger import Messenger
 
+from pyro_vae.checks import check_number
+
 
 class LatentScale(Messenger):
     """Multiply the scale of every unobserved sample site by ``beta`` (observed sites are left alone)."""
@@ -60,8 +62,7 @@ class BetaScaled:
     """
 
     def __init__(self, model: Callable[..., Any], guide: Callable[..., Any], beta: float = 1.0) -> None:
-        if not beta >= 0:
-            raise ValueError(f"beta must be a non-negative number, got {beta}")
+        check_number(beta, "beta", low=0)
         self.base_model = model
         self.base_guide = guide
         self.beta = float(beta)

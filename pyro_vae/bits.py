@@ -23,6 +23,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from pyro_vae.checks import check_number
+
 LN2 = math.log(2.0)
 
 
@@ -32,10 +34,9 @@ def bits_per_dim(log_p: float, num_dims: int, levels: int | None = None) -> floa
     ``levels=None``: ``log_p`` is the log of a probability (a discrete likelihood). ``levels=L``: ``log_p`` is the
     log of a density on [0, 1]-scaled data with L levels, and the bin width 1 / (L - 1) is accounted for.
     """
-    if not (isinstance(num_dims, int) and num_dims >= 1):
-        raise ValueError(f"num_dims must be a positive integer, got {num_dims!r}")
-    if levels is not None and not (isinstance(levels, int) and levels >= 2):
-        raise ValueError(f"levels must be an integer >= 2, got {levels!r}")
+    check_number(num_dims, "num_dims", integer=True, low=1)
+    if levels is not None:
+        check_number(levels, "levels", integer=True, low=2)
     width_term = 0.0 if levels is None else num_dims * math.log(levels - 1)
     return (-log_p + width_term) / (num_dims * LN2)
 

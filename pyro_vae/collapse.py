@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 from torch.distributions import kl_divergence
 
+from pyro_vae.checks import check_number
 from pyro_vae.densities import Densities, Values
 from pyro_vae.estimators.detached_q import guide_dependencies, latent_sites
 
@@ -145,8 +146,7 @@ def collapse_diagnostics(
 ) -> CollapseDiagnostics:
     """I_q(x; z) and KL(q(z) || p(z)) over the examples ``x``, and the average KL they add up to (see the module
     doc). ``num_samples`` draws of z per example (at least 2 for a standard error)."""
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    check_number(num_samples, "num_samples", integer=True, low=1)
     if x.shape[0] < 2:
         raise ValueError("the aggregate posterior needs at least 2 examples")
     densities = Densities.of(model, guide, x)

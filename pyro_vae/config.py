@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from pyro_vae.beta import KL_SCHEDULES, kl_beta
+from pyro_vae.checks import check_number
 from pyro_vae.data import BUILTIN_DATASETS, check_data_options, load_data
 from pyro_vae.errors import UserError
 from pyro_vae.estimators import ESTIMATORS
@@ -72,10 +73,6 @@ VALIDATION_SPLITS = ("random", "last")
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _tuples(value: Any) -> Any:
@@ -262,8 +259,7 @@ class VAEConfig(_NoOldFields):
                 raise UserError(f"x_shape must be a list of positive integers, got {self.x_shape!r}")
             self.x_shape = tuple(self.x_shape) or None
         if self.x_shape is None and self.x_dim is not None:
-            if not _is_int(self.x_dim) or self.x_dim < 1:
-                raise UserError(f"x_dim must be a positive integer, got {self.x_dim!r}")
+            check_number(self.x_dim, "x_dim", integer=True, low=1)
             self.x_shape = (self.x_dim,)
         if self.x_shape is not None:
             size = math.prod(self.x_shape)
@@ -274,8 +270,7 @@ class VAEConfig(_NoOldFields):
     def validate(self) -> None:
         """Raise ``UserError`` (a ValueError) with a one-line message for any value that cannot build a VAE; each
         component's options are checked by its own options dataclass."""
-        if not _is_int(self.z_dim) or self.z_dim < 1:
-            raise UserError(f"z_dim must be a positive integer, got {self.z_dim!r}")
+        check_number(self.z_dim, "z_dim", integer=True, low=1)
         if not isinstance(self.hidden, tuple) or not all(_is_int(w) and w >= 1 for w in self.hidden):
             raise UserError(f"hidden sizes must be positive integers, got {self.hidden!r}")
         if not isinstance(self.options, dict) or not all(isinstance(v, dict) for v in self.options.values()):
@@ -474,33 +469,27 @@ class TrainConfig(_NoOldFields):
 
     def _check_numbers(self) -> None:
         for name in ("particles", "epochs", "batch_size", "eval_samples", "eval_every"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                raise UserError(f"{name} must be an integer >= 1, got {value!r}")
-        if not _is_int(self.kl_warmup) or self.kl_warmup < 0:
-            raise UserError(f"kl_warmup must be an integer number of epochs >= 0, got {self.kl_warmup!r}")
+            check_number(getattr(self, name), name, integer=True, low=1)
+        check_number(self.kl_warmup, "kl_warmup", integer=True, low=0, note="epochs")
         self._check_kl_schedule()
         self._check_free_bits()
         self._check_lr_schedule()
         self._check_validation()
-        for name, zero_ok in (("beta", True), ("lr", False), ("checkpoint_seconds", True), ("adam_eps", False)):
-            value = getattr(self, name)
-            if not _is_number(value) or value < 0 or (value == 0 and not zero_ok):
-                raise UserError(f"{name} must be a finite number {'>=' if zero_ok else '>'} 0, got {value!r}")
-        if self.clip_norm is not None and (not _is_number(self.clip_norm) or self.clip_norm <= 0):
-            raise UserError(f"clip_norm must be a finite number > 0 (or None for no clipping), got {self.clip_norm!r}")
-        if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
-            raise UserError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
-        if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
-            raise UserError(f"threads must be an integer >= 1 (or None for torch's default), got {self.threads!r}")
+        for name in ("beta", "checkpoint_seconds"):
+            check_number(getattr(self, name), name, low=0)
+        for name in ("lr", "adam_eps"):
+            check_number(getattr(self, name), name, positive=True)
+        if self.clip_norm is not None:
+            check_number(self.clip_norm, "clip_norm", positive=True, note="or None for no clipping")
+        check_number(self.seed, "seed", integer=True, low=0, high=2**32, bounds="[)")
+        if self.threads is not None:
+            check_number(self.threads, "threads", integer=True, low=1, note="or None for torch's default")
 
     def _check_kl_schedule(self) -> None:
         if self.kl_schedule not in KL_SCHEDULES:
             raise UserError(f"kl_schedule must be one of {', '.join(KL_SCHEDULES)}, got {self.kl_schedule!r}")
-        if not _is_int(self.kl_cycles) or self.kl_cycles < 1:
-            raise UserError(f"kl_cycles must be an integer >= 1, got {self.kl_cycles!r}")
-        if not _is_number(self.kl_ratio) or not 0 < self.kl_ratio <= 1:
-            raise UserError(f"kl_ratio must be a number in (0, 1], got {self.kl_ratio!r}")
+        check_number(self.kl_cycles, "kl_cycles", integer=True, low=1)
+        check_number(self.kl_ratio, "kl_ratio", low=0, high=1, bounds="(]")
         if self.kl_schedule != "cyclical":
             return
         if self.kl_warmup:
@@ -509,10 +498,7 @@ class TrainConfig(_NoOldFields):
             raise UserError(f"kl_cycles ({self.kl_cycles}) must be at most epochs ({self.epochs})")
 
     def _check_free_bits(self) -> None:
-        if not _is_number(self.free_bits) or self.free_bits < 0:
-            raise UserError(
-                f"free_bits must be a finite number >= 0 (nats per latent dimension), got {self.free_bits!r}"
-            )
+        check_number(self.free_bits, "free_bits", low=0, note="nats per latent dimension")
         if self.free_bits and (self.elbo != "meanfield" or self.jit):
             raise UserError(
                 f"free_bits needs --elbo meanfield (its analytic KL per latent dimension) without --jit; got --elbo "
@@ -522,12 +508,9 @@ class TrainConfig(_NoOldFields):
     def _check_lr_schedule(self) -> None:
         if self.lr_schedule not in LR_SCHEDULES:
             raise UserError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
-        if not _is_int(self.lr_step_epochs) or self.lr_step_epochs < 1:
-            raise UserError(f"lr_step_epochs must be an integer >= 1, got {self.lr_step_epochs!r}")
-        if not _is_int(self.lr_patience) or self.lr_patience < 0:
-            raise UserError(f"lr_patience must be an integer >= 0, got {self.lr_patience!r}")
-        if not _is_number(self.lr_gamma) or not 0 < self.lr_gamma < 1:
-            raise UserError(f"lr_gamma must be a number in (0, 1), got {self.lr_gamma!r}")
+        check_number(self.lr_step_epochs, "lr_step_epochs", integer=True, low=1)
+        check_number(self.lr_patience, "lr_patience", integer=True, low=0)
+        check_number(self.lr_gamma, "lr_gamma", low=0, high=1, bounds="()")
         if self.lr_schedule == "plateau" and self.eval_every != 1:
             raise UserError(
                 f"lr_schedule plateau follows the test ELBO of every epoch: needs eval_every 1, got {self.eval_every!r}"
@@ -535,15 +518,12 @@ class TrainConfig(_NoOldFields):
 
     def _check_validation(self) -> None:
         for name in ("validation", "patience"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 0:
-                raise UserError(f"{name} must be an integer >= 0, got {value!r}")
+            check_number(getattr(self, name), name, integer=True, low=0)
         if self.validation_split not in VALIDATION_SPLITS:
             raise UserError(
                 f"validation_split must be one of {', '.join(VALIDATION_SPLITS)}, got {self.validation_split!r}"
             )
-        if not _is_number(self.min_delta) or self.min_delta < 0:
-            raise UserError(f"min_delta must be a finite number >= 0 (nats per example), got {self.min_delta!r}")
+        check_number(self.min_delta, "min_delta", low=0, note="nats per example")
         if self.patience and not self.validation:
             raise UserError("patience (early stopping) follows the validation ELBO: give --validation N too")
         if self.preset is not None:

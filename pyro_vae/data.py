@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pyro_vae.checks import check_number
 from pyro_vae.errors import DataWarning, UserError
 from pyro_vae.images import as_examples, layout_of, read_image_folder
 from pyro_vae.named import did_you_mean
@@ -189,8 +190,8 @@ def check_data_options(dataset: Any, data_dir: Any, labels: Any, image_size: Any
     for name, value in (("data_dir", data_dir), ("labels", labels)):
         if value is not None and (not isinstance(value, str) or not value):
             raise UserError(f"{name} must be a path, got {value!r}")
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
-        raise UserError(f"image_size must be a positive integer (or None: keep the size), got {image_size!r}")
+    if image_size is not None:
+        check_number(image_size, "image_size", integer=True, low=1, note="or None: keep the size")
 
 
 def check_dataset_name(name: str) -> None:
@@ -365,8 +366,8 @@ def _warn_about_layout(shape: tuple[int, ...], path: Path) -> None:
 def _load_folder(folder: Path, labels: str | Path | None, image_size: int | None) -> VAEData:
     if labels is not None:
         raise UserError(f"--labels is for arrays; a folder's labels are its sub-folders (drop --labels for {folder})")
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
-        raise UserError(f"--image-size must be a positive integer, got {image_size!r}")
+    if image_size is not None:
+        check_number(image_size, "--image-size", integer=True, low=1)
     pixels, y, notes = read_image_folder(folder, image_size)
     if pixels.shape[0] < 2:
         raise UserError(f"{folder} holds {pixels.shape[0]} image; it needs at least 2")

@@ -42,6 +42,7 @@ from torch.distributions import lowrank_multivariate_normal, multivariate_normal
 from torch.nn.parallel import DistributedDataParallel
 
 from pyro_vae.beta import LatentScale
+from pyro_vae.checks import check_number
 from pyro_vae.config import TrainConfig
 from pyro_vae.elbo_terms import EVAL_SEED, ELBOSums, ELBOTerms, elbo_sums
 from pyro_vae.errors import UserError
@@ -164,8 +165,7 @@ def join(device: torch.device, timeout_s: float | None = None) -> Ranks | None:
     if not launched():
         return None
     timeout_s = DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
-    if not timeout_s > 0:
-        raise UserError(f"--collective-timeout must be a positive number of seconds, got {timeout_s}")
+    check_number(timeout_s, "--collective-timeout", positive=True, note="seconds")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():

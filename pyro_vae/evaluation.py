@@ -425,9 +425,7 @@ class SBCOptions:
     alpha: float = DEFAULT_ALPHA
 
     def __post_init__(self) -> None:
-        check_settings(self.num_simulations, self.num_posterior_draws, self.num_bins)
-        if not 0 < self.alpha < 1:
-            raise ValueError(f"SBC alpha must be between 0 and 1, got {self.alpha!r}")
+        check_settings(self.num_simulations, self.num_posterior_draws, self.num_bins, self.alpha)
 
 
 def sbc_summary(model: Callable[..., Any], guide: Callable[..., Any], x: Tensor, options: SBCOptions) -> dict[str, Any]:

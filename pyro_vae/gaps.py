@@ -43,6 +43,7 @@ from pyro.poutine.messenger import Messenger
 from torch import Tensor, nn
 from torch.distributions import biject_to, transform_to
 
+from pyro_vae.checks import check_number
 from pyro_vae.densities import Densities
 from pyro_vae.errors import UserError
 from pyro_vae.estimators.detached_q import frozen_parameters, latent_sites
@@ -81,11 +82,8 @@ class GapOptions:
 
     def __post_init__(self) -> None:
         for name in ("num_steps", "num_particles", "elbo_samples", "log_likelihood_samples", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"gap option {name} must be a positive integer, got {value!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"gap option lr must be a positive number, got {self.lr!r}")
+            check_number(getattr(self, name), f"gap option {name}", integer=True, low=1)
+        check_number(self.lr, "gap option lr", positive=True)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

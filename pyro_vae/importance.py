@@ -37,6 +37,7 @@ from pyro.infer.util import is_validation_enabled
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
+from pyro_vae.checks import check_number
 from pyro_vae.errors import UserError
 from pyro_vae.estimators.log_weights import guess_plate_nesting, per_example_log_weights
 from pyro_vae.progress import progress_bar
@@ -150,8 +151,7 @@ def importance_sample(
     ``sweep`` lists smaller K whose estimates (from the first K samples) are recorded on the way; ``progress``
     shows a bar with the time left on a terminal.
     """
-    if isinstance(num_samples, bool) or not (isinstance(num_samples, int) and num_samples >= 1):
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    check_number(num_samples, "num_samples", integer=True, low=1)
     n = x.shape[0]
     if n == 0:
         raise ValueError("no examples to evaluate")

@@ -29,6 +29,8 @@ from scipy import stats
 from torch import Tensor
 
 from pyro_vae.ais import simulate
+from pyro_vae.checks import check_number
+from pyro_vae.errors import UserError
 from pyro_vae.estimators.log_weights import guess_plate_nesting
 
 #: Default draws from q(z | x*) per simulation: L + 1 = 100 rank values, 5 per bin of the default 20 bins.
@@ -144,18 +146,15 @@ def sbc_ranks(
     return torch.cat(ranks), names
 
 
-def check_settings(num_simulations: int, num_posterior_draws: int, num_bins: int) -> None:
-    """Raise ValueError unless N >= 1, L >= 1 and B >= 2 divides L + 1 (equal bins)."""
+def check_settings(num_simulations: int, num_posterior_draws: int, num_bins: int, alpha: float = DEFAULT_ALPHA) -> None:
+    """Raise UserError (a ValueError) unless N >= 1, L >= 1, B >= 2 divides L + 1 (equal bins) and the
+    familywise level alpha is in (0, 1)."""
+    check_number(alpha, "SBC alpha", low=0, high=1, bounds="()")
     for label, value in (("simulations", num_simulations), ("posterior draws", num_posterior_draws)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"SBC {label} must be a positive integer, got {value!r}")
-    if (
-        isinstance(num_bins, bool)
-        or not isinstance(num_bins, int)
-        or num_bins < 2
-        or (num_posterior_draws + 1) % num_bins
-    ):
-        raise ValueError(
+        check_number(value, f"SBC {label}", integer=True, low=1)
+    check_number(num_bins, "SBC bins", integer=True, low=2)
+    if (num_posterior_draws + 1) % num_bins:
+        raise UserError(
             f"SBC bins must be an integer >= 2 that divides posterior draws + 1 = {num_posterior_draws + 1}, "
             f"got {num_bins!r}"
         )
@@ -174,7 +173,7 @@ def simulation_based_calibration(
     chi-square uniformity test per latent coordinate on B bins, and the coordinates flagged at familywise level
     ``alpha`` (Bonferroni). ``x_like`` (N rows) is needed for a model that cannot run as ``model(None,
     num_samples=N)``."""
-    check_settings(num_simulations, num_posterior_draws, num_bins)
+    check_settings(num_simulations, num_posterior_draws, num_bins, alpha)
     if x_like is not None and x_like.shape[0] != num_simulations:
         raise ValueError(f"x_like has {x_like.shape[0]} rows for {num_simulations} simulations")
     ranks, names = sbc_ranks(model, guide, num_simulations, num_posterior_draws, x_like)

@@ -122,8 +122,8 @@ def test_schedules_run_from_zero_to_one_and_increase(kind):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"num_steps": 0}, "num_steps must be a positive integer"),
-        ({"target_accept": 1.5}, "target_accept must be in"),
+        ({"num_steps": 0}, "num_steps must be an integer >= 1"),
+        ({"target_accept": 1.5}, "target_accept must be a finite number in"),
         ({"schedule": "cosine"}, "schedule must be one of"),
         ({"start": "posterior"}, "start must be one of"),
     ],

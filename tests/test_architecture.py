@@ -6,9 +6,9 @@ the import never runs). So is a parameter annotated ``Any`` whose name is a proj
 ``Trainer``): a back-reference hidden from the checker is still one. The import graph must have no cycle, and
 every import must point down the layers below: entry points -> run directory / training / evaluation / figures ->
 config, registry, data and atomic files -> estimators and the maths -> ``pyro_vae.models`` and ``pyro_vae.guides``
-(which import nothing of the project but the models' building blocks) -> the leaves. A new module must be placed
-in a layer. Size is not capped here: ruff's complexity rules (``[tool.ruff.lint]`` in pyproject.toml, run by
-``.ci/run``) measure what makes code hard to read.
+(which import nothing of the project but the models' building blocks and the leaves) -> the leaves (errors,
+``pyro_vae.checks``). A new module must be placed in a layer. Size is not capped here: ruff's complexity rules
+(``[tool.ruff.lint]`` in pyproject.toml, run by ``.ci/run``) measure what makes code hard to read.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ SOURCES = {"pyro_vae": "pyro_vae", "models": "pyro_vae.models", "guides": "pyro_
 
 #: Lowest first. A module may import modules of its own layer or below, never above.
 LAYERS: list[tuple[str, ...]] = [
-    ("pyro_vae.errors", "pyro_vae.named"),
+    ("pyro_vae.errors", "pyro_vae.named", "pyro_vae.checks"),
     ("pyro_vae.models", "pyro_vae.models.*", "pyro_vae.guides", "pyro_vae.guides.*"),
     (
         "pyro_vae.estimators",
@@ -229,9 +229,12 @@ def test_imports_point_down_the_layers():
 
 
 def test_models_and_guides_import_nothing_of_the_project_above_them():
+    """Models and guides may use each other's building blocks and the leaves (errors, the option checks)."""
     for name, targets in GRAPH.items():
         if name.startswith(("pyro_vae.models", "pyro_vae.guides")):
-            assert all(t.startswith(("pyro_vae.models", "pyro_vae.guides")) for t in targets), (name, targets)
+            own = ("pyro_vae.models", "pyro_vae.guides")
+            above = [t for t in targets if not t.startswith(own) and layer_of(t) != 0]
+            assert above == [], (name, above)
 
 
 def test_the_checker_finds_a_cycle_hidden_in_a_function(tmp_path):

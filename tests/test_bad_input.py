@@ -76,7 +76,7 @@ CASES = [
     ),
     Case("lr-neg", ("train", "--out", "{run}", "--lr", "-1"), ("lr must be a finite number > 0, got -1.0",)),
     Case("lr-nan", ("train", "--out", "{run}", "--lr", "nan"), ("lr must be a finite number > 0, got nan",)),
-    Case("z-dim-0", ("train", "--out", "{run}", "--z-dim", "0"), ("z_dim must be a positive integer, got 0",)),
+    Case("z-dim-0", ("train", "--out", "{run}", "--z-dim", "0"), ("z_dim must be an integer >= 1, got 0",)),
     Case("beta-neg", ("train", "--out", "{run}", "--beta", "-1"), ("beta must be a finite number >= 0, got -1.0",)),
     Case(
         "particles-0",

@@ -55,7 +55,7 @@ def test_config_round_trips_through_json(tmp_path):
         ({"prior": "laplace"}, "unknown prior 'laplace'"),
         ({"likelihood": "poisson"}, "unknown likelihood 'poisson'"),
         ({"decoder": "deconv"}, "unknown decoder 'deconv'"),
-        ({"z_dim": 0}, "z_dim must be a positive integer"),
+        ({"z_dim": 0}, "z_dim must be an integer >= 1"),
         (
             {"likelihood": "gaussian", "options": {"likelihood": {"sigma": -1.0}}},
             "likelihood 'gaussian': sigma must be",

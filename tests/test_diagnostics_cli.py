@@ -54,8 +54,8 @@ def test_evaluate_prints_and_records_k_hat_and_sbc_as_the_library_computes_them(
         (["--sbc", "-3"], "--sbc must be >= 1"),
         (["--sbc", "2.5"], "invalid int value: '2.5'"),
         (["--sbc", "10", "--sbc-bins", "7"], "SBC bins must be an integer >= 2 that divides posterior draws + 1"),
-        (["--sbc", "10", "--sbc-draws", "0"], "SBC posterior draws must be a positive integer"),
-        (["--sbc", "10", "--sbc-alpha", "1.5"], "SBC alpha must be between 0 and 1"),
+        (["--sbc", "10", "--sbc-draws", "0"], "SBC posterior draws must be an integer >= 1"),
+        (["--sbc", "10", "--sbc-alpha", "1.5"], "SBC alpha must be a finite number in (0, 1)"),
     ],
 )
 def test_bad_sbc_settings_are_one_line_exit_2_and_keep_the_evaluation(args, message, run_dir, capsys):  # noqa: F811

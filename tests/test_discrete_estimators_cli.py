@@ -76,7 +76,7 @@ def test_compare_estimators_on_discrete_latents_reports_the_exact_bias(tmp_path,
     ("args", "message"),
     [
         (["--elbo", "disarm"], "estimator 'disarm' is for discrete latents; guide 'normal' samples continuous z"),
-        (["--elbo", "relaxed", "--elbo-temperature", "0"], "temperature must be a positive number"),
+        (["--elbo", "relaxed", "--elbo-temperature", "0"], "temperature must be a finite number > 0"),
         (["--elbo", "reinforce", "--elbo-baseline", "magic"], "invalid choice 'magic' (choose from learned, average"),
         (["--elbo", "vimco"], "needs num_particles >= 2"),
     ],

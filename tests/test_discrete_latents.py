@@ -204,7 +204,10 @@ def test_the_refusal_names_the_registered_estimators_that_can_train_it(tracegrap
             dict(prior="categorical", guide="categorical", z_dim=6, options={"prior": {"classes": 3}}),
             "prior has 3 classes but the categorical guide 2",
         ),
-        (dict(prior="bernoulli", guide="bernoulli", options={"prior": {"probs": 1.0}}), "strictly between 0 and 1"),
+        (
+            dict(prior="bernoulli", guide="bernoulli", options={"prior": {"probs": 1.0}}),
+            r"probs must be a finite number in \(0, 1\)",
+        ),
     ],
 )
 def test_mismatched_families_are_refused_in_one_line(options, message):

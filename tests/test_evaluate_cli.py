@@ -116,9 +116,9 @@ def test_evaluate_runs_on_the_users_own_module(trained_vae, tmp_path, capsys):  
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--ais", "--ais-num-steps", "0"], "AIS num_steps must be a positive integer"),
+        (["--ais", "--ais-num-steps", "0"], "AIS num_steps must be an integer >= 1"),
         (["--ais-schedule", "cosine"], "invalid choice 'cosine'"),
-        (["--gaps", "--gap-lr", "-1"], "gap option lr must be a positive number"),
+        (["--gaps", "--gap-lr", "-1"], "gap option lr must be a finite number > 0"),
         (["--bdmc", "-1"], "--bdmc must be >= 0"),
         (["--sweep", "0"], "--sweep values must be >= 1"),
         (["--model-module", "nope.py:make"], "nope.py does not exist"),

@@ -166,5 +166,5 @@ def test_kl_for_a_prior_that_does_not_factorise_is_total_only(float64):
 
 def test_log_likelihood_rejects_bad_sample_counts():
     model, guide = build(VAEConfig(x_dim=4, z_dim=2, hidden=(3,)))
-    with pytest.raises(ValueError, match="num_samples must be a positive integer"):
+    with pytest.raises(ValueError, match="num_samples must be an integer >= 1"):
         log_likelihood(model, guide, torch.zeros(2, 4), num_samples=0)

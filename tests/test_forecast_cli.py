@@ -86,7 +86,7 @@ def test_a_real_runs_fit_passes_through_its_measured_curve(tmp_path, capsys):
         ({}, ["--target", "-85", "--from-epoch", "58"], "has 4 epochs of test_elbo from epoch 58 on"),
         ({}, ["--target", "inf"], "--target must be a finite number"),
         ({}, ["--target", "-85", "--gap", "3"], "--gap goes with --log-px"),
-        ({}, ["--target", "-85", "--level", "1.5"], "--level must be between 0 and 1"),
+        ({}, ["--target", "-85", "--level", "1.5"], "--level must be a finite number in (0, 1)"),
         ({"missing": True}, ["--target", "-85"], "does not exist"),
     ],
     ids=["stale-evaluation", "no-evaluation", "no-val", "too-short", "inf", "gap-alone", "level", "no-run"],

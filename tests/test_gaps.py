@@ -102,9 +102,9 @@ def test_a_two_level_guide_at_its_exact_posterior_has_no_gaps(float64):
 
 
 def test_bad_options_are_refused():
-    with pytest.raises(ValueError, match="num_steps must be a positive integer"):
+    with pytest.raises(ValueError, match="num_steps must be an integer >= 1"):
         GapOptions(num_steps=0)
-    with pytest.raises(ValueError, match="lr must be a positive number"):
+    with pytest.raises(ValueError, match="lr must be a finite number > 0"):
         GapOptions(lr=-1.0)
 
 

@@ -151,7 +151,7 @@ def test_learned_sigma_has_a_floor():
             likelihood="gaussian-learned",
             options={"likelihood": {"sigma": 0.001, "min_sigma": 0.01}},
         )
-    with pytest.raises(ValueError, match="min_sigma must be a positive"):
+    with pytest.raises(ValueError, match="min_sigma must be a finite number > 0"):
         VAEConfig(x_dim=3, likelihood="gaussian-learned", options={"likelihood": {"min_sigma": 0.0}})
 
 

@@ -103,8 +103,8 @@ def test_a_format_4_checkpoint_reads_as_a_constant_rate_and_resumes(tmp_path):
 BAD = [
     ({"lr_schedule": "linear"}, "lr_schedule must be one of constant, step, cosine, plateau"),
     ({"lr_step_epochs": 0}, "lr_step_epochs must be an integer >= 1"),
-    ({"lr_gamma": 1.0}, "lr_gamma must be a number in (0, 1)"),
-    ({"lr_gamma": 0.0}, "lr_gamma must be a number in (0, 1)"),
+    ({"lr_gamma": 1.0}, "lr_gamma must be a finite number in (0, 1)"),
+    ({"lr_gamma": 0.0}, "lr_gamma must be a finite number in (0, 1)"),
     ({"lr_patience": -1}, "lr_patience must be an integer >= 0"),
     ({"lr_schedule": "plateau", "eval_every": 2}, "needs eval_every 1"),
 ]

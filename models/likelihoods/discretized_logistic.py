@@ -31,6 +31,8 @@ from torch.distributions import constraints
 from torch.distributions.transforms import SoftplusTransform
 from torch.distributions.utils import broadcast_all
 
+from pyro_vae.checks import check_number
+
 #: Floor of the learned scale, so that 1 / s stays finite.
 MIN_SCALE = 1e-4
 
@@ -48,8 +50,7 @@ class DiscretizedLogistic(TorchDistribution):
     has_rsample = False
 
     def __init__(self, loc: Tensor, scale: Tensor, bins: int = 256, validate_args: bool | None = None) -> None:
-        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
-            raise ValueError(f"bins must be an integer >= 2, got {bins!r}")
+        check_number(bins, "bins", integer=True, low=2)
         self.loc, self.scale = broadcast_all(loc, scale)
         self.bins = bins
         super().__init__(self.loc.shape, validate_args=validate_args)
@@ -122,10 +123,8 @@ class DiscretizedLogisticLikelihood(nn.Module):
     ) -> None:
         super().__init__()
         x_shape = as_shape(x_shape)
-        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
-            raise ValueError(f"the discretized-logistic likelihood needs an integer number of bins >= 2, got {bins!r}")
-        if not (isinstance(init_scale, (int, float)) and init_scale > MIN_SCALE and init_scale < float("inf")):
-            raise ValueError(f"init_scale must be a finite number above {MIN_SCALE}, got {init_scale!r}")
+        check_number(bins, "the discretized-logistic likelihood's bins", integer=True, low=2)
+        check_number(init_scale, "init_scale", low=MIN_SCALE, bounds="()")
         self.bins = bins
         self.event_ndim = len(x_shape)
         if scale_per_pixel:

@@ -14,6 +14,8 @@ import torch
 from pyro_vae.models.networks import check_positive
 from torch import Tensor, nn
 
+from pyro_vae.checks import check_number
+
 
 @dataclass
 class GaussianLikelihoodOptions:
@@ -53,6 +55,5 @@ class GaussianLikelihood(NormalLikelihood):
     def __init__(self, sigma: float = 1.0, event_ndim: int = 1) -> None:
         super().__init__()
         self.event_ndim = event_ndim
-        if not (sigma > 0 and torch.isfinite(torch.tensor(sigma))):
-            raise ValueError(f"likelihood sigma must be a positive finite number, got {sigma}")
+        check_number(sigma, "likelihood sigma", positive=True)
         self.register_buffer("sigma", torch.tensor(float(sigma)))

@@ -17,6 +17,8 @@ from pyro_vae.models.networks import as_shape, check_flag, check_positive
 from torch import Tensor, nn
 from torch.distributions.transforms import SoftplusTransform
 
+from pyro_vae.checks import check_number
+
 
 @dataclass
 class LearnedGaussianOptions:
@@ -61,8 +63,7 @@ class LearnedGaussianLikelihood(NormalLikelihood):
         min_sigma: float = 1e-3,
     ) -> None:
         super().__init__()
-        if not (min_sigma > 0 and math.isfinite(min_sigma)):
-            raise ValueError(f"min_sigma must be a positive finite number, got {min_sigma}")
+        check_number(min_sigma, "min_sigma", positive=True)
         if not (math.isfinite(init_sigma) and init_sigma > min_sigma):
             raise ValueError(f"initial sigma must be finite and larger than min_sigma={min_sigma}, got {init_sigma}")
         self.per_pixel = per_pixel

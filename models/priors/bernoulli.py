@@ -11,11 +11,13 @@ from pyro_vae.models.networks import check_flag
 from torch import Tensor, nn
 from torch.distributions import register_kl
 
+from pyro_vae.checks import check_number
+
 
 def check_probability(value: object, name: str) -> None:
-    """ValueError (one line) unless ``value`` is a number strictly between 0 and 1 (a logit must be finite)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-        raise ValueError(f"{name} must be a number strictly between 0 and 1, got {value!r}")
+    """UserError (a one-line ValueError) unless ``value`` is a number strictly between 0 and 1 (a logit must be
+    finite)."""
+    check_number(value, name, low=0, high=1, bounds="()")
 
 
 @dataclass
@@ -39,8 +41,7 @@ class BernoulliPrior(nn.Module):
 
     def __init__(self, z_dim: int, probs: float = 0.5, learnable: bool = False) -> None:
         super().__init__()
-        if z_dim < 1:
-            raise ValueError(f"z_dim must be a positive integer, got {z_dim}")
+        check_number(z_dim, "z_dim", integer=True, low=1)
         check_probability(probs, "probs")
         logits = torch.full((z_dim,), float(torch.logit(torch.tensor(float(probs)))))
         self.learnable = learnable

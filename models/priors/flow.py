@@ -24,6 +24,8 @@ import torch
 from pyro.distributions.transforms import affine_autoregressive, spline_autoregressive
 from torch import nn
 
+from pyro_vae.checks import check_number
+
 TRANSFORMS = ("affine", "spline")
 
 
@@ -44,17 +46,14 @@ class FlowPriorOptions:
     bound: float = 3.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
+        check_number(self.steps, "steps", integer=True, low=1)
         self.hidden = tuple(self.hidden)
         if not self.hidden or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in self.hidden):
             raise ValueError(f"hidden must be one or more positive integers, got {list(self.hidden)}")
         if self.transform not in TRANSFORMS:
             raise ValueError(f"transform must be one of {', '.join(TRANSFORMS)}, got {self.transform!r}")
-        if isinstance(self.bins, bool) or not isinstance(self.bins, int) or self.bins < 2:
-            raise ValueError(f"bins must be an integer >= 2, got {self.bins!r}")
-        if isinstance(self.bound, bool) or not isinstance(self.bound, (int, float)) or not 0 < self.bound < 1e6:
-            raise ValueError(f"bound must be a positive number, got {self.bound!r}")
+        check_number(self.bins, "bins", integer=True, low=2)
+        check_number(self.bound, "bound", low=0, high=1e6, bounds="()")
 
 
 class FlowPrior(nn.Module):

@@ -12,6 +12,8 @@ from pyro_vae.models.networks import check_flag
 from torch import nn
 from torch.distributions.transforms import SoftplusTransform
 
+from pyro_vae.checks import check_number
+
 
 def _as_vector(value: float | Sequence[float] | torch.Tensor, z_dim: int, name: str) -> torch.Tensor:
     t = torch.as_tensor(value, dtype=torch.get_default_dtype())
@@ -27,10 +29,7 @@ def _as_vector(value: float | Sequence[float] | torch.Tensor, z_dim: int, name: 
 def _check_numbers(value: float | Sequence[float], name: str, positive: bool) -> float | tuple[float, ...]:
     values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
     for v in values:
-        ok = not isinstance(v, bool) and isinstance(v, (int, float)) and abs(v) < float("inf")
-        if not ok or (positive and not v > 0):
-            what = "positive finite numbers" if positive else "finite numbers"
-            raise ValueError(f"{name} must be one number or one per latent dimension, {what}, got {value!r}")
+        check_number(v, name, positive=positive, note="one number, or one per latent dimension")
     return tuple(values) if isinstance(value, (tuple, list)) else value
 
 
@@ -68,8 +67,7 @@ class GaussianPrior(nn.Module):
         learnable: bool = False,
     ) -> None:
         super().__init__()
-        if z_dim < 1:
-            raise ValueError(f"z_dim must be a positive integer, got {z_dim}")
+        check_number(z_dim, "z_dim", integer=True, low=1)
         loc_t = _as_vector(loc, z_dim, "prior loc")
         scale_t = _as_vector(scale, z_dim, "prior scale")
         if (scale_t <= 0).any():

@@ -15,6 +15,8 @@ from pyro_vae.models.networks import check_count
 from torch import nn
 from torch.distributions.transforms import SoftplusTransform
 
+from pyro_vae.checks import check_number
+
 
 @dataclass
 class MixturePriorOptions:
@@ -40,12 +42,9 @@ class MixturePrior(nn.Module):
 
     def __init__(self, z_dim: int, num_components: int = 10, init_scale: float = 1.0) -> None:
         super().__init__()
-        if isinstance(z_dim, bool) or not isinstance(z_dim, int) or z_dim < 1:
-            raise ValueError(f"z_dim must be a positive integer, got {z_dim!r}")
-        if isinstance(num_components, bool) or not isinstance(num_components, int) or num_components < 1:
-            raise ValueError(f"the mixture prior needs a positive integer number of components, got {num_components!r}")
-        if not init_scale > 0:
-            raise ValueError(f"mixture prior init_scale must be positive, got {init_scale!r}")
+        check_number(z_dim, "z_dim", integer=True, low=1)
+        check_number(num_components, "the mixture prior's number of components", integer=True, low=1)
+        check_number(init_scale, "mixture prior init_scale", positive=True)
         self.z_dim = z_dim
         self.num_components = num_components
         self.logits = nn.Parameter(torch.zeros(num_components))

@@ -19,6 +19,8 @@ from pyro.distributions.torch_distribution import TorchDistributionMixin
 from pyro.distributions.util import broadcast_shape
 from torch import Tensor, nn
 
+from pyro_vae.checks import check_number
+
 
 class UniformSphere(HypersphericalUniform, TorchDistributionMixin):
     """The package's ``HypersphericalUniform(dim)`` with a batch shape, Pyro's mixin and support ``sphere``.
@@ -40,8 +42,7 @@ class UniformSphere(HypersphericalUniform, TorchDistributionMixin):
         dtype: torch.dtype | None = None,
         validate_args: bool | None = None,
     ) -> None:
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2:
-            raise ValueError(f"the uniform distribution on the sphere needs dim >= 2 (S^1 or larger), got {dim!r}")
+        check_number(dim, "the uniform distribution on the sphere's dim", integer=True, low=2, note="S^1 or larger")
         super().__init__(dim, device=device, dtype=dtype or torch.get_default_dtype(), validate_args=False)
         torch.distributions.Distribution.__init__(self, torch.Size(batch_shape), torch.Size([dim]), validate_args)
 
@@ -75,8 +76,7 @@ class UniformSpherePrior(nn.Module):
 
     def __init__(self, z_dim: int) -> None:
         super().__init__()
-        if isinstance(z_dim, bool) or not isinstance(z_dim, int) or z_dim < 2:
-            raise ValueError(f"the uniform prior on the sphere needs z_dim >= 2, got {z_dim!r}")
+        check_number(z_dim, "the uniform prior on the sphere's z_dim", integer=True, low=2)
         self.z_dim = z_dim
         # A buffer only to follow .to(device, dtype), so the distribution matches the data.
         self.register_buffer("origin", torch.zeros(z_dim))

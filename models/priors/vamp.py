@@ -18,6 +18,8 @@ import torch
 from pyro_vae.models.networks import as_shape, check_count, check_flag
 from torch import Tensor, nn
 
+from pyro_vae.checks import check_number
+
 #: q(z|x) for a batch x of shape ``(K, *x_shape)``: a distribution of batch shape (K,) and event shape (z_dim,).
 Posterior = Callable[[Tensor], dist.Distribution]
 
@@ -72,8 +74,7 @@ class VampPrior(nn.Module):
         x_shape = as_shape(x_shape)
         if not x_shape or min(x_shape) < 1:
             raise ValueError(f"x_shape must be positive integers, got {x_shape!r}")
-        if isinstance(num_components, bool) or not isinstance(num_components, int) or num_components < 1:
-            raise ValueError(f"the VampPrior needs a positive integer number of pseudo-inputs, got {num_components!r}")
+        check_number(num_components, "the VampPrior's number of pseudo-inputs", integer=True, low=1)
         self.posterior = posterior
         self.x_shape = x_shape
         self.num_components = num_components

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pyro_vae.checks import check_number
 from pyro_vae.errors import UserError
 from pyro_vae.learning_curve import MIN_POINTS, forecast
 from pyro_vae.run_dir import METRICS
@@ -112,16 +113,14 @@ def _epochs(value: float) -> str:
 
 
 def _check(args: argparse.Namespace) -> None:
-    if not 0 < args.level < 1:
-        raise UserError(f"--level must be between 0 and 1, got {args.level}")
-    if args.resamples < 10:
-        raise UserError(f"--resamples must be at least 10, got {args.resamples}")
+    check_number(args.level, "--level", low=0, high=1, bounds="()")
+    check_number(args.resamples, "--resamples", integer=True, low=10)
     if args.gap is not None and args.log_px is None:
         raise UserError("--gap goes with --log-px")
     for name in ("target", "log_px", "gap"):
         value = getattr(args, name)
-        if value is not None and not math.isfinite(value):
-            raise UserError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+        if value is not None:
+            check_number(value, f"--{name.replace('_', '-')}")
     if not args.run_dir.is_dir():
         raise UserError(f"run directory {args.run_dir} does not exist")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pyro_vae.checks import check_number
 from pyro_vae.commands.which import add_which_option
 from pyro_vae.errors import UserError
 from pyro_vae.figures import plot_run, write_one_class
@@ -42,8 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.label is not None:
-        if args.count < 1:
-            raise UserError(f"--count must be a positive integer, got {args.count}")
+        check_number(args.count, "--count", integer=True, low=1)
         run = load_run(args.dir, device=args.device, which=args.which)
         if not hasattr(run.model, "class_means"):
             raise UserError(

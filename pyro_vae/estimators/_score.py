@@ -6,7 +6,9 @@ model's.
 messenger placed outside that plate so that it sees each site's distribution already broadcast to (K, N, ...):
 ``DetachedSampler`` draws as Pyro would and detaches the value (REINFORCE, VIMCO, RWS); the antithetic sampler of
 DisARM and the enumeration of ``pyro_vae.estimators.exact`` set the values themselves. The model is replayed on the
-guide's values. ``ScoreELBO`` is the base class of the estimators built on the (K, N) log densities.
+guide's values. ``ScoreELBO`` is the base class of these estimators (its one abstract method is
+``loss_and_surrogate_loss``; DisARM implements it with two antithetic passes); ``LogDensityScoreELBO`` is the base
+of those computed from one pass's (K, N) log densities (VIMCO, RWS, TVO).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 from pyro.util import warn_if_nan
 
+from pyro_vae.checks import check_number
 from pyro_vae.errors import UserError
 from pyro_vae.estimators.log_weights import PARTICLE_PLATE, guess_plate_nesting
 
@@ -110,8 +113,11 @@ def per_example_log_p_and_q(model_trace: Trace, guide_trace: Trace) -> tuple[tor
 class ScoreELBO(ELBO):
     """A Pyro ELBO from K particles per example whose latent values are fixed (no path gradient).
 
-    Subclasses implement ``_loss_and_surrogate(log_p, log_q) -> (loss, surrogate)`` on the (K, N) log densities:
-    the value (negated, summed over the batch) and a scalar whose gradient is the estimator's gradient.
+    Subclasses implement ``loss_and_surrogate_loss(model, guide, *args, **kwargs) -> (loss, surrogate)``: the
+    value (negated, summed over the batch) and a scalar whose gradient is the estimator's gradient; ``loss``,
+    ``differentiable_loss`` and ``loss_and_grads`` are built on it here. They trace with ``score_traces`` (through
+    ``_get_trace`` / ``log_p_and_q``, or with their own sampler, as DisARM). An estimator that is a function of one
+    pass's (K, N) log densities subclasses ``LogDensityScoreELBO`` instead.
     ``max_plate_nesting`` counts the model's own plates; left at infinity it is found at the first call.
     """
 
@@ -119,8 +125,7 @@ class ScoreELBO(ELBO):
     min_particles = 1
 
     def __init__(self, num_particles: int = 1, max_plate_nesting: float = float("inf")) -> None:
-        if not (isinstance(num_particles, int) and not isinstance(num_particles, bool) and num_particles >= 1):
-            raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
+        check_number(num_particles, "num_particles", integer=True, low=1)
         if num_particles < self.min_particles:
             raise UserError(f"{type(self).__name__} needs num_particles >= {self.min_particles}, got {num_particles}")
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
@@ -139,14 +144,12 @@ class ScoreELBO(ELBO):
         return per_example_log_p_and_q(*self._get_trace(model, guide, args, kwargs))
 
     @abstractmethod
-    def _loss_and_surrogate(self, log_p: torch.Tensor, log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
-
     def loss_and_surrogate_loss(
         self, model: Any, guide: Any, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, surrogate loss) as tensors."""
-        return self._loss_and_surrogate(*self.log_p_and_q(model, guide, args, kwargs))
+        """(loss, surrogate loss) as tensors: the negated estimate summed over the batch, and a scalar whose
+        gradient is the estimator's gradient."""
+        raise NotImplementedError
 
     def loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
         """The negated estimate, summed over the batch."""
@@ -168,3 +171,21 @@ class ScoreELBO(ELBO):
         value = float(loss)
         warn_if_nan(value, "loss")
         return value
+
+
+class LogDensityScoreELBO(ScoreELBO):
+    """A ``ScoreELBO`` computed from the (K, N) log densities of one pass, log p(x, z_k) and log q(z_k | x) with
+    z_k drawn by the guide and detached (``log_p_and_q``).
+
+    Subclasses implement ``_loss_and_surrogate(log_p, log_q) -> (loss, surrogate)`` on them.
+    """
+
+    @abstractmethod
+    def _loss_and_surrogate(self, log_p: torch.Tensor, log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def loss_and_surrogate_loss(
+        self, model: Any, guide: Any, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, surrogate loss) as tensors, from ``_loss_and_surrogate`` of one pass's log densities."""
+        return self._loss_and_surrogate(*self.log_p_and_q(model, guide, args, kwargs))

@@ -61,14 +61,15 @@ class AntitheticBernoulli(Messenger):
 
 
 class DisARMELBO(ScoreELBO):
-    """Estimates the ELBO (mean over K antithetic pairs), summed over the batch; the DisARM gradient (module doc)."""
+    """Estimates the ELBO (mean over K antithetic pairs), summed over the batch; the DisARM gradient (module doc).
 
-    def __init__(self, num_particles: int = 1, max_plate_nesting: float = float("inf")) -> None:
-        super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
+    A direct ``ScoreELBO``: its two antithetic passes (shared noise u, values b and b~) do not fit one pass's
+    (log p, log q), so it implements ``loss_and_surrogate_loss`` itself."""
 
     def loss_and_surrogate_loss(
         self, model: Any, guide: Any, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, surrogate loss): minus the mean of f over the 2K draws, and the DisARM surrogate (module doc)."""
         nesting = self._nesting(model, guide, args, kwargs)
         noise: dict[str, torch.Tensor] = {}
         passes = []
@@ -98,6 +99,3 @@ class DisARMELBO(ScoreELBO):
             surrogate = surrogate + (signal * alpha).sum()
         value = 0.5 * (f1 + f2).mean(0)
         return -value.sum(), -surrogate / self.num_particles
-
-    def _loss_and_surrogate(self, log_p: torch.Tensor, log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError  # the two antithetic passes do not fit one (log_p, log_q): see above

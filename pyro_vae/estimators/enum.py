@@ -21,6 +21,7 @@ import torch
 from pyro.infer import TraceEnum_ELBO
 from pyro.poutine.messenger import Messenger
 
+from pyro_vae.checks import check_number
 from pyro_vae.errors import UserError
 from pyro_vae.estimators._score import base_distribution, is_latent, one_line_errors
 from pyro_vae.estimators.exact import binary_vectors
@@ -35,8 +36,7 @@ class EnumOptions:
     max_states: int = 2**16
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_states, bool) or not isinstance(self.max_states, int) or self.max_states < 2:
-            raise ValueError(f"max_states must be an integer >= 2, got {self.max_states!r}")
+        check_number(self.max_states, "max_states", integer=True, low=2)
 
 
 class EnumerableIndependentBernoulli(dist.Independent):

@@ -25,6 +25,7 @@ from pyro.infer import TraceMeanField_ELBO
 from pyro.infer.util import check_fully_reparametrized, is_validation_enabled, torch_item
 from torch.distributions import kl_divergence
 
+from pyro_vae.checks import check_number
 from pyro_vae.errors import UserError
 
 NO_ANALYTIC_KL = (
@@ -58,8 +59,7 @@ class FreeBitsELBO(TraceMeanField_ELBO):
 
     def __init__(self, free_bits: float = 0.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if not free_bits >= 0:
-            raise UserError(f"free_bits must be a number >= 0, got {free_bits!r}")
+        check_number(free_bits, "free_bits", low=0)
         self.free_bits = float(free_bits)
 
     def _floored_kl(self, model_site: dict[str, Any], guide_site: dict[str, Any]) -> torch.Tensor:

@@ -19,6 +19,8 @@ from pyro.infer.util import get_dependent_plate_dims, torch_sum
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites
 
+from pyro_vae.checks import check_number
+
 #: Name of the vectorised particle plate.
 PARTICLE_PLATE = "num_particles_vectorized"
 
@@ -52,8 +54,7 @@ def vectorized_traces(
     The plate is added even for one particle, so every log density has the particle dimension.
     Log densities (``site["log_prob"]``) are computed, scaled and masked; guide sites also have score parts.
     """
-    if not (isinstance(num_particles, int) and num_particles >= 1):
-        raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
+    check_number(num_particles, "num_particles", integer=True, low=1)
     particles = pyro.plate(PARTICLE_PLATE, num_particles, dim=-(plate_nesting + 1))
     return get_importance_trace("flat", plate_nesting + 1, particles(model), particles(guide), args, kwargs)
 

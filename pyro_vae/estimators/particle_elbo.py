@@ -12,6 +12,7 @@ from pyro.infer.enum import get_importance_trace
 from pyro.poutine.trace_struct import Trace
 from pyro.util import warn_if_nan
 
+from pyro_vae.checks import check_number
 from pyro_vae.estimators.log_weights import guess_plate_nesting, vectorized_traces
 
 
@@ -27,8 +28,7 @@ class ParticleELBO(ELBO):
     """
 
     def __init__(self, num_particles: int = 10, max_plate_nesting: float = float("inf")) -> None:
-        if not (isinstance(num_particles, int) and not isinstance(num_particles, bool) and num_particles >= 1):
-            raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
+        check_number(num_particles, "num_particles", integer=True, low=1)
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
 
     def _get_trace(self, model: Any, guide: Any, args: tuple, kwargs: dict) -> tuple[Trace, Trace]:

@@ -25,6 +25,7 @@ import torch
 from pyro.infer import TraceGraph_ELBO
 from torch import nn
 
+from pyro_vae.checks import check_number
 from pyro_vae.estimators._score import is_latent
 
 BASELINES = ("learned", "average", "none")
@@ -45,10 +46,8 @@ class ReinforceOptions:
     def __post_init__(self) -> None:
         if self.baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
-        if not (isinstance(self.baseline_lr, (int, float)) and self.baseline_lr > 0):
-            raise ValueError(f"baseline_lr must be positive, got {self.baseline_lr!r}")
-        if not (isinstance(self.baseline_decay, (int, float)) and 0 <= self.baseline_decay < 1):
-            raise ValueError(f"baseline_decay must be in [0, 1), got {self.baseline_decay!r}")
+        check_number(self.baseline_lr, "baseline_lr", positive=True)
+        check_number(self.baseline_decay, "baseline_decay", low=0, high=1, bounds="[)")
 
 
 class ReinforceELBO(TraceGraph_ELBO):

@@ -27,7 +27,6 @@ with it, one whose ``rsample`` is a hard value of the discrete support carrying 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -36,6 +35,7 @@ import torch
 from pyro.infer import Trace_ELBO
 from pyro.poutine.messenger import Messenger
 
+from pyro_vae.checks import check_number
 from pyro_vae.errors import UserError
 from pyro_vae.estimators._score import base_distribution, is_latent, one_line_errors
 
@@ -51,9 +51,7 @@ class RelaxedOptions:
     straight_through: bool = False
 
     def __post_init__(self) -> None:
-        t = self.temperature
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
-            raise ValueError(f"temperature must be a positive number, got {t!r}")
+        check_number(self.temperature, "temperature", positive=True)
         if not isinstance(self.straight_through, bool):
             raise ValueError(f"straight_through must be true or false, got {self.straight_through!r}")
 

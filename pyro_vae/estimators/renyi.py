@@ -11,12 +11,12 @@ limit, and shares its per-example log weights with DReG.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from pyro.poutine.trace_struct import Trace
 
+from pyro_vae.checks import check_number
 from pyro_vae.estimators._jit import JitLossMixin
 from pyro_vae.estimators.log_weights import log_weights_from_traces
 from pyro_vae.estimators.particle_elbo import ParticleELBO, log_mean_exp, normalized_weights
@@ -31,8 +31,7 @@ class RenyiOptions:
     alpha: float = 0.5
 
     def __post_init__(self) -> None:
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha):
-            raise ValueError(f"alpha must be a finite number, got {self.alpha!r}")
+        check_number(self.alpha, "alpha")
 
 
 class RenyiBound(ParticleELBO):
@@ -50,8 +49,7 @@ class RenyiBound(ParticleELBO):
         ignore_jit_warnings: bool = False,
         jit_options: dict | None = None,
     ) -> None:
-        if not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and math.isfinite(alpha)):
-            raise ValueError(f"alpha must be a finite number, got {alpha!r}")
+        check_number(alpha, "alpha")
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
         self.alpha = float(alpha)
         self.ignore_jit_warnings = ignore_jit_warnings

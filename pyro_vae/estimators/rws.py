@@ -18,10 +18,10 @@ import math
 
 import torch
 
-from pyro_vae.estimators._score import ScoreELBO
+from pyro_vae.estimators._score import LogDensityScoreELBO
 
 
-class ReweightedWakeSleep(ScoreELBO):
+class ReweightedWakeSleep(LogDensityScoreELBO):
     """Estimates the K-sample IWAE bound, summed over the batch; wake-theta and wake-phi gradients (module doc)."""
 
     min_particles = 1

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from pyro_vae.estimators._score import ScoreELBO
+from pyro_vae.checks import check_number
+from pyro_vae.estimators._score import LogDensityScoreELBO
 
 
 @dataclass
@@ -37,10 +38,8 @@ class TVOOptions:
     beta_min: float = 0.01
 
     def __post_init__(self) -> None:
-        if isinstance(self.partitions, bool) or not isinstance(self.partitions, int) or self.partitions < 1:
-            raise ValueError(f"partitions must be a positive integer, got {self.partitions!r}")
-        if not (isinstance(self.beta_min, (int, float)) and 0 < self.beta_min < 1):
-            raise ValueError(f"beta_min must be in (0, 1), got {self.beta_min!r}")
+        check_number(self.partitions, "partitions", integer=True, low=1)
+        check_number(self.beta_min, "beta_min", low=0, high=1, bounds="()")
 
 
 def partition(partitions: int, beta_min: float) -> torch.Tensor:
@@ -66,7 +65,7 @@ def tvo_from_log_weights(log_p: torch.Tensor, log_q: torch.Tensor, betas: torch.
     return value, surrogate
 
 
-class TVOBound(ScoreELBO):
+class TVOBound(LogDensityScoreELBO):
     """Estimates the TVO lower bound, summed over the batch; the covariance gradient (module doc)."""
 
     def __init__(

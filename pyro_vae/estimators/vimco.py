@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from pyro_vae.estimators._score import ScoreELBO
+from pyro_vae.estimators._score import LogDensityScoreELBO
 
 
 def leave_one_out_bounds(log_w: torch.Tensor) -> torch.Tensor:
@@ -26,7 +26,7 @@ def leave_one_out_bounds(log_w: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(grid, 1) - math.log(k)
 
 
-class VIMCOBound(ScoreELBO):
+class VIMCOBound(LogDensityScoreELBO):
     """Estimates the K-sample IWAE bound, summed over the batch; VIMCO's unbiased gradient of its expectation."""
 
     min_particles = 2
