@@ -30,12 +30,12 @@ Rows by preset (``PRESET_ROWS``; asked for by name, ``--rows burda2016-vae``): `
 ``tomczak2018-vamp`` (``--preset tomczak2018``: gated layers, VampPrior K = 500, warm-up, early stopping on 10,000
 validation images) against Tomczak & Welling's -85.57. Their protocol is the preset's, not the one above.
 
-It prints a markdown table (epochs, CPU minutes, test ELBO, test log p(x) +- SE, the anchor and the distance to
-it, and how far the budget falls short) and writes OUT/results.json and OUT/curves.png (test ELBO per epoch, anchors
-dashed). How far a row falls short comes from ``pyro_vae.learning_curve.forecast``: the test ELBO curve from epoch
-3 on is fitted with ELBO(t) = A - b t^(-c), and the epoch at which it reaches anchor - gap (the IS gap
-log p(x) - ELBO measured at the end, taken as constant) is reported with a 90% moving-block bootstrap interval,
-beside the fitted log p(x) at convergence (A + gap), a back-test (the same fit on the first half of the epochs
+It prints a markdown table (epochs, CPU minutes, test ELBO, test log p(x) +- SE, the anchor and the distance to it, and
+how far the budget falls short) and writes OUT/results.json and OUT/curves.png (test ELBO per epoch, anchors dashed).
+How far a row falls short comes from ``pyro_vae.learning_curve.forecast``: the test ELBO curve from epoch 3 on is fitted
+with ELBO(t) = A - b t^(-c), and the epoch at which it comes within 0.5 nats of the anchor (ELBO anchor - 0.5 - gap,
+with the IS gap log p(x) - ELBO measured at the end taken as constant) is reported with a 90% moving-block bootstrap
+interval, beside the fitted log p(x) at convergence (A + gap), a back-test (the same fit on the first half of the epochs
 predicting the last epoch's ELBO: its error says how far to trust the extrapolation) and the CPU hours the missing
 epochs cost at the row's measured CPU seconds per epoch. It is an extrapolation, to be read with its back-test.
 """
@@ -127,6 +127,9 @@ PRESET_ROWS: dict[str, tuple[str, dict[str, Any], str]] = {
     "tomczak2018-vamp": ("tomczak2018", {"elbo": "meanfield"}, "tomczak-vamp"),
 }
 ROWS.update({name: ({}, training, anchor) for name, (_, training, anchor) in PRESET_ROWS.items()})
+#: A row counts as reproduced within this many nats of its paper's number (the issue's criterion); the fit says
+#: when a row gets there.
+TOLERANCE = 0.5
 #: The learning-curve fit leaves out the first epochs, whose fast initial fall is not part of the power law.
 FIT_FROM = 3
 PROTOCOL = {"z_dim": 50, "likelihood": "bernoulli", "batch_size": 100, "lr": 1e-3, "seed": 0, "threads": 1}
@@ -232,13 +235,14 @@ def evaluate_row(name: str, out: Path, args: argparse.Namespace) -> dict[str, An
 
 
 def forecast_row(curve: list[tuple[int, float]], gap: float, anchor: float) -> Forecast | None:
-    """When the row's test ELBO curve (epochs >= 3) reaches the ELBO at which log p(x) = ELBO + gap is the anchor
-    (``pyro_vae.learning_curve``: power-law fit, 90% block-bootstrap interval, back-test); None if too short."""
+    """When the row's test ELBO curve (epochs >= 3) reaches the ELBO at which log p(x) = ELBO + gap is within
+    ``TOLERANCE`` of the anchor (``pyro_vae.learning_curve``: power-law fit, 90% block-bootstrap interval,
+    back-test); None if too short."""
     points = [(t, e) for t, e in curve if t >= FIT_FROM]
     if len(points) < MIN_POINTS:
         return None
     epochs, elbo = zip(*points, strict=True)
-    return forecast(epochs, elbo, anchor - gap)
+    return forecast(epochs, elbo, anchor - TOLERANCE - gap)
 
 
 def _epochs_text(value: float) -> str:
@@ -264,7 +268,7 @@ def report(out: Path, names: list[str]) -> list[dict[str, Any]]:
             row["test_elbo"] = curve[-1][1]
         if ev:
             row["distance"] = ev["log_px_all"] - anchor
-            fc = forecast_row(curve, ev["gap"], anchor) if row["distance"] < 0 else None
+            fc = forecast_row(curve, ev["gap"], anchor) if row["distance"] < -TOLERANCE else None
             if fc is not None:
                 seconds_per_epoch = state["cpu_seconds"] / len(curve)
                 row["forecast"] = {
@@ -281,7 +285,8 @@ def report(out: Path, names: list[str]) -> list[dict[str, Any]]:
     atomic_write_text(out / "results.json", json.dumps(rows, indent=2) + "\n")
     print(
         "| row | epochs | CPU min (train + eval) | test ELBO | test log p(x) | IS on the subset (K, images) | anchor "
-        "| distance | epochs to anchor (fit, 90%) | log p(x) at convergence (fit, 90%) | back-test | CPU h short |"
+        "| distance | epochs to within 0.5 nats (fit, 90%) | log p(x) at convergence (fit, 90%) | back-test "
+        "| CPU h short |"
     )
     print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|")
     for r in rows:
@@ -295,7 +300,7 @@ def report(out: Path, names: list[str]) -> list[dict[str, Any]]:
         dist = f"{r['distance']:+.2f}" if ev else "-"
         fc = r.get("forecast")
         if fc is None:
-            fit_text = "reached | | |" if ev and r["distance"] >= 0 else "too short to fit | | |"
+            fit_text = "within 0.5 nats | | |" if ev and r["distance"] >= -TOLERANCE else "too short to fit | | |"
         else:
             low, high = fc["epochs_interval"]
             a_low, a_high = fc["asymptote_interval"]
@@ -337,6 +342,7 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
             ax.plot(t, [fit["asymptote"] - fit["scale"] * s ** (-fit["exponent"]) for s in t], "C1:", label="fit")
         if ev:
             ax.axhline(r["anchor"] - ev["gap"], color="C3", ls="--", lw=0.8, label="anchor - IS gap")
+            ax.axhline(r["anchor"] - TOLERANCE - ev["gap"], color="C3", ls=":", lw=0.8, label="0.5 nats below")
         ax.set_xscale("log")
         low = min(elbo[min(FIT_FROM, len(elbo)) - 1 :]) - 2
         ax.set_ylim(low, (r["anchor"] - ev["gap"] if ev else max(elbo)) + 3)
