@@ -59,6 +59,10 @@ def test_a_log_px_target_uses_the_gap_evaluate_measured(tmp_path, capsys):
     assert out["epochs"] == pytest.approx((B / 0.5) ** (1 / C), rel=1e-3)
     out = forecast_json(capsys, run, "--log-px", A + 3.5, "--gap", 3.0)
     assert out["target_elbo"] == pytest.approx(A + 0.5) and out["epochs"] == float("inf")
+    # --within 1: within 1 nat of log p(x) A + 4.5 is the ELBO A - 0.5 again
+    out = forecast_json(capsys, run, "--log-px", A + 4.5, "--within", 1.0)
+    assert out["target_elbo"] == pytest.approx(A - 0.5)
+    assert out["epochs"] == pytest.approx((B / 0.5) ** (1 / C), rel=1e-3)
 
 
 def test_a_real_runs_fit_passes_through_its_measured_curve(tmp_path, capsys):
@@ -87,9 +91,10 @@ def test_a_real_runs_fit_passes_through_its_measured_curve(tmp_path, capsys):
         ({}, ["--target", "inf"], "--target must be a finite number"),
         ({}, ["--target", "-85", "--gap", "3"], "--gap goes with --log-px"),
         ({}, ["--target", "-85", "--level", "1.5"], "--level must be a finite number in (0, 1)"),
+        ({}, ["--target", "-85", "--within", "-1"], "--within must be a finite number >= 0"),
         ({"missing": True}, ["--target", "-85"], "does not exist"),
     ],
-    ids=["stale-evaluation", "no-evaluation", "no-val", "too-short", "inf", "gap-alone", "level", "no-run"],
+    ids=["stale-evaluation", "no-evaluation", "no-val", "too-short", "inf", "gap-alone", "level", "within", "no-run"],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, setup, args, message):
     run = tmp_path / "run"

@@ -47,6 +47,13 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
         help="log p(x) - ELBO to use with --log-px (None: from RUN/evaluation.json, written by pyro-vae evaluate)",
     )
     parser.add_argument(
+        "--within",
+        type=float,
+        default=0.0,
+        metavar="NATS",
+        help="forecast when the run comes within NATS of the target instead of meeting it (default: 0.0)",
+    )
+    parser.add_argument(
         "--metric",
         choices=("test_elbo", "val_elbo"),
         default="test_elbo",
@@ -115,6 +122,7 @@ def _epochs(value: float) -> str:
 def _check(args: argparse.Namespace) -> None:
     check_number(args.level, "--level", low=0, high=1, bounds="()")
     check_number(args.resamples, "--resamples", integer=True, low=10)
+    check_number(args.within, "--within", low=0)
     if args.gap is not None and args.log_px is None:
         raise UserError("--gap goes with --log-px")
     for name in ("target", "log_px", "gap"):
@@ -131,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     gap = None
     if args.log_px is not None:
         gap = args.gap if args.gap is not None else _gap(args.run_dir, epochs[-1])
-    target = args.target if args.log_px is None else args.log_px - gap
+    target = (args.target if args.log_px is None else args.log_px - gap) - args.within
     fc = forecast(epochs, values, target, level=args.level, resamples=args.resamples, seed=args.seed)
     record: dict[str, Any] = {
         "metric": args.metric,
@@ -139,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
         "last": values[-1],
         "target_elbo": target,
         "log_px": args.log_px,
+        "within": args.within,
         "gap": gap,
         "fit": {"asymptote": fc.fit.asymptote, "scale": fc.fit.scale, "exponent": fc.fit.exponent},
         "residual_sd": fc.fit.residual_sd,
@@ -160,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
         f"(residual sd {fit.residual_sd:.3f})"
     )
     if gap is not None:
-        print(f"target: log p(x) {args.log_px:.2f} = ELBO {target:.2f} + gap {gap:.2f}")
+        print(f"target: log p(x) {args.log_px - args.within:.2f} = ELBO {target:.2f} + gap {gap:.2f}")
     else:
         print(f"target: ELBO {target:.2f}")
     interval = f"{pct} interval {_epochs(fc.epochs_low)} to {_epochs(fc.epochs_high)}"
