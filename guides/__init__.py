@@ -10,7 +10,7 @@ from pyro_vae.guides.encoders import MLPEncoder
 from pyro_vae.guides.fullcov import FullCovarianceGuide
 from pyro_vae.guides.hierarchical import BottomUpGuide, LadderGuide
 from pyro_vae.guides.iaf import FlowPosterior, IAFGuide, IAFOptions
-from pyro_vae.guides.normal_guide import MIN_SCALE, NormalGuide
+from pyro_vae.guides.normal_guide import MIN_SCALE, NormalGuide, NormalGuideOptions
 from pyro_vae.guides.power_spherical import PowerSpherical, PowerSphericalGuide
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "LadderGuide",
     "MLPEncoder",
     "NormalGuide",
+    "NormalGuideOptions",
     "PowerSpherical",
     "PowerSphericalGuide",
 ]

@@ -45,7 +45,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 class DivergenceGuard:
     """Stops training, with a ``NonFiniteLossError`` naming the epoch and step and what is kept (``kept()``),
     on a NaN or infinite loss, a loss per example over ``factor`` times the first step's, non-finite weights,
-    or a test ELBO below -``factor`` times the first step's loss."""
+    a non-finite test ELBO, or (at beta >= 1) a test ELBO below -``factor`` times the first step's loss."""
 
     def __init__(self, kept: Callable[[], str], factor: float = DIVERGENCE_FACTOR) -> None:
         self.kept = kept
@@ -75,6 +75,10 @@ class DivergenceGuard:
         if not all(bool(torch.isfinite(p).all()) for p in params):
             raise self._error("non-finite weights", epoch, step)
 
-    def check_test_elbo(self, elbo: float, epoch: int, step: int) -> None:
-        if not math.isfinite(elbo) or -elbo > self.factor * (self.scale or 1.0):
+    def check_test_elbo(self, elbo: float, epoch: int, step: int, beta: float = 1.0) -> None:
+        # Below beta = 1 the run trains another objective than the ELBO reported, and the ELBO may be
+        # astronomically low while training is healthy (a VampPrior at beta = 0: its components shrink to the
+        # guide's floor scale, and log p(z) of any other code is about -1e13): only a non-finite one stops it then.
+        too_low = beta >= 1.0 and -elbo > self.factor * (self.scale or 1.0)
+        if not math.isfinite(elbo) or too_low:
             raise self._error(f"training diverged: test ELBO {elbo:.3g} nats/example after", epoch, step)

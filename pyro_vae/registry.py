@@ -39,6 +39,7 @@ from pyro_vae.guides import (
     IAFOptions,
     MLPEncoder,
     NormalGuide,
+    NormalGuideOptions,
     PowerSphericalGuide,
 )
 from pyro_vae.guides.conditional import Classifier, ConditionalGuide, LabelledNormalHead, M2Guide
@@ -308,7 +309,12 @@ DECODERS = _registry(
 GUIDES = _registry(
     "guide",
     {
-        "normal": Component(lambda c, encoder: NormalGuide(encoder, c.z_dim), "diagonal Normal q(z|x)", latent="real"),
+        "normal": Component(
+            lambda c, encoder, options: NormalGuide(encoder, c.z_dim, (options.log_var_min, options.log_var_max)),
+            "diagonal Normal q(z|x)",
+            options=NormalGuideOptions,
+            latent="real",
+        ),
         "fullcov": Component(
             lambda c, encoder: FullCovarianceGuide(encoder, c.z_dim),
             "full-covariance Normal q(z|x), Cholesky factor from the encoder",

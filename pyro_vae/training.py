@@ -494,7 +494,7 @@ class Trainer:
         # The last step's update is checked here, before it can reach the checkpoint.
         if (epoch + 1) % self.config.eval_every == 0 or epoch + 1 == self.config.epochs:
             terms = self.evaluate()
-            self.guard.check_test_elbo(terms.elbo, epoch + 1, last_step)
+            self.guard.check_test_elbo(terms.elbo, epoch + 1, last_step, record["beta"])
             record.update(test_elbo=terms.elbo, test_recon=terms.recon, test_kl=terms.kl)
         else:
             self.guard.check_weights(self.params, epoch + 1, last_step)
