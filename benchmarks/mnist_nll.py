@@ -234,11 +234,13 @@ def evaluate_row(name: str, out: Path, args: argparse.Namespace) -> dict[str, An
     return result
 
 
-def forecast_row(curve: list[tuple[int, float]], gap: float, anchor: float) -> Forecast | None:
-    """When the row's test ELBO curve (epochs >= 3) reaches the ELBO at which log p(x) = ELBO + gap is within
-    ``TOLERANCE`` of the anchor (``pyro_vae.learning_curve``: power-law fit, 90% block-bootstrap interval,
-    back-test); None if too short."""
-    points = [(t, e) for t, e in curve if t >= FIT_FROM]
+def forecast_row(
+    curve: list[tuple[int, float]], gap: float, anchor: float, fitted: set[int] | None = None
+) -> Forecast | None:
+    """When the row's test ELBO curve (epochs >= 3, and only those in ``fitted``: the epochs trained at beta = 1)
+    reaches the ELBO at which log p(x) = ELBO + gap is within ``TOLERANCE`` of the anchor
+    (``pyro_vae.learning_curve``: power-law fit, 90% block-bootstrap interval, back-test); None if too short."""
+    points = [(t, e) for t, e in curve if t >= FIT_FROM and (fitted is None or t in fitted)]
     if len(points) < MIN_POINTS:
         return None
     epochs, elbo = zip(*points, strict=True)
@@ -249,39 +251,62 @@ def _epochs_text(value: float) -> str:
     return "never" if math.isinf(value) else f"{value:,.0f}"
 
 
+def row_result(d: Path, name: str) -> dict[str, Any]:
+    """One row of the table from its run directory ``d``: the curve, the evaluation and the forecast."""
+    state = read_state(d)
+    records = []
+    if (d / "metrics.jsonl").exists():
+        records = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+    curve = [(m["epoch"], m["test_elbo"]) for m in records]
+    # A KL warm-up's epochs (beta < 1) train another objective than the ELBO: the fit leaves them out.
+    full_beta = {m["epoch"] for m in records if m.get("beta", 1.0) >= 1.0}
+    anchor, source = ANCHORS[ROWS[name][2]]
+    ev = state.get("eval")
+    row = {"row": name, "epochs": len(curve), "cpu_minutes": state["cpu_seconds"] / 60, "curve": curve}
+    row.update({"anchor": anchor, "anchor_source": source, "eval": ev, "warmup_epochs": len(curve) - len(full_beta)})
+    if curve:
+        row["test_elbo"] = curve[-1][1]
+    if not ev:
+        return row
+    row["distance"] = ev["log_px_all"] - anchor
+    fc = forecast_row(curve, ev["gap"], anchor, full_beta) if row["distance"] < -TOLERANCE else None
+    if fc is not None:
+        seconds_per_epoch = state["cpu_seconds"] / len(curve)
+        row["forecast"] = {
+            "epochs": fc.epochs,
+            "epochs_interval": [fc.epochs_low, fc.epochs_high],
+            "level": fc.level,
+            "asymptote_log_px": fc.asymptote + ev["gap"],
+            "asymptote_interval": [fc.asymptote_low + ev["gap"], fc.asymptote_high + ev["gap"]],
+            "backtest_error": fc.backtest_error,
+            "cpu_hours_short": fc.epochs_short * seconds_per_epoch / 3600,
+            "fit": {"asymptote": fc.fit.asymptote, "scale": fc.fit.scale, "exponent": fc.fit.exponent},
+        }
+    return row
+
+
+def _fit_text(r: dict[str, Any]) -> str:
+    """The table's last four cells of row ``r``."""
+    ev, fc = r["eval"], r.get("forecast")
+    if fc is None:
+        if ev and r["distance"] >= -TOLERANCE:
+            return "within 0.5 nats | | |"
+        if ev and r["warmup_epochs"]:
+            return f"in KL warm-up ({r['warmup_epochs']} epochs at beta < 1): no fit | | |"
+        return "too short to fit | | |"
+    low, high = fc["epochs_interval"]
+    a_low, a_high = fc["asymptote_interval"]
+    back = "-" if fc["backtest_error"] is None else f"{fc['backtest_error']:+.2f}"
+    hours = "-" if math.isinf(fc["cpu_hours_short"]) else f"{fc['cpu_hours_short']:.1f}"
+    return (
+        f"{_epochs_text(fc['epochs'])} ({_epochs_text(low)}-{_epochs_text(high)}) | "
+        f"{fc['asymptote_log_px']:.2f} ({a_low:.2f} to {a_high:.2f}) | {back} | {hours}"
+    )
+
+
 def report(out: Path, names: list[str]) -> list[dict[str, Any]]:
-    rows = []
-    for name in names:
-        d = out / name
-        state = read_state(d)
-        curve = []
-        if (d / "metrics.jsonl").exists():
-            curve = [
-                (m["epoch"], m["test_elbo"])
-                for m in map(json.loads, (d / "metrics.jsonl").read_text().split("\n")[:-1])
-            ]
-        anchor, source = ANCHORS[ROWS[name][2]]
-        ev = state.get("eval")
-        row = {"row": name, "epochs": len(curve), "cpu_minutes": state["cpu_seconds"] / 60, "curve": curve}
-        row.update({"anchor": anchor, "anchor_source": source, "eval": ev})
-        if curve:
-            row["test_elbo"] = curve[-1][1]
-        if ev:
-            row["distance"] = ev["log_px_all"] - anchor
-            fc = forecast_row(curve, ev["gap"], anchor) if row["distance"] < -TOLERANCE else None
-            if fc is not None:
-                seconds_per_epoch = state["cpu_seconds"] / len(curve)
-                row["forecast"] = {
-                    "epochs": fc.epochs,
-                    "epochs_interval": [fc.epochs_low, fc.epochs_high],
-                    "level": fc.level,
-                    "asymptote_log_px": fc.asymptote + ev["gap"],
-                    "asymptote_interval": [fc.asymptote_low + ev["gap"], fc.asymptote_high + ev["gap"]],
-                    "backtest_error": fc.backtest_error,
-                    "cpu_hours_short": fc.epochs_short * seconds_per_epoch / 3600,
-                    "fit": {"asymptote": fc.fit.asymptote, "scale": fc.fit.scale, "exponent": fc.fit.exponent},
-                }
-        rows.append(row)
+    """Print the table, write OUT/results.json and OUT/curves.png, from the row directories alone."""
+    rows = [row_result(out / name, name) for name in names]
     atomic_write_text(out / "results.json", json.dumps(rows, indent=2) + "\n")
     print(
         "| row | epochs | CPU min (train + eval) | test ELBO | test log p(x) | IS on the subset (K, images) | anchor "
@@ -298,21 +323,9 @@ def report(out: Path, names: list[str]) -> list[dict[str, Any]]:
         subset = f"{ev['log_px']:.2f} ± {ev['log_px_se']:.2f} ({ev['k']}, {ev['examples']:,})" if ev else "-"
         cpu = f"{r['cpu_minutes']:.1f} + {ev['cpu_seconds'] / 60:.1f}" if ev else f"{r['cpu_minutes']:.1f}"
         dist = f"{r['distance']:+.2f}" if ev else "-"
-        fc = r.get("forecast")
-        if fc is None:
-            fit_text = "within 0.5 nats | | |" if ev and r["distance"] >= -TOLERANCE else "too short to fit | | |"
-        else:
-            low, high = fc["epochs_interval"]
-            a_low, a_high = fc["asymptote_interval"]
-            back = "-" if fc["backtest_error"] is None else f"{fc['backtest_error']:+.2f}"
-            fit_text = (
-                f"{_epochs_text(fc['epochs'])} ({_epochs_text(low)}-{_epochs_text(high)}) | "
-                f"{fc['asymptote_log_px']:.2f} ({a_low:.2f} to {a_high:.2f}) | {back} | "
-                + ("-" if math.isinf(fc["cpu_hours_short"]) else f"{fc['cpu_hours_short']:.1f}")
-            )
         print(
             f"| {r['row']} | {r['epochs']} | {cpu} | {r['test_elbo']:.2f} | {whole} | {subset} | "
-            f"{r['anchor']:.2f} ({r['anchor_source']}) | {dist} | {fit_text} |"
+            f"{r['anchor']:.2f} ({r['anchor_source']}) | {dist} | {_fit_text(r)} |"
         )
     plot_curves(rows, out / "curves.png")
     return rows

@@ -46,6 +46,13 @@ def test_the_epoch_to_a_target_is_the_generating_laws(tmp_path, capsys):
     assert out["epochs_more"] == pytest.approx(out["epochs"] - 60, rel=1e-6)
     assert out["fit"]["asymptote"] == pytest.approx(A, abs=1e-4)
     assert out["backtest_error"] == pytest.approx(0.0, abs=1e-4)
+    # epochs of a KL warm-up (beta < 1) are not on the ELBO's curve: made-up values there change nothing
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    warm = [json.dumps({"epoch": t, "beta": t / 11, "test_elbo": -500.0 + t}) for t in range(1, 11)]
+    (run / "metrics.jsonl").write_text("\n".join(warm + lines[10:]) + "\n")
+    again = forecast_json(capsys, run, "--target", A - 0.5)
+    assert again["epochs_fitted"] == [11, 60]
+    assert again["epochs"] == pytest.approx((B / 0.5) ** (1 / C), rel=1e-3)
     # the validation curve is its own curve: 1 nat lower, so the same target is never reached
     out = forecast_json(capsys, run, "--target", A - 0.5, "--metric", "val_elbo")
     assert out["epochs"] == float("inf")
@@ -87,7 +94,7 @@ def test_a_real_runs_fit_passes_through_its_measured_curve(tmp_path, capsys):
         ({}, ["--log-px", "-85"], "is from epoch 60 but the curve ends at epoch 61"),
         ({"evaluation": False}, ["--log-px", "-85"], "run pyro-vae evaluate"),
         ({"val": False}, ["--target", "-85", "--metric", "val_elbo"], "only a run trained with --validation"),
-        ({}, ["--target", "-85", "--from-epoch", "58"], "has 4 epochs of test_elbo from epoch 58 on"),
+        ({}, ["--target", "-85", "--from-epoch", "58"], "has 4 epochs of test_elbo at beta = 1 from epoch 58 on"),
         ({}, ["--target", "inf"], "--target must be a finite number"),
         ({}, ["--target", "-85", "--gap", "3"], "--gap goes with --log-px"),
         ({}, ["--target", "-85", "--level", "1.5"], "--level must be a finite number in (0, 1)"),

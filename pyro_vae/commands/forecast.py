@@ -1,10 +1,11 @@
 """``pyro-vae forecast RUN``: when will a run's ELBO reach a target? A learning-curve fit (``pyro_vae.learning_curve``).
 
-The run's per-epoch ELBO (``metrics.jsonl``) is fitted with ELBO(t) = A - b t^(-c); the command prints the epoch at
-which the fit reaches the target with a bootstrap interval, the ELBO at convergence A, and a back-test (the fit on
-the first half of the epochs predicting the last). A target log p(x) (``--log-px``, e.g. a paper's number) becomes
-the ELBO target log p(x) - gap, with the gap log p(x) - ELBO that ``pyro-vae evaluate`` measured at the run's last
-epoch (or ``--gap``), taken as constant from there on. Nothing is written: the run is only read.
+The run's per-epoch ELBO (``metrics.jsonl``; the epochs of a KL warm-up, at beta < 1, left out) is fitted with ELBO(t) =
+A - b t^(-c); the command prints the epoch at which the fit reaches the target with a bootstrap interval, the ELBO at
+convergence A, and a back-test (the fit on the first half of the epochs predicting the last). A target log p(x)
+(``--log-px``, e.g. a paper's number) becomes the ELBO target log p(x) - gap, with the gap log p(x) - ELBO that
+``pyro-vae evaluate`` measured at the run's last epoch (or ``--gap``), taken as constant from there on. Nothing is
+written: the run is only read.
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ def _curve(run_dir: Path, metric: str, first: int) -> tuple[list[float], list[fl
         except json.JSONDecodeError:
             raise UserError(f"{path} line {number} is not JSON") from None
         value = record.get(metric)
+        # A KL warm-up's epochs (beta < 1) train another objective than the ELBO: they are not on its curve.
+        if record.get("beta", 1.0) < 1.0:
+            continue
         if isinstance(value, (int, float)) and record.get("epoch", 0) >= first:
             epochs.append(float(record["epoch"]))
             values.append(float(value))
@@ -92,8 +96,8 @@ def _curve(run_dir: Path, metric: str, first: int) -> tuple[list[float], list[fl
         raise UserError(f"{run_dir} has no val_elbo: only a run trained with --validation N has one")
     if len(values) < MIN_POINTS:
         raise UserError(
-            f"{run_dir} has {len(values)} epochs of {metric} from epoch {first} on; the fit needs at least "
-            f"{MIN_POINTS} (train longer, or lower --from-epoch)"
+            f"{run_dir} has {len(values)} epochs of {metric} at beta = 1 from epoch {first} on; the fit needs at "
+            f"least {MIN_POINTS} (train longer, or lower --from-epoch)"
         )
     return epochs, values
 
