@@ -286,6 +286,9 @@ def row_result(d: Path, name: str) -> dict[str, Any]:
             "asymptote_log_px": fc.asymptote + ev["gap"],
             "asymptote_interval": [fc.asymptote_low + ev["gap"], fc.asymptote_high + ev["gap"]],
             "backtest_error": fc.backtest_error,
+            # The fit is trusted when, made on the first half of the curve, it predicted the last epoch within the
+            # tolerance the row is judged by.
+            "trusted": fc.backtest_error is not None and abs(fc.backtest_error) <= TOLERANCE,
             "cpu_hours_short": fc.epochs_short * seconds_per_epoch / 3600,
             "fit": {"asymptote": fc.fit.asymptote, "scale": fc.fit.scale, "exponent": fc.fit.exponent},
         }
@@ -304,6 +307,8 @@ def _fit_text(r: dict[str, Any]) -> str:
     low, high = fc["epochs_interval"]
     a_low, a_high = fc["asymptote_interval"]
     back = "-" if fc["backtest_error"] is None else f"{fc['backtest_error']:+.2f}"
+    if not fc["trusted"]:
+        back += " (fails: fit not trusted)"
     hours = "-" if math.isinf(fc["cpu_hours_short"]) else f"{fc['cpu_hours_short']:.1f}"
     return (
         f"{_epochs_text(fc['epochs'])} ({_epochs_text(low)}-{_epochs_text(high)}) | "
