@@ -41,7 +41,7 @@ from pyro_vae.evaluation import (
     per_example_record,
 )
 from pyro_vae.gaps import GapOptions
-from pyro_vae.importance import DEFAULT_SWEEP, ImportanceEstimate
+from pyro_vae.importance import DEFAULT_SWEEP, MAX_ROWS, ImportanceEstimate
 from pyro_vae.labelled_data import reads_labels
 from pyro_vae.psis import KhatSummary
 from pyro_vae.run_dir import RunDir, load_run, result_name
@@ -105,6 +105,14 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
         default=5000,
         metavar="K",
         help="importance samples per example for log p(x) (default: 5000)",
+    )
+    parser.add_argument(
+        "--max-rows",
+        type=int,
+        default=MAX_ROWS,
+        metavar="N",
+        help="at most N (sample, example) pairs through the model at once: lower it when memory runs out, e.g. "
+        f"2048 for a VampPrior with 500 components (default: {MAX_ROWS})",
     )
     parser.add_argument(
         "--examples",
@@ -351,6 +359,7 @@ def _check(args: argparse.Namespace) -> None:
         "--ll-samples": args.num_samples,
         "--ais-examples": args.ais_examples,
         "--gap-examples": args.gap_examples,
+        "--max-rows": args.max_rows,
     }
     for flag, value in counts.items():
         if value < 1:
@@ -483,6 +492,7 @@ def _run(args: argparse.Namespace, run_dir: RunDir) -> int:
             guide,
             x,
             num_samples=args.num_samples,
+            max_rows=args.max_rows,
             sweep=args.sweep,
             ais_options=ais_options if args.ais or args.bdmc else None,
             ais_examples=args.ais_examples if args.ais else 0,
