@@ -300,7 +300,7 @@ def _fit_text(r: dict[str, Any]) -> str:
     ev, fc = r["eval"], r.get("forecast")
     if fc is None:
         if ev and r["distance"] >= -TOLERANCE:
-            return "within 0.5 nats | | |"
+            return "reached (within 0.5 nats, or past the anchor) | | |"
         if ev and r["warmup_epochs"]:
             return f"in KL warm-up ({r['warmup_epochs']} epochs at beta < 1): no fit | | |"
         return "too short to fit | | |"
