@@ -134,7 +134,7 @@ PRESET_MODELS: dict[str, dict[str, Any]] = {
     "burda2016-vae-2layer": {"model": "hierarchical", "options": HIER["options"]},
 }
 ROWS.update({name: ({}, training, anchor) for name, (_, training, anchor) in PRESET_ROWS.items()})
-#: A row counts as reproduced within this many nats of its paper's number (the issue's criterion); the fit says
+#: A row counts as reproduced within this many nats of its paper's number; the fit says
 #: when a row gets there.
 TOLERANCE = 0.5
 #: The learning-curve fit leaves out the first epochs, whose fast initial fall is not part of the power law.
