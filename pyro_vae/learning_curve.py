@@ -153,7 +153,8 @@ def forecast(
     y = np.asarray(elbo, dtype=float)
     fit = fit_power_law(t, y)
     n = len(t)
-    block = block or max(1, math.ceil(n ** (1 / 3)))
+    if block is None:
+        block = max(1, math.ceil(n ** (1 / 3)))
     if not 1 <= block <= n:
         raise ValueError(f"block must be between 1 and the number of epochs ({n}), got {block}")
     rng = np.random.default_rng(seed)

@@ -90,8 +90,9 @@ def test_the_block_bootstrap_interval_covers_the_true_epoch_and_beats_independen
         ([1, 2, 3, 4, 5], [-9, -8, -7, -6.5, -6.2], {"level": 1.0}, "level"),
         ([1, 2, 3, 4, 5], [-9, -8, -7, -6.5, -6.2], {"resamples": 3}, "resamples"),
         ([1, 2, 3, 4, 5], [-9, -8, -7, -6.5, -6.2], {"block": 6}, "block"),
+        ([1, 2, 3, 4, 5], [-9, -8, -7, -6.5, -6.2], {"block": 0}, "block"),
     ],
-    ids=["short", "lengths", "epoch-0", "nan", "level", "resamples", "block"],
+    ids=["short", "lengths", "epoch-0", "nan", "level", "resamples", "block", "block-0"],
 )
 def test_bad_curves_and_options_are_one_line_value_errors(epochs, elbo, kwargs, match):
     with pytest.raises(ValueError, match=match):
