@@ -137,12 +137,19 @@ def _main(argv: list[str]) -> int:
         return int(args.run(args) or 0)
     except (UserError, ValueError, TypeError, OSError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"pyro-vae: error: {message}", file=sys.stderr)
+        _say(f"pyro-vae: error: {message}")
         return 2
     except KeyboardInterrupt as err:
         # TrainingInterrupted says where the run was saved, and which signal stopped it (SIGTERM: 143).
-        print(f"pyro-vae: {str(err).strip() or 'interrupted'}", file=sys.stderr)
+        _say(f"pyro-vae: {str(err).strip() or 'interrupted'}")
         return 128 + getattr(err, "signum", signal.SIGINT)
+
+
+def _say(line: str) -> None:
+    """One line to stderr in one write: print() writes the text and its newline separately, which unbuffered
+    (PYTHONUNBUFFERED, python -u) sends as two writes, so the lines of torchrun's ranks could run into each other."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 if __name__ == "__main__":
