@@ -111,3 +111,77 @@ def adam_step(ref: HandWrittenVAE, lr: float, fused: bool) -> tuple[torch.optim.
         return loss.item()
 
     return opt, step
+
+
+class HandWrittenTwoLayerVAE(nn.Module):
+    """Burda et al.'s two-stochastic-layer VAE written in PyTorch alone, the yardstick of ``two_layer_reference.py``:
+
+    q(z1|x) q(z2|z1) and p(z2) p(z1|z2) p(x|z1), each conditional a diagonal Gaussian N(mu, softplus(s) + 1e-5) from an
+    MLP with tanh between its layers (784 -> 200 -> 200 -> z1, z1 -> 100 -> 100 -> z2 and back), the decoder
+    z1 -> 200 -> 200 -> 784 Bernoulli logits. The ELBO is the one-sample Monte Carlo estimate Pyro's ``Trace_ELBO``
+    makes, log p(x, z1, z2) - log q(z1, z2 | x) at z ~ q, every term written out.
+    """
+
+    def __init__(
+        self,
+        x_dim: int = 784,
+        hidden: tuple[int, ...] = (200, 200),
+        sizes: tuple[int, int] = (100, 50),
+        mid: tuple[int, ...] = (100, 100),
+    ) -> None:
+        super().__init__()
+        self.sizes = sizes
+        z1, z2 = sizes
+        self.q1 = _tanh_mlp(x_dim, hidden, 2 * z1)
+        self.q2 = _tanh_mlp(z1, mid, 2 * z2)
+        self.p1 = _tanh_mlp(z2, mid, 2 * z1)
+        self.px = _tanh_mlp(z1, tuple(reversed(hidden)), x_dim)
+
+    def copy_from(self, model: nn.Module, guide: nn.Module) -> None:
+        """Take the project's ``HierarchicalModel`` and bottom-up guide's weights (the same layers, in order)."""
+        mine = [m for m in self.q1 if isinstance(m, nn.Linear)]
+        theirs = [m for m in guide.first.encoder.net if isinstance(m, nn.Linear)] + [guide.first.head]
+        for net, project in (
+            (self.q2, guide.ups[0].net),
+            (self.p1, model.conditionals[0].net),
+            (self.px, model.decoder.net),
+        ):
+            mine += [m for m in net if isinstance(m, nn.Linear)]
+            theirs += [m for m in project if isinstance(m, nn.Linear)]
+        for a, b in zip(mine, theirs, strict=True):  # a ValueError if the project's have another number of layers
+            a.load_state_dict(b.state_dict())
+
+    @staticmethod
+    def _gaussian(out: Tensor) -> tuple[Tensor, Tensor]:
+        half = out.shape[-1] // 2
+        return out[..., :half], F.softplus(out[..., half:]) + MIN_SCALE
+
+    def per_example(self, x: Tensor, z1: Tensor | None = None, z2: Tensor | None = None) -> Tensor:
+        """The one-sample ELBO per example at z1 ~ q(z1|x), z2 ~ q(z2|z1) (drawn unless given)."""
+        m1, s1 = self._gaussian(self.q1(x))
+        if z1 is None:
+            z1 = m1 + s1 * torch.randn_like(m1)
+        m2, s2 = self._gaussian(self.q2(z1))
+        if z2 is None:
+            z2 = m2 + s2 * torch.randn_like(m2)
+        pm, ps = self._gaussian(self.p1(z2))
+        log_px = -F.binary_cross_entropy_with_logits(self.px(z1), x, reduction="none").sum(-1)
+        log_p = log_px + _log_normal(z1, pm, ps) + _log_normal(z2, torch.zeros_like(z2), torch.ones_like(z2))
+        return log_p - _log_normal(z1, m1, s1) - _log_normal(z2, m2, s2)
+
+    def loss(self, x: Tensor) -> Tensor:
+        """-ELBO summed over the batch (what Pyro's ``Trace_ELBO`` reports)."""
+        return -self.per_example(x).sum()
+
+
+def _tanh_mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(in_dim, width), nn.Tanh()]
+        in_dim = width
+    return nn.Sequential(*layers, nn.Linear(in_dim, out_dim))
+
+
+def _log_normal(z: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
+    """log N(z; loc, diag scale^2) summed over the last dimension."""
+    return (-0.5 * ((z - loc) / scale) ** 2 - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
