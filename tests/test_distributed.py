@@ -164,6 +164,77 @@ def test_two_ranks_backpropagate_the_gradient_of_the_whole_batch(tmp_path):
         assert float((mine.grad - theirs).abs().max()) / scale < REL
 
 
+def _no_noise(shape, dtype, device):
+    """Zero noise for every reparameterised Normal draw: M2's two plates hold fewer rows than a rank's slice, so its
+    draws come from per-rank streams (equal in distribution only); with no noise its step is deterministic and must
+    equal one process's to rounding."""
+    return torch.zeros(shape, dtype=dtype, device=device)
+
+
+def _m2_setup():
+    """M2 on 8-pixel rows with a 40-row packed batch whose halves (one per rank) each hold 10 labelled and 10
+    unlabelled rows, labelled scale 0.5 and alpha = 0.1 x 1000."""
+    from pyro_vae.models.labelled import pack
+
+    torch.manual_seed(0)
+    model, guide = build(VAEConfig(x_dim=8, z_dim=3, hidden=(16,), model="m2", options={"model": {"classes": 3}}))
+    model.use_training_set(1000)
+    model.labelled_scale = guide.labelled_scale = 0.5
+    g = torch.Generator().manual_seed(1)
+    x = torch.bernoulli(torch.rand(40, 8, generator=g))
+    y = torch.randint(0, 3, (40,), generator=g)
+    y[torch.arange(40) % 2 == 1] = -1  # every other row unlabelled
+    return model, guide, pack(x, y)
+
+
+def _two_rank_m2_gradients(rank: int, rendezvous: str, out: str) -> None:
+    """As ``_two_rank_gradients``, for M2 and its TraceEnum_ELBO."""
+    import torch.distributed as dist
+    from torch.distributions import normal
+
+    from pyro_vae.distributed import DistributedStep
+
+    torch.set_num_threads(1)
+    normal._standard_normal = _no_noise  # this spawned process only
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=2)
+    try:
+        model, guide, batch = _m2_setup()
+        params = [*model.parameters(), *guide.parameters()]
+        elbo = model.training_elbo()
+        step = DistributedStep(model, guide, elbo, torch.optim.SGD(params, lr=0.0), params, None, ranks(rank, 2))
+        step.begin_epoch(0, 0)
+        loss = step(batch)
+        if rank == 0:
+            torch.save({"loss": loss, "grads": [p.grad.clone() for p in params]}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_give_m2_the_gradient_of_the_whole_batch(tmp_path, monkeypatch):
+    """M2 (labelled and unlabelled plates, y enumerated, the labelled rows scaled, the classifier factor): the
+    gradient a rank steps with is the whole batch's in one process (1e-5), so its rows' scales survive the split."""
+    import torch.multiprocessing as mp
+    from torch.distributions import normal
+
+    from pyro_vae.distributed import BetaInput
+
+    out = tmp_path / "grads.pt"
+    mp.start_processes(
+        _two_rank_m2_gradients, args=(f"file://{tmp_path / 'rdzv'}", str(out)), nprocs=2, start_method="spawn"
+    )
+    got = torch.load(out, weights_only=True)
+    monkeypatch.setattr(normal, "_standard_normal", _no_noise)
+    model, guide, batch = _m2_setup()
+    loss = model.training_elbo().differentiable_loss(BetaInput(model), BetaInput(guide), batch, torch.tensor(1.0))
+    loss.backward()
+    params = [*model.parameters(), *guide.parameters()]
+    assert got["loss"] == pytest.approx(float(loss.detach()), rel=1e-5)
+    for mine, theirs in zip(params, got["grads"], strict=True):
+        scale = float(mine.grad.abs().max().clamp_min(1e-12))
+        assert float((mine.grad - theirs).abs().max()) / scale < REL
+
+
 # ---------------------------------------------------------------- real launches
 
 
@@ -252,6 +323,17 @@ def test_two_ranks_train_the_single_process_run_with_the_conv_networks(tmp_path)
     ok(single("--out", str(tmp_path / "one"), *conv))
     ok(torchrun(2, "--out", str(tmp_path / "two"), *conv))
     assert_same_run(tmp_path / "one", tmp_path / "two", rel=REL_CONV)
+
+
+@pytest.mark.slow
+def test_two_ranks_train_the_single_process_run_of_a_conditional_vae(tmp_path):
+    """The conditional VAE reads each row's label in its one data plate, so its draws are sliced from the whole
+    batch's as the plain VAE's: 2 ranks take the steps of one process, class_samples.png included."""
+    conditional = [*REFERENCE, "--model", "conditional"]
+    ok(single("--out", str(tmp_path / "one"), *conditional))
+    ok(torchrun(2, "--out", str(tmp_path / "two"), *conditional))
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+    assert (tmp_path / "two" / "class_samples.png").is_file()
 
 
 @pytest.mark.slow
