@@ -99,9 +99,12 @@ class HandWrittenVAE(nn.Module):
         return kl + F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
 
 
-def adam_step(ref: HandWrittenVAE, lr: float, fused: bool) -> tuple[torch.optim.Adam, Callable[[Tensor], float]]:
-    """The hand-written training step (``loss.item()`` at its end, as a loop needs the number) and its Adam."""
-    opt = torch.optim.Adam(ref.parameters(), lr=lr, fused=fused)
+def adam_step(
+    ref: nn.Module, lr: float, fused: bool, eps: float = 1e-8
+) -> tuple[torch.optim.Adam, Callable[[Tensor], float]]:
+    """The hand-written training step of ``ref`` (a module with ``loss(x)``: ``loss.item()`` at its end, as a loop needs
+    the number) and its Adam (epsilon ``eps``)."""
+    opt = torch.optim.Adam(ref.parameters(), lr=lr, fused=fused, eps=eps)
 
     def step(x: Tensor) -> float:
         opt.zero_grad(set_to_none=True)

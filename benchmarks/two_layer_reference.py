@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mnist_nll import HIER, PROTOCOL  # noqa: E402
-from reference import HandWrittenTwoLayerVAE  # noqa: E402
+from reference import HandWrittenTwoLayerVAE, adam_step  # noqa: E402
 
 from pyro_vae import VAEConfig, build  # noqa: E402
 from pyro_vae.data import VAEData, load_data  # noqa: E402
@@ -101,20 +101,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.epochs < 1 or args.threads < 1 or (args.train_examples is not None and args.train_examples < 1):
         parser.error("--epochs, --threads and --train-examples must be at least 1")
     return args
-
-
-def hand_written_step(net: HandWrittenTwoLayerVAE, lr: float, eps: float) -> Callable[[Tensor], float]:
-    """The hand-written training step, with the library's Adam (``make_optimizer``)."""
-    opt = make_optimizer(list(net.parameters()), lr, eps=eps)
-
-    def step(x: Tensor) -> float:
-        opt.zero_grad(set_to_none=True)
-        loss = net.loss(x)
-        loss.backward()
-        opt.step()
-        return loss.item()
-
-    return step
 
 
 def side_by_side(
@@ -196,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         elbo.loss(model, guide, data.test_x_eval[:batch])
     steps = {
         "library": TrainStep(model, guide, elbo, make_optimizer(params, args.lr, eps=eps), params, fast=True),
-        "reference": hand_written_step(ref, args.lr, eps),
-        "other": hand_written_step(other, args.lr, eps),
+        # The hand-written steps use the same fused Adam as make_optimizer.
+        "reference": adam_step(ref, args.lr, fused=True, eps=eps)[1],
+        "other": adam_step(other, args.lr, fused=True, eps=eps)[1],
     }
     print(
         f"protocol {args.protocol}: batch {batch}, Adam lr {args.lr} eps {eps}, {len(data.train_x)} images, "

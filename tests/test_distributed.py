@@ -127,6 +127,14 @@ def _two_rank_gradients(rank: int, rendezvous: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+def assert_same_step(got: dict, loss: torch.Tensor, params: list) -> None:
+    """A rank's saved loss and gradients equal one process's ``loss`` and its parameters' gradients (rel 1e-5)."""
+    assert got["loss"] == pytest.approx(float(loss.detach()), rel=1e-5)
+    for mine, theirs in zip(params, got["grads"], strict=True):
+        scale = float(mine.grad.abs().max().clamp_min(1e-12))
+        assert float((mine.grad - theirs).abs().max()) / scale < REL
+
+
 def _gradient_setup():
     torch.manual_seed(0)
     model, guide = build(VAEConfig(x_dim=64, z_dim=2, hidden=(16,)))
@@ -157,11 +165,7 @@ def test_two_ranks_backpropagate_the_gradient_of_the_whole_batch(tmp_path):
     torch.manual_seed(11)
     loss = _elbo()(BetaInput(model), BetaInput(guide))(batch, torch.tensor(1.0))
     loss.backward()
-    params = [*model.parameters(), *guide.parameters()]
-    assert got["loss"] == pytest.approx(float(loss.detach()), rel=1e-5)
-    for mine, theirs in zip(params, got["grads"], strict=True):
-        scale = float(mine.grad.abs().max().clamp_min(1e-12))
-        assert float((mine.grad - theirs).abs().max()) / scale < REL
+    assert_same_step(got, loss, [*model.parameters(), *guide.parameters()])
 
 
 def _no_noise(shape, dtype, device):
@@ -228,11 +232,7 @@ def test_two_ranks_give_m2_the_gradient_of_the_whole_batch(tmp_path, monkeypatch
     model, guide, batch = _m2_setup()
     loss = model.training_elbo().differentiable_loss(BetaInput(model), BetaInput(guide), batch, torch.tensor(1.0))
     loss.backward()
-    params = [*model.parameters(), *guide.parameters()]
-    assert got["loss"] == pytest.approx(float(loss.detach()), rel=1e-5)
-    for mine, theirs in zip(params, got["grads"], strict=True):
-        scale = float(mine.grad.abs().max().clamp_min(1e-12))
-        assert float((mine.grad - theirs).abs().max()) / scale < REL
+    assert_same_step(got, loss, [*model.parameters(), *guide.parameters()])
 
 
 # ---------------------------------------------------------------- real launches
