@@ -287,8 +287,9 @@ def row_result(d: Path, name: str) -> dict[str, Any]:
             "asymptote_interval": [fc.asymptote_low + ev["gap"], fc.asymptote_high + ev["gap"]],
             "backtest_error": fc.backtest_error,
             # The fit is trusted when, made on the first half of the curve, it predicted the last epoch within the
-            # tolerance the row is judged by.
-            "trusted": fc.backtest_error is not None and abs(fc.backtest_error) <= TOLERANCE,
+            # tolerance the row is judged by, and it has an asymptote at all (its exponent is not at the floor).
+            "trusted": fc.identified and fc.backtest_error is not None and abs(fc.backtest_error) <= TOLERANCE,
+            "identified": fc.identified,
             "cpu_hours_short": fc.epochs_short * seconds_per_epoch / 3600,
             "fit": {"asymptote": fc.fit.asymptote, "scale": fc.fit.scale, "exponent": fc.fit.exponent},
         }
@@ -310,10 +311,10 @@ def _fit_text(r: dict[str, Any]) -> str:
     if not fc["trusted"]:
         back += " (fails: fit not trusted)"
     hours = "-" if math.isinf(fc["cpu_hours_short"]) else f"{fc['cpu_hours_short']:.1f}"
-    return (
-        f"{_epochs_text(fc['epochs'])} ({_epochs_text(low)}-{_epochs_text(high)}) | "
-        f"{fc['asymptote_log_px']:.2f} ({a_low:.2f} to {a_high:.2f}) | {back} | {hours}"
-    )
+    limit = f"{fc['asymptote_log_px']:.2f} ({a_low:.2f} to {a_high:.2f})"
+    if not fc.get("identified", True):
+        limit = "not identified (exponent at its floor: the curve climbs like log t)"
+    return f"{_epochs_text(fc['epochs'])} ({_epochs_text(low)}-{_epochs_text(high)}) | {limit} | {back} | {hours}"
 
 
 def report(out: Path, names: list[str]) -> list[dict[str, Any]]:

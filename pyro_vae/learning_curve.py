@@ -21,7 +21,9 @@ ignore and so give intervals too narrow). A back-test says how much to trust the
 first half of the epochs predicts the last epoch's ELBO, and the error is reported beside the forecast.
 
 The forecast is an extrapolation: it assumes the run goes on with the same protocol and that the curve keeps its
-power-law shape, and it is only as good as its back-test.
+power-law shape, and it is only as good as its back-test. A fit whose exponent ends at the floor of its search range
+(``PowerLawFit.identified`` False) saw a curve still climbing like log t over its epochs, which has no asymptote to
+read: its A is an artefact of the floor and is not reported as a limit.
 
 References:
     [1] C. Cortes, L. D. Jackel, S. A. Solla et al. Learning Curves: Asymptotic Values and Rate of Convergence. 1994.
@@ -52,6 +54,14 @@ class PowerLawFit:
     scale: float  # b > 0
     exponent: float  # c > 0
     residual_sd: float
+
+    @property
+    def identified(self) -> bool:
+        """False when the exponent sits at the floor of its search range: over the fitted epochs the curve still climbs
+        like log t (A - b t^(-c) -> A - b + b c log t as c -> 0), so A and b grow without bound together and the
+        asymptote is an artefact of the floor, not a property of the curve. Epochs to a target near the curve are
+        still a log-linear extrapolation; the limit cannot be read from it."""
+        return self.exponent > EXPONENT_RANGE[0] * 1.01
 
     def predict(self, epochs: np.ndarray | Sequence[float] | float) -> np.ndarray:
         """The fitted ELBO at ``epochs``."""
@@ -117,6 +127,11 @@ class Forecast:
     level: float
     backtest_error: float | None  # fitted on the first half, predicted minus measured ELBO at the last epoch
     fit: PowerLawFit
+
+    @property
+    def identified(self) -> bool:
+        """Whether the fitted curve has an asymptote at all (``PowerLawFit.identified``)."""
+        return self.fit.identified
 
     @property
     def epochs_short(self) -> float:

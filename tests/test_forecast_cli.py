@@ -5,6 +5,7 @@ curve; bad input is one line."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -56,6 +57,20 @@ def test_the_epoch_to_a_target_is_the_generating_laws(tmp_path, capsys):
     # the validation curve is its own curve: 1 nat lower, so the same target is never reached
     out = forecast_json(capsys, run, "--target", A - 0.5, "--metric", "val_elbo")
     assert out["epochs"] == float("inf")
+
+
+def test_a_curve_without_an_asymptote_says_so_instead_of_printing_one(tmp_path, capsys):
+    """A curve climbing like log t (epochs 101-131): the text says the limit is not identified and prints no number
+    for it; the JSON carries asymptote_identified false (and true for the power law)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = [json.dumps({"epoch": t, "test_elbo": -100.0 + 2.0 * math.log(t)}) for t in range(101, 132)]
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["forecast", str(run), "--target", "-90.5", "--resamples", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "ELBO at convergence: not identified: the exponent is at its floor" in out
+    assert forecast_json(capsys, run, "--target", -90.5)["asymptote_identified"] is False
+    assert forecast_json(capsys, write_run(tmp_path / "law"), "--target", A - 0.5)["asymptote_identified"] is True
 
 
 def test_a_log_px_target_uses_the_gap_evaluate_measured(tmp_path, capsys):

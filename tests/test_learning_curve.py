@@ -39,6 +39,17 @@ def test_a_noise_free_power_law_is_recovered_with_its_epoch_to_target(a, b, c):
     assert fit.epochs_to(target) == pytest.approx((b / 0.5) ** (1 / c), rel=1e-3)
 
 
+def test_a_curve_still_climbing_like_log_t_has_no_asymptote_but_a_power_law_has_one():
+    """ELBO = -100 + 2 log t over epochs 101-131 (a curve that has not begun to bend, as just after a KL warm-up):
+    the exponent ends at its floor and the fit says its asymptote is not identified, while the epoch to a target
+    just ahead is the log-linear extrapolation's, exp((T + 100) / 2); a power law with c = 0.15 is identified."""
+    t = np.arange(101.0, 132.0)
+    fc = forecast(t, -100.0 + 2.0 * np.log(t), -90.5, resamples=20)
+    assert not fc.identified and fc.fit.exponent == pytest.approx(1e-3, rel=0.01)
+    assert fc.epochs == pytest.approx(math.exp(9.5 / 2), rel=0.01)
+    assert forecast(EPOCHS, -24.0 - 3.0 * EPOCHS ** (-0.15), -24.5, resamples=20).identified
+
+
 def test_a_target_beyond_the_asymptote_is_never_reached():
     fc = forecast(EPOCHS, CURVE, A + 0.1, resamples=20)
     assert math.isinf(fc.epochs) and math.isinf(fc.epochs_high)

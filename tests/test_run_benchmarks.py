@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -87,7 +88,16 @@ def test_mnist_nll_report_gives_each_row_the_epoch_its_power_law_reaches_the_anc
     assert result["forecast"]["epochs"] == pytest.approx(t_star, rel=1e-3)
     assert result["forecast"]["asymptote_log_px"] == pytest.approx(a + gap, abs=1e-3)
     assert result["forecast"]["cpu_hours_short"] == pytest.approx((t_star - epochs) * 10.0 / 3600, rel=1e-3)
+    assert result["forecast"]["trusted"] and result["forecast"]["identified"]
     assert "| burda2016-vae | 40 |" in capsys.readouterr().out
+    # A curve that still climbs like log t has no asymptote: the row says so and its fit is not trusted.
+    lines = [json.dumps({"epoch": t, "test_elbo": -120.0 + 6.0 * math.log(t)}) for t in range(1, epochs + 1)]
+    (row / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    ev.update(log_px_all=-120.0 + 6.0 * math.log(epochs) + gap)
+    (row / "bench.json").write_text(json.dumps({"cpu_seconds": 10.0 * epochs, "sessions": [], "eval": ev}))
+    (result,) = mnist_nll.report(tmp_path, ["burda2016-vae"])
+    assert not result["forecast"]["identified"] and not result["forecast"]["trusted"]
+    assert "not identified (exponent at its floor" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(MNIST is None, reason="MNIST not found in $PYRO_VAE_DATA_DIR or ../shared/data")

@@ -159,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
         "epochs_interval": [fc.epochs_low, fc.epochs_high],
         "epochs_more": fc.epochs_short,
         "asymptote_interval": [fc.asymptote_low, fc.asymptote_high],
+        "asymptote_identified": fc.identified,
         "level": fc.level,
         "backtest_error": fc.backtest_error,
     }
@@ -183,10 +184,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"reached at epoch {_epochs(fc.epochs)} ({interval}): {_epochs(fc.epochs_short)} more epochs")
     shift = gap or 0.0
     what = "log p(x)" if gap is not None else "ELBO"
-    print(
-        f"{what} at convergence: {fit.asymptote + shift:.2f} ({pct} interval {fc.asymptote_low + shift:.2f} to "
-        f"{fc.asymptote_high + shift:.2f})"
-    )
+    if fc.identified:
+        print(
+            f"{what} at convergence: {fit.asymptote + shift:.2f} ({pct} interval {fc.asymptote_low + shift:.2f} to "
+            f"{fc.asymptote_high + shift:.2f})"
+        )
+    else:
+        print(
+            f"{what} at convergence: not identified: the exponent is at its floor (c = {fit.exponent:.3g}), so over "
+            "these epochs the curve climbs like log t and its limit cannot be read from it (train longer)"
+        )
     if fc.backtest_error is None:
         print("back-test: the first half of the curve is too short to fit")
     else:
