@@ -17,7 +17,7 @@ import torch
 
 from pyro_vae.beta import KL_SCHEDULES, kl_beta
 from pyro_vae.checks import check_number
-from pyro_vae.data import BUILTIN_DATASETS, check_data_options, load_data
+from pyro_vae.data import BINARIZATIONS, BUILTIN_DATASETS, check_data_options, load_data
 from pyro_vae.errors import UserError
 from pyro_vae.estimators import ESTIMATORS
 from pyro_vae.presets import apply_preset, get_preset
@@ -331,6 +331,9 @@ class TrainConfig(_NoOldFields):
             scaled to [0, 1]), or a folder of PNG / JPEG images (optionally one sub-folder per label).
         data_dir: where mnist and fashion-mnist are read from and downloaded to (None: a per-user cache directory).
         labels: a .npy or .pt file of integer labels for your own data set (used to colour plots).
+        binarization: how grey training images meet a Bernoulli likelihood: dynamic (a fresh x ~ Bernoulli(pixels)
+            every epoch) or fixed (one draw for the whole run, from a constant seed: a "static" binarised data set,
+            made as Larochelle & Murray 2011 made theirs). Validation and test images are binarised once either way.
         elbo: the ELBO estimator, a name in pyro_vae.ESTIMATORS.
         elbo_options: the estimator's own options (its ``EstimatorSpec.options`` dataclass): {"alpha": 0.5} for
             renyi (on the command line: --elbo-alpha 0.5); what is not given takes the estimator's default.
@@ -390,6 +393,7 @@ class TrainConfig(_NoOldFields):
     dataset: str = "digits"
     data_dir: str | None = None
     labels: str | None = None
+    binarization: Literal["dynamic", "fixed"] = "dynamic"
     elbo: str = "meanfield"
     elbo_options: dict[str, Any] = field(default_factory=dict)
     jit: bool = False
@@ -442,6 +446,8 @@ class TrainConfig(_NoOldFields):
             raise UserError(f"model must be a VAEConfig, got {type(self.model).__name__}")
         # self.model validated itself when it was made (VAEConfig.__post_init__): not again here.
         check_data_options(self.dataset, self.data_dir, self.labels, self.image_size)
+        if self.binarization not in BINARIZATIONS:
+            raise UserError(f"binarization must be one of {', '.join(BINARIZATIONS)}, got {self.binarization!r}")
         self._check_estimator()
         self._check_numbers()
         cuda_n = isinstance(self.device, str) and self.device.startswith("cuda:") and self.device[5:].isdigit()

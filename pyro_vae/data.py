@@ -8,10 +8,11 @@ stay (D,) (scikit-learn gives the digits as rows of 64, shown as 8x8 images). Th
 arrays and folders are in ``pyro_vae.images``.
 
 Bernoulli likelihoods and grey pixels: a Bernoulli p(x|z) has support {0, 1}, so grey pixels fail
-Pyro's validation (rightly). Rather than switching validation off, training uses *dynamic
-binarisation*: each epoch draws a fresh x ~ Bernoulli(pixels) (``VAEData.train_epoch``), and the test
-set is binarised once with a fixed seed (``VAEData.test_x_eval``) so that test ELBOs are comparable
-across epochs and runs.
+Pyro's validation (rightly). Rather than switching validation off, training binarises the pixels: by default with
+*dynamic binarisation*, where each epoch draws a fresh x ~ Bernoulli(pixels) (``VAEData.train_epoch``), or, with
+``binarization="fixed"``, once, with a fixed seed, as the "static" binarised MNIST of Larochelle & Murray 2011 was
+made (one draw of the same kind; not their file). The test set is binarised once with a fixed seed
+(``VAEData.test_x_eval``) either way, so that test ELBOs are comparable across epochs and runs.
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ USER_TEST_FRACTION = 1 / 6
 FEW_EXAMPLES = 100
 #: Seed of the one fixed binarisation of the test set.
 TEST_BINARIZE_SEED = 1234
+#: How a Bernoulli likelihood's grey training images are binarised (``TrainConfig.binarization``): a fresh draw every
+#: epoch, or one draw for the whole run.
+BINARIZATIONS = ("dynamic", "fixed")
+#: Seed of the one binarisation of the training set under ``binarization="fixed"``: a constant, not the run's seed,
+#: so that every run trains on the same binary images, as every run on a static binarised data set does.
+TRAIN_BINARIZE_SEED = 2011
 
 _TORCHVISION = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 
@@ -69,7 +76,12 @@ class VAEData:
         train_x, test_x: float32 tensors ``(N, *x_shape)``, on the training device: (N, D) rows or (N, C, H, W) images.
         train_y, test_y: integer labels on the CPU (for plots), or None.
         image_shape: (H, W) of one example shown as an image (for rows, H * W == D).
-        binarize: True when training draws x ~ Bernoulli(pixels) each epoch (set by ``prepare``).
+        binarize: True when grey pixels meet a Bernoulli likelihood (set by ``prepare``): the training images are
+            binarised (each epoch, or once when ``fixed_binarization``), the validation and test images once.
+        fixed_binarization: True when the training set is binarised once (``prepare(..., "fixed")``).
+        kept_rows: after a validation hold-out (``pyro_vae.validation.hold_out``), (the indices of ``train_x``'s rows
+            in the whole training set, its size), so that a fixed binarisation gives each image the same draw with
+            or without the hold-out; None: ``train_x`` is the whole training set.
         levels: the number of equally spaced values k / (levels - 1) the pixels take in [0, 1] (256 for 8-bit
             images, 17 for the digits), or None when unknown (a float array).
         notes: what loading did that the log should say (layout read, uint8 scaled to [0, 1], resizing).
@@ -83,6 +95,9 @@ class VAEData:
     image_shape: tuple[int, int]
     binarize: bool = False
     _test_eval: Tensor | None = field(default=None, repr=False)
+    fixed_binarization: bool = False
+    _train_fixed: Tensor | None = field(default=None, repr=False)
+    kept_rows: tuple[Tensor, int] | None = field(default=None, repr=False)
     levels: int | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -112,6 +127,8 @@ class VAEData:
             self.train_x, self.test_x = self.train_x.flatten(1), self.test_x.flatten(1)
             if self._test_eval is not None:
                 self._test_eval = self._test_eval.flatten(1)
+            if self._train_fixed is not None:
+                self._train_fixed = self._train_fixed.flatten(1)
         return self
 
     def to(self, device: torch.device | str) -> VAEData:
@@ -120,15 +137,23 @@ class VAEData:
         self.test_x = self.test_x.to(device)
         if self._test_eval is not None:
             self._test_eval = self._test_eval.to(device)
+        if self._train_fixed is not None:
+            self._train_fixed = self._train_fixed.to(device)
         return self
 
-    def prepare(self, likelihood: nn.Module) -> None:
-        """Check the data against the likelihood's support and decide on dynamic binarisation.
+    def prepare(self, likelihood: nn.Module, binarization: str = "dynamic") -> None:
+        """Check the data against the likelihood's support and decide on binarisation.
 
         A likelihood with ``binary_data = True`` (Bernoulli) needs values in [0, 1]: grey values are
-        binarised (a fresh draw each epoch), binary ones are used as they are. Any other likelihood checks
-        its own support with ``check_support``.
+        binarised, binary ones are used as they are. ``binarization`` says how the training set is: "dynamic", a
+        fresh draw each epoch; "fixed", one draw x = 1[u < pixels] with u uniform from a CPU generator seeded with
+        ``TRAIN_BINARIZE_SEED``, drawn for the whole training set (``kept_rows``), so that an image's draw is the same
+        with or without a validation hold-out. Any other likelihood checks its own support with ``check_support``
+        (and ``binarization`` does not apply).
         """
+        if binarization not in BINARIZATIONS:
+            raise UserError(f"binarization must be one of {', '.join(BINARIZATIONS)}, got {binarization!r}")
+        self.fixed_binarization, self._train_fixed = False, None
         if getattr(likelihood, "binary_data", False):
             for split, x in (("train", self.train_x), ("test", self.test_x)):
                 if x.min() < 0 or x.max() > 1:
@@ -144,6 +169,9 @@ class VAEData:
             if grey:
                 gen = torch.Generator().manual_seed(TEST_BINARIZE_SEED)
                 self._test_eval = torch.bernoulli(self.test_x.cpu(), generator=gen).to(self.device)
+                if binarization == "fixed":
+                    self._train_fixed = self._fixed_draw()
+                    self.fixed_binarization = True
             else:
                 self._test_eval = self.test_x
         else:
@@ -157,17 +185,30 @@ class VAEData:
             self.binarize = False
             self._test_eval = self.test_x
 
+    def _fixed_draw(self) -> Tensor:
+        """The training set binarised once (``prepare``): a private CPU generator, so the draw is the same on every
+        device and leaves the training stream (shuffling, z) as it was."""
+        rows, total = self.kept_rows or (None, self.train_x.shape[0])
+        gen = torch.Generator().manual_seed(TRAIN_BINARIZE_SEED)
+        u = torch.rand((total, *self.train_x.shape[1:]), generator=gen)
+        if rows is not None:
+            u = u[rows]
+        return (u < self.train_x.cpu()).to(self.train_x.dtype).to(self.device)
+
     @property
     def test_x_eval(self) -> Tensor:
         """The test set as the likelihood sees it (binarised once, with a fixed seed, when ``binarize``)."""
         return self.test_x if self._test_eval is None else self._test_eval
 
     def train_epoch(self) -> Tensor:
-        """The training set for one epoch: a fresh Bernoulli draw of the pixels when ``binarize``.
+        """The training set for one epoch: a fresh Bernoulli draw of the pixels when ``binarize`` (dynamic
+        binarisation), the one draw of ``prepare`` under fixed binarisation, else the data as they are.
 
-        The draw uses torch's global generator of the data's device, so seeding (and restoring the RNG
+        The dynamic draw uses torch's global generator of the data's device, so seeding (and restoring the RNG
         state on resume) reproduces it.
         """
+        if self._train_fixed is not None:
+            return self._train_fixed
         return torch.bernoulli(self.train_x) if self.binarize else self.train_x
 
 

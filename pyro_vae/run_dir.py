@@ -923,7 +923,8 @@ def load_run(
         data = config.load_data(device, download=False)
         data.match_shape(config.model.x_shape)  # before the digest, as in training (TrainConfig.with_data_shape)
         run_dir.check_data(state, data)
-        data.prepare(getattr(model, "likelihood", model))  # a pair of your own may have none (pyro_vae.pairs)
+        # A pair of your own may have no likelihood (pyro_vae.pairs); the binarisation is the run's.
+        data.prepare(getattr(model, "likelihood", model), config.binarization)
     position = Position.of(state)
     return Run(config, model, guide, data, position.epoch, json.loads(state["metrics"]), out, position.step)
 

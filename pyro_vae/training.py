@@ -227,7 +227,7 @@ class Trainer:
         self.model, self.guide = build(self.config.model)
         self.model.to(self.device)
         self.guide.to(self.device)
-        self.data.prepare(self.model.likelihood)
+        self.data.prepare(self.model.likelihood, self.config.binarization)
         if getattr(self.config.model.component_options("prior"), "init_from_data", False):
             self._init_prior_from_data()
         self.params = parameters_of(self.model, self.guide)

@@ -3,7 +3,8 @@
 The held-out examples are never trained on. Their ELBO is measured like the test set's: on grey data under a
 Bernoulli likelihood they are binarised once, with a fixed seed (``VALIDATION_BINARIZE_SEED``), so every epoch is
 scored on the same binary images, as Tomczak & Welling 2018 did for dynamic MNIST (their validation and test sets
-were binarised once, with a fixed seed).
+were binarised once, with a fixed seed). Under ``TrainConfig.binarization="fixed"`` the training images are binarised
+once too (``VAEData.prepare``), each with its draw over the whole training set (``VAEData.kept_rows``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,15 @@ def hold_out(data: VAEData, n: int, split: str = "random", seed: int = 0) -> tup
     keep = torch.ones(n_train, dtype=torch.bool)
     keep[held] = False
     train_y = None if data.train_y is None else data.train_y[keep]
-    rest = dataclasses.replace(data, train_x=data.train_x[keep.to(data.device)], train_y=train_y)
+    # kept_rows: a fixed binarisation (drawn later, by prepare) gives each remaining image its whole-set draw.
+    rest = dataclasses.replace(
+        data,
+        train_x=data.train_x[keep.to(data.device)],
+        train_y=train_y,
+        _train_fixed=None,
+        fixed_binarization=False,
+        kept_rows=(keep.nonzero().squeeze(1), n_train),
+    )
     return rest, data.train_x[held.to(data.device)]
 
 

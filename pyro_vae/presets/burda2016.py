@@ -19,6 +19,8 @@ PRESET = Preset(
     },
     train={
         "dataset": "mnist",
+        # Burda et al.: every training image is binarised afresh each time it is used.
+        "binarization": "dynamic",
         "batch_size": 20,
         "lr": 1e-3,
         "lr_schedule": "burda",
