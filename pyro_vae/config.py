@@ -66,7 +66,7 @@ def check_estimator_for_guide(elbo: str, guide: str) -> None:
 
 
 #: The learning-rate schedules of ``TrainConfig.lr_schedule`` (``pyro_vae.step.make_scheduler``).
-LR_SCHEDULES = ("constant", "step", "cosine", "plateau", "burda")
+LR_SCHEDULES = ("constant", "step", "cosine", "plateau", "burda", "multistep")
 #: How ``TrainConfig.validation`` examples are held out of the training set (``pyro_vae.validation.hold_out``).
 VALIDATION_SPLITS = ("random", "last")
 
@@ -355,9 +355,11 @@ class TrainConfig(_NoOldFields):
         lr_schedule: the learning rate per epoch (torch.optim.lr_scheduler): constant, step (times lr_gamma every
             lr_step_epochs epochs), cosine (cosine annealing from lr to 0 over the run's epochs) or plateau (times
             lr_gamma when the test ELBO has not risen for more than lr_patience epochs; needs eval_every 1) or burda
-            (Burda et al. 2016, Sec. 5: 3^i epochs at lr * 10^(-i/7) for i = 0..7, 3280 epochs; then the last rate).
+            (Burda et al. 2016, Sec. 5: 3^i epochs at lr * 10^(-i/7) for i = 0..7, 3280 epochs; then the last rate) or
+            multistep (times lr_gamma at each of the epochs lr_milestones).
         lr_step_epochs: epochs between two reductions of the step schedule.
-        lr_gamma: the factor in (0, 1) of each reduction of the step and plateau schedules.
+        lr_milestones: the epochs, rising, after which the multistep schedule multiplies the rate by lr_gamma.
+        lr_gamma: the factor in (0, 1) of each reduction of the step, plateau and multistep schedules.
         lr_patience: epochs without a rise of the test ELBO that the plateau schedule waits before reducing.
         adam_eps: Adam's epsilon, added to the root of the second-moment estimate (1e-8, torch's default; Burda et
             al. 2016 used 1e-4).
@@ -407,8 +409,9 @@ class TrainConfig(_NoOldFields):
     epochs: int = 100
     batch_size: int = 128
     lr: float = 5e-3
-    lr_schedule: Literal["constant", "step", "cosine", "plateau", "burda"] = "constant"
+    lr_schedule: Literal["constant", "step", "cosine", "plateau", "burda", "multistep"] = "constant"
     lr_step_epochs: int = 10
+    lr_milestones: tuple[int, ...] = ()
     lr_gamma: float = 0.1
     lr_patience: int = 2
     adam_eps: float = 1e-8
@@ -438,6 +441,8 @@ class TrainConfig(_NoOldFields):
             self.elbo_options = dict(_tuples(self.elbo_options))
         if isinstance(self.dataset, str) and self.dataset.lower() in BUILTIN_DATASETS:
             self.dataset = self.dataset.lower()
+        if isinstance(self.lr_milestones, list):
+            self.lr_milestones = tuple(self.lr_milestones)  # read from JSON
         self.validate()
 
     def validate(self) -> None:
@@ -517,6 +522,16 @@ class TrainConfig(_NoOldFields):
         check_number(self.lr_step_epochs, "lr_step_epochs", integer=True, low=1)
         check_number(self.lr_patience, "lr_patience", integer=True, low=0)
         check_number(self.lr_gamma, "lr_gamma", low=0, high=1, bounds="()")
+        if not isinstance(self.lr_milestones, tuple):
+            raise UserError(f"lr_milestones must be a list of epochs, got {self.lr_milestones!r}")
+        for m in self.lr_milestones:
+            check_number(m, "each of lr_milestones", integer=True, low=1, note="an epoch")
+        if list(self.lr_milestones) != sorted(set(self.lr_milestones)):
+            raise UserError(f"lr_milestones must rise, each epoch once: got {list(self.lr_milestones)}")
+        if self.lr_schedule == "multistep" and not self.lr_milestones:
+            raise UserError("lr_schedule multistep needs its epochs: give --lr-milestones E1 E2 ...")
+        if self.lr_milestones and self.lr_schedule != "multistep":
+            raise UserError(f"lr_milestones are the multistep schedule's; lr_schedule is {self.lr_schedule}")
         if self.lr_schedule == "plateau" and self.eval_every != 1:
             raise UserError(
                 f"lr_schedule plateau follows the test ELBO of every epoch: needs eval_every 1, got {self.eval_every!r}"

@@ -74,6 +74,7 @@ def make_scheduler(
     step_epochs: int = 10,
     gamma: float = 0.1,
     patience: int = 2,
+    milestones: tuple[int, ...] = (),
 ) -> Any:
     """The ``torch.optim.lr_scheduler`` of ``schedule``, stepped once per epoch; None for "constant".
 
@@ -82,11 +83,15 @@ def make_scheduler(
     Restarts", without restarts); "plateau": ``ReduceLROnPlateau`` on the test ELBO (mode "max"; lr * gamma after
     more than ``patience`` epochs without a rise, any rise counting: threshold 0, absolute); "burda": Burda et al.
     2016, "Importance Weighted Autoencoders", Sec. 5: 3^i epochs at lr * 10^(-i/7) for i = 0, ..., 7 (3280 epochs),
-    then the last rate: ``MultiStepLR`` with gamma 10^(-1/7) at the ends of the stages, epochs ``BURDA_MILESTONES``.
+    then the last rate: ``MultiStepLR`` with gamma 10^(-1/7) at the ends of the stages, epochs ``BURDA_MILESTONES``;
+    "multistep": ``MultiStepLR`` (lr * gamma^m after the m-th of the epochs ``milestones``, as pythae's reproductions
+    use with milestones 200, 350, 500, 750, 1000 and gamma 10^(-1/5)).
     """
     sched = torch.optim.lr_scheduler
     if schedule == "burda":
         return sched.MultiStepLR(optimizer, milestones=list(BURDA_MILESTONES), gamma=BURDA_GAMMA)
+    if schedule == "multistep":
+        return sched.MultiStepLR(optimizer, milestones=list(milestones), gamma=gamma)
     if schedule == "step":
         return sched.StepLR(optimizer, step_size=step_epochs, gamma=gamma)
     if schedule == "cosine":

@@ -177,6 +177,7 @@ class Trainer:
             step_epochs=cfg.lr_step_epochs,
             gamma=cfg.lr_gamma,
             patience=cfg.lr_patience,
+            milestones=cfg.lr_milestones,
         )
         nesting = getattr(self.model, "plate_nesting", 1)
         self.elbo = self._training_elbo(nesting)

@@ -61,8 +61,22 @@ def test_plateau_schedule_follows_the_test_elbo(tmp_path, monkeypatch):
     assert final_lr(tmp_path / "run") == 0.005
 
 
+def test_multistep_schedule_multiplies_at_its_milestones(tmp_path):
+    # pythae's MultiStepLR, shrunk: gamma 10^(-1/5) after epochs 2 and 3 of 5, by hand: lr, lr, lr g, lr g^2, lr g^2.
+    g = 10 ** (-1 / 5)
+    cfg = config(5, lr_schedule="multistep", lr_milestones=[2, 3], lr_gamma=g)
+    assert cfg.lr_milestones == (2, 3)  # a list (as JSON gives it) becomes the field's tuple
+    result = run(cfg, tmp_path / "run")
+    assert [r["lr"] for r in result.metrics] == pytest.approx([LR, LR, LR * g, LR * g * g, LR * g * g], rel=1e-12)
+    assert TrainConfig.from_json(cfg.to_json()) == cfg
+    # --resume with other milestones is another schedule: refused in one line.
+    with pytest.raises(UserError, match="lr_milestones"):
+        run(dataclasses.replace(cfg, lr_milestones=(2, 4), epochs=6), tmp_path / "run", resume=True)
+
+
 SCHEDULES = {
     "step": dict(lr_schedule="step", lr_step_epochs=1, lr_gamma=0.5),
+    "multistep": dict(lr_schedule="multistep", lr_milestones=(1, 3), lr_gamma=0.5),
     "cosine": dict(lr_schedule="cosine"),
     "plateau": dict(lr_schedule="plateau", lr_patience=0, lr_gamma=0.5),
 }
@@ -107,6 +121,11 @@ BAD = [
     ({"lr_gamma": 0.0}, "lr_gamma must be a finite number in (0, 1)"),
     ({"lr_patience": -1}, "lr_patience must be an integer >= 0"),
     ({"lr_schedule": "plateau", "eval_every": 2}, "needs eval_every 1"),
+    ({"lr_schedule": "multistep"}, "lr_schedule multistep needs its epochs: give --lr-milestones"),
+    ({"lr_schedule": "multistep", "lr_milestones": (3, 2)}, "lr_milestones must rise, each epoch once: got [3, 2]"),
+    ({"lr_schedule": "multistep", "lr_milestones": (0,)}, "each of lr_milestones must be an integer >= 1"),
+    ({"lr_milestones": (5,)}, "lr_milestones are the multistep schedule's; lr_schedule is constant"),
+    ({"lr_schedule": "multistep", "lr_milestones": 5}, "lr_milestones must be a list of epochs, got 5"),
 ]
 
 

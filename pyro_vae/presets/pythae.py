@@ -25,6 +25,10 @@ PRESET = Preset(
         "binarization": "fixed",
         "batch_size": 100,
         "lr": 1e-4,
+        # vae.py: MultiStepLR(milestones=[200, 350, 500, 750, 1000], gamma=10**(-1/5)).
+        "lr_schedule": "multistep",
+        "lr_milestones": (200, 350, 500, 750, 1000),
+        "lr_gamma": 10 ** (-1 / 5),
         "epochs": 2000,
         "seed": 123,
         "validation": 10000,
@@ -36,7 +40,5 @@ PRESET = Preset(
         "the fixed binarisation is the project's own draw from torchvision's grey MNIST, the last 10,000 training "
         "images held out; pythae uses Larochelle & Murray's file (50,000 / 10,000 / 10,000), not a built-in data set "
         "here",
-        "constant learning rate; pythae's MultiStepLR (x 10^(-1/5) at epochs 200, 350, 500, 750, 1000) is not a "
-        "schedule of this project",
     ),
 )
