@@ -128,7 +128,12 @@ PRESET_ROWS: dict[str, tuple[str, dict[str, Any], str]] = {
     "burda2016-iwae5": ("burda2016", {"elbo": "iwae", "particles": 5}, "burda-iwae5"),
     "burda2016-iwae50": ("burda2016", {"elbo": "iwae", "particles": 50}, "burda-iwae50"),
     "tomczak2018-vamp": ("tomczak2018", {"elbo": "meanfield"}, "tomczak-vamp"),
-    "tomczak2018-vamp-dynamic": ("tomczak2018", {"elbo": "meanfield", "binarization": "dynamic"}, "tomczak-vamp"),
+    # patience 50: the preset's value when this row was started (it resumes only with the options it began with).
+    "tomczak2018-vamp-dynamic": (
+        "tomczak2018",
+        {"elbo": "meanfield", "binarization": "dynamic", "patience": 50},
+        "tomczak-vamp",
+    ),
     # Burda et al.'s two-layer VAE under their whole protocol (batch 20, the 3^i schedule), not only their
     # architecture as the mlp2 rows: the VAE with a Monte Carlo KL (the bottom-up guide rules out meanfield).
     "burda2016-vae-2layer": ("burda2016", {"elbo": "trace"}, "vae-2"),
