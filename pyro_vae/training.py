@@ -275,7 +275,9 @@ class Trainer:
                 f"the {self.config.model.prior} prior cannot start from data (it has no init_from_data); "
                 "drop its init_from_data option"
             )
-        init(self.data.train_x)  # on the seeded global generator, so the same seed gives the same start
+        # Under fixed binarisation the pseudo-inputs start at the binary images training sees (as on static MNIST).
+        x = self.data.train_epoch() if self.data.fixed_binarization else self.data.train_x
+        init(x)  # on the seeded global generator, so the same seed gives the same start
 
     def _check_kl(self) -> dict[str, str]:
         """The KL kind of each latent site (said for meanfield), the K = 1 note, and --require-analytic-kl."""

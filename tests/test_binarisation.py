@@ -88,6 +88,18 @@ def test_training_sees_the_one_draw_every_epoch(tmp_path, monkeypatch):
     assert loaded.config.binarization == "fixed" and torch.equal(loaded.data.train_epoch(), whole)
 
 
+def test_vamp_pseudo_inputs_start_at_the_fixed_binary_images(tmp_path, monkeypatch):
+    from pyro_vae.models.priors.vamp import VampPrior
+
+    given = []
+    original = VampPrior.init_from_data
+    monkeypatch.setattr(VampPrior, "init_from_data", lambda self, x, **kw: given.append(x) or original(self, x, **kw))
+    options = {"prior": "vamp", "options": {"prior": {"components": 5, "init_from_data": True}}}
+    run(config(1, **options), tmp_path / "v")
+    # The images training sees (the fixed draw), not the grey ones: Tomczak & Welling's init on static MNIST.
+    assert len(given) == 1 and torch.equal(given[0], fixed(load_data("digits")).train_epoch())
+
+
 def test_crash_then_resume_equals_uninterrupted_and_differs_from_dynamic(tmp_path, monkeypatch):
     run(config(3), tmp_path / "full")
     with power_cut_at_step(monkeypatch, 8):  # 6 steps per epoch (1,500 examples, batch 256): epoch 2, step 2
