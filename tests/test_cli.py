@@ -46,6 +46,8 @@ def shown(value) -> str:
     """How a default reads in the help: on/off for switches, widths separated by spaces."""
     if isinstance(value, bool):
         return "on" if value else "off"
+    if value == ():
+        return "none"  # an empty list (--lr-milestones)
     return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
