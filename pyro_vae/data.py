@@ -78,7 +78,6 @@ class VAEData:
         image_shape: (H, W) of one example shown as an image (for rows, H * W == D).
         binarize: True when grey pixels meet a Bernoulli likelihood (set by ``prepare``): the training images are
             binarised (each epoch, or once when ``fixed_binarization``), the validation and test images once.
-        fixed_binarization: True when the training set is binarised once (``prepare(..., "fixed")``).
         kept_rows: after a validation hold-out (``pyro_vae.validation.hold_out``), (the indices of ``train_x``'s rows
             in the whole training set, its size), so that a fixed binarisation gives each image the same draw with
             or without the hold-out; None: ``train_x`` is the whole training set.
@@ -95,7 +94,6 @@ class VAEData:
     image_shape: tuple[int, int]
     binarize: bool = False
     _test_eval: Tensor | None = field(default=None, repr=False)
-    fixed_binarization: bool = False
     _train_fixed: Tensor | None = field(default=None, repr=False)
     kept_rows: tuple[Tensor, int] | None = field(default=None, repr=False)
     levels: int | None = None
@@ -153,7 +151,7 @@ class VAEData:
         """
         if binarization not in BINARIZATIONS:
             raise UserError(f"binarization must be one of {', '.join(BINARIZATIONS)}, got {binarization!r}")
-        self.fixed_binarization, self._train_fixed = False, None
+        self._train_fixed = None
         if getattr(likelihood, "binary_data", False):
             for split, x in (("train", self.train_x), ("test", self.test_x)):
                 if x.min() < 0 or x.max() > 1:
@@ -171,7 +169,6 @@ class VAEData:
                 self._test_eval = torch.bernoulli(self.test_x.cpu(), generator=gen).to(self.device)
                 if binarization == "fixed":
                     self._train_fixed = self._fixed_draw()
-                    self.fixed_binarization = True
             else:
                 self._test_eval = self.test_x
         else:
@@ -184,6 +181,11 @@ class VAEData:
                     raise UserError(f"{self.name}: {err}") from None
             self.binarize = False
             self._test_eval = self.test_x
+
+    @property
+    def fixed_binarization(self) -> bool:
+        """True when the training set is binarised once (``prepare(..., "fixed")`` on grey data)."""
+        return self._train_fixed is not None
 
     def _fixed_draw(self) -> Tensor:
         """The training set binarised once (``prepare``): a private CPU generator, so the draw is the same on every

@@ -49,7 +49,6 @@ def hold_out(data: VAEData, n: int, split: str = "random", seed: int = 0) -> tup
         train_x=data.train_x[keep.to(data.device)],
         train_y=train_y,
         _train_fixed=None,
-        fixed_binarization=False,
         kept_rows=(keep.nonzero().squeeze(1), n_train),
     )
     return rest, data.train_x[held.to(data.device)]
