@@ -167,11 +167,12 @@ def prepare_pair(
     """Make the pair ready for training on ``data``: (its parameters, ``config`` recording the pair).
 
     The data are prepared for the model's ``likelihood`` if it has one, else for the model's own ``binary_data``
-    and ``check_support`` (without them the data are used as they are). The model's
-    ``plate_nesting`` is fixed here rather than guessed by the ELBO at its first call, which would draw random
+    and ``check_support`` (without them the data are used as they are), binarised as ``config.binarization`` says.
+    The model's ``plate_nesting`` is fixed here rather than guessed by the ELBO at its first call, which would draw random
     numbers at a different point of a resumed run.
     """
-    data.prepare(getattr(model, "likelihood", model))  # binary_data, check_support: the model's own if no likelihood
+    # binary_data, check_support: the model's own if no likelihood; the binarisation is the config's.
+    data.prepare(getattr(model, "likelihood", model), config.binarization)
     x = data.test_x_eval[: config.batch_size]
     params = discover_parameters(model, guide, x)
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):

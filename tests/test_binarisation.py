@@ -123,3 +123,13 @@ def test_presets_and_bad_values():
         TrainConfig(binarization="static")
     with pytest.raises(UserError, match="binarization must be one of dynamic, fixed"):
         load_data("digits").prepare(BernoulliLikelihood(), "once")
+
+
+def test_a_users_own_model_and_guide_get_the_fixed_draw_too(tmp_path):
+    from tests.test_user_pair import BareVAE
+
+    vae = BareVAE()
+    cfg = TrainConfig(dataset="digits", epochs=1, batch_size=100, threads=1, binarization="fixed")
+    result = train(cfg, tmp_path / "pair", model=vae.model, guide=vae.guide, progress=False, figures=False)
+    assert result.data.fixed_binarization
+    assert torch.equal(result.data.train_epoch(), fixed(load_data("digits")).train_epoch())
