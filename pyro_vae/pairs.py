@@ -168,8 +168,8 @@ def prepare_pair(
 
     The data are prepared for the model's ``likelihood`` if it has one, else for the model's own ``binary_data``
     and ``check_support`` (without them the data are used as they are), binarised as ``config.binarization`` says.
-    The model's ``plate_nesting`` is fixed here rather than guessed by the ELBO at its first call, which would draw random
-    numbers at a different point of a resumed run.
+    The model's ``plate_nesting`` is fixed here rather than guessed by the ELBO at its first call, which would draw
+    random numbers at a different point of a resumed run.
     """
     # binary_data, check_support: the model's own if no likelihood; the binarisation is the config's.
     data.prepare(getattr(model, "likelihood", model), config.binarization)
