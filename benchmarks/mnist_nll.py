@@ -16,6 +16,9 @@ Protocol (the same for every row):
   variate), so this is a much better estimate than the subset's own mean, which also carries the subset's
   difficulty (the first 1,000 test images are about 1.3 nats easier than the rest under these models). Its
   standard error is the gap's over the subset; the subset's own mean is reported too;
+- scored checkpoint: the last one, except for a row trained with early stopping (``patience`` > 0: the tomczak2018
+  rows), which is scored at ``best.pt``, its best validation epoch, as its paper reports (``scored_checkpoint``);
+  ``--export`` exports that checkpoint;
 - resumable: running again continues each row from its checkpoint; ``--cpu-minutes`` is each row's total CPU
   budget over all sessions (its CPU time is kept in OUT/ROW/bench.json), ``--epochs`` its cap.
 
@@ -212,24 +215,45 @@ def train_row(name: str, out: Path, args: argparse.Namespace, data: Any) -> None
         print(f"{name}: epoch {target}, test ELBO {last['test_elbo']:.2f}, {cpu:.0f} s CPU ({wall:.0f} s wall)")
 
 
-def evaluate_row(name: str, out: Path, args: argparse.Namespace) -> dict[str, Any] | None:
-    """IS log p(x) with K = ``args.eval_k`` over the first ``args.eval_examples`` test images (cached per epoch)."""
-    state = read_state(out)
+def scored_checkpoint(name: str) -> str:
+    """Which checkpoint a row's paper reports: ``"best"`` (``best.pt``, the best validation ELBO) for a protocol
+    with early stopping (``patience`` > 0: the tomczak2018 rows, whose authors report the early-stopping best),
+    else ``"last"`` (Burda et al. report the model after their whole schedule)."""
+    return "best" if row_config(name, None, 1).patience > 0 else "last"
+
+
+def scored_epoch(out: Path, which: str) -> int:
+    """The epoch of the checkpoint ``which`` of the run in ``out`` (0 when nothing is trained)."""
     done = epochs_done(out)
-    if done == 0:
+    if done == 0 or which == "last":
+        return done
+    return int(json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["best_epoch"])
+
+
+def evaluate_row(name: str, out: Path, args: argparse.Namespace) -> dict[str, Any] | None:
+    """IS log p(x) with K = ``args.eval_k`` over the first ``args.eval_examples`` test images of the checkpoint the
+    row's paper reports (``scored_checkpoint``), cached per checkpoint epoch."""
+    state = read_state(out)
+    which = scored_checkpoint(name)
+    epoch = scored_epoch(out, which)
+    if epoch == 0:
         return None
     cached = state.get("eval")
-    wanted = {"epoch": done, "k": args.eval_k, "examples": args.eval_examples}
-    if cached and "gap_se" in cached and all(cached.get(key) == value for key, value in wanted.items()):
+    wanted = {"epoch": epoch, "checkpoint": which, "k": args.eval_k, "examples": args.eval_examples}
+    # An evaluation from before the key "checkpoint" existed scored the last checkpoint.
+    if cached and "gap_se" in cached and all(cached.get(key, "last") == value for key, value in wanted.items()):
         return cached
-    run = load_run(out)
+    run = load_run(out, which=which)
     x = run.data.test_x_eval[: args.eval_examples]
     torch.manual_seed(0)
     t0 = time.process_time()
     elbo, log_p = importance_sample_stats(run.model, run.guide, x, num_samples=args.eval_k, max_rows=args.max_rows)
     n = x.shape[0]
     gap = log_p - elbo
-    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    # The test ELBO (all 10,000 images) of the scored checkpoint's epoch.
+    if run.metrics[-1]["epoch"] != epoch:
+        raise SystemExit(f"{name}: the {which} checkpoint holds epoch {run.metrics[-1]['epoch']}, not {epoch}")
+    test_elbo = run.metrics[-1]["test_elbo"]
     result = {
         **wanted,
         "examples": n,
@@ -239,7 +263,8 @@ def evaluate_row(name: str, out: Path, args: argparse.Namespace) -> dict[str, An
         "gap": float(gap.mean()),
         "gap_se": float(gap.std() / math.sqrt(n)),
         # The estimate for the whole test set: its ELBO (all images) + the subset's mean gap (module docstring).
-        "log_px_all": float(last["test_elbo"] + gap.mean()),
+        "log_px_all": float(test_elbo + gap.mean()),
+        "test_elbo": float(test_elbo),
         "cpu_seconds": time.process_time() - t0,
     }
     state["eval"] = result
@@ -286,6 +311,8 @@ def row_result(d: Path, name: str) -> dict[str, Any]:
     if not ev:
         return row
     row["distance"] = ev["log_px_all"] - anchor
+    if ev.get("checkpoint") == "best":  # scored at its early-stopping best, not at its last epoch
+        row["test_elbo"] = ev["test_elbo"]
     fc = forecast_row(curve, ev["gap"], anchor, full_beta) if row["distance"] < -TOLERANCE else None
     if fc is not None:
         seconds_per_epoch = state["cpu_seconds"] / len(curve)
@@ -346,8 +373,9 @@ def report(out: Path, names: list[str]) -> list[dict[str, Any]]:
         subset = f"{ev['log_px']:.2f} ± {ev['log_px_se']:.2f} ({ev['k']}, {ev['examples']:,})" if ev else "-"
         cpu = f"{r['cpu_minutes']:.1f} + {ev['cpu_seconds'] / 60:.1f}" if ev else f"{r['cpu_minutes']:.1f}"
         dist = f"{r['distance']:+.2f}" if ev else "-"
+        epochs = f"{r['epochs']} (best: {ev['epoch']})" if ev and ev.get("checkpoint") == "best" else r["epochs"]
         print(
-            f"| {r['row']} | {r['epochs']} | {cpu} | {r['test_elbo']:.2f} | {whole} | {subset} | "
+            f"| {r['row']} | {epochs} | {cpu} | {r['test_elbo']:.2f} | {whole} | {subset} | "
             f"{r['anchor']:.2f} ({r['anchor_source']}) | {dist} | {_fit_text(r)} |"
         )
     plot_curves(rows, out / "curves.png")
@@ -428,12 +456,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def export_rows(out: Path, names: list[str], bundles: Path) -> None:
-    """``pyro-vae export OUT/ROW BUNDLES/ROW --overwrite`` for every row that has a checkpoint."""
+    """``pyro-vae export OUT/ROW BUNDLES/ROW --which CHECKPOINT --overwrite`` for every row that has a checkpoint:
+    the checkpoint the table scores (``scored_checkpoint``)."""
     from pyro_vae.cli import main as cli
 
     for name in names:
         if (out / name / CHECKPOINT).exists():
-            code = cli(["export", str(out / name), str(bundles / name), "--overwrite"])
+            which = ["--which", scored_checkpoint(name)]
+            code = cli(["export", str(out / name), str(bundles / name), *which, "--overwrite"])
             if code != 0:
                 raise SystemExit(f"exporting {name} failed (exit {code})")
 

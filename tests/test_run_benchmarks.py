@@ -100,6 +100,55 @@ def test_mnist_nll_report_gives_each_row_the_epoch_its_power_law_reaches_the_anc
     assert "not identified (exponent at its floor" in capsys.readouterr().out
 
 
+def test_mnist_nll_scores_an_early_stopping_row_at_its_best_checkpoint(tmp_path, monkeypatch):
+    """Tomczak & Welling report the early-stopping best, Burda et al. the model after the whole schedule: a run
+    whose best validation epoch is its first (min_delta so large that no later epoch counts as better) is scored,
+    under the tomczak2018 row's name, at best.pt, with that epoch's test ELBO, and under a burda2016 row's name at
+    its last checkpoint; a cached score is reused only for the same checkpoint."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import argparse
+    import json
+
+    import mnist_nll
+
+    from pyro_vae import TrainConfig, VAEConfig, train
+
+    run_dir = tmp_path / "run"
+    config = TrainConfig(
+        model=VAEConfig(z_dim=2, hidden=(32,), likelihood="bernoulli"),
+        dataset="digits",
+        epochs=3,
+        validation=100,
+        patience=10,
+        min_delta=1000.0,
+        seed=0,
+        threads=1,
+    )
+    train(config, run_dir, progress=False, figures=False)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["best_epoch"] for r in records] == [1, 1, 1]
+    assert records[0]["test_elbo"] != records[-1]["test_elbo"]
+    args = argparse.Namespace(eval_k=20, eval_examples=30, max_rows=4096)
+    assert mnist_nll.scored_checkpoint("tomczak2018-vamp") == "best"
+    best = mnist_nll.evaluate_row("tomczak2018-vamp", run_dir, args)
+    assert (best["checkpoint"], best["epoch"], best["test_elbo"]) == ("best", 1, records[0]["test_elbo"])
+    assert best["log_px_all"] == pytest.approx(records[0]["test_elbo"] + best["gap"])
+    result = mnist_nll.row_result(run_dir, "tomczak2018-vamp")
+    assert result["test_elbo"] == records[0]["test_elbo"] and result["epochs"] == 3
+    # The same run as a burda2016 row: its last checkpoint, scored afresh (the cached score is best.pt's).
+    assert mnist_nll.scored_checkpoint("burda2016-vae") == "last"
+    last = mnist_nll.evaluate_row("burda2016-vae", run_dir, args)
+    assert (last["checkpoint"], last["epoch"], last["test_elbo"]) == ("last", 3, records[-1]["test_elbo"])
+    assert last["log_px"] != best["log_px"]
+    assert json.loads((run_dir / "bench.json").read_text())["eval"] == last
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("a cached score was computed again")
+
+    monkeypatch.setattr(mnist_nll, "importance_sample_stats", refuse)
+    assert mnist_nll.evaluate_row("burda2016-vae", run_dir, args) == last
+
+
 @pytest.mark.skipif(MNIST is None, reason="MNIST not found in $PYRO_VAE_DATA_DIR or ../shared/data")
 def test_two_layer_vae_trains_as_its_hand_written_twin_and_a_wrong_twin_is_refused(monkeypatch, capsys):
     """Burda et al.'s two-layer VAE through the library (build, the trace estimator, TrainStep) and written in PyTorch
