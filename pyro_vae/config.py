@@ -326,10 +326,12 @@ class TrainConfig(_NoOldFields):
 
     Fields:
         model: the VAEConfig (its x_shape is the data set's; left out, train() takes it from the data).
-        dataset: digits (scikit-learn's 8x8 digits, offline; the default), mnist, fashion-mnist (any case), a path
-            to a .npy or .pt array ((N, D), (N, H, W), (N, H, W, C) or (N, C, H, W) with C = 1 or 3; uint8 is
+        dataset: digits (scikit-learn's 8x8 digits, offline; the default), mnist, fashion-mnist, static-mnist
+            (Larochelle & Murray's fixed binarisation, its .amat files in data_dir/binarized_mnist/; any case), a
+            path to a .npy or .pt array ((N, D), (N, H, W), (N, H, W, C) or (N, C, H, W) with C = 1 or 3; uint8 is
             scaled to [0, 1]), or a folder of PNG / JPEG images (optionally one sub-folder per label).
-        data_dir: where mnist and fashion-mnist are read from and downloaded to (None: a per-user cache directory).
+        data_dir: where mnist and fashion-mnist are read from and downloaded to, and static-mnist read from (None: a
+            per-user cache directory).
         labels: a .npy or .pt file of integer labels for your own data set (used to colour plots).
         binarization: how grey training images meet a Bernoulli likelihood: dynamic (a fresh x ~ Bernoulli(pixels)
             every epoch) or fixed (one draw for the whole run, from a constant seed: a "static" binarised data set,

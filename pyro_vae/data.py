@@ -11,8 +11,9 @@ Bernoulli likelihoods and grey pixels: a Bernoulli p(x|z) has support {0, 1}, so
 Pyro's validation (rightly). Rather than switching validation off, training binarises the pixels: by default with
 *dynamic binarisation*, where each epoch draws a fresh x ~ Bernoulli(pixels) (``VAEData.train_epoch``), or, with
 ``binarization="fixed"``, once, with a fixed seed, as the "static" binarised MNIST of Larochelle & Murray 2011 was
-made (one draw of the same kind; not their file). The test set is binarised once with a fixed seed
-(``VAEData.test_x_eval``) either way, so that test ELBOs are comparable across epochs and runs.
+made (one draw of the same kind; not their file, which ``load_data("static-mnist")`` reads). The test set is
+binarised once with a fixed seed (``VAEData.test_x_eval``) either way, so that test ELBOs are comparable across
+epochs and runs.
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ from pyro_vae.errors import DataWarning, UserError
 from pyro_vae.images import as_examples, layout_of, read_image_folder
 from pyro_vae.named import did_you_mean
 from pyro_vae.safe_load import safe_torch_load
+from pyro_vae.static_mnist import load_static_mnist
 
 #: Built-in data sets (``--dataset NAME``); anything else is a path to a .npy or .pt file or to a folder of images.
 #: CIFAR-10 is not among them: torchvision reads it from Python pickles, which this project never unpickles
 #: (convert it to an (N, 32, 32, 3) uint8 .npy array, which loads as 3 x 32 x 32 images).
-BUILTIN_DATASETS = ("digits", "mnist", "fashion-mnist")
+BUILTIN_DATASETS = ("digits", "mnist", "fashion-mnist", "static-mnist")
 
 #: Seed of the fixed train/test split (independent of the training seed, so runs share a test set).
 SPLIT_SEED = 0
@@ -256,11 +258,15 @@ def load_data(
     download: bool = True,
     image_size: int | None = None,
 ) -> VAEData:
-    """Load ``dataset`` ("digits", "mnist", "fashion-mnist", a path to a .npy / .pt array or to a folder of images).
+    """Load ``dataset`` ("digits", "mnist", "fashion-mnist", "static-mnist", a path to a .npy / .pt array or to a
+    folder of images).
 
     - digits: scikit-learn's ``load_digits``, rows of 64 pixels / 16, split 1,500 / 297 with a fixed seed.
     - mnist, fashion-mnist: ``torchvision.datasets`` under ``data_dir`` (default ``default_data_dir()``),
       downloaded when missing and ``download``; (1, 28, 28) images, pixels / 255; the official train/test split.
+    - static-mnist: Larochelle & Murray's fixed binarisation of MNIST (``pyro_vae.static_mnist``), its three
+      ``.amat`` files in ``data_dir/binarized_mnist/`` (never downloaded); train = their 50,000 training images
+      then their 10,000 validation images, test = their 10,000 test images; binary, no labels.
     - an array: (N, D), (N, H, W), (N, H, W, C) or (N, C, H, W) with C in {1, 3} of finite values (the layout
       rules are ``pyro_vae.images``'s; uint8 is scaled by 1/255), split 5/6 train, 1/6 test with a fixed seed;
       ``labels`` optionally names a 1-D integer array of N labels.
@@ -280,6 +286,9 @@ def load_data(
         data = _load_digits()
     elif name in _TORCHVISION:
         data = _load_torchvision(name, Path(data_dir) if data_dir is not None else default_data_dir(), download)
+    elif name == "static-mnist":
+        train_x, test_x, notes = load_static_mnist(Path(data_dir) if data_dir is not None else default_data_dir())
+        data = VAEData(name, train_x, test_x, None, None, (28, 28), levels=2, notes=notes)
     elif Path(name).is_dir():
         data = _load_folder(Path(name), labels, image_size)
     else:

@@ -93,7 +93,7 @@ CASES = [
     Case(
         "dataset-name",
         ("train", "--out", "{run}", "--dataset", "imagenet"),
-        ("unknown dataset 'imagenet'", "digits, mnist, fashion-mnist, a path"),
+        ("unknown dataset 'imagenet'", "digits, mnist, fashion-mnist, static-mnist, a path"),
     ),
     # --- the user's data (over an existing run with --overwrite: a bad file must not cost the old run) ----
     Case(

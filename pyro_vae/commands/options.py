@@ -190,7 +190,7 @@ UNSET = {
 }
 #: Metavars of the fields whose type (str) says nothing.
 METAVARS = {
-    "dataset": "{digits,mnist,fashion-mnist,FILE,DIR}",
+    "dataset": "{digits,mnist,fashion-mnist,static-mnist,FILE,DIR}",
     "data_dir": "DIR",
     "labels": "FILE",
     "device": "{auto,cpu,cuda,cuda:N}",
