@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, ...]] = [
         "pyro_vae.kl_check",
         "pyro_vae.linear_gaussian",
         "pyro_vae.safe_load",
+        "pyro_vae.static_mnist",
         "pyro_vae.atomic",
         "pyro_vae.interrupts",
         "pyro_vae.bits",
