@@ -244,16 +244,15 @@ def evaluate_row(name: str, out: Path, args: argparse.Namespace) -> dict[str, An
     if cached and "gap_se" in cached and all(cached.get(key, "last") == value for key, value in wanted.items()):
         return cached
     run = load_run(out, which=which)
+    if run.metrics[-1]["epoch"] != epoch:  # before the IS, which takes minutes
+        raise SystemExit(f"{name}: the {which} checkpoint holds epoch {run.metrics[-1]['epoch']}, not {epoch}")
     x = run.data.test_x_eval[: args.eval_examples]
     torch.manual_seed(0)
     t0 = time.process_time()
     elbo, log_p = importance_sample_stats(run.model, run.guide, x, num_samples=args.eval_k, max_rows=args.max_rows)
     n = x.shape[0]
     gap = log_p - elbo
-    # The test ELBO (all 10,000 images) of the scored checkpoint's epoch.
-    if run.metrics[-1]["epoch"] != epoch:
-        raise SystemExit(f"{name}: the {which} checkpoint holds epoch {run.metrics[-1]['epoch']}, not {epoch}")
-    test_elbo = run.metrics[-1]["test_elbo"]
+    test_elbo = run.metrics[-1]["test_elbo"]  # of the scored epoch, over all 10,000 test images
     result = {
         **wanted,
         "examples": n,
