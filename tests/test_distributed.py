@@ -123,8 +123,22 @@ def _two_rank_gradients(rank: int, rendezvous: str, out: str) -> None:
         loss = step(batch)
         if rank == 0:
             torch.save({"loss": loss, "grads": [p.grad.clone() for p in params]}, out)
+        del step  # it holds DDP, which holds the group
+        _leave_cleanly()
     finally:
         dist.destroy_process_group()
+
+
+def _leave_cleanly() -> None:
+    """What ``DataParallel.session`` does at a clean end, once the caller has dropped its step: DDP (which holds the
+    group) is collected and every rank meets before the group is left. Without it a rank once died of SIGABRT at
+    exit after a passing step ("terminate called without an active exception": gloo torn down under a live DDP)."""
+    import gc
+
+    import torch.distributed as dist
+
+    gc.collect()
+    dist.barrier()
 
 
 def assert_same_step(got: dict, loss: torch.Tensor, params: list) -> None:
@@ -210,6 +224,8 @@ def _two_rank_m2_gradients(rank: int, rendezvous: str, out: str) -> None:
         loss = step(batch)
         if rank == 0:
             torch.save({"loss": loss, "grads": [p.grad.clone() for p in params]}, out)
+        del step  # it holds DDP, which holds the group
+        _leave_cleanly()
     finally:
         dist.destroy_process_group()
 
