@@ -2,7 +2,7 @@
 
 The run's per-epoch ELBO (``metrics.jsonl``; the epochs of a KL warm-up, at beta < 1, left out) is fitted with ELBO(t) =
 A - b t^(-c); the command prints the epoch at which the fit reaches the target with a bootstrap interval, the ELBO at
-convergence A, and a back-test (the fit on the first half of the epochs predicting the last). A target log p(x)
+convergence A, and a back-test (the fit on the first half of the epochs predicting the last few). A target log p(x)
 (``--log-px``, e.g. a paper's number) becomes the ELBO target log p(x) - gap, with the gap log p(x) - ELBO that
 ``pyro-vae evaluate`` measured at the run's last epoch (or ``--gap``), taken as constant from there on. Nothing is
 written: the run is only read.
@@ -162,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
         "asymptote_identified": fc.identified,
         "level": fc.level,
         "backtest_error": fc.backtest_error,
+        "backtest_window": fc.backtest_window,
     }
     if args.json:
         print(json.dumps(record, indent=2))
@@ -198,7 +199,8 @@ def run(args: argparse.Namespace) -> int:
         print("back-test: the first half of the curve is too short to fit")
     else:
         print(
-            f"back-test: fitted on epochs up to {epochs[-1] / 2:.0f}, the fit's ELBO at epoch {epochs[-1]:.0f} is "
-            f"{fc.backtest_error:+.2f} nats from the measured one"
+            f"back-test: fitted on epochs up to {epochs[-1] / 2:.0f}, the fit's ELBO over the last "
+            f"{fc.backtest_window} epochs ({epochs[-fc.backtest_window]:.0f} to {epochs[-1]:.0f}) is "
+            f"{fc.backtest_error:+.2f} nats from the measured one on average"
         )
     return 0
