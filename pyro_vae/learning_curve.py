@@ -11,7 +11,8 @@ since Cortes et al. 1994 [1], and in the scaling-law literature [2]):
 where :math:`A` is the ELBO the run would reach with unlimited epochs, and the epoch at which it reaches a target
 :math:`T < A` is :math:`t^* = (b / (A - T))^{1/c}` (never, :math:`t^* = \\infty`, when :math:`T \\ge A`). A power law
 in epochs suits schedules that change the learning rate at geometric epochs (Burda et al.'s 3^i epochs) because they
-look the same at every scale of log t.
+look the same at every scale of log t, though each change still bends the curve: ``pyro-vae forecast`` names the
+changes that fall inside the back-test's span and ahead of the curve.
 
 For a fixed :math:`c` the model is linear in :math:`(A, b)`, so the fit is least squares over :math:`(A, b)` inside a
 one-dimensional search over :math:`c` (variable projection): it has no starting point to choose and cannot fail to

@@ -103,6 +103,34 @@ def make_scheduler(
     return None
 
 
+def scheduled_rates(
+    schedule: str,
+    lr: float,
+    until: int,
+    *,
+    epochs: int,
+    step_epochs: int = 10,
+    gamma: float = 0.1,
+    milestones: tuple[int, ...] = (),
+) -> list[float] | None:
+    """The learning rate of each of epochs 1, ..., ``until`` under ``schedule`` (``make_scheduler``'s arguments),
+    read from torch's own scheduler stepped once per epoch as training steps it (so no schedule is re-derived here);
+    None for "plateau", whose steps follow the test ELBO and cannot be known in advance."""
+    if schedule == "plateau":
+        return None
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(()))], lr=lr)
+    scheduler = make_scheduler(
+        optimizer, schedule, epochs=epochs, step_epochs=step_epochs, gamma=gamma, milestones=milestones
+    )
+    rates = []
+    for _ in range(until):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()  # no gradient, so no update: the order torch expects (else it warns of a skipped rate)
+        if scheduler is not None:
+            scheduler.step()
+    return rates
+
+
 def make_optimizer(
     params: Iterable[nn.Parameter], lr: float, fused: bool | None = None, eps: float = 1e-8
 ) -> torch.optim.Adam:

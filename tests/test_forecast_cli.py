@@ -130,3 +130,71 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, setup, args,
     assert message in err and "\n" not in err and "Traceback" not in err
     if not setup.get("missing"):
         assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def burda_rates(lr, until):
+    """Burda et al. 2016, Sec. 5, as the paper states it: 3^i epochs at lr 10^(-i/7) for i = 0, ..., 7, the last rate
+    kept after (3,280 epochs)."""
+    rates = [lr * 10 ** (-i / 7) for i in range(8) for _ in range(3**i)]
+    return (rates + [rates[-1]] * until)[:until]
+
+
+@pytest.mark.parametrize(
+    "schedule,options,expected",
+    [
+        ("constant", {}, [0.1] * 6),
+        ("step", {"step_epochs": 2, "gamma": 0.5}, [0.1, 0.1, 0.05, 0.05, 0.025, 0.025]),
+        ("multistep", {"milestones": (2, 3), "gamma": 0.5}, [0.1, 0.1, 0.05, 0.025, 0.025, 0.025]),
+        # Loshchilov & Hutter: lr (1 + cos(pi t / T)) / 2 at t = 0, 1, ... over T = epochs = 4 (past T it rises again)
+        ("cosine", {}, [0.1 * (1 + math.cos(math.pi * t / 4)) / 2 for t in range(6)]),
+    ],
+    ids=["constant", "step", "multistep", "cosine"],
+)
+def test_the_scheduled_rates_are_the_schedules_as_written(schedule, options, expected):
+    from pyro_vae.step import scheduled_rates
+
+    assert scheduled_rates(schedule, 0.1, 6, epochs=4, **options) == pytest.approx(expected, rel=1e-12, abs=1e-15)
+
+
+def test_the_burda_rates_are_the_papers_stages_and_plateau_is_unknown():
+    from pyro_vae.step import scheduled_rates
+
+    assert scheduled_rates("burda", 1e-3, 3300, epochs=3280) == pytest.approx(burda_rates(1e-3, 3300), rel=1e-12)
+    assert scheduled_rates("plateau", 1e-3, 10, epochs=10) is None
+
+
+def write_config(run, schedule, **fields):
+    config = TrainConfig(epochs=60, lr_schedule=schedule, **fields)
+    (run / "config.json").write_text(config.to_json())
+
+
+def test_the_forecast_names_the_rate_changes_in_its_back_test_and_ahead(tmp_path, capsys):
+    """A 60-epoch run under Burda et al.'s schedule: its rate changes after epochs 1, 4, 13, 40, 121, 364, 1,093 (the
+    ends of the 3^i stages); the back-test spans epochs 30-60, so 40 falls in it; the forecast reaches A - 0.5 at
+    epoch 6,400, so 121, 364 and 1,093 lie ahead. A constant rate says nothing; a plateau schedule says it cannot
+    know; a damaged config is one line."""
+    run = write_run(tmp_path / "run")
+    write_config(run, "burda")
+    out = forecast_json(capsys, run, "--target", A - 0.5)
+    assert out["lr_changes"]["schedule"] == "burda"
+    assert out["lr_changes"]["in_backtest"] == [40]
+    assert out["lr_changes"]["ahead"] == [121, 364, 1093]
+    assert out["epochs"] == pytest.approx((B / 0.5) ** (1 / C), rel=1e-3)  # the fit itself is unchanged
+    assert main(["forecast", str(run), "--target", str(A - 0.5), "--resamples", "20"]) == 0
+    text = capsys.readouterr().out
+    assert "changes after epoch 40, between the back-test's half (30) and the curve's end (60)" in text
+    assert "changes after epoch 121, 364, 1,093 (up to epoch" in text and "ahead of the curve" in text
+    # pythae's milestones: 200, 350, 500, 750 and 1,000 are all ahead of epoch 60
+    write_config(run, "multistep", lr_milestones=(200, 350, 500, 750, 1000))
+    assert forecast_json(capsys, run, "--target", A - 0.5)["lr_changes"]["ahead"] == [200, 350, 500, 750, 1000]
+    write_config(run, "constant")
+    assert forecast_json(capsys, run, "--target", A - 0.5)["lr_changes"] is None
+    assert main(["forecast", str(run), "--target", str(A - 0.5), "--resamples", "20"]) == 0
+    assert "learning rate" not in capsys.readouterr().out
+    write_config(run, "plateau")
+    assert main(["forecast", str(run), "--target", str(A - 0.5), "--resamples", "20"]) == 0
+    assert "it drops when the test ELBO stalls, which no fit of the curve foresees" in capsys.readouterr().out
+    (run / "config.json").write_text("{not json")
+    assert main(["forecast", str(run), "--target", str(A - 0.5)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "is not a run's config" in err and "\n" not in err and "Traceback" not in err

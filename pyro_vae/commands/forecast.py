@@ -4,8 +4,10 @@ The run's per-epoch ELBO (``metrics.jsonl``; the epochs of a KL warm-up, at beta
 A - b t^(-c); the command prints the epoch at which the fit reaches the target with a bootstrap interval, the ELBO at
 convergence A, and a back-test (the fit on the first half of the epochs predicting the last few). A target log p(x)
 (``--log-px``, e.g. a paper's number) becomes the ELBO target log p(x) - gap, with the gap log p(x) - ELBO that
-``pyro-vae evaluate`` measured at the run's last epoch (or ``--gap``), taken as constant from there on. Nothing is
-written: the run is only read.
+``pyro-vae evaluate`` measured at the run's last epoch (or ``--gap``), taken as constant from there on. A power law
+in epochs knows nothing of a change of learning rate, so the epochs at which the run's schedule (``config.json``)
+changes the rate inside the back-test's span or ahead of the curve are printed beside the forecast, read from torch's
+own scheduler (``pyro_vae.step.scheduled_rates``). Nothing is written: the run is only read.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any
 from pyro_vae.checks import check_number
 from pyro_vae.errors import UserError
 from pyro_vae.learning_curve import MIN_POINTS, forecast
-from pyro_vae.run_dir import METRICS
+from pyro_vae.run_dir import CONFIG, METRICS
+from pyro_vae.step import scheduled_rates
 
 EVALUATION = "evaluation.json"
 
@@ -119,6 +122,73 @@ def _gap(run_dir: Path, last_epoch: float) -> float:
     return gap
 
 
+#: How far ahead rate changes are looked for when the forecast's epoch is infinite: this many times the last epoch.
+AHEAD = 10
+#: The furthest epoch looked at (stepping a scheduler costs microseconds an epoch).
+HORIZON_MAX = 20_000
+
+
+def _rate_changes(run_dir: Path, half: float, last: float, horizon: float) -> dict[str, Any] | None:
+    """The run's schedule and the epochs after which it changes the learning rate, in (half, last) (the back-test's
+    span) and in [last, horizon]; None without a config.json (a curve written by hand) or with a
+    constant rate."""
+    path = run_dir / CONFIG
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        schedule = saved.get("lr_schedule", "constant")
+        options = {
+            "epochs": int(saved["epochs"]),
+            "step_epochs": int(saved.get("lr_step_epochs", 10)),
+            "gamma": float(saved.get("lr_gamma", 0.1)),
+            "milestones": tuple(int(m) for m in saved.get("lr_milestones", ())),
+        }
+        lr = float(saved["lr"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        raise UserError(f"{path} is not a run's config (no lr, epochs and lr_schedule): is the run damaged?") from None
+    if schedule == "constant":
+        return None
+    rates = scheduled_rates(schedule, lr, int(min(horizon, HORIZON_MAX)) + 1, **options)
+    if rates is None:
+        return {"schedule": schedule, "in_backtest": None, "ahead": None, "horizon": None}
+    # rates[e] is epoch e + 1's: the rate changes after epoch e when it differs from epoch e's, rates[e - 1]
+    changes = [e for e in range(1, len(rates)) if not math.isclose(rates[e], rates[e - 1], rel_tol=1e-9)]
+    return {
+        "schedule": schedule,
+        "in_backtest": [e for e in changes if half < e < last],
+        "ahead": [e for e in changes if e >= last],
+        "horizon": len(rates) - 1,
+    }
+
+
+def _listed(epochs: list[int], shown: int = 4) -> str:
+    text = ", ".join(f"{e:,}" for e in epochs[:shown])
+    return text if len(epochs) <= shown else f"{text} and {len(epochs) - shown:,} more"
+
+
+def _print_rate_changes(changes: dict[str, Any], half: float, last: float) -> None:
+    name = f"learning rate ({changes['schedule']} schedule)"
+    if changes["ahead"] is None:
+        print(
+            f"{name}: it drops when the test ELBO stalls, which no fit of the curve foresees; the forecast assumes "
+            "the curve keeps its shape"
+        )
+        return
+    if changes["in_backtest"]:
+        print(
+            f"{name}: changes after epoch {_listed(changes['in_backtest'])}, between the back-test's half "
+            f"({half:.0f}) and the curve's end ({last:.0f}): part of the back-test's error may be the change of "
+            "rate, not the fit"
+        )
+    if changes["ahead"]:
+        print(
+            f"{name}: changes after epoch {_listed(changes['ahead'])} (up to epoch {changes['horizon']:,}), ahead "
+            "of the curve: a power law in epochs does not model a change of rate, so the forecast assumes the "
+            "curve keeps the shape it had"
+        )
+
+
 def _epochs(value: float) -> str:
     return "never" if math.isinf(value) else f"{value:,.0f}"
 
@@ -145,6 +215,9 @@ def run(args: argparse.Namespace) -> int:
         gap = args.gap if args.gap is not None else _gap(args.run_dir, epochs[-1])
     target = (args.target if args.log_px is None else args.log_px - gap) - args.within
     fc = forecast(epochs, values, target, level=args.level, resamples=args.resamples, seed=args.seed)
+    last = epochs[-1]
+    finite = [e for e in (fc.epochs, fc.epochs_high) if math.isfinite(e)]
+    changes = _rate_changes(args.run_dir, last / 2, last, max(finite, default=AHEAD * last))
     record: dict[str, Any] = {
         "metric": args.metric,
         "epochs_fitted": [epochs[0], epochs[-1]],
@@ -163,6 +236,7 @@ def run(args: argparse.Namespace) -> int:
         "level": fc.level,
         "backtest_error": fc.backtest_error,
         "backtest_window": fc.backtest_window,
+        "lr_changes": changes,
     }
     if args.json:
         print(json.dumps(record, indent=2))
@@ -203,4 +277,6 @@ def run(args: argparse.Namespace) -> int:
             f"{fc.backtest_window} epochs ({epochs[-fc.backtest_window]:.0f} to {epochs[-1]:.0f}) is "
             f"{fc.backtest_error:+.2f} nats from the measured one on average"
         )
+    if changes is not None:
+        _print_rate_changes(changes, last / 2, last)
     return 0
