@@ -266,6 +266,12 @@ def evaluate_row(name: str, out: Path, args: argparse.Namespace) -> dict[str, An
         "test_elbo": float(test_elbo),
         "cpu_seconds": time.process_time() - t0,
     }
+    # Every score is kept, in order (the one replaced too, when it came from before this history existed): the
+    # forecast takes the gap log p(x) - ELBO as constant from the last one on, and its drift is how to check that.
+    history = state.setdefault("evaluations", [])
+    if cached and cached not in history:
+        history.append(cached)
+    history.append(result)
     state["eval"] = result
     write_state(out, state)
     print(
@@ -305,6 +311,8 @@ def row_result(d: Path, name: str) -> dict[str, Any]:
     ev = state.get("eval")
     row = {"row": name, "epochs": len(curve), "cpu_minutes": state["cpu_seconds"] / 60, "curve": curve}
     row.update({"anchor": anchor, "anchor_source": source, "eval": ev, "warmup_epochs": len(curve) - len(full_beta)})
+    keys = ("epoch", "checkpoint", "k", "examples", "gap", "gap_se", "log_px_all")
+    row["evaluations"] = [{key: e.get(key) for key in keys} for e in state.get("evaluations", [])]
     if curve:
         row["test_elbo"] = curve[-1][1]
     if not ev:

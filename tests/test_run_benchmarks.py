@@ -141,12 +141,18 @@ def test_mnist_nll_scores_an_early_stopping_row_at_its_best_checkpoint(tmp_path,
     assert (last["checkpoint"], last["epoch"], last["test_elbo"]) == ("last", 3, records[-1]["test_elbo"])
     assert last["log_px"] != best["log_px"]
     assert json.loads((run_dir / "bench.json").read_text())["eval"] == last
+    # both scores are kept in order, for the gap's drift; results.json carries them
+    assert json.loads((run_dir / "bench.json").read_text())["evaluations"] == [best, last]
+    history = mnist_nll.row_result(run_dir, "burda2016-vae")["evaluations"]
+    expected = [(1, "best", best["gap"]), (3, "last", last["gap"])]
+    assert [(e["epoch"], e["checkpoint"], e["gap"]) for e in history] == expected
 
     def refuse(*_args, **_kwargs):
         raise AssertionError("a cached score was computed again")
 
     monkeypatch.setattr(mnist_nll, "importance_sample_stats", refuse)
     assert mnist_nll.evaluate_row("burda2016-vae", run_dir, args) == last
+    assert len(json.loads((run_dir / "bench.json").read_text())["evaluations"]) == 2  # a reused score is not new
 
 
 @pytest.mark.skipif(MNIST is None, reason="MNIST not found in $PYRO_VAE_DATA_DIR or ../shared/data")
