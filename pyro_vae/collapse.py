@@ -209,8 +209,20 @@ def collapse_message(
             f"nats per example: the code carries (almost) no information about x; {COLLAPSE_REMEDIES}"
         )
     if collapsed:
-        return (
+        line = (
             f"partial collapse: {collapsed} of {num_dimensions} latent dimensions have KL < {COLLAPSED_KL} nats "
             f"(unused by the decoder); {active_units} active"
         )
+        if collapsed + active_units > num_dimensions:
+            # Two measures with their own thresholds: a dimension whose posterior mean moves a little with x can be
+            # active by Var_x E_q[z_j|x] and still carry less KL than COLLAPSED_KL. Said, so the counts don't read
+            # as a contradiction.
+            both = collapsed + active_units - num_dimensions
+            which = (
+                "1 dimension near both thresholds counts"
+                if both == 1
+                else f"{both} dimensions near both thresholds count"
+            )
+            line += f" by Var_x E_q[z_j|x] (Burda et al.'s measure: {which} in both)"
+        return line
     return None

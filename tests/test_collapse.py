@@ -142,7 +142,13 @@ def test_the_collapse_line_names_the_evidence_and_what_to_try():
     assert full is not None and "posterior collapse: 0 of 3" in full and "warm-up" in full and "free bits" in full
     assert "posterior collapse" in collapse_message(2, 3, 0.02, [0.01, 0.005, 0.005])  # KL below 0.01 per dimension
     partial = collapse_message(2, 3, 5.0, [2.5, 2.5, 0.001])
-    assert partial is not None and partial.startswith("partial collapse: 1 of 3")
+    assert partial is not None and partial.startswith("partial collapse: 1 of 3") and "count in both" not in partial
+    # 3 active by the variance of the means and 1 of 3 below 0.01 nats: the overlap of the two measures is named
+    overlap = collapse_message(3, 3, 5.0, [2.5, 2.5, 0.006])
+    assert overlap is not None and overlap.endswith(
+        "3 active by Var_x E_q[z_j|x] (Burda et al.'s measure: 1 dimension near both thresholds counts in both)"
+    )
+    assert "2 dimensions near both thresholds count in both" in collapse_message(3, 3, 5.0, [2.5, 0.004, 0.006])
     assert collapse_message(3, 3, 5.0, [2.0, 2.0, 1.0]) is None
     assert collapse_message(3, 3, 5.0, None) is None  # a prior with no per-dimension KL: the total only
 

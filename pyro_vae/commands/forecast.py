@@ -122,7 +122,7 @@ def _gap(run_dir: Path, last_epoch: float) -> float:
     return gap
 
 
-#: How far ahead rate changes are looked for when the forecast's epoch is infinite: this many times the last epoch.
+#: How far ahead rate changes are looked for: this many times the last epoch, or the forecast's epoch when later.
 AHEAD = 10
 #: The furthest epoch looked at (stepping a scheduler costs microseconds an epoch).
 HORIZON_MAX = 20_000
@@ -216,8 +216,11 @@ def run(args: argparse.Namespace) -> int:
     target = (args.target if args.log_px is None else args.log_px - gap) - args.within
     fc = forecast(epochs, values, target, level=args.level, resamples=args.resamples, seed=args.seed)
     last = epochs[-1]
+    # the asymptote is a forecast too, so the changes ahead are looked for up to 10 times the last epoch at least
     finite = [e for e in (fc.epochs, fc.epochs_high) if math.isfinite(e)]
-    changes = _rate_changes(args.run_dir, last / 2, last, max(finite, default=AHEAD * last))
+    changes = _rate_changes(args.run_dir, last / 2, last, max(finite + [AHEAD * last]))
+    if changes is not None and fc.backtest_error is None and changes["in_backtest"]:
+        changes["in_backtest"] = []  # no back-test was made
     record: dict[str, Any] = {
         "metric": args.metric,
         "epochs_fitted": [epochs[0], epochs[-1]],
