@@ -198,3 +198,15 @@ def test_the_forecast_names_the_rate_changes_in_its_back_test_and_ahead(tmp_path
     assert main(["forecast", str(run), "--target", str(A - 0.5)]) != 0
     err = capsys.readouterr().err.strip()
     assert "is not a run's config" in err and "\n" not in err and "Traceback" not in err
+
+
+def test_rate_changes_ahead_are_named_even_when_the_target_is_reached(tmp_path, capsys):
+    """9 epochs, milestones 6 and 50: the target (far below the curve) is reached at once, yet the asymptote is a
+    forecast too, so the change after epoch 50 (within 10 x 9 epochs) is named; the one after epoch 6 is not put on a
+    back-test, since 9 epochs leave too short a first half to make one."""
+    run = write_run(tmp_path / "run", epochs=9, evaluated_epoch=9)
+    write_config(run, "multistep", lr_milestones=(6, 50))
+    out = forecast_json(capsys, run, "--target", A - 100)
+    assert out["epochs"] < 9 and out["backtest_error"] is None
+    assert out["lr_changes"]["in_backtest"] == [] and out["lr_changes"]["ahead"] == [50]
+    assert out["lr_changes"]["horizon"] == 90
