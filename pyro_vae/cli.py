@@ -12,7 +12,9 @@ components it registers are choices and their options are flags (``pyro_vae.plug
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import re
 import signal
 import sys
@@ -112,7 +114,8 @@ def _show_warning(message: Warning | str, category: type[Warning], *args: Any, *
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``pyro-vae ARGS``; return the exit code (0 success, 2 bad input, 130 Ctrl-C, 143 SIGTERM)."""
+    """Run ``pyro-vae ARGS``; return the exit code (0 success, 2 bad input, 130 Ctrl-C, 141 output pipe closed,
+    143 SIGTERM)."""
     with warnings.catch_warnings():  # the one-line warnings for this command only
         warnings.showwarning = _show_warning
         return _main(sys.argv[1:] if argv is None else list(argv))
@@ -135,6 +138,12 @@ def _main(argv: list[str]) -> int:
                 raise UserError(f"--threads must be >= 1, got {threads}")
             torch.set_num_threads(threads)
         return int(args.run(args) or 0)
+    except BrokenPipeError:
+        # The reader went away (``pyro-vae presets | head``): stop quietly, as Unix tools do, and keep Python from
+        # reporting the same error again when it flushes stdout at exit.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + getattr(signal, "SIGPIPE", 13)
     except (UserError, ValueError, TypeError, OSError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         _say(f"pyro-vae: error: {message}")

@@ -169,3 +169,20 @@ def test_every_command_runs_on_one_thread_unless_told(command, tmp_path, capsys)
     finally:
         torch.set_num_threads(before)
     assert TrainConfig().threads == 1  # train, kl-ablation and compare-estimators: the same default
+
+
+def test_a_reader_that_goes_away_stops_the_command_quietly():
+    """``pyro-vae presets | head -1``: the pipe's reader closes before the output is written; the command stops
+    with 128 + SIGPIPE, as Unix tools do, and prints no error (it printed "pyro-vae: error: [Errno 32] Broken
+    pipe")."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pyro_vae.cli import main; sys.exit(main(['presets']))"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    child.stdout.close()  # the reader goes away before a byte is written
+    err = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 141 and err == ""

@@ -59,8 +59,12 @@ def test_cli_preset_with_overrides_is_recorded_and_resumed(tmp_path, capsys):
 
 
 def test_preset_help_and_unknown_preset(tmp_path, capsys):
-    assert main(["train", "--preset", "help", "--out", str(tmp_path / "x")]) == 0
+    assert main(["train", "--preset", "help"]) == 0  # no run directory needed to read the presets
     text = capsys.readouterr().out
+    assert not (tmp_path / "x").exists()
+    assert main(["train", "--epochs", "1"]) == 2  # any other train needs --out: one line
+    err = capsys.readouterr().err.strip()
+    assert "needs --out DIR" in err and "\n" not in err
     assert all(name in text for name in presets()) and "yburda/iwae" in text and "-84.78" in text
     assert main(["presets", "tomczak2018"]) == 0
     text = capsys.readouterr().out

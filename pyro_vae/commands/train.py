@@ -29,7 +29,8 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
         description="Train a VAE by SVI and write DIR/config.json, DIR/metrics.jsonl (one record per epoch: "
         "train loss, test ELBO, KL and reconstruction terms, nats per example), DIR/checkpoint.pt and figures.",
     )
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="run directory")
+    # Checked in run(), not by argparse: --preset help lists the presets and needs no run directory.
+    parser.add_argument("--out", type=Path, metavar="DIR", help="run directory (required)")
     parser.add_argument(
         "--resume",
         action="store_true",
@@ -79,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     if train_opts.get("preset") == "help":
         print("\n\n".join(describe(p) for p in presets().values()))
         return 0
+    if args.out is None:
+        raise UserError("pyro-vae train needs --out DIR, the run directory (see 'pyro-vae train --help')")
     if args.from_previous and not args.resume:
         raise UserError("--from-previous goes with --resume (it continues the run from its previous checkpoint)")
     if args.resume and args.overwrite:
