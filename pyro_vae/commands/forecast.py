@@ -13,12 +13,14 @@ own scheduler (``pyro_vae.step.scheduled_rates``). Nothing is written: the run i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 from pathlib import Path
 from typing import Any
 
 from pyro_vae.checks import check_number
+from pyro_vae.config import TrainConfig
 from pyro_vae.errors import UserError
 from pyro_vae.learning_curve import MIN_POINTS, forecast
 from pyro_vae.run_dir import CONFIG, METRICS
@@ -122,6 +124,7 @@ def _gap(run_dir: Path, last_epoch: float) -> float:
     return gap
 
 
+TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 #: How far ahead rate changes are looked for: this many times the last epoch, or the forecast's epoch when later.
 AHEAD = 10
 #: The furthest epoch looked at (stepping a scheduler costs microseconds an epoch).
@@ -136,17 +139,19 @@ def _rate_changes(run_dir: Path, half: float, last: float, horizon: float) -> di
     if not path.is_file():
         return None
     try:
-        saved = json.loads(path.read_text())
-        schedule = saved.get("lr_schedule", "constant")
+        # The fields a config.json from before a field existed lacks take TrainConfig's defaults, as a resume does;
+        # the config is not built whole, which would import the plugins its components came from.
+        saved = {**TRAIN_DEFAULTS, **json.loads(path.read_text())}
+        schedule = saved["lr_schedule"]
         options = {
             "epochs": int(saved["epochs"]),
-            "step_epochs": int(saved.get("lr_step_epochs", 10)),
-            "gamma": float(saved.get("lr_gamma", 0.1)),
-            "milestones": tuple(int(m) for m in saved.get("lr_milestones", ())),
+            "step_epochs": int(saved["lr_step_epochs"]),
+            "gamma": float(saved["lr_gamma"]),
+            "milestones": tuple(int(m) for m in saved["lr_milestones"]),
         }
         lr = float(saved["lr"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
-        raise UserError(f"{path} is not a run's config (no lr, epochs and lr_schedule): is the run damaged?") from None
+        raise UserError(f"{path} is not a run's config (a JSON object of its fields): is the run damaged?") from None
     if schedule == "constant":
         return None
     rates = scheduled_rates(schedule, lr, int(min(horizon, HORIZON_MAX)) + 1, **options)
@@ -218,9 +223,9 @@ def run(args: argparse.Namespace) -> int:
     last = epochs[-1]
     # the asymptote is a forecast too, so the changes ahead are looked for up to 10 times the last epoch at least
     finite = [e for e in (fc.epochs, fc.epochs_high) if math.isfinite(e)]
-    changes = _rate_changes(args.run_dir, last / 2, last, max(finite + [AHEAD * last]))
-    if changes is not None and fc.backtest_error is None and changes["in_backtest"]:
-        changes["in_backtest"] = []  # no back-test was made
+    # no back-test made (too short a first half): no span for a change to fall in
+    half = last / 2 if fc.backtest_error is not None else last
+    changes = _rate_changes(args.run_dir, half, last, max(finite + [AHEAD * last]))
     record: dict[str, Any] = {
         "metric": args.metric,
         "epochs_fitted": [epochs[0], epochs[-1]],
@@ -281,5 +286,5 @@ def run(args: argparse.Namespace) -> int:
             f"{fc.backtest_error:+.2f} nats from the measured one on average"
         )
     if changes is not None:
-        _print_rate_changes(changes, last / 2, last)
+        _print_rate_changes(changes, half, last)
     return 0
