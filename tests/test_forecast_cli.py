@@ -194,6 +194,12 @@ def test_the_forecast_names_the_rate_changes_in_its_back_test_and_ahead(tmp_path
     write_config(run, "plateau")
     assert main(["forecast", str(run), "--target", str(A - 0.5), "--resamples", "20"]) == 0
     assert "it drops when the test ELBO stalls, which no fit of the curve foresees" in capsys.readouterr().out
+    # a config.json from before lr_milestones and lr_step_epochs existed: their defaults, as a resume takes them
+    (run / "config.json").write_text(json.dumps({"lr_schedule": "burda", "lr": 1e-3, "epochs": 60}))
+    assert forecast_json(capsys, run, "--target", A - 0.5)["lr_changes"]["ahead"] == [121, 364, 1093]
+    (run / "config.json").write_text("[1, 2]")
+    assert main(["forecast", str(run), "--target", str(A - 0.5)]) == 2
+    assert "is not a run's config" in capsys.readouterr().err
     (run / "config.json").write_text("{not json")
     assert main(["forecast", str(run), "--target", str(A - 0.5)]) != 0
     err = capsys.readouterr().err.strip()
