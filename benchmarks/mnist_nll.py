@@ -44,6 +44,14 @@ with the IS gap log p(x) - ELBO measured at the end taken as constant) is report
 interval, beside the fitted log p(x) at convergence (A + gap), a back-test (the same fit on the first half of the epochs
 predicting the last epoch's ELBO: its error says how far to trust the extrapolation) and the CPU hours the missing
 epochs cost at the row's measured CPU seconds per epoch. It is an extrapolation, to be read with its back-test.
+
+The gap need not stay constant (a guide that keeps learning closes part of it). Every score keeps each image's ELBO
+and log p(x) in OUT/ROW/scores/ (``pyro_vae.score_history``, as ``pyro-vae evaluate`` does), ``--score-every N``
+scores a row every N epochs as it trains, and a row with scores at two or more epochs (same K and images) gets a
+second table: the trend of log p(x) in the curve's fitted ELBO, as the gap's slope with its interval (the images'
+paired bootstrap and the scores' scatter, ``pyro_vae.gap_trend``), its back-test, and log p(x) at convergence and
+the epochs to within 0.5 nats with log p(x) moving by 1 + slope per nat of fitted ELBO from the last score instead of
+by 1.
 """
 
 from __future__ import annotations
@@ -63,8 +71,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pyro_vae import TrainConfig, VAEConfig, load_run, train  # noqa: E402
 from pyro_vae.atomic import atomic_write_text  # noqa: E402
 from pyro_vae.evaluation import importance_sample_stats  # noqa: E402
-from pyro_vae.learning_curve import MIN_POINTS, Forecast, forecast  # noqa: E402
+from pyro_vae.gap_trend import GapTrend, gap_trend  # noqa: E402
+from pyro_vae.learning_curve import MIN_POINTS, Forecast, fit_power_law, forecast  # noqa: E402
 from pyro_vae.run_dir import CHECKPOINT  # noqa: E402
+from pyro_vae.score_history import read_scores, write_score  # noqa: E402
 
 #: Published test log-likelihoods (nats, binarised MNIST) each row is compared with: (number, source).
 ANCHORS = {
@@ -192,7 +202,8 @@ def epochs_done(out: Path) -> int:
 
 
 def train_row(name: str, out: Path, args: argparse.Namespace, data: Any) -> None:
-    """Train ``name`` in chunks of ``args.chunk`` epochs until its CPU budget or ``args.epochs`` is reached."""
+    """Train ``name`` in chunks of ``args.chunk`` epochs until its CPU budget or ``args.epochs`` is reached, scoring
+    it (``evaluate_row``) after a chunk that ends ``args.score_every`` or more epochs after the last score."""
     state = read_state(out)
     budget = 60 * args.cpu_minutes
     while True:
@@ -213,6 +224,10 @@ def train_row(name: str, out: Path, args: argparse.Namespace, data: Any) -> None
             return
         last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
         print(f"{name}: epoch {target}, test ELBO {last['test_elbo']:.2f}, {cpu:.0f} s CPU ({wall:.0f} s wall)")
+        scored = (state.get("eval") or {}).get("epoch", 0)
+        if args.score_every and epochs_done(out) - scored >= args.score_every:
+            evaluate_row(name, out, args)
+            state = read_state(out)  # evaluate_row wrote the score into bench.json
 
 
 def scored_checkpoint(name: str) -> str:
@@ -266,6 +281,18 @@ def evaluate_row(name: str, out: Path, args: argparse.Namespace) -> dict[str, An
         "test_elbo": float(test_elbo),
         "cpu_seconds": time.process_time() - t0,
     }
+    # Each image's numbers, for the gap's trend over the scores (``gap_trend``, paired by image): OUT/ROW/scores/,
+    # as pyro-vae evaluate keeps them (``pyro_vae.score_history``).
+    path = write_score(
+        out,
+        epoch=epoch,
+        checkpoint=which,
+        num_samples=args.eval_k,
+        elbo=elbo.tolist(),
+        log_px=log_p.tolist(),
+        test_elbo=test_elbo,
+    )
+    result["per_image"] = path.name
     # Every score is kept, in order (the one replaced too, when it came from before this history existed): the
     # forecast takes the gap log p(x) - ELBO as constant from the last one on, and its drift is how to check that.
     history = state.setdefault("evaluations", [])
@@ -281,17 +308,38 @@ def evaluate_row(name: str, out: Path, args: argparse.Namespace) -> dict[str, An
     return result
 
 
-def forecast_row(
-    curve: list[tuple[int, float]], gap: float, anchor: float, fitted: set[int] | None = None
-) -> Forecast | None:
+def trend_of_gap(
+    d: Path, ev: dict[str, Any] | None, records: list[dict[str, Any]], fitted: set[int]
+) -> tuple[GapTrend, list[int], float] | None:
+    """``gap_trend`` over the row's scores (``pyro_vae.score_history``) of the same checkpoint kind, K and images as
+    its last score ``ev``, against the power law fitted to its curve (``fitted`` epochs from ``FIT_FROM`` on) at
+    their epochs (the measured test ELBO jitters from epoch to epoch: ``pyro_vae.gap_trend``); with the fitted ELBO
+    at the last score's epoch. None when fewer than two epochs have a score, or the curve is too short to fit."""
+    if not ev:
+        return None
+    which = ev.get("checkpoint", "last")
+    scores = read_scores(d, checkpoint=which, num_samples=ev["k"], num_examples=ev["examples"], metrics=records)
+    points = [(m["epoch"], m["test_elbo"]) for m in records if m["epoch"] >= FIT_FROM and m["epoch"] in fitted]
+    if len(scores) < 2 or len(points) < MIN_POINTS:
+        return None
+    fit = fit_power_law(*zip(*points, strict=True))
+    epochs = [s.epoch for s in scores]
+    try:
+        trend = gap_trend(fit.predict(epochs), [s.log_px for s in scores])
+    except ValueError:  # e.g. a best checkpoint scored twice at the same epoch: no trend to fit
+        return None
+    return trend, epochs, float(fit.predict(ev["epoch"]))
+
+
+def forecast_row(curve: list[tuple[int, float]], target: float, fitted: set[int] | None = None) -> Forecast | None:
     """When the row's test ELBO curve (epochs >= 3, and only those in ``fitted``: the epochs trained at beta = 1)
-    reaches the ELBO at which log p(x) = ELBO + gap is within ``TOLERANCE`` of the anchor
-    (``pyro_vae.learning_curve``: power-law fit, 90% block-bootstrap interval, back-test); None if too short."""
+    reaches the ELBO ``target`` (``pyro_vae.learning_curve``: power-law fit, 90% block-bootstrap interval,
+    back-test); None if too short."""
     points = [(t, e) for t, e in curve if t >= FIT_FROM and (fitted is None or t in fitted)]
     if len(points) < MIN_POINTS:
         return None
     epochs, elbo = zip(*points, strict=True)
-    return forecast(epochs, elbo, anchor - TOLERANCE - gap)
+    return forecast(epochs, elbo, target)
 
 
 def _epochs_text(value: float) -> str:
@@ -320,7 +368,9 @@ def row_result(d: Path, name: str) -> dict[str, Any]:
     row["distance"] = ev["log_px_all"] - anchor
     if ev.get("checkpoint") == "best":  # scored at its early-stopping best, not at its last epoch
         row["test_elbo"] = ev["test_elbo"]
-    fc = forecast_row(curve, ev["gap"], anchor, full_beta) if row["distance"] < -TOLERANCE else None
+    # The ELBO at which log p(x) = ELBO + gap (the gap of the last score, held constant) is within TOLERANCE.
+    target = anchor - TOLERANCE - ev["gap"]
+    fc = forecast_row(curve, target, full_beta) if row["distance"] < -TOLERANCE else None
     if fc is not None:
         seconds_per_epoch = state["cpu_seconds"] / len(curve)
         row["forecast"] = {
@@ -337,7 +387,42 @@ def row_result(d: Path, name: str) -> dict[str, Any]:
             "cpu_hours_short": fc.epochs_short * seconds_per_epoch / 3600,
             "fit": {"asymptote": fc.fit.asymptote, "scale": fc.fit.scale, "exponent": fc.fit.exponent},
         }
+    found = trend_of_gap(d, ev, records, full_beta)
+    if found is not None:
+        row["gap_trend"] = gap_trend_result(*found, row, ev, full_beta)
     return row
+
+
+def gap_trend_result(
+    trend: GapTrend, epochs: list[int], elbo_ref: float, row: dict[str, Any], ev: dict[str, Any], fitted: set[int]
+) -> dict[str, Any]:
+    """The gap's trend over the scores and, when the row has a forecast, the forecast redone with log p(x) moving by
+    1 + slope nats per nat of fitted ELBO from the last score's (``elbo_ref``, log p(x)) instead of by 1 (the
+    constant gap): the epochs to within ``TOLERANCE`` of the anchor (the curve's 90% interval) and log p(x) at the
+    fitted asymptote (at the slope's 90% interval's ends)."""
+    out: dict[str, Any] = {
+        "epochs": epochs,
+        "slope": trend.slope,
+        "slope_interval": [trend.slope_low, trend.slope_high],
+        "elbo_span": trend.elbo_span,
+        "residual_sd": trend.residual_sd,
+        "backtest_error": trend.backtest_error,
+        "backtest_se": trend.backtest_se,
+    }
+    if "forecast" not in row:
+        return out
+    ref = {"elbo_ref": elbo_ref, "log_px_ref": ev["log_px_all"]}
+    target = trend.elbo_for(row["anchor"] - TOLERANCE, **ref)
+    asymptote = row["forecast"]["fit"]["asymptote"]
+    limits = [trend.log_px_at(asymptote, **ref, slope=s) for s in (trend.slope_low, trend.slope_high)]
+    out["asymptote_log_px"] = trend.log_px_at(asymptote, **ref)
+    out["asymptote_interval"] = sorted(limits)
+    fc = forecast_row(row["curve"], target, fitted) if math.isfinite(target) else None
+    if fc is None:
+        out.update(epochs_to=math.inf, epochs_to_interval=[math.inf, math.inf])
+    else:
+        out.update(epochs_to=fc.epochs, epochs_to_interval=[fc.epochs_low, fc.epochs_high])
+    return out
 
 
 def _fit_text(r: dict[str, Any]) -> str:
@@ -385,6 +470,27 @@ def report(out: Path, names: list[str]) -> list[dict[str, Any]]:
             f"| {r['row']} | {epochs} | {cpu} | {r['test_elbo']:.2f} | {whole} | {subset} | "
             f"{r['anchor']:.2f} ({r['anchor_source']}) | {dist} | {_fit_text(r)} |"
         )
+    trends = [r for r in rows if "gap_trend" in r]
+    if trends:
+        print()
+        print(
+            "| row | scored epochs | IS gap per nat of fitted ELBO (90%) | ELBO span | scatter | back-test (SE) "
+            "| log p(x) at convergence, gap's trend (slope's 90%) | epochs to within 0.5 nats (curve's 90%) |"
+        )
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
+        for r in trends:
+            g = r["gap_trend"]
+            back = "-" if g["backtest_error"] is None else f"{g['backtest_error']:+.2f} ({g['backtest_se']:.2f})"
+            limit = epochs_to = "-"
+            if "asymptote_log_px" in g:
+                limit = "{:.2f} ({:.2f} to {:.2f})".format(g["asymptote_log_px"], *g["asymptote_interval"])
+                low, high = g["epochs_to_interval"]
+                epochs_to = f"{_epochs_text(g['epochs_to'])} ({_epochs_text(low)}-{_epochs_text(high)})"
+            slope = "{:+.2f} ({:+.2f} to {:+.2f})".format(g["slope"], *g["slope_interval"])
+            scored = ", ".join(str(t) for t in g["epochs"])
+            scatter = "-" if g["residual_sd"] is None else f"{g['residual_sd']:.2f}"
+            cells = f"{scored} | {slope} | {g['elbo_span']:.2f} | {scatter} | {back} | {limit} | {epochs_to}"
+            print(f"| {r['row']} | {cells} |")
     plot_curves(rows, out / "curves.png")
     return rows
 
@@ -439,6 +545,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=3280, help="each row's cap on epochs (Burda et al.'s 3,280)")
     parser.add_argument("--cpu-minutes", type=float, default=60.0, help="each row's total CPU budget (all sessions)")
     parser.add_argument("--chunk", type=int, default=5, help="epochs per training session between budget checks")
+    parser.add_argument(
+        "--score-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also score a row (IS log p(x)) after each chunk that ends N or more epochs after its last score, for "
+        "the gap's trend (default 0: only at the end)",
+    )
     parser.add_argument("--eval-k", type=int, default=5000, help="importance samples per test image")
     parser.add_argument("--eval-examples", type=int, default=10000, help="test images for log p(x)")
     parser.add_argument("--max-rows", type=int, default=2**15, help="(particle, image) pairs per decoder pass")

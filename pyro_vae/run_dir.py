@@ -63,6 +63,7 @@ from pyro_vae.plugins import require_plugins
 from pyro_vae.ranks import is_writer
 from pyro_vae.registry import build
 from pyro_vae.safe_load import safe_torch_load
+from pyro_vae.score_history import remove_scores
 
 
 def read_config(text: str) -> TrainConfig:
@@ -711,6 +712,7 @@ class RunDir:
         self.previous.unlink(missing_ok=True)
         self.best.unlink(missing_ok=True)
         self.remove_derived()
+        remove_scores(self.path)  # the old run's IS scores per epoch (a resume keeps them: they stay its history)
         atomic_write_text(self.config_file, config.to_json() + "\n")
         write_jsonl(self.metrics, [])
 

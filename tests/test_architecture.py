@@ -41,6 +41,8 @@ LAYERS: list[tuple[str, ...]] = [
         "pyro_vae.ranks",
         "pyro_vae.psis",
         "pyro_vae.learning_curve",
+        "pyro_vae.gap_trend",
+        "pyro_vae.score_history",
         "pyro_vae.presets",
         "pyro_vae.presets.*",
         "pyro_vae.early_stopping",

@@ -4,14 +4,18 @@ curve; bad input is one line."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
+import numpy as np
 import pytest
 
 from pyro_vae.cli import main
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import load_data
+from pyro_vae.learning_curve import fit_power_law
+from pyro_vae.score_history import write_score
 from pyro_vae.training import train
 
 A, B, C = -90.0, 40.0, 0.5
@@ -216,3 +220,93 @@ def test_rate_changes_ahead_are_named_even_when_the_target_is_reached(tmp_path, 
     assert out["epochs"] < 9 and out["backtest_error"] is None
     assert out["lr_changes"]["in_backtest"] == [] and out["lr_changes"]["ahead"] == [50]
     assert out["lr_changes"]["horizon"] == 90
+
+
+def write_scores(run, slope, gap=4.0, epochs=(30, 60), images=40, num_samples=100):
+    """Two IS scores of the exact law's run (``write_run``) whose per-image gaps fall by ``-slope`` nats per nat of
+    ELBO and end at ``gap`` on the last epoch, with evaluation.json the last one's (K and images included)."""
+    rng = np.random.default_rng(0)
+    spread = rng.normal(0.0, 8.0, size=images)  # the images differ; all move alike
+    last = A - B * epochs[-1] ** (-C)
+    for i, t in enumerate(epochs):
+        curve = A - B * t ** (-C)
+        log_px = curve + spread + gap + slope * (curve - last)
+        elbo = log_px - gap - slope * (curve - last) + (0.7 if i % 2 else -0.7)  # the guide's jitter: not a trend
+        write_score(run, epoch=t, checkpoint="last", num_samples=num_samples, elbo=elbo, log_px=log_px, test_elbo=curve)
+    record = {"epoch": epochs[-1], "elbo": last + float(spread.mean()), "num_samples": num_samples}
+    record.update(log_likelihood=record["elbo"] + gap, num_examples=images)
+    (run / "evaluation.json").write_text(json.dumps(record))
+
+
+def test_the_gap_trend_moves_log_px_by_one_plus_its_slope(tmp_path, capsys):
+    """Scores at epochs 30 and 60 whose gap falls 0.4 nats per nat of ELBO: log p(x) gains 0.6 nats per nat of ELBO
+    from the last epoch's (E_60 + 4), so the ELBO target of log p(x) L is E_60 + (L - E_60 - 4) / 0.6, reached at the
+    law's (b / (A - T))^(1/c), and log p(x) at convergence is E_60 + 4 + 0.6 (A - E_60): closed forms."""
+    run = write_run(tmp_path / "run")
+    write_scores(run, slope=-0.4)
+    last = A - B * 60 ** (-C)
+    goal = last + 4.0 + 2.0  # 2 nats of log p(x) above the last epoch's
+    out = forecast_json(capsys, run, "--log-px", goal, "--gap-trend")
+    target = last + 2.0 / 0.6
+    assert out["target_elbo"] == pytest.approx(target, abs=1e-5)  # through the fitted law (fit error ~1e-7)
+    assert out["epochs"] == pytest.approx((B / (A - target)) ** (1 / C), rel=1e-3)
+    trend = out["gap_trend"]
+    assert trend["epochs"] == [30, 60] and trend["slope"] == pytest.approx(-0.4, abs=1e-6)
+    assert trend["slope_interval"] == pytest.approx([-0.4, -0.4], abs=1e-6)  # every image moves alike
+    assert trend["asymptote_log_px"] == pytest.approx(last + 4.0 + 0.6 * (A - last), abs=1e-3)
+    # the held gap's forecast of the same goal needs only 2 nats of ELBO: earlier
+    held = forecast_json(capsys, run, "--log-px", goal)
+    assert held["target_elbo"] == pytest.approx(last + 2.0, abs=1e-9) and held["epochs"] < out["epochs"]
+    assert main(["forecast", str(run), "--log-px", str(goal), "--gap-trend", "--resamples", "20"]) == 0
+    text = capsys.readouterr().out
+    for part in ("gap trend: log p(x) - ELBO moves by -0.400", "the gap following its trend", "gap held at 4.00"):
+        assert part in text
+
+
+def test_evaluate_keeps_a_score_per_epoch_that_a_resume_keeps_and_overwrite_removes(tmp_path, capsys):
+    """The whole path on the digits: evaluate at epoch 4, train on to 8 (evaluation.json goes, the score stays),
+    evaluate again, and the trend of the two scores is the line through evaluate's own two summaries (mean log p(x)
+    of the same images) against the fitted curve; a run trained afresh over it (--overwrite) starts with no
+    scores."""
+    config = TrainConfig.for_data(load_data("digits"), z_dim=2, hidden=(32,), batch_size=64, threads=1, epochs=4)
+    run = tmp_path / "run"
+    train(config, run, progress=False, figures=False)
+    evaluate_args = ["evaluate", str(run), "--num-samples", "50", "--num-examples", "60", "--no-progress"]
+    assert main(evaluate_args) == 0
+    first = json.loads((run / "evaluation.json").read_text())
+    assert (run / "scores" / "epoch-00004-last-k50-n60.json").is_file()
+    train(dataclasses.replace(config, epochs=8), run, resume=True, progress=False, figures=False)
+    assert not (run / "evaluation.json").exists() and (run / "scores" / "epoch-00004-last-k50-n60.json").is_file()
+    assert main(evaluate_args) == 0
+    second = json.loads((run / "evaluation.json").read_text())
+    capsys.readouterr()
+    out = forecast_json(capsys, run, "--log-px", second["log_likelihood"] + 1.0, "--gap-trend", "--from-epoch", "1")
+    # against the power law fitted to the curve (epochs 1-8), as the docs say: the measured test ELBO jitters
+    curve = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    fit = fit_power_law([m["epoch"] for m in curve], [m["test_elbo"] for m in curve])
+    slope = (second["log_likelihood"] - first["log_likelihood"]) / float(fit.predict(8) - fit.predict(4)) - 1
+    assert out["gap_trend"]["epochs"] == [4, 8]
+    # evaluate's means are float32 sums of ~-100 nats (rounding ~1e-5), the trend's float64 sums of the same values
+    assert out["gap_trend"]["slope"] == pytest.approx(slope, abs=1e-4)
+    train(config, run, overwrite=True, progress=False, figures=False)
+    assert not (run / "scores").exists()
+
+
+@pytest.mark.parametrize(
+    "setup,args,message",
+    [
+        ("scores", ["--target", "-85", "--gap-trend"], "--gap-trend goes with --log-px"),
+        ("scores", ["--log-px", "-85", "--gap", "3", "--gap-trend"], "--gap-trend goes with --log-px"),
+        ("one", ["--log-px", "-85", "--gap-trend"], "at 2 or more epochs, the last one included"),
+        ("damaged", ["--log-px", "-85", "--gap-trend"], "is not a score written by pyro-vae evaluate"),
+    ],
+    ids=["no-log-px", "with-gap", "one-score", "damaged"],
+)
+def test_bad_gap_trend_input_is_one_line(tmp_path, capsys, setup, args, message):
+    run = write_run(tmp_path / "run")
+    write_scores(run, slope=-0.4, epochs=(60,) if setup == "one" else (30, 60))
+    if setup == "damaged":
+        (run / "scores" / "epoch-00030-last-k100-n40.json").write_text("{not json")
+    assert main(["forecast", str(run), *args]) != 0
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err

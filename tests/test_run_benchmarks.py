@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -153,6 +154,92 @@ def test_mnist_nll_scores_an_early_stopping_row_at_its_best_checkpoint(tmp_path,
     monkeypatch.setattr(mnist_nll, "importance_sample_stats", refuse)
     assert mnist_nll.evaluate_row("burda2016-vae", run_dir, args) == last
     assert len(json.loads((run_dir / "bench.json").read_text())["evaluations"]) == 2  # a reused score is not new
+
+
+def test_mnist_nll_scores_every_n_epochs_and_fits_the_gap_trend_from_the_per_image_scores(tmp_path, monkeypatch):
+    """``--score-every 4`` on an 8-epoch run (chunks of 2 epochs) scores epochs 4 and 8, each with its per-image
+    numbers in scores/; the trend of two scores is the line through them: bench.json's own summaries (mean log p(x)
+    of the same images) against the power law fitted to the curve, so the per-image files are the scored images'."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import argparse
+    import json
+
+    import mnist_nll
+
+    from pyro_vae import TrainConfig, VAEConfig
+    from pyro_vae.learning_curve import fit_power_law
+
+    def digits(name, data_dir, epochs):
+        model = VAEConfig(z_dim=2, hidden=(32,), likelihood="bernoulli")
+        return TrainConfig(model=model, dataset="digits", epochs=epochs, seed=0, threads=1)
+
+    monkeypatch.setattr(mnist_nll, "row_config", digits)
+    args = argparse.Namespace(
+        epochs=8, cpu_minutes=1e9, chunk=2, score_every=4, eval_k=20, eval_examples=30, max_rows=4096, data_dir=None
+    )
+    run_dir = tmp_path / "burda2016-vae"
+    mnist_nll.train_row("burda2016-vae", run_dir, args, digits("", None, 1).load_data())
+    state = json.loads((run_dir / "bench.json").read_text())
+    assert [e["epoch"] for e in state["evaluations"]] == [4, 8] and len(state["sessions"]) == 4
+    first, last = state["evaluations"]
+    for score in (first, last):
+        saved = json.loads((run_dir / "scores" / score["per_image"]).read_text())
+        assert len(saved["elbo"]) == len(saved["log_px"]) == 30 and saved["epoch"] == score["epoch"]
+        assert saved["test_elbo"] == score["test_elbo"]
+        assert np.mean(saved["log_px"]) == pytest.approx(score["log_px"], abs=1e-4)
+    trend = mnist_nll.row_result(run_dir, "burda2016-vae")["gap_trend"]
+    # against the power law fitted to the curve's epochs 3-8 (the measured test ELBO jitters), as the docs say
+    curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    fit = fit_power_law([m["epoch"] for m in curve[2:]], [m["test_elbo"] for m in curve[2:]])
+    slope = (last["log_px"] - first["log_px"]) / float(fit.predict(8) - fit.predict(4)) - 1
+    assert trend["epochs"] == [4, 8] and trend["slope"] == pytest.approx(slope, rel=1e-4, abs=1e-5)
+    assert trend["backtest_error"] is None and trend["residual_sd"] is None  # two scores
+
+
+def test_mnist_nll_forecast_with_the_gap_trend_moves_log_px_by_one_plus_the_slope(tmp_path, monkeypatch, capsys):
+    """The exact power law of the test above, now with two per-image scores whose gap falls by 0.2 nats per nat of
+    ELBO: log p(x) climbs 0.8 nats per nat of ELBO from the last score, so the ELBO target is
+    E_last + (anchor - 0.5 - log p_last) / 0.8 and the limit log p_last + 0.8 (A - E_last), both closed forms (the
+    limit -86.58 against the constant gap's -85.00; at slope -0.5 it would be -88.95, never within 0.5 nats)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import json
+
+    import mnist_nll
+
+    from pyro_vae.score_history import write_score
+
+    a, b, c, gap, epochs, slope = -89.0, 50.0, 0.5, 4.0, 40, -0.2
+    row = tmp_path / "burda2016-vae"
+    row.mkdir()
+    lines = [json.dumps({"epoch": t, "test_elbo": a - b * t ** (-c)}) for t in range(1, epochs + 1)]
+    (row / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    last = a - b * epochs ** (-c)
+    rng = np.random.default_rng(0)
+    spread = rng.normal(0.0, 10.0, size=50)  # the images differ; every image moves alike
+    history = []
+    for epoch in (20, 40):
+        curve_elbo = a - b * epoch ** (-c)  # the run's test ELBO at the epoch: ties the score to this run
+        elbo = curve_elbo + spread
+        log_px = elbo + gap + slope * (curve_elbo - last)
+        path = write_score(
+            row, epoch=epoch, checkpoint="last", num_samples=5000, elbo=elbo, log_px=log_px, test_elbo=curve_elbo
+        )
+        score = {"epoch": epoch, "checkpoint": "last", "k": 5000, "examples": 50}
+        history.append({**score, "per_image": path.name})
+    ev = {**history[-1], "log_px_all": last + gap, "gap": gap, "gap_se": 0.1, "log_px": last + gap, "log_px_se": 1.0}
+    ev.update(test_elbo=last, cpu_seconds=60.0)
+    state = {"cpu_seconds": 10.0 * epochs, "sessions": [], "eval": ev, "evaluations": [history[0], ev]}
+    (row / "bench.json").write_text(json.dumps(state))
+    (result,) = mnist_nll.report(tmp_path, ["burda2016-vae"])
+    trend = result["gap_trend"]
+    span = b * (20 ** (-c) - 40 ** (-c))  # the law's ELBO from epoch 20 to 40
+    assert trend["slope"] == pytest.approx(slope, abs=1e-6) and trend["elbo_span"] == pytest.approx(span, rel=1e-6)
+    target = last + (-86.76 - 0.5 - (last + gap)) / (1 + slope)
+    assert trend["epochs_to"] == pytest.approx((b / (a - target)) ** (1 / c), rel=1e-3)
+    assert trend["asymptote_log_px"] == pytest.approx(last + gap + (1 + slope) * (a - last), abs=1e-3)
+    # the constant-gap forecast is unchanged beside it
+    assert result["forecast"]["asymptote_log_px"] == pytest.approx(a + gap, abs=1e-3)
+    assert "| burda2016-vae | 20, 40 | -0.20 (-0.20 to -0.20) | 3.27 | - | - |" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(MNIST is None, reason="MNIST not found in $PYRO_VAE_DATA_DIR or ../shared/data")

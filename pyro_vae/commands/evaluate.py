@@ -47,6 +47,7 @@ from pyro_vae.psis import KhatSummary
 from pyro_vae.run_dir import RunDir, load_run, result_name
 from pyro_vae.sbc import DEFAULT_ALPHA, DEFAULT_BINS, DEFAULT_DRAWS
 from pyro_vae.sbc_figures import SBC_FIGURE, plot_sbc
+from pyro_vae.score_history import write_score
 from pyro_vae.semi_supervised import evaluate_labelled
 
 OUTPUT = "evaluation.json"
@@ -383,6 +384,45 @@ def _write(out_dir: Path, record: dict[str, Any], which: str = "last") -> Path:
     return out
 
 
+def _record(
+    args: argparse.Namespace,
+    result: Evaluation,
+    position: dict[str, Any],
+    loaded: Any,
+    x: torch.Tensor,
+    estimates: list[ImportanceEstimate],
+) -> None:
+    """Print the bits per dimension, write evaluation.json (whole) and keep the epoch's score; ``loaded``: the run
+    evaluated (None for a --model-module's model, which has neither a likelihood's levels nor a learning curve)."""
+    likelihood = None if loaded is None else getattr(loaded.model, "likelihood", loaded.model)
+    bits = {} if loaded is None else _bits(likelihood, loaded.data.levels, result, int(x[0].numel()))
+    if bits:
+        print(f"  bits per dimension: test ELBO {bits['elbo']:.4f}, IS log p(x) {bits['log_likelihood']:.4f}")
+    record = {**position, **result.to_dict(), "bits_per_dim": bits or None, "partial": False}
+    print(f"wrote {_write(args.dir, record, args.which)}")
+    if loaded is not None and estimates:
+        _keep_score(args, loaded, estimates[0])
+
+
+def _keep_score(args: argparse.Namespace, loaded: Any, estimate: ImportanceEstimate) -> None:
+    """Keep each image's ELBO and log p(x) of this epoch in RUN/scores/ (``pyro_vae.score_history``), for
+    ``pyro-vae forecast --gap-trend``: evaluation.json goes at the next resume, the scores stay. Only a checkpoint
+    at an epoch's end is on the learning curve (a mid-epoch one has no test ELBO to tie the score to)."""
+    test_elbo = next((m.get("test_elbo") for m in loaded.metrics if m.get("epoch") == loaded.epoch), None)
+    if loaded.step or not isinstance(test_elbo, float):
+        return
+    path = write_score(
+        args.dir,
+        epoch=loaded.epoch,
+        checkpoint=args.which,
+        num_samples=args.num_samples,
+        elbo=estimate.elbo.tolist(),
+        log_px=estimate.log_likelihood.tolist(),
+        test_elbo=test_elbo,
+    )
+    print(f"wrote {path} (each image's ELBO and log p(x), for pyro-vae forecast --gap-trend)")
+
+
 def run(args: argparse.Namespace) -> int:
     # The run's lock for as long as this may write into it (one writer per run; pyro_vae.run_dir).
     with RunDir.lock(args.dir, "pyro-vae evaluate", create=bool(args.model_module)) as run_dir:
@@ -484,6 +524,9 @@ def _run(args: argparse.Namespace, run_dir: RunDir) -> int:
         record = {**position, **partial.to_dict(), "partial": True, "sections_done": done, "settings": settings}
         _write(args.dir, {**record, PER_EXAMPLE: per_example_record(estimate)}, args.which)
         finished[:] = done
+        estimates[:] = [estimate]
+
+    estimates: list[ImportanceEstimate] = []
 
     finished: list[str] = list(resume["sections_done"]) if resume else []
     try:
@@ -515,16 +558,7 @@ def _run(args: argparse.Namespace, run_dir: RunDir) -> int:
         stopped.signum = getattr(err, "signum", signal.SIGINT)  # type: ignore[attr-defined]
         raise stopped from None
     print(format_evaluation(result, f"{where}, {result.num_examples} test examples"))
-    bits = (
-        {}
-        if args.model_module
-        else _bits(getattr(loaded.model, "likelihood", loaded.model), loaded.data.levels, result, int(x[0].numel()))
-    )
-    if bits:
-        print(f"  bits per dimension: test ELBO {bits['elbo']:.4f}, IS log p(x) {bits['log_likelihood']:.4f}")
-    record = {**position, **result.to_dict(), "bits_per_dim": bits or None, "partial": False}
-    out = _write(args.dir, record, args.which)
-    print(f"wrote {out}")
+    _record(args, result, position, None if args.model_module else loaded, x, estimates)
     if result.sbc is not None:
         print(f"wrote {plot_sbc(result.sbc, args.dir / result_name(SBC_FIGURE, args.which), where)}")
     return 0

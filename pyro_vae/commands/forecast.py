@@ -22,8 +22,10 @@ from typing import Any
 from pyro_vae.checks import check_number
 from pyro_vae.config import TrainConfig
 from pyro_vae.errors import UserError
-from pyro_vae.learning_curve import MIN_POINTS, forecast
+from pyro_vae.gap_trend import GapTrend, gap_trend
+from pyro_vae.learning_curve import MIN_POINTS, Forecast, PowerLawFit, fit_power_law, forecast
 from pyro_vae.run_dir import CONFIG, METRICS
+from pyro_vae.score_history import SCORES, read_scores
 from pyro_vae.step import scheduled_rates
 
 EVALUATION = "evaluation.json"
@@ -51,6 +53,12 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
         type=float,
         default=None,
         help="log p(x) - ELBO to use with --log-px (None: from RUN/evaluation.json, written by pyro-vae evaluate)",
+    )
+    parser.add_argument(
+        "--gap-trend",
+        action="store_true",
+        help="with --log-px: let the gap follow its linear trend in the ELBO, fitted over the run's IS scores at 2 or "
+        "more epochs (RUN/scores/, kept by each pyro-vae evaluate), instead of holding it at the last epoch's",
     )
     parser.add_argument(
         "--within",
@@ -107,7 +115,8 @@ def _curve(run_dir: Path, metric: str, first: int) -> tuple[list[float], list[fl
     return epochs, values
 
 
-def _gap(run_dir: Path, last_epoch: float) -> float:
+def _gap(run_dir: Path, last_epoch: float) -> tuple[float, dict[str, Any]]:
+    """The gap log p(x) - ELBO of RUN/evaluation.json, which must be of the curve's last epoch, and the record."""
     path = run_dir / EVALUATION
     if not path.is_file():
         raise UserError(f"--log-px needs the gap log p(x) - ELBO: run pyro-vae evaluate {run_dir} first, or give --gap")
@@ -121,7 +130,39 @@ def _gap(run_dir: Path, last_epoch: float) -> float:
             f"{path} is from epoch {epoch} but the curve ends at epoch {last_epoch:.0f}: run pyro-vae evaluate "
             f"{run_dir} again, or give --gap"
         )
-    return gap
+    return gap, record
+
+
+def _trend(
+    run_dir: Path, evaluation: dict[str, Any], fit: PowerLawFit, level: float, seed: int
+) -> tuple[GapTrend, list[int]]:
+    """The gap's trend over the run's scores of the same K and test images as its evaluation.json (the last one),
+    against the fitted curve's ELBO at their epochs (``pyro_vae.gap_trend``: the measured one jitters)."""
+    try:
+        records = [json.loads(line) for line in (run_dir / METRICS).read_text().splitlines()]
+        scores = read_scores(
+            run_dir,
+            checkpoint="last",
+            num_samples=int(evaluation["num_samples"]),
+            num_examples=int(evaluation["num_examples"]),
+            metrics=records,
+        )
+    except (KeyError, TypeError) as err:
+        raise UserError(f"{run_dir / EVALUATION} lacks {err}; run pyro-vae evaluate again") from None
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    epochs = [s.epoch for s in scores]
+    if len(scores) < 2 or epochs[-1] != evaluation["epoch"]:
+        found = ", ".join(map(str, epochs)) or "none"
+        raise UserError(
+            f"--gap-trend needs IS scores of the same K and test images at 2 or more epochs, the last one included, "
+            f"in {run_dir / SCORES} (found epochs: {found}): run pyro-vae evaluate {run_dir} again after more epochs"
+        )
+    try:
+        elbo = fit.predict(epochs)
+        return gap_trend(elbo, [s.log_px for s in scores], level=level, seed=seed), epochs
+    except ValueError as err:
+        raise UserError(f"--gap-trend: {err}") from None
 
 
 TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
@@ -194,6 +235,47 @@ def _print_rate_changes(changes: dict[str, Any], half: float, last: float) -> No
         )
 
 
+def _trend_record(trend: GapTrend, epochs: list[int], fc: Forecast, ref: dict[str, float]) -> dict[str, Any]:
+    """The trend (``pyro_vae.gap_trend``) and log p(x) at the fitted asymptote with the gap following it from the
+    last epoch's (``ref``: the fitted ELBO there and log p(x)), with two intervals: the fit's (its asymptote's, at
+    the trend's slope) and the slope's (at the fitted asymptote)."""
+    at_ends = sorted(trend.log_px_at(fc.fit.asymptote, **ref, slope=s) for s in (trend.slope_low, trend.slope_high))
+    of_fit = [trend.log_px_at(a, **ref) for a in (fc.asymptote_low, fc.asymptote_high)]
+    return {
+        "epochs": epochs,
+        "slope": trend.slope,
+        "slope_interval": [trend.slope_low, trend.slope_high],
+        "elbo_span": trend.elbo_span,
+        "residual_sd": trend.residual_sd,
+        "backtest_error": trend.backtest_error,
+        "backtest_se": trend.backtest_se,
+        "asymptote_log_px": trend.log_px_at(fc.fit.asymptote, **ref),
+        "asymptote_interval_fit": sorted(of_fit),
+        "asymptote_interval_slope": at_ends,
+    }
+
+
+def _print_trend(record: dict[str, Any], pct: str) -> None:
+    low, high = record["slope_interval"]
+    epochs = ", ".join(f"{e:,}" for e in record["epochs"])
+    print(
+        f"gap trend: log p(x) - ELBO moves by {record['slope']:+.3f} ({pct} interval {low:+.3f} to {high:+.3f}) per "
+        f"nat of the fitted ELBO over the scores at epochs {epochs}, which span {record['elbo_span']:.2f} nats of "
+        "it: carried beyond that span, it is an extrapolation"
+    )
+    if record["residual_sd"] is None:
+        print(
+            "gap trend: with two scores the epochs' own jitter of log p(x) cannot be measured, so the interval "
+            "covers the images' part only: score a third epoch"
+        )
+    if record["backtest_error"] is not None:
+        print(
+            f"gap trend back-test: fitted without the last score, it predicts that score's log p(x) "
+            f"{record['backtest_error']:+.2f} nats off (SE over the images {record['backtest_se']:.2f}; the scores "
+            f"scatter about the line by {record['residual_sd']:.2f})"
+        )
+
+
 def _epochs(value: float) -> str:
     return "never" if math.isinf(value) else f"{value:,.0f}"
 
@@ -204,6 +286,8 @@ def _check(args: argparse.Namespace) -> None:
     check_number(args.within, "--within", low=0)
     if args.gap is not None and args.log_px is None:
         raise UserError("--gap goes with --log-px")
+    if args.gap_trend and (args.log_px is None or args.gap is not None):
+        raise UserError("--gap-trend goes with --log-px and reads the gap from the run's scores (no --gap)")
     for name in ("target", "log_px", "gap"):
         value = getattr(args, name)
         if value is not None:
@@ -215,10 +299,17 @@ def _check(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     _check(args)
     epochs, values = _curve(args.run_dir, args.metric, args.from_epoch)
-    gap = None
+    gap, trend = None, None
     if args.log_px is not None:
-        gap = args.gap if args.gap is not None else _gap(args.run_dir, epochs[-1])
+        gap = args.gap if args.gap is not None else _gap(args.run_dir, epochs[-1])[0]
     target = (args.target if args.log_px is None else args.log_px - gap) - args.within
+    reference = None
+    if args.gap_trend:
+        fit = fit_power_law(epochs, values)
+        trend = _trend(args.run_dir, _gap(args.run_dir, epochs[-1])[1], fit, args.level, args.seed)
+        # log p(x) = ELBO + gap at the last epoch, moving by 1 + slope per nat of the fitted ELBO from there
+        reference = {"elbo_ref": float(fit.predict(epochs[-1])), "log_px_ref": values[-1] + gap}
+        target = trend[0].elbo_for(args.log_px - args.within, **reference)
     fc = forecast(epochs, values, target, level=args.level, resamples=args.resamples, seed=args.seed)
     last = epochs[-1]
     # the asymptote is a forecast too, so the changes ahead are looked for up to 10 times the last epoch at least
@@ -245,18 +336,33 @@ def run(args: argparse.Namespace) -> int:
         "backtest_error": fc.backtest_error,
         "backtest_window": fc.backtest_window,
         "lr_changes": changes,
+        "gap_trend": None if trend is None else _trend_record(trend[0], trend[1], fc, reference),
     }
     if args.json:
         print(json.dumps(record, indent=2))
         return 0
+    _print(args, record, fc, epochs, values)
+    if changes is not None:
+        _print_rate_changes(changes, half, last)
+    return 0
+
+
+def _print(args: argparse.Namespace, record: dict[str, Any], fc: Forecast, epochs: list[float], values: list[float]):
+    """The forecast as text (``record``: what --json prints)."""
     pct = f"{100 * fc.level:g}%"
-    fit = fc.fit
+    fit, gap, target, trend = fc.fit, record["gap"], record["target_elbo"], record["gap_trend"]
     print(
         f"{args.metric}: epochs {epochs[0]:.0f}-{epochs[-1]:.0f}, last {values[-1]:.2f}; fit "
         f"A - b t^(-c) with A = {fit.asymptote:.2f}, b = {fit.scale:.3g}, c = {fit.exponent:.3g} "
         f"(residual sd {fit.residual_sd:.3f})"
     )
-    if gap is not None:
+    if trend is not None:
+        _print_trend(trend, pct)
+        print(
+            f"target: log p(x) {args.log_px - args.within:.2f} at ELBO {target:.2f} (the gap {gap:.2f} at the last "
+            "epoch, following its trend)"
+        )
+    elif gap is not None:
         print(f"target: log p(x) {args.log_px - args.within:.2f} = ELBO {target:.2f} + gap {gap:.2f}")
     else:
         print(f"target: ELBO {target:.2f}")
@@ -267,7 +373,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"reached at epoch {_epochs(fc.epochs)} ({interval}): {_epochs(fc.epochs_short)} more epochs")
     shift = gap or 0.0
     what = "log p(x)" if gap is not None else "ELBO"
-    if fc.identified:
+    if fc.identified and trend is not None:
+        (fit_low, fit_high), (slope_low, slope_high) = (
+            trend["asymptote_interval_fit"],
+            trend["asymptote_interval_slope"],
+        )
+        print(
+            f"log p(x) at convergence, the gap following its trend: {trend['asymptote_log_px']:.2f} ({pct} interval "
+            f"of the fit {fit_low:.2f} to {fit_high:.2f}, of the trend's slope {slope_low:.2f} to {slope_high:.2f}); "
+            f"with the gap held at {gap:.2f} it would be {fit.asymptote + gap:.2f}"
+        )
+    elif fc.identified:
         print(
             f"{what} at convergence: {fit.asymptote + shift:.2f} ({pct} interval {fc.asymptote_low + shift:.2f} to "
             f"{fc.asymptote_high + shift:.2f})"
@@ -285,6 +401,3 @@ def run(args: argparse.Namespace) -> int:
             f"{fc.backtest_window} epochs ({epochs[-fc.backtest_window]:.0f} to {epochs[-1]:.0f}) is "
             f"{fc.backtest_error:+.2f} nats from the measured one on average"
         )
-    if changes is not None:
-        _print_rate_changes(changes, half, last)
-    return 0
