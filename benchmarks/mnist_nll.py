@@ -402,12 +402,7 @@ def gap_trend_result(
     fitted asymptote (at the slope's 90% interval's ends)."""
     out: dict[str, Any] = {
         "epochs": epochs,
-        "slope": trend.slope,
-        "slope_interval": [trend.slope_low, trend.slope_high],
-        "elbo_span": trend.elbo_span,
-        "residual_sd": trend.residual_sd,
-        "backtest_error": trend.backtest_error,
-        "backtest_se": trend.backtest_se,
+        **trend.summary(),
     }
     if "forecast" not in row:
         return out

@@ -50,6 +50,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -72,6 +73,17 @@ class GapTrend:
     residual_sd: float | None  # the scores' scatter around the line (None with two scores: not measurable)
     backtest_error: float | None  # the trend of all but the last score: predicted minus measured last log p(x)
     backtest_se: float | None  # its bootstrap-over-images standard error
+
+    def summary(self) -> dict[str, Any]:
+        """The slope with its interval, the ELBO span, the scatter and the back-test, for a JSON record."""
+        return {
+            "slope": self.slope,
+            "slope_interval": [self.slope_low, self.slope_high],
+            "elbo_span": self.elbo_span,
+            "residual_sd": self.residual_sd,
+            "backtest_error": self.backtest_error,
+            "backtest_se": self.backtest_se,
+        }
 
     def log_px_at(self, elbo: float, *, elbo_ref: float, log_px_ref: float, slope: float | None = None) -> float:
         """log p(x) at ``elbo``: log p_ref + (1 + sigma)(elbo - elbo_ref), from a measured pair (elbo_ref, log_px_ref);

@@ -243,12 +243,7 @@ def _trend_record(trend: GapTrend, epochs: list[int], fc: Forecast, ref: dict[st
     of_fit = [trend.log_px_at(a, **ref) for a in (fc.asymptote_low, fc.asymptote_high)]
     return {
         "epochs": epochs,
-        "slope": trend.slope,
-        "slope_interval": [trend.slope_low, trend.slope_high],
-        "elbo_span": trend.elbo_span,
-        "residual_sd": trend.residual_sd,
-        "backtest_error": trend.backtest_error,
-        "backtest_se": trend.backtest_se,
+        **trend.summary(),
         "asymptote_log_px": trend.log_px_at(fc.fit.asymptote, **ref),
         "asymptote_interval_fit": sorted(of_fit),
         "asymptote_interval_slope": at_ends,
