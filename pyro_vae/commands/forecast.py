@@ -294,14 +294,13 @@ def _check(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     _check(args)
     epochs, values = _curve(args.run_dir, args.metric, args.from_epoch)
-    gap, trend = None, None
-    if args.log_px is not None:
-        gap = args.gap if args.gap is not None else _gap(args.run_dir, epochs[-1])[0]
+    gap, evaluation, trend, reference = args.gap, None, None, None
+    if args.log_px is not None and gap is None:
+        gap, evaluation = _gap(args.run_dir, epochs[-1])
     target = (args.target if args.log_px is None else args.log_px - gap) - args.within
-    reference = None
-    if args.gap_trend:
+    if args.gap_trend:  # with --log-px and without --gap (_check), so evaluation.json was read
         fit = fit_power_law(epochs, values)
-        trend = _trend(args.run_dir, _gap(args.run_dir, epochs[-1])[1], fit, args.level, args.seed)
+        trend = _trend(args.run_dir, evaluation, fit, args.level, args.seed)
         # log p(x) = ELBO + gap at the last epoch, moving by 1 + slope per nat of the fitted ELBO from there
         reference = {"elbo_ref": float(fit.predict(epochs[-1])), "log_px_ref": values[-1] + gap}
         target = trend[0].elbo_for(args.log_px - args.within, **reference)
@@ -342,7 +341,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print(args: argparse.Namespace, record: dict[str, Any], fc: Forecast, epochs: list[float], values: list[float]):
+def _print(
+    args: argparse.Namespace, record: dict[str, Any], fc: Forecast, epochs: list[float], values: list[float]
+) -> None:
     """The forecast as text (``record``: what --json prints)."""
     pct = f"{100 * fc.level:g}%"
     fit, gap, target, trend = fc.fit, record["gap"], record["target_elbo"], record["gap_trend"]
