@@ -326,7 +326,7 @@ def trend_of_gap(
     epochs = [s.epoch for s in scores]
     try:
         trend = gap_trend(fit.predict(epochs), [s.log_px for s in scores])
-    except ValueError:  # e.g. a best checkpoint scored twice at the same epoch: no trend to fit
+    except ValueError:  # a flat fit (b = 0) gives every score the same ELBO: no span to fit a trend over
         return None
     return trend, epochs, float(fit.predict(ev["epoch"]))
 

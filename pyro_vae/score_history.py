@@ -38,7 +38,7 @@ class Score:
     num_samples: int
     elbo: list[float]
     log_px: list[float]
-    test_elbo: float | None  # the run's test ELBO (metrics.jsonl) at ``epoch``, which ties the score to this run
+    test_elbo: float  # the run's test ELBO (metrics.jsonl) at ``epoch``, which ties the score to this run
 
 
 def score_name(epoch: int, checkpoint: str, num_samples: int, num_examples: int) -> str:
@@ -54,7 +54,7 @@ def write_score(
     num_samples: int,
     elbo: Sequence[float],
     log_px: Sequence[float],
-    test_elbo: float | None,
+    test_elbo: float,
 ) -> Path:
     """Write one score to RUN/scores/ (atomically; a score of the same epoch, checkpoint, K and images is
     replaced) and return its path."""
@@ -84,7 +84,7 @@ def _read(path: Path) -> Score:
             num_samples=int(record["num_samples"]),
             elbo=[float(v) for v in record["elbo"]],
             log_px=[float(v) for v in record["log_px"]],
-            test_elbo=None if record.get("test_elbo") is None else float(record["test_elbo"]),
+            test_elbo=float(record["test_elbo"]),
         )
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{path} is not a score written by pyro-vae evaluate ({err}); remove it") from None
@@ -114,7 +114,7 @@ def read_scores(
         if not (_NAME.fullmatch(path.name) and path.name.endswith(tail)):
             continue
         score = _read(path)
-        if score.test_elbo is None or test_elbo.get(score.epoch) != score.test_elbo:
+        if test_elbo.get(score.epoch) != score.test_elbo:
             continue  # not this run's history (another run's, or an epoch the run no longer has)
         scores.append(score)
     return sorted(scores, key=lambda s: s.epoch)
